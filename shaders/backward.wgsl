@@ -1,0 +1,256 @@
+// Backward pass of the TopK SAE reconstruction loss, without float atomics.
+// Notation: entry e = r·k + j is the j-th chosen latent of row r; g = ∂L/∂x_hat [rows, d_in].
+//
+//   loss_grad            g = scale · (x_hat − x) / stats[stat_slot]   (FVU: scale 2, slot = Σ‖x − x̄‖²)
+//   code_grad            dh[e] = ⟨g[r], w_dec[i]⟩ · 1{top_val[e] > 0}   (ReLU's derivative)
+//   mark_latents         which rows chose latent i (a bitmask per latent) and how many
+//   scan_counts          offsets[i] = Σ_{i' < i} count[i'], offsets[d_sae] = total
+//   scatter_entries      reverse_index[offsets[i] + rank] = e, rank = rows before r that chose i:
+//                        stable (row order), so every sum below has a fixed order
+//   decoder_weight_grad  ∂W_dec[i, c] = Σ_{e ∈ seg(i)} top_val[e] · g[r(e), c]
+//   encoder_weight_grad  ∂W_enc[c, i] = Σ_{e ∈ seg(i)} dh[e] · (x[r(e), c] − b_dec[c]);
+//                        ∂b_enc[i] = Σ dh[e]
+//   bias_dec_grad        ∂b_dec[c] = Σ_r g[r, c] − Σ_i W_enc[c, i] · ∂b_enc[i]
+//                        (b_dec is subtracted from the input as well as added to the output)
+// Generated header: WG.
+
+struct Params {
+    rows: u32,
+    d_in: u32,
+    d_sae: u32,
+    k: u32,
+    entries: u32,
+    words_per_latent: u32,
+    col_tiles: u32,
+    stat_slot: u32,
+    scale: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x_hat: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> stats: array<f32>;
+@group(0) @binding(4) var<storage, read_write> grad_out: array<f32>;
+@group(0) @binding(5) var<storage, read> top_idx: array<u32>;
+@group(0) @binding(6) var<storage, read> top_val: array<f32>;
+@group(0) @binding(7) var<storage, read> w_dec: array<f32>;
+@group(0) @binding(8) var<storage, read_write> code_grad_out: array<f32>;
+@group(0) @binding(9) var<storage, read_write> row_bits: array<atomic<u32>>;
+@group(0) @binding(10) var<storage, read_write> counts: array<atomic<u32>>;
+@group(0) @binding(11) var<storage, read_write> offsets: array<u32>;
+@group(0) @binding(12) var<storage, read_write> reverse_index: array<u32>;
+@group(0) @binding(13) var<storage, read> b_dec: array<f32>;
+@group(0) @binding(14) var<storage, read_write> grad_w_dec: array<f32>;
+@group(0) @binding(15) var<storage, read_write> grad_w_enc: array<f32>;
+@group(0) @binding(16) var<storage, read_write> grad_b_enc: array<f32>;
+@group(0) @binding(17) var<storage, read> w_enc: array<f32>;
+@group(0) @binding(18) var<storage, read_write> grad_b_dec: array<f32>;
+
+var<workgroup> partial: array<f32, WG>;
+var<workgroup> partial_u: array<u32, WG>;
+
+fn linear_id(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wg.x + wg.y * nwg.x;
+}
+
+// Tree reduction of partial[] (WG a power of two); the sum ends in partial[0].
+fn reduce_partial(lid: u32) {
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+        if (lid < stride) {
+            partial[lid] += partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+}
+
+@compute @workgroup_size(WG)
+fn loss_grad(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = linear_id(wg, nwg) * WG + lid;
+    let n = p.rows * p.d_in;
+    if (i >= n) {
+        return;
+    }
+    let denom = max(stats[p.stat_slot], 1e-30);
+    grad_out[i] = p.scale * (x_hat[i] - x[i]) / denom;
+}
+
+// One workgroup per entry: a dot product of length d_in.
+@compute @workgroup_size(WG)
+fn code_grad(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let e = linear_id(wg, nwg);
+    if (e >= p.entries) {
+        return;
+    }
+    let r = e / p.k;
+    let latent = top_idx[e];
+    var acc = 0.0;
+    for (var c = lid; c < p.d_in; c += WG) {
+        acc = fma(grad_out[r * p.d_in + c], w_dec[latent * p.d_in + c], acc);
+    }
+    partial[lid] = acc;
+    reduce_partial(lid);
+    if (lid == 0u) {
+        code_grad_out[e] = select(0.0, partial[0], top_val[e] > 0.0);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn mark_latents(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let e = linear_id(wg, nwg) * WG + lid;
+    if (e >= p.entries) {
+        return;
+    }
+    let latent = top_idx[e];
+    let r = e / p.k;
+    atomicOr(&row_bits[latent * p.words_per_latent + r / 32u], 1u << (r % 32u));
+    atomicAdd(&counts[latent], 1u);
+}
+
+// A single workgroup: each thread scans a contiguous chunk of latents.
+@compute @workgroup_size(WG)
+fn scan_counts(@builtin(local_invocation_index) lid: u32) {
+    let chunk = (p.d_sae + WG - 1u) / WG;
+    let start = min(lid * chunk, p.d_sae);
+    let end = min(start + chunk, p.d_sae);
+    var sum = 0u;
+    for (var i = start; i < end; i++) {
+        sum += atomicLoad(&counts[i]);
+    }
+    partial_u[lid] = sum;
+    workgroupBarrier();
+    // Inclusive Hillis–Steele scan of the chunk sums.
+    for (var offset = 1u; offset < WG; offset <<= 1u) {
+        var v = partial_u[lid];
+        if (lid >= offset) {
+            v += partial_u[lid - offset];
+        }
+        workgroupBarrier();
+        partial_u[lid] = v;
+        workgroupBarrier();
+    }
+    var running = partial_u[lid] - sum;
+    for (var i = start; i < end; i++) {
+        offsets[i] = running;
+        running += atomicLoad(&counts[i]);
+    }
+    if (lid == WG - 1u) {
+        offsets[p.d_sae] = partial_u[lid];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn scatter_entries(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let e = linear_id(wg, nwg) * WG + lid;
+    if (e >= p.entries) {
+        return;
+    }
+    let latent = top_idx[e];
+    let r = e / p.k;
+    let base = latent * p.words_per_latent;
+    var rank = 0u;
+    for (var w = 0u; w < r / 32u; w++) {
+        rank += countOneBits(atomicLoad(&row_bits[base + w]));
+    }
+    let below = (1u << (r % 32u)) - 1u;
+    rank += countOneBits(atomicLoad(&row_bits[base + r / 32u]) & below);
+    reverse_index[offsets[latent] + rank] = e;
+}
+
+// One workgroup per (latent, tile of WG columns).
+@compute @workgroup_size(WG)
+fn decoder_weight_grad(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let tile = linear_id(wg, nwg);
+    let latent = tile / p.col_tiles;
+    let c = (tile % p.col_tiles) * WG + lid;
+    if (latent >= p.d_sae || c >= p.d_in) {
+        return;
+    }
+    var acc = 0.0;
+    for (var s = offsets[latent]; s < offsets[latent + 1u]; s++) {
+        let e = reverse_index[s];
+        acc = fma(top_val[e], grad_out[(e / p.k) * p.d_in + c], acc);
+    }
+    grad_w_dec[latent * p.d_in + c] = acc;
+}
+
+@compute @workgroup_size(WG)
+fn encoder_weight_grad(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let tile = linear_id(wg, nwg);
+    let latent = tile / p.col_tiles;
+    let col_tile = tile % p.col_tiles;
+    let c = col_tile * WG + lid;
+    if (latent >= p.d_sae) {
+        return;
+    }
+    let start = offsets[latent];
+    let end = offsets[latent + 1u];
+    if (c < p.d_in) {
+        let centre = b_dec[c];
+        var acc = 0.0;
+        for (var s = start; s < end; s++) {
+            let e = reverse_index[s];
+            acc = fma(code_grad_out[e], x[(e / p.k) * p.d_in + c] - centre, acc);
+        }
+        grad_w_enc[c * p.d_sae + latent] = acc;
+    }
+    if (col_tile == 0u && lid == 0u) {
+        var bias = 0.0;
+        for (var s = start; s < end; s++) {
+            bias += code_grad_out[reverse_index[s]];
+        }
+        grad_b_enc[latent] = bias;
+    }
+}
+
+// One workgroup per input dimension c.
+@compute @workgroup_size(WG)
+fn bias_dec_grad(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let c = linear_id(wg, nwg);
+    if (c >= p.d_in) {
+        return;
+    }
+    var acc = 0.0;
+    for (var r = lid; r < p.rows; r += WG) {
+        acc += grad_out[r * p.d_in + c];
+    }
+    for (var i = lid; i < p.d_sae; i += WG) {
+        acc -= w_enc[c * p.d_sae + i] * grad_b_enc[i];
+    }
+    partial[lid] = acc;
+    reduce_partial(lid);
+    if (lid == 0u) {
+        grad_b_dec[c] = partial[0];
+    }
+}

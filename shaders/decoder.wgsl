@@ -1,0 +1,38 @@
+// Sparse decoder forward, a gather over the k chosen latents (2·k·d flops per row, not a dense
+// GEMM):  x_hat[r, c] = b_dec[c] + Σ_j top_val[r, j] · w_dec[top_idx[r, j], c]
+// Bindings: top_idx, top_val [rows, k]; w_dec [d_sae, d_in]; b_dec [d_in]; x_hat [rows, d_in].
+// Generated header: WG. One thread per output element; a workgroup covers WG columns of a row.
+
+struct Params {
+    rows: u32,
+    d_in: u32,
+    k: u32,
+    col_tiles: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> top_idx: array<u32>;
+@group(0) @binding(2) var<storage, read> top_val: array<f32>;
+@group(0) @binding(3) var<storage, read> w_dec: array<f32>;
+@group(0) @binding(4) var<storage, read> b_dec: array<f32>;
+@group(0) @binding(5) var<storage, read_write> x_hat: array<f32>;
+
+@compute @workgroup_size(WG)
+fn decode_sparse(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let tile = wg.x + wg.y * nwg.x;
+    let row = tile / p.col_tiles;
+    let c = (tile % p.col_tiles) * WG + lid;
+    if (row >= p.rows || c >= p.d_in) {
+        return;
+    }
+    var acc = 0.0;
+    for (var j = 0u; j < p.k; j++) {
+        let e = row * p.k + j;
+        acc = fma(top_val[e], w_dec[top_idx[e] * p.d_in + c], acc);
+    }
+    x_hat[row * p.d_in + c] = acc + b_dec[c];
+}

@@ -1,0 +1,113 @@
+// Optimiser kernels: Adam (one dispatch per parameter tensor) and the unit-norm decoder
+// constraint (remove the gradient component parallel to each decoder row before the step,
+// renormalise the rows after it).
+// Generated header: WG.
+
+struct Params {
+    n: u32,
+    rows: u32,
+    cols: u32,
+    _pad0: u32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    step_size: f32,      // lr / (1 − β₁ᵗ)
+    bias2_sqrt: f32,     // √(1 − β₂ᵗ)
+    norm_eps: f32,       // added to row norms before dividing (sparsify uses f32 epsilon)
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> param: array<f32>;
+@group(0) @binding(2) var<storage, read_write> grad: array<f32>;
+@group(0) @binding(3) var<storage, read_write> exp_avg: array<f32>;
+@group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<f32>;
+
+var<workgroup> partial_a: array<f32, WG>;
+var<workgroup> partial_b: array<f32, WG>;
+
+// Adam with bias correction, in the same form as torch.optim.Adam:
+//   m ← m + (1 − β₁)(g − m);  v ← β₂v + (1 − β₂)g²;  p ← p − step_size · m / (√v / √(1 − β₂ᵗ) + ε)
+@compute @workgroup_size(WG)
+fn adam_step(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = (wg.x + wg.y * nwg.x) * WG + lid;
+    if (i >= p.n) {
+        return;
+    }
+    let g = grad[i];
+    let m = exp_avg[i] + (1.0 - p.beta1) * (g - exp_avg[i]);
+    let v = p.beta2 * exp_avg_sq[i] + (1.0 - p.beta2) * g * g;
+    exp_avg[i] = m;
+    exp_avg_sq[i] = v;
+    param[i] = param[i] - p.step_size * m / (sqrt(v) / p.bias2_sqrt + p.eps);
+}
+
+fn reduce_pair(lid: u32) {
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+        if (lid < stride) {
+            partial_a[lid] += partial_a[lid + stride];
+            partial_b[lid] += partial_b[lid + stride];
+        }
+        workgroupBarrier();
+    }
+}
+
+// One workgroup per decoder row: grad_i ← grad_i − (⟨grad_i, w_i⟩ / ‖w_i‖²) · w_i.
+@compute @workgroup_size(WG)
+fn remove_parallel_grad(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = wg.x + wg.y * nwg.x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.cols;
+    var dot = 0.0;
+    var norm_sq = 0.0;
+    for (var c = lid; c < p.cols; c += WG) {
+        let w = param[base + c];
+        dot = fma(grad[base + c], w, dot);
+        norm_sq = fma(w, w, norm_sq);
+    }
+    partial_a[lid] = dot;
+    partial_b[lid] = norm_sq;
+    reduce_pair(lid);
+    let coef = select(0.0, partial_a[0] / partial_b[0], partial_b[0] > 0.0);
+    for (var c = lid; c < p.cols; c += WG) {
+        grad[base + c] = grad[base + c] - coef * param[base + c];
+    }
+}
+
+// One workgroup per decoder row: w_i ← w_i / (‖w_i‖ + norm_eps).
+@compute @workgroup_size(WG)
+fn normalize_rows(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = wg.x + wg.y * nwg.x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.cols;
+    var norm_sq = 0.0;
+    for (var c = lid; c < p.cols; c += WG) {
+        let w = param[base + c];
+        norm_sq = fma(w, w, norm_sq);
+    }
+    partial_a[lid] = norm_sq;
+    partial_b[lid] = 0.0;
+    reduce_pair(lid);
+    let scale = 1.0 / (sqrt(partial_a[0]) + p.norm_eps);
+    for (var c = lid; c < p.cols; c += WG) {
+        param[base + c] = param[base + c] * scale;
+    }
+}

@@ -1,0 +1,147 @@
+// Reductions for losses and metrics. Sums are two-stage and in a fixed order (per-workgroup
+// partials, then one workgroup adds them), so results are deterministic.
+//   sum_sq_diff_partials   partial[w] = Σ (a[i] − b[i])² over workgroup w's share of i
+//   column_mean            col_mean[c] = Σ_r a[r, c] / rows
+//   centered_sq_partials   partial[w] = Σ (a[r, c] − col_mean[c])²
+//   finish_sum             stats[slot] = Σ_w partial[w]
+//   row_l0                 row_l0[r] = #{j : top_val[r, j] > 0}
+//   fire_counts            fire_counts[i] += #{(r, j) : top_idx[r, j] = i, top_val[r, j] > 0}
+// Generated header: WG.
+
+struct Params {
+    n: u32,
+    rows: u32,
+    cols: u32,
+    k: u32,
+    slot: u32,
+    partials: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> partial_out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(5) var<storage, read_write> col_mean: array<f32>;
+@group(0) @binding(6) var<storage, read> top_val: array<f32>;
+@group(0) @binding(7) var<storage, read> top_idx: array<u32>;
+@group(0) @binding(8) var<storage, read_write> row_l0: array<u32>;
+@group(0) @binding(9) var<storage, read_write> fire_count: array<atomic<u32>>;
+
+var<workgroup> partial: array<f32, WG>;
+
+fn linear_id(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wg.x + wg.y * nwg.x;
+}
+
+fn reduce_partial(lid: u32) {
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+        if (lid < stride) {
+            partial[lid] += partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+}
+
+@compute @workgroup_size(WG)
+fn sum_sq_diff_partials(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let w = linear_id(wg, nwg);
+    var acc = 0.0;
+    for (var i = w * WG + lid; i < p.n; i += p.partials * WG) {
+        let d = a[i] - b[i];
+        acc = fma(d, d, acc);
+    }
+    partial[lid] = acc;
+    reduce_partial(lid);
+    if (lid == 0u) {
+        partial_out[w] = partial[0];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn column_mean(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let c = linear_id(wg, nwg) * WG + lid;
+    if (c >= p.cols) {
+        return;
+    }
+    var acc = 0.0;
+    for (var r = 0u; r < p.rows; r++) {
+        acc += a[r * p.cols + c];
+    }
+    col_mean[c] = acc / f32(p.rows);
+}
+
+@compute @workgroup_size(WG)
+fn centered_sq_partials(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let w = linear_id(wg, nwg);
+    var acc = 0.0;
+    for (var i = w * WG + lid; i < p.n; i += p.partials * WG) {
+        let d = a[i] - col_mean[i % p.cols];
+        acc = fma(d, d, acc);
+    }
+    partial[lid] = acc;
+    reduce_partial(lid);
+    if (lid == 0u) {
+        partial_out[w] = partial[0];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn finish_sum(@builtin(local_invocation_index) lid: u32) {
+    var acc = 0.0;
+    for (var i = lid; i < p.partials; i += WG) {
+        acc += partial_out[i];
+    }
+    partial[lid] = acc;
+    reduce_partial(lid);
+    if (lid == 0u) {
+        stats[p.slot] = partial[0];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn row_l0(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let r = linear_id(wg, nwg) * WG + lid;
+    if (r >= p.rows) {
+        return;
+    }
+    var count = 0u;
+    for (var j = 0u; j < p.k; j++) {
+        count += select(0u, 1u, top_val[r * p.k + j] > 0.0);
+    }
+    row_l0[r] = count;
+}
+
+@compute @workgroup_size(WG)
+fn fire_counts(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let e = linear_id(wg, nwg) * WG + lid;
+    if (e >= p.n) {
+        return;
+    }
+    if (top_val[e] > 0.0) {
+        atomicAdd(&fire_count[top_idx[e]], 1u);
+    }
+}

@@ -1,0 +1,8 @@
+use clap::Subcommand;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {}
+
+pub fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {}
+}

@@ -1,0 +1,87 @@
+//! The `sae` command line: argument parsing and the one place errors become a message and an
+//! exit code.
+
+mod adapters;
+mod bench;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::gpu::{AdapterRequest, BackendChoice, Gpu};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sae",
+    version,
+    about = "Train and analyse sparse autoencoders on any GPU (WGSL through wgpu)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List every GPU adapter wgpu sees, with its limits and optional features.
+    Adapters(adapters::AdaptersArgs),
+    /// Benchmarks (JSON lines with --json).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Adapter selection shared by every command that runs on the GPU.
+#[derive(Args, Debug, Clone, Default)]
+pub struct GpuArgs {
+    /// Adapter to use: an index from `sae adapters` or part of its name.
+    #[arg(long, env = "SAE_ADAPTER", global = true)]
+    pub adapter: Option<String>,
+    /// Graphics API to go through.
+    #[arg(long, value_enum, global = true)]
+    pub backend: Option<BackendChoice>,
+}
+
+impl GpuArgs {
+    pub fn request(&self) -> AdapterRequest {
+        AdapterRequest {
+            adapter: self.adapter.clone(),
+            backend: self.backend,
+            max_binding_override: None,
+        }
+    }
+
+    pub fn open(&self) -> anyhow::Result<Gpu> {
+        Ok(Gpu::new(&self.request())?)
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Adapters(args) => adapters::run(&args),
+        Command::Bench(command) => bench::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line: the chain of causes joined, no backtrace.
+            let message = error
+                .chain()
+                .map(|cause| cause.to_string())
+                .collect::<Vec<_>>()
+                .join(": ");
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! Adapter discovery and selection, device creation with the adapter's real limits, and the
+//! error plumbing that turns wgpu's asynchronous errors into values.
+
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use super::error::{first_line, GpuError, GpuResult};
+use super::pipeline::PipelineCache;
+
+/// Which graphics API to go through. `None` in [`AdapterRequest`] means "any primary one".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    Vulkan,
+    Metal,
+    Dx12,
+    Gl,
+}
+
+impl BackendChoice {
+    fn backends(self) -> wgpu::Backends {
+        match self {
+            BackendChoice::Vulkan => wgpu::Backends::VULKAN,
+            BackendChoice::Metal => wgpu::Backends::METAL,
+            BackendChoice::Dx12 => wgpu::Backends::DX12,
+            BackendChoice::Gl => wgpu::Backends::GL,
+        }
+    }
+}
+
+/// What the user asked for: an adapter by name (case-insensitive substring) or by index in
+/// the `sae adapters` listing, and optionally a backend.
+#[derive(Clone, Debug, Default)]
+pub struct AdapterRequest {
+    pub adapter: Option<String>,
+    pub backend: Option<BackendChoice>,
+    /// Caps the storage-buffer binding size below the adapter's, so tests can exercise the
+    /// split-dictionary paths on small shapes.
+    pub max_binding_override: Option<u64>,
+}
+
+/// Optional features we use when the adapter has them and work without otherwise.
+pub const OPTIONAL_FEATURES: [(wgpu::Features, &str); 4] = [
+    (wgpu::Features::SHADER_F16, "SHADER_F16"),
+    (wgpu::Features::SUBGROUP, "SUBGROUP"),
+    (wgpu::Features::TIMESTAMP_QUERY, "TIMESTAMP_QUERY"),
+    (
+        wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
+        "TIMESTAMP_QUERY_INSIDE_PASSES",
+    ),
+];
+
+/// The facts about an adapter that a user (and a benchmark line) needs.
+#[derive(Clone, Debug, Serialize)]
+pub struct AdapterSummary {
+    pub index: usize,
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub vendor_id: u32,
+    pub device_id: u32,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_compute_workgroups_per_dimension: u32,
+    pub max_storage_buffers_per_shader_stage: u32,
+    pub features: Vec<&'static str>,
+}
+
+impl AdapterSummary {
+    fn new(index: usize, adapter: &wgpu::Adapter) -> Self {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features();
+        AdapterSummary {
+            index,
+            name: info.name,
+            backend: format!("{:?}", info.backend).to_lowercase(),
+            device_type: format!("{:?}", info.device_type),
+            driver: info.driver,
+            driver_info: info.driver_info,
+            vendor_id: info.vendor,
+            device_id: info.device,
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+            max_buffer_size: limits.max_buffer_size,
+            max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+            max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+            max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+            features: OPTIONAL_FEATURES
+                .iter()
+                .filter(|(flag, _)| features.contains(*flag))
+                .map(|(_, name)| *name)
+                .collect(),
+        }
+    }
+}
+
+fn make_instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    // Validation layers are rarely installed and only add noise for users; WGPU_* env vars
+    // still turn them on for debugging.
+    desc.flags = wgpu::InstanceFlags::empty();
+    wgpu::Instance::new(desc.with_env())
+}
+
+fn requested_backends(backend: Option<BackendChoice>) -> wgpu::Backends {
+    backend.map_or(wgpu::Backends::PRIMARY, BackendChoice::backends)
+}
+
+/// Every adapter wgpu sees for the requested backend (all primary backends by default,
+/// falling back to GL when none of those has one).
+pub fn enumerate_adapters(backend: Option<BackendChoice>) -> Vec<wgpu::Adapter> {
+    let adapters = pollster::block_on(
+        make_instance(requested_backends(backend)).enumerate_adapters(requested_backends(backend)),
+    );
+    if adapters.is_empty() && backend.is_none() {
+        return pollster::block_on(
+            make_instance(wgpu::Backends::GL).enumerate_adapters(wgpu::Backends::GL),
+        );
+    }
+    adapters
+}
+
+pub fn list_adapters(backend: Option<BackendChoice>) -> Vec<AdapterSummary> {
+    enumerate_adapters(backend)
+        .iter()
+        .enumerate()
+        .map(|(index, adapter)| AdapterSummary::new(index, adapter))
+        .collect()
+}
+
+/// Lower is better: real GPUs before software rasterisers; native APIs before GL.
+fn preference(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let kind = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    };
+    let api = u8::from(info.backend == wgpu::Backend::Gl);
+    (kind, api)
+}
+
+fn choose_adapter(request: &AdapterRequest) -> GpuResult<wgpu::Adapter> {
+    let mut adapters = enumerate_adapters(request.backend);
+    if adapters.is_empty() {
+        let looked_for = match request.backend {
+            Some(backend) => format!("backend {backend:?}"),
+            None => "Vulkan, Metal, DX12 and GL backends".to_string(),
+        };
+        return Err(GpuError::NoAdapter { looked_for });
+    }
+    match request
+        .adapter
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        None => {
+            adapters.sort_by_key(|adapter| preference(&adapter.get_info()));
+            Ok(adapters.swap_remove(0))
+        }
+        Some(wanted) => {
+            if let Ok(index) = wanted.parse::<usize>() {
+                if index < adapters.len() {
+                    return Ok(adapters.swap_remove(index));
+                }
+            }
+            let needle = wanted.to_lowercase();
+            match adapters
+                .iter()
+                .position(|adapter| adapter.get_info().name.to_lowercase().contains(&needle))
+            {
+                Some(position) => Ok(adapters.swap_remove(position)),
+                None => Err(GpuError::AdapterNotFound {
+                    wanted: wanted.to_string(),
+                    available: adapters
+                        .iter()
+                        .enumerate()
+                        .map(|(i, a)| format!("{i}: {}", a.get_info().name))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }),
+            }
+        }
+    }
+}
+
+/// An open device with everything needed to compile and launch our kernels.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub summary: AdapterSummary,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    pub pipelines: PipelineCache,
+    /// Reused by [`Gpu::read`]; grows to the largest readback.
+    pub(crate) staging: Mutex<Option<wgpu::Buffer>>,
+    /// The first error wgpu reported outside an error scope since the last check.
+    uncaptured: Arc<Mutex<Option<GpuError>>>,
+}
+
+impl Gpu {
+    pub fn new(request: &AdapterRequest) -> GpuResult<Gpu> {
+        let adapter = choose_adapter(request)?;
+        let info = adapter.get_info();
+        let summary = AdapterSummary::new(0, &adapter);
+        let available = adapter.features();
+        let wanted = OPTIONAL_FEATURES
+            .iter()
+            .fold(wgpu::Features::empty(), |acc, (flag, _)| acc | *flag);
+        let features = available & wanted;
+        let mut limits = adapter.limits();
+        if let Some(cap) = request.max_binding_override {
+            limits.max_storage_buffer_binding_size =
+                limits.max_storage_buffer_binding_size.min(cap);
+        }
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("sae-wgpu"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|source| GpuError::RequestDevice {
+            adapter: info.name.clone(),
+            source,
+        })?;
+
+        let uncaptured: Arc<Mutex<Option<GpuError>>> = Arc::new(Mutex::new(None));
+        let sink = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
+            tracing::error!("wgpu: {}", first_line(&error.to_string()));
+            if let Ok(mut slot) = sink.lock() {
+                slot.get_or_insert_with(|| GpuError::from_wgpu("a GPU command", error));
+            }
+        }));
+        let lost_sink = uncaptured.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if reason != wgpu::DeviceLostReason::Destroyed {
+                if let Ok(mut slot) = lost_sink.lock() {
+                    slot.get_or_insert(GpuError::DeviceLost(first_line(&message)));
+                }
+            }
+        });
+        tracing::info!(
+            adapter = %info.name,
+            backend = ?info.backend,
+            driver = %info.driver,
+            "opened GPU device"
+        );
+        let limits = device.limits();
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            summary,
+            limits,
+            features,
+            pipelines: PipelineCache::default(),
+            staging: Mutex::new(None),
+            uncaptured,
+        })
+    }
+
+    pub fn has_f16(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16)
+    }
+
+    pub fn has_timestamps(&self) -> bool {
+        self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// A one-line description for logs and benchmark records.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?}, driver {} {})",
+            self.info.name,
+            self.info.backend,
+            self.info.device_type,
+            self.info.driver,
+            self.info.driver_info
+        )
+    }
+
+    /// Blocks until all submitted work is done, then reports any error wgpu raised meanwhile.
+    pub fn wait(&self) -> GpuResult<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::DeviceLost(first_line(&e.to_string())))?;
+        self.take_error()
+    }
+
+    /// Returns (and clears) the first asynchronous error since the last call.
+    pub fn take_error(&self) -> GpuResult<()> {
+        match self.uncaptured.lock().ok().and_then(|mut slot| slot.take()) {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks that a buffer of `bytes` can be bound as one storage binding.
+    pub fn check_binding(&self, what: &str, bytes: u64) -> GpuResult<()> {
+        let limit = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size);
+        if bytes > limit {
+            return Err(GpuError::Limit {
+                what: what.to_string(),
+                needed: bytes,
+                limit,
+                limit_name: "max_storage_buffer_binding_size",
+            });
+        }
+        Ok(())
+    }
+}

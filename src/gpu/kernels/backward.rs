@@ -1,0 +1,277 @@
+//! Backward pass of the TopK reconstruction loss without float atomics: a reverse index
+//! (which entries chose each latent, in row order) followed by segmented reductions.
+
+use super::{check_len, dim};
+use crate::gpu::dispatch::{tiles, Grid};
+use crate::gpu::error::GpuResult;
+use crate::gpu::params::BackwardParams;
+use crate::gpu::{Gpu, GpuBuffer, PipelineKey, Recorder, Shader};
+
+const WG: u32 = 64;
+
+/// The shape of one batch through a TopK SAE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackwardShape {
+    pub rows: usize,
+    pub d_in: usize,
+    pub d_sae: usize,
+    pub k: usize,
+}
+
+impl BackwardShape {
+    pub fn entries(&self) -> usize {
+        self.rows * self.k
+    }
+
+    /// u32 words in each latent's bitmask of rows.
+    pub fn words_per_latent(&self) -> usize {
+        self.rows.div_ceil(32)
+    }
+
+    fn params(&self, kernel: &'static str) -> GpuResult<BackwardParams> {
+        Ok(BackwardParams {
+            rows: dim(kernel, "rows", self.rows)?,
+            d_in: dim(kernel, "d_in", self.d_in)?,
+            d_sae: dim(kernel, "d_sae", self.d_sae)?,
+            k: dim(kernel, "k", self.k)?,
+            entries: dim(kernel, "rows × k", self.entries())?,
+            words_per_latent: dim(kernel, "row words", self.words_per_latent())?,
+            col_tiles: tiles(self.d_in, WG),
+            stat_slot: 0,
+            scale: 0.0,
+            _pad: [0; 3],
+        })
+    }
+}
+
+fn key(entry: &'static str) -> PipelineKey {
+    PipelineKey::new(Shader::Backward, entry).define("WG", WG)
+}
+
+fn grid(rec: &Recorder<'_>, workgroups: usize) -> Grid {
+    Grid::linear(
+        workgroups as u64,
+        rec.gpu().limits.max_compute_workgroups_per_dimension,
+    )
+}
+
+/// Scratch buffers of the reverse index, allocated once per batch shape.
+pub struct ReverseIndex {
+    pub shape: BackwardShape,
+    /// [d_sae, words_per_latent] u32: bit r of latent i is set when row r chose i.
+    pub row_bits: GpuBuffer,
+    /// [d_sae] u32: how many rows chose each latent.
+    pub counts: GpuBuffer,
+    /// [d_sae + 1] u32: start of each latent's segment in `entries`.
+    pub offsets: GpuBuffer,
+    /// [rows · k] u32: entry ids grouped by latent, in row order within a latent.
+    pub entries: GpuBuffer,
+}
+
+impl ReverseIndex {
+    pub fn new(gpu: &Gpu, shape: BackwardShape) -> GpuResult<Self> {
+        Ok(ReverseIndex {
+            shape,
+            row_bits: gpu.storage::<u32>("row_bits", shape.d_sae * shape.words_per_latent())?,
+            counts: gpu.storage::<u32>("latent_counts", shape.d_sae)?,
+            offsets: gpu.storage::<u32>("latent_offsets", shape.d_sae + 1)?,
+            entries: gpu.storage::<u32>("reverse_index", shape.entries())?,
+        })
+    }
+}
+
+/// `grad_out = scale · (x̂ − x) / stats[stat_slot]`; for the FVU loss scale is 2 and the slot
+/// holds the batch's total centred variance.
+#[allow(clippy::too_many_arguments)]
+pub fn launch_loss_grad(
+    rec: &mut Recorder<'_>,
+    x_hat: &GpuBuffer,
+    x: &GpuBuffer,
+    stats: &GpuBuffer,
+    stat_slot: usize,
+    scale: f32,
+    grad_out: &GpuBuffer,
+    shape: BackwardShape,
+) -> GpuResult<()> {
+    const KERNEL: &str = "loss_grad";
+    let n = shape.rows * shape.d_in;
+    check_len(KERNEL, x_hat, n)?;
+    check_len(KERNEL, x, n)?;
+    check_len(KERNEL, stats, stat_slot + 1)?;
+    check_len(KERNEL, grad_out, n)?;
+    let mut params = shape.params(KERNEL)?;
+    params.stat_slot = dim(KERNEL, "stat slot", stat_slot)?;
+    params.scale = scale;
+    let grid = grid(rec, n.div_ceil(WG as usize));
+    rec.launch(
+        &key(KERNEL),
+        &params,
+        &[(1, x_hat), (2, x), (3, stats), (4, grad_out)],
+        grid,
+    )
+}
+
+/// `code_grad[e] = ⟨grad_out[row], W_dec[latent]⟩` where the latent fired, else 0.
+pub fn launch_code_grad(
+    rec: &mut Recorder<'_>,
+    grad_out: &GpuBuffer,
+    top_idx: &GpuBuffer,
+    top_val: &GpuBuffer,
+    w_dec: &GpuBuffer,
+    code_grad: &GpuBuffer,
+    shape: BackwardShape,
+) -> GpuResult<()> {
+    const KERNEL: &str = "code_grad";
+    check_len(KERNEL, grad_out, shape.rows * shape.d_in)?;
+    check_len(KERNEL, top_idx, shape.entries())?;
+    check_len(KERNEL, top_val, shape.entries())?;
+    check_len(KERNEL, w_dec, shape.d_sae * shape.d_in)?;
+    check_len(KERNEL, code_grad, shape.entries())?;
+    let params = shape.params(KERNEL)?;
+    let grid = grid(rec, shape.entries());
+    rec.launch(
+        &key(KERNEL),
+        &params,
+        &[
+            (4, grad_out),
+            (5, top_idx),
+            (6, top_val),
+            (7, w_dec),
+            (8, code_grad),
+        ],
+        grid,
+    )
+}
+
+/// Builds the reverse index from `top_idx`: clear, mark rows per latent, prefix-sum the
+/// counts, scatter each entry to its stable position.
+pub fn launch_reverse_index(
+    rec: &mut Recorder<'_>,
+    top_idx: &GpuBuffer,
+    index: &ReverseIndex,
+) -> GpuResult<()> {
+    let shape = index.shape;
+    check_len("mark_latents", top_idx, shape.entries())?;
+    let params = shape.params("mark_latents")?;
+    rec.clear(&index.row_bits);
+    rec.clear(&index.counts);
+    let per_entry = grid(rec, shape.entries().div_ceil(WG as usize));
+    rec.launch(
+        &key("mark_latents"),
+        &params,
+        &[(5, top_idx), (9, &index.row_bits), (10, &index.counts)],
+        per_entry,
+    )?;
+    rec.launch(
+        &key("scan_counts"),
+        &params,
+        &[(10, &index.counts), (11, &index.offsets)],
+        Grid::new(1, 1, 1),
+    )?;
+    rec.launch(
+        &key("scatter_entries"),
+        &params,
+        &[
+            (5, top_idx),
+            (9, &index.row_bits),
+            (11, &index.offsets),
+            (12, &index.entries),
+        ],
+        per_entry,
+    )
+}
+
+/// `grad_w_dec[i, c] = Σ_{entries e of latent i} top_val[e] · grad_out[row(e), c]` (zero rows
+/// for latents nobody chose).
+pub fn launch_decoder_weight_grad(
+    rec: &mut Recorder<'_>,
+    index: &ReverseIndex,
+    top_val: &GpuBuffer,
+    grad_out: &GpuBuffer,
+    grad_w_dec: &GpuBuffer,
+) -> GpuResult<()> {
+    const KERNEL: &str = "decoder_weight_grad";
+    let shape = index.shape;
+    check_len(KERNEL, top_val, shape.entries())?;
+    check_len(KERNEL, grad_out, shape.rows * shape.d_in)?;
+    check_len(KERNEL, grad_w_dec, shape.d_sae * shape.d_in)?;
+    let params = shape.params(KERNEL)?;
+    let grid = grid(rec, shape.d_sae * params.col_tiles as usize);
+    rec.launch(
+        &key(KERNEL),
+        &params,
+        &[
+            (4, grad_out),
+            (6, top_val),
+            (11, &index.offsets),
+            (12, &index.entries),
+            (14, grad_w_dec),
+        ],
+        grid,
+    )
+}
+
+/// `grad_w_enc[c, i] = Σ_e code_grad[e] · (x[row(e), c] − b_dec[c])`, `grad_b_enc[i] = Σ_e code_grad[e]`.
+#[allow(clippy::too_many_arguments)]
+pub fn launch_encoder_weight_grad(
+    rec: &mut Recorder<'_>,
+    index: &ReverseIndex,
+    code_grad: &GpuBuffer,
+    x: &GpuBuffer,
+    b_dec: &GpuBuffer,
+    grad_w_enc: &GpuBuffer,
+    grad_b_enc: &GpuBuffer,
+) -> GpuResult<()> {
+    const KERNEL: &str = "encoder_weight_grad";
+    let shape = index.shape;
+    check_len(KERNEL, code_grad, shape.entries())?;
+    check_len(KERNEL, x, shape.rows * shape.d_in)?;
+    check_len(KERNEL, b_dec, shape.d_in)?;
+    check_len(KERNEL, grad_w_enc, shape.d_in * shape.d_sae)?;
+    check_len(KERNEL, grad_b_enc, shape.d_sae)?;
+    let params = shape.params(KERNEL)?;
+    let grid = grid(rec, shape.d_sae * params.col_tiles as usize);
+    rec.launch(
+        &key(KERNEL),
+        &params,
+        &[
+            (2, x),
+            (8, code_grad),
+            (11, &index.offsets),
+            (12, &index.entries),
+            (13, b_dec),
+            (15, grad_w_enc),
+            (16, grad_b_enc),
+        ],
+        grid,
+    )
+}
+
+/// `grad_b_dec[c] = Σ_r grad_out[r, c] − Σ_i W_enc[c, i] · grad_b_enc[i]`.
+pub fn launch_bias_dec_grad(
+    rec: &mut Recorder<'_>,
+    grad_out: &GpuBuffer,
+    w_enc: &GpuBuffer,
+    grad_b_enc: &GpuBuffer,
+    grad_b_dec: &GpuBuffer,
+    shape: BackwardShape,
+) -> GpuResult<()> {
+    const KERNEL: &str = "bias_dec_grad";
+    check_len(KERNEL, grad_out, shape.rows * shape.d_in)?;
+    check_len(KERNEL, w_enc, shape.d_in * shape.d_sae)?;
+    check_len(KERNEL, grad_b_enc, shape.d_sae)?;
+    check_len(KERNEL, grad_b_dec, shape.d_in)?;
+    let params = shape.params(KERNEL)?;
+    let grid = grid(rec, shape.d_in);
+    rec.launch(
+        &key(KERNEL),
+        &params,
+        &[
+            (4, grad_out),
+            (16, grad_b_enc),
+            (17, w_enc),
+            (18, grad_b_dec),
+        ],
+        grid,
+    )
+}

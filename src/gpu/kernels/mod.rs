@@ -1,0 +1,34 @@
+//! One thin `launch_*` wrapper per kernel: check shapes (an error, never a panic), fetch the
+//! pipeline, bind, compute the grid, record into the caller's [`Recorder`](super::Recorder).
+
+pub mod backward;
+pub mod decoder;
+pub mod encoder;
+pub mod optim;
+pub mod reduce;
+pub mod topk;
+
+use super::buffers::GpuBuffer;
+use super::error::{GpuError, GpuResult};
+
+/// A dimension as the u32 the shaders index with.
+pub(crate) fn dim(kernel: &'static str, what: &str, value: usize) -> GpuResult<u32> {
+    u32::try_from(value).map_err(|_| GpuError::Shape {
+        kernel,
+        message: format!("{what} = {value} exceeds the 32-bit index range of the shaders"),
+    })
+}
+
+/// Fails unless `buffer` holds at least `needed` elements.
+pub(crate) fn check_len(kernel: &'static str, buffer: &GpuBuffer, needed: usize) -> GpuResult<()> {
+    if buffer.len < needed {
+        return Err(GpuError::Shape {
+            kernel,
+            message: format!(
+                "buffer '{}' holds {} elements, needs {needed}",
+                buffer.label, buffer.len
+            ),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Reductions for losses and metrics: sums of squared error, centred variance, per-row L0 and
+//! per-latent fire counts. Float sums are two-stage in a fixed order (deterministic).
+
+use super::{check_len, dim};
+use crate::gpu::dispatch::Grid;
+use crate::gpu::error::GpuResult;
+use crate::gpu::params::ReduceParams;
+use crate::gpu::{Gpu, GpuBuffer, PipelineKey, Recorder, Shader};
+
+const WG: u32 = 256;
+/// Workgroups in the first stage of a float sum; the second stage is one workgroup.
+const MAX_PARTIALS: usize = 1024;
+
+fn key(entry: &'static str) -> PipelineKey {
+    PipelineKey::new(Shader::Reduce, entry).define("WG", WG)
+}
+
+/// Scratch for two-stage sums.
+pub struct Reducer {
+    partials: GpuBuffer,
+}
+
+impl Reducer {
+    pub fn new(gpu: &Gpu) -> GpuResult<Self> {
+        Ok(Reducer {
+            partials: gpu.storage::<f32>("reduce_partials", MAX_PARTIALS)?,
+        })
+    }
+
+    fn partial_count(n: usize) -> usize {
+        n.div_ceil(WG as usize).clamp(1, MAX_PARTIALS)
+    }
+
+    fn finish(
+        &self,
+        rec: &mut Recorder<'_>,
+        params: ReduceParams,
+        stats: &GpuBuffer,
+    ) -> GpuResult<()> {
+        rec.launch(
+            &key("finish_sum"),
+            &params,
+            &[(3, &self.partials), (4, stats)],
+            Grid::new(1, 1, 1),
+        )
+    }
+
+    /// `stats[slot] = Σ_i (a[i] − b[i])²` over the first `n` elements.
+    pub fn launch_sum_sq_diff(
+        &self,
+        rec: &mut Recorder<'_>,
+        a: &GpuBuffer,
+        b: &GpuBuffer,
+        n: usize,
+        stats: &GpuBuffer,
+        slot: usize,
+    ) -> GpuResult<()> {
+        const KERNEL: &str = "sum_sq_diff_partials";
+        check_len(KERNEL, a, n)?;
+        check_len(KERNEL, b, n)?;
+        check_len(KERNEL, stats, slot + 1)?;
+        let partials = Self::partial_count(n);
+        let params = ReduceParams {
+            n: dim(KERNEL, "n", n)?,
+            slot: slot as u32,
+            partials: partials as u32,
+            ..Default::default()
+        };
+        rec.launch(
+            &key(KERNEL),
+            &params,
+            &[(1, a), (2, b), (3, &self.partials)],
+            Grid::new(partials as u32, 1, 1),
+        )?;
+        self.finish(rec, params, stats)
+    }
+
+    /// `stats[slot] = Σ_r ‖x[r] − x̄‖²`, x̄ the mean row; `col_mean` ([cols]) receives x̄.
+    #[allow(clippy::too_many_arguments)]
+    pub fn launch_centered_sq(
+        &self,
+        rec: &mut Recorder<'_>,
+        x: &GpuBuffer,
+        rows: usize,
+        cols: usize,
+        col_mean: &GpuBuffer,
+        stats: &GpuBuffer,
+        slot: usize,
+    ) -> GpuResult<()> {
+        const KERNEL: &str = "centered_sq_partials";
+        let n = rows * cols;
+        check_len(KERNEL, x, n)?;
+        check_len(KERNEL, col_mean, cols)?;
+        check_len(KERNEL, stats, slot + 1)?;
+        let partials = Self::partial_count(n);
+        let params = ReduceParams {
+            n: dim(KERNEL, "n", n)?,
+            rows: dim(KERNEL, "rows", rows)?,
+            cols: dim(KERNEL, "cols", cols)?,
+            slot: slot as u32,
+            partials: partials as u32,
+            ..Default::default()
+        };
+        let max = rec.gpu().limits.max_compute_workgroups_per_dimension;
+        rec.launch(
+            &key("column_mean"),
+            &params,
+            &[(1, x), (5, col_mean)],
+            Grid::linear(cols.div_ceil(WG as usize) as u64, max),
+        )?;
+        rec.launch(
+            &key(KERNEL),
+            &params,
+            &[(1, x), (3, &self.partials), (5, col_mean)],
+            Grid::new(partials as u32, 1, 1),
+        )?;
+        self.finish(rec, params, stats)
+    }
+}
+
+/// `row_l0[r]` = number of the row's k values that are > 0.
+pub fn launch_row_l0(
+    rec: &mut Recorder<'_>,
+    top_val: &GpuBuffer,
+    rows: usize,
+    k: usize,
+    row_l0: &GpuBuffer,
+) -> GpuResult<()> {
+    const KERNEL: &str = "row_l0";
+    check_len(KERNEL, top_val, rows * k)?;
+    check_len(KERNEL, row_l0, rows)?;
+    let params = ReduceParams {
+        rows: dim(KERNEL, "rows", rows)?,
+        k: dim(KERNEL, "k", k)?,
+        ..Default::default()
+    };
+    let grid = Grid::linear(
+        rows.div_ceil(WG as usize) as u64,
+        rec.gpu().limits.max_compute_workgroups_per_dimension,
+    );
+    rec.launch(&key(KERNEL), &params, &[(6, top_val), (8, row_l0)], grid)
+}
+
+/// Adds to `fire_counts[i]` (u32, not cleared here) how many of the `entries` chose latent i
+/// with a positive value.
+pub fn launch_fire_counts(
+    rec: &mut Recorder<'_>,
+    top_idx: &GpuBuffer,
+    top_val: &GpuBuffer,
+    entries: usize,
+    fire_counts: &GpuBuffer,
+) -> GpuResult<()> {
+    const KERNEL: &str = "fire_counts";
+    check_len(KERNEL, top_idx, entries)?;
+    check_len(KERNEL, top_val, entries)?;
+    let params = ReduceParams {
+        n: dim(KERNEL, "entries", entries)?,
+        ..Default::default()
+    };
+    let grid = Grid::linear(
+        entries.div_ceil(WG as usize) as u64,
+        rec.gpu().limits.max_compute_workgroups_per_dimension,
+    );
+    rec.launch(
+        &key(KERNEL),
+        &params,
+        &[(6, top_val), (7, top_idx), (9, fire_counts)],
+        grid,
+    )
+}

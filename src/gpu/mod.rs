@@ -1,0 +1,20 @@
+//! The GPU layer: device and adapter choice, buffers, the shader registry and pipeline cache,
+//! and one thin launch wrapper per kernel (in `kernels/`).
+
+pub mod buffers;
+pub mod device;
+pub mod dispatch;
+pub mod error;
+pub mod kernels;
+pub mod params;
+pub mod pipeline;
+pub mod recorder;
+pub mod shaders;
+
+pub use buffers::GpuBuffer;
+pub use device::{list_adapters, AdapterRequest, AdapterSummary, BackendChoice, Gpu};
+pub use dispatch::Grid;
+pub use error::{GpuError, GpuResult};
+pub use pipeline::PipelineKey;
+pub use recorder::Recorder;
+pub use shaders::{InputPrecision, Shader};

@@ -1,0 +1,92 @@
+//! Host mirrors of the WGSL `Params` structs. Each is `#[repr(C)]` + Pod, padded to a multiple
+//! of 16 bytes, and must list the same fields in the same order as the struct at the top of
+//! its shader (the size assertions below catch a field added on one side only).
+
+use bytemuck::{Pod, Zeroable};
+
+/// shaders/encoder_gemm.wgsl
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct GemmParams {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub _pad: u32,
+}
+
+/// shaders/topk.wgsl
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct TopKParams {
+    pub rows: u32,
+    pub cols: u32,
+    pub k: u32,
+    pub sort_n: u32,
+    pub masked: u32,
+    pub _pad: [u32; 3],
+}
+
+/// shaders/decoder.wgsl
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct DecoderParams {
+    pub rows: u32,
+    pub d_in: u32,
+    pub k: u32,
+    pub col_tiles: u32,
+}
+
+/// shaders/backward.wgsl
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct BackwardParams {
+    pub rows: u32,
+    pub d_in: u32,
+    pub d_sae: u32,
+    pub k: u32,
+    pub entries: u32,
+    pub words_per_latent: u32,
+    pub col_tiles: u32,
+    pub stat_slot: u32,
+    pub scale: f32,
+    pub _pad: [u32; 3],
+}
+
+/// shaders/optim.wgsl
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct OptimParams {
+    pub n: u32,
+    pub rows: u32,
+    pub cols: u32,
+    pub _pad0: u32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub step_size: f32,
+    pub bias2_sqrt: f32,
+    pub norm_eps: f32,
+    pub _pad1: [u32; 2],
+}
+
+/// shaders/reduce.wgsl
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct ReduceParams {
+    pub n: u32,
+    pub rows: u32,
+    pub cols: u32,
+    pub k: u32,
+    pub slot: u32,
+    pub partials: u32,
+    pub _pad: [u32; 2],
+}
+
+const _: () = {
+    assert!(std::mem::size_of::<GemmParams>() == 16);
+    assert!(std::mem::size_of::<TopKParams>() == 32);
+    assert!(std::mem::size_of::<DecoderParams>() == 16);
+    assert!(std::mem::size_of::<BackwardParams>() == 48);
+    assert!(std::mem::size_of::<OptimParams>() == 48);
+    assert!(std::mem::size_of::<ReduceParams>() == 32);
+};

@@ -1,0 +1,60 @@
+//! The registry of WGSL sources: every `shaders/*.wgsl` is included once, here.
+
+/// One WGSL file per kernel family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Shader {
+    EncoderGemm,
+    TopK,
+    Decoder,
+    Backward,
+    Optim,
+    Reduce,
+}
+
+impl Shader {
+    pub fn name(self) -> &'static str {
+        match self {
+            Shader::EncoderGemm => "encoder_gemm",
+            Shader::TopK => "topk",
+            Shader::Decoder => "decoder",
+            Shader::Backward => "backward",
+            Shader::Optim => "optim",
+            Shader::Reduce => "reduce",
+        }
+    }
+
+    pub fn source(self) -> &'static str {
+        match self {
+            Shader::EncoderGemm => include_str!("../../shaders/encoder_gemm.wgsl"),
+            Shader::TopK => include_str!("../../shaders/topk.wgsl"),
+            Shader::Decoder => include_str!("../../shaders/decoder.wgsl"),
+            Shader::Backward => include_str!("../../shaders/backward.wgsl"),
+            Shader::Optim => include_str!("../../shaders/optim.wgsl"),
+            Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
+        }
+    }
+}
+
+/// The element type a kernel reads its activations in. The only text substitution we do:
+/// a generated header defines `in_t` (and enables f16 when needed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum InputPrecision {
+    F32,
+    F16,
+}
+
+impl InputPrecision {
+    pub fn header(self) -> &'static str {
+        match self {
+            InputPrecision::F32 => "alias in_t = f32;\n",
+            InputPrecision::F16 => "enable f16;\nalias in_t = f16;\n",
+        }
+    }
+
+    pub fn bytes(self) -> usize {
+        match self {
+            InputPrecision::F32 => 4,
+            InputPrecision::F16 => 2,
+        }
+    }
+}

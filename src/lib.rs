@@ -1,0 +1,5 @@
+//! sae-wgpu: train and analyse sparse autoencoders on any GPU, with every heavy kernel in WGSL
+//! run through wgpu (Vulkan, Metal, DX12, GL).
+
+pub mod cli;
+pub mod gpu;

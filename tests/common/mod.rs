@@ -1,0 +1,93 @@
+//! Shared test support: the adapter-or-skip rule, seeded data, relative-error comparison that
+//! treats NaN/Inf explicitly, and CPU f64 references for every kernel.
+
+#![allow(dead_code)]
+
+pub mod reference;
+
+use std::sync::OnceLock;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sae_wgpu::gpu::{AdapterRequest, Gpu};
+
+/// NaN as a u32 pattern: outputs are filled with it before a launch, so an element the kernel
+/// forgot to write fails the comparison.
+pub const POISON: u32 = 0x7fc0_0000;
+
+/// The test GPU, opened once per test binary. `None` (the test skips with a message) when no
+/// adapter exists, unless SAE_REQUIRE_GPU=1, which CI sets so a skip cannot pass silently.
+pub fn gpu() -> Option<&'static Gpu> {
+    static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
+    let gpu = GPU.get_or_init(|| match Gpu::new(&AdapterRequest::default()) {
+        Ok(gpu) => Some(gpu),
+        Err(error) => {
+            if std::env::var("SAE_REQUIRE_GPU").as_deref() == Ok("1") {
+                panic!("SAE_REQUIRE_GPU=1 but no adapter: {error}");
+            }
+            eprintln!("SKIP: no GPU adapter ({error})");
+            None
+        }
+    });
+    gpu.as_ref()
+}
+
+pub fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+pub fn random_vec(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+/// ‖out − ref‖ / ‖ref‖, or +∞ if any output is not finite. ‖ref‖ = 0 compares absolutely.
+pub fn rel_error(out: &[f32], reference: &[f64]) -> f64 {
+    assert_eq!(out.len(), reference.len(), "length mismatch");
+    let mut diff = 0.0;
+    let mut norm = 0.0;
+    for (o, r) in out.iter().zip(reference) {
+        if !o.is_finite() {
+            return f64::INFINITY;
+        }
+        diff += (f64::from(*o) - r).powi(2);
+        norm += r * r;
+    }
+    if norm == 0.0 {
+        diff.sqrt()
+    } else {
+        (diff / norm).sqrt()
+    }
+}
+
+/// Fails with the worst element, its values and the tolerance.
+#[track_caller]
+pub fn assert_close(what: &str, out: &[f32], reference: &[f64], tol: f64) {
+    let err = rel_error(out, reference);
+    if err <= tol {
+        return;
+    }
+    let (worst, _) = out
+        .iter()
+        .zip(reference)
+        .enumerate()
+        .map(|(i, (o, r))| {
+            let d = if o.is_finite() {
+                (f64::from(*o) - r).abs()
+            } else {
+                f64::INFINITY
+            };
+            (i, d)
+        })
+        .fold(
+            (0, -1.0),
+            |best, cur| if cur.1 > best.1 { cur } else { best },
+        );
+    panic!(
+        "{what}: relative error {err:.3e} > {tol:.1e}; worst at index {worst}: gpu {} vs reference {}",
+        out[worst], reference[worst]
+    );
+}
+
+pub fn to_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
+}
