@@ -4,7 +4,7 @@
 //   column_mean            col_mean[c] = Σ_r a[r, c] / rows
 //   centered_sq_partials   partial[w] = Σ (a[r, c] − col_mean[c])²
 //   finish_sum             stats[slot] = Σ_w partial[w]
-//   row_l0                 row_l0[r] = #{j : top_val[r, j] > 0}
+//   row_l0                 l0_out[r] = #{j : top_val[r, j] > 0}
 //   fire_counts            fire_counts[i] += #{(r, j) : top_idx[r, j] = i, top_val[r, j] > 0}
 // Generated header: WG.
 
@@ -27,7 +27,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> col_mean: array<f32>;
 @group(0) @binding(6) var<storage, read> top_val: array<f32>;
 @group(0) @binding(7) var<storage, read> top_idx: array<u32>;
-@group(0) @binding(8) var<storage, read_write> row_l0: array<u32>;
+@group(0) @binding(8) var<storage, read_write> l0_out: array<u32>;
 @group(0) @binding(9) var<storage, read_write> fire_count: array<atomic<u32>>;
 
 var<workgroup> partial: array<f32, WG>;
@@ -128,7 +128,7 @@ fn row_l0(
     for (var j = 0u; j < p.k; j++) {
         count += select(0u, 1u, top_val[r * p.k + j] > 0.0);
     }
-    row_l0[r] = count;
+    l0_out[r] = count;
 }
 
 @compute @workgroup_size(WG)

@@ -66,7 +66,8 @@ pub struct OptimParams {
     pub step_size: f32,
     pub bias2_sqrt: f32,
     pub norm_eps: f32,
-    pub _pad1: [u32; 2],
+    pub one_minus_beta1: f32,
+    pub one_minus_beta2: f32,
 }
 
 /// shaders/reduce.wgsl

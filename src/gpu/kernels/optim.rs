@@ -61,6 +61,8 @@ pub fn launch_adam(
         eps: config.eps as f32,
         step_size: (lr / bias1) as f32,
         bias2_sqrt: bias2.sqrt() as f32,
+        one_minus_beta1: (1.0 - config.beta1) as f32,
+        one_minus_beta2: (1.0 - config.beta2) as f32,
         ..Default::default()
     };
     let grid = Grid::linear(
