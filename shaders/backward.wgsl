@@ -1,7 +1,9 @@
 // Backward pass of the TopK SAE reconstruction loss, without float atomics.
 // Notation: entry e = r·k + j is the j-th chosen latent of row r; g = ∂L/∂x_hat [rows, d_in].
 //
-//   loss_grad            g = scale · (x_hat − x) / stats[stat_slot]   (FVU: scale 2, slot = Σ‖x − x̄‖²)
+//   loss_grad            g = scale · (x_hat − x) / stats[stat_slot] · stats[scale_slot]
+//                        (FVU: scale 2, slot = Σ‖x − x̄‖², no scale slot)
+//   aux_residual         d = e_hat − (x − x_hat), the AuxK error (the residual is a constant)
 //   code_grad            dh[e] = ⟨g[r], w_dec[i]⟩ · 1{top_val[e] > 0}   (ReLU's derivative)
 //   mark_latents         which rows chose latent i (a bitmask per latent) and how many
 //   scan_counts          offsets[i] = Σ_{i' < i} count[i'], offsets[d_sae] = total
@@ -10,6 +12,8 @@
 //   decoder_weight_grad  ∂W_dec[i, c] = Σ_{e ∈ seg(i)} top_val[e] · g[r(e), c]
 //   encoder_weight_grad  ∂W_enc[c, i] = Σ_{e ∈ seg(i)} dh[e] · (x[r(e), c] − b_dec[c]);
 //                        ∂b_enc[i] = Σ dh[e]
+//   With `accumulate` set, the weight-gradient kernels add to their outputs (AuxK's entries on
+//   top of the main ones).
 //   bias_dec_grad        ∂b_dec[c] = Σ_r g[r, c] − Σ_i W_enc[c, i] · ∂b_enc[i]
 //                        (b_dec is subtracted from the input as well as added to the output)
 // Generated header: WG.
@@ -24,10 +28,12 @@ struct Params {
     col_tiles: u32,
     stat_slot: u32,
     scale: f32,
+    scale_slot: u32, // NO_SLOT: no multiplier
+    accumulate: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
+
+const NO_SLOT: u32 = 0xffffffffu;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x_hat: array<f32>;
@@ -48,6 +54,8 @@ struct Params {
 @group(0) @binding(16) var<storage, read_write> grad_b_enc: array<f32>;
 @group(0) @binding(17) var<storage, read> w_enc: array<f32>;
 @group(0) @binding(18) var<storage, read_write> grad_b_dec: array<f32>;
+@group(0) @binding(19) var<storage, read> e_hat: array<f32>;
+@group(0) @binding(20) var<storage, read_write> aux_diff: array<f32>;
 
 var<workgroup> partial: array<f32, WG>;
 var<workgroup> partial_u: array<u32, WG>;
@@ -79,7 +87,24 @@ fn loss_grad(
         return;
     }
     let denom = max(stats[p.stat_slot], 1e-30);
-    grad_out[i] = p.scale * (x_hat[i] - x[i]) / denom;
+    var scale = p.scale;
+    if (p.scale_slot != NO_SLOT) {
+        scale *= stats[p.scale_slot];
+    }
+    grad_out[i] = scale * (x_hat[i] - x[i]) / denom;
+}
+
+@compute @workgroup_size(WG)
+fn aux_residual(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = linear_id(wg, nwg) * WG + lid;
+    if (i >= p.rows * p.d_in) {
+        return;
+    }
+    aux_diff[i] = e_hat[i] - (x[i] - x_hat[i]);
 }
 
 // One workgroup per entry: a dot product of length d_in.
@@ -194,6 +219,9 @@ fn decoder_weight_grad(
         let e = reverse_index[s];
         acc = fma(top_val[e], grad_out[(e / p.k) * p.d_in + c], acc);
     }
+    if (p.accumulate != 0u) {
+        acc += grad_w_dec[latent * p.d_in + c];
+    }
     grad_w_dec[latent * p.d_in + c] = acc;
 }
 
@@ -219,12 +247,18 @@ fn encoder_weight_grad(
             let e = reverse_index[s];
             acc = fma(code_grad_out[e], x[(e / p.k) * p.d_in + c] - centre, acc);
         }
+        if (p.accumulate != 0u) {
+            acc += grad_w_enc[c * p.d_sae + latent];
+        }
         grad_w_enc[c * p.d_sae + latent] = acc;
     }
     if (col_tile == 0u && lid == 0u) {
         var bias = 0.0;
         for (var s = start; s < end; s++) {
             bias += code_grad_out[reverse_index[s]];
+        }
+        if (p.accumulate != 0u) {
+            bias += grad_b_enc[latent];
         }
         grad_b_enc[latent] = bias;
     }

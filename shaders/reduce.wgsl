@@ -6,6 +6,10 @@
 //   finish_sum             stats[slot] = Σ_w partial[w]
 //   row_l0                 l0_out[r] = #{j : top_val[r, j] > 0}
 //   fire_counts            fire_counts[i] += #{(r, j) : top_idx[r, j] = i, top_val[r, j] > 0}
+//   sum_sq_partials        partial[w] = Σ a[i]²
+//   update_dead            since_fired[i] = 0 if latent i fired in this batch, else += rows
+//   dead_mask              eligible[i] = since_fired[i] > threshold; dead_count += that
+//   aux_scale              stats[slot] = min(dead_count / k, 1)   (AuxK's loss scale)
 // Generated header: WG.
 
 struct Params {
@@ -15,8 +19,8 @@ struct Params {
     k: u32,
     slot: u32,
     partials: u32,
+    threshold: u32,
     _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -29,6 +33,9 @@ struct Params {
 @group(0) @binding(7) var<storage, read> top_idx: array<u32>;
 @group(0) @binding(8) var<storage, read_write> l0_out: array<u32>;
 @group(0) @binding(9) var<storage, read_write> fire_count: array<atomic<u32>>;
+@group(0) @binding(10) var<storage, read_write> since_fired: array<u32>;
+@group(0) @binding(11) var<storage, read_write> eligible: array<u32>;
+@group(0) @binding(12) var<storage, read_write> dead_count: array<atomic<u32>>;
 
 var<workgroup> partial: array<f32, WG>;
 
@@ -144,4 +151,62 @@ fn fire_counts(
     if (top_val[e] > 0.0) {
         atomicAdd(&fire_count[top_idx[e]], 1u);
     }
+}
+
+@compute @workgroup_size(WG)
+fn sum_sq_partials(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let w = linear_id(wg, nwg);
+    var acc = 0.0;
+    for (var i = w * WG + lid; i < p.n; i += p.partials * WG) {
+        acc = fma(a[i], a[i], acc);
+    }
+    partial[lid] = acc;
+    reduce_partial(lid);
+    if (lid == 0u) {
+        partial_out[w] = partial[0];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn update_dead(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = linear_id(wg, nwg) * WG + lid;
+    if (i >= p.n) {
+        return;
+    }
+    if (atomicLoad(&fire_count[i]) > 0u) {
+        since_fired[i] = 0u;
+    } else {
+        // Saturating add: a latent dead for more than 4·10⁹ tokens stays dead.
+        since_fired[i] = since_fired[i] + min(p.rows, 0xffffffffu - since_fired[i]);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn dead_mask(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = linear_id(wg, nwg) * WG + lid;
+    if (i >= p.n) {
+        return;
+    }
+    let dead = since_fired[i] > p.threshold;
+    eligible[i] = select(0u, 1u, dead);
+    if (dead) {
+        atomicAdd(&dead_count[0], 1u);
+    }
+}
+
+@compute @workgroup_size(1)
+fn aux_scale() {
+    stats[p.slot] = min(f32(atomicLoad(&dead_count[0])) / f32(p.k), 1.0);
 }

@@ -2,8 +2,9 @@
 //   h        [rows, cols] f32 pre-activations
 //   top_idx  [rows, k]    u32 latent indices, sorted by (value desc, index asc)
 //   top_val  [rows, k]    f32 ReLU(h) at those indices
-// With `masked` set, latents whose `eligible` word is 0 count as −∞ (AuxK over dead latents;
-// the caller keeps k ≤ the number of eligible latents).
+// With `masked` set, latents whose `eligible` word is 0 count as −∞ (AuxK over dead latents).
+// When fewer than k are eligible, the remaining slots hold ineligible latents with value 0,
+// which contribute nothing to a decode or a gradient: the same as taking only the eligible ones.
 // Generated header: MAX_K (largest k, a power of two). One thread per radix bin.
 //
 // Floats become order-preserving u32 keys. Passes of RADIX_BITS bits, from the top, histogram
@@ -212,7 +213,7 @@ fn select_row(lid: u32, row: u32) {
     }
     for (var j = lid; j < p.k; j += WG) {
         top_idx[row * p.k + j] = sort_idx[j];
-        top_val[row * p.k + j] = value_of(sort_key[j]);
+        top_val[row * p.k + j] = select(value_of(sort_key[j]), 0.0, sort_key[j] == NEG_INF_KEY);
     }
 }
 

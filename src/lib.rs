@@ -1,5 +1,8 @@
 //! sae-wgpu: train and analyse sparse autoencoders on any GPU, with every heavy kernel in WGSL
 //! run through wgpu (Vulkan, Metal, DX12, GL).
 
+pub mod bench;
 pub mod cli;
+pub mod data;
 pub mod gpu;
+pub mod io;

@@ -6,8 +6,9 @@ mod common;
 use common::reference::{centered_sq, decode, fvu_grads, fvu_loss_fixed_selection, topk, RefSae};
 use common::{assert_close, gpu, random_vec, rng, to_f64, POISON};
 use sae_wgpu::gpu::kernels::backward::{
-    launch_bias_dec_grad, launch_code_grad, launch_decoder_weight_grad, launch_encoder_weight_grad,
-    launch_loss_grad, launch_reverse_index, BackwardShape, ReverseIndex,
+    launch_aux_residual, launch_bias_dec_grad, launch_code_grad, launch_decoder_weight_grad,
+    launch_encoder_weight_grad, launch_loss_grad, launch_reverse_index, BackwardShape, LossScale,
+    ReverseIndex,
 };
 use sae_wgpu::gpu::kernels::decoder::launch_decode_sparse;
 use sae_wgpu::gpu::kernels::encoder::{launch_encode_gemm, EncoderShape, GemmTiles};
@@ -179,8 +180,7 @@ fn run_case(gpu: &Gpu, case: &Case) -> Run {
         &run.x_hat,
         &run.x,
         &run.stats,
-        0,
-        2.0,
+        LossScale::fvu(0),
         &run.grad_out,
         s,
     )
@@ -202,6 +202,7 @@ fn run_case(gpu: &Gpu, case: &Case) -> Run {
         &run.top_val,
         &run.grad_out,
         &run.g_w_dec,
+        false,
     )
     .unwrap();
     launch_encoder_weight_grad(
@@ -212,6 +213,7 @@ fn run_case(gpu: &Gpu, case: &Case) -> Run {
         &run.b_dec,
         &run.g_w_enc,
         &run.g_b_enc,
+        false,
     )
     .unwrap();
     launch_bias_dec_grad(
@@ -379,4 +381,93 @@ fn loss_gradient_matches_finite_differences() {
             1e-4,
         );
     }
+}
+
+/// AuxK pieces: the residual error, the loss gradient with a GPU-computed factor, and the
+/// weight-gradient kernels adding onto existing gradients.
+#[test]
+fn aux_residual_scaled_loss_grad_and_accumulation_match_reference() {
+    let Some(gpu) = gpu() else { return };
+    let case = Case::random(21, 9, 7, 30, 3);
+    let s = case.shape();
+    let run = run_case(gpu, &case);
+    let n = s.rows * s.d_in;
+    let mut rng = rng(22);
+    let e_hat = random_vec(&mut rng, n, 1.0);
+    let e_hat_buf = gpu.upload("e_hat", &e_hat).unwrap();
+    let diff = gpu.storage::<f32>("aux_diff", n).unwrap();
+    let zeros = gpu.storage::<f32>("zeros", n).unwrap();
+    let grad_aux = gpu.storage::<f32>("grad_aux", n).unwrap();
+    gpu.fill_u32(&diff, POISON);
+    gpu.fill_u32(&grad_aux, POISON);
+    // stats[0] = variance from run_case; put a factor in stats[2].
+    let mut stats_host: Vec<f32> = gpu.read(&run.stats).unwrap();
+    stats_host[2] = 0.375;
+    gpu.write(&run.stats, &stats_host).unwrap();
+    let before_w_dec: Vec<f32> = gpu.read(&run.g_w_dec).unwrap();
+    let before_w_enc: Vec<f32> = gpu.read(&run.g_w_enc).unwrap();
+    let before_b_enc: Vec<f32> = gpu.read(&run.g_b_enc).unwrap();
+
+    let mut rec = Recorder::new(gpu, "aux");
+    launch_aux_residual(&mut rec, &e_hat_buf, &run.x, &run.x_hat, &diff, s).unwrap();
+    let scale = LossScale {
+        constant: 2.0,
+        variance_slot: 0,
+        factor_slot: Some(2),
+    };
+    launch_loss_grad(&mut rec, &diff, &zeros, &run.stats, scale, &grad_aux, s).unwrap();
+    // Accumulate the main entries' gradients a second time: the result must double.
+    launch_decoder_weight_grad(
+        &mut rec,
+        &run.index,
+        &run.top_val,
+        &run.grad_out,
+        &run.g_w_dec,
+        true,
+    )
+    .unwrap();
+    launch_encoder_weight_grad(
+        &mut rec,
+        &run.index,
+        &run.code_grad,
+        &run.x,
+        &run.b_dec,
+        &run.g_w_enc,
+        &run.g_b_enc,
+        true,
+    )
+    .unwrap();
+    rec.submit().unwrap();
+
+    let x: Vec<f32> = case.x.clone();
+    let x_hat: Vec<f32> = gpu.read(&run.x_hat).unwrap();
+    let want_diff: Vec<f64> = (0..n)
+        .map(|i| f64::from(e_hat[i]) - (f64::from(x[i]) - f64::from(x_hat[i])))
+        .collect();
+    assert_close("aux residual", &read(gpu, &diff), &want_diff, 1e-5);
+    let variance = f64::from(stats_host[0]);
+    let want_grad: Vec<f64> = want_diff
+        .iter()
+        .map(|d| 2.0 * 0.375 * d / variance)
+        .collect();
+    assert_close("scaled loss grad", &read(gpu, &grad_aux), &want_grad, 1e-5);
+    let doubled = |v: &[f32]| v.iter().map(|x| 2.0 * f64::from(*x)).collect::<Vec<_>>();
+    assert_close(
+        "accumulated grad W_dec",
+        &read(gpu, &run.g_w_dec),
+        &doubled(&before_w_dec),
+        1e-6,
+    );
+    assert_close(
+        "accumulated grad W_enc",
+        &read(gpu, &run.g_w_enc),
+        &doubled(&before_w_enc),
+        1e-6,
+    );
+    assert_close(
+        "accumulated grad b_enc",
+        &read(gpu, &run.g_b_enc),
+        &doubled(&before_b_enc),
+        1e-6,
+    );
 }

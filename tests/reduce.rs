@@ -5,7 +5,10 @@ mod common;
 use common::reference::{centered_sq, topk};
 use common::{assert_close, gpu, random_vec, rng, to_f64, POISON};
 use rand::Rng;
-use sae_wgpu::gpu::kernels::reduce::{launch_fire_counts, launch_row_l0, Reducer};
+use sae_wgpu::gpu::kernels::reduce::{
+    launch_aux_scale, launch_dead_mask, launch_fire_counts, launch_row_l0, launch_update_dead,
+    Reducer,
+};
 use sae_wgpu::gpu::Recorder;
 
 #[test]
@@ -88,4 +91,80 @@ fn l0_and_fire_counts_are_exact() {
     }
     assert_eq!(gpu.read::<u32>(&l0).unwrap(), want_l0);
     assert_eq!(gpu.read::<u32>(&fire).unwrap(), want_fire);
+}
+
+#[test]
+fn sum_of_squares_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let reducer = Reducer::new(gpu).unwrap();
+    for n in [1, 7, 577, 300_001] {
+        let a = random_vec(&mut rng(n as u64), n, 2.0);
+        let a_buf = gpu.upload("a", &a).unwrap();
+        let stats = gpu.storage::<f32>("stats", 1).unwrap();
+        gpu.fill_u32(&stats, POISON);
+        let mut rec = Recorder::new(gpu, "sum_sq");
+        reducer
+            .launch_sum_sq(&mut rec, &a_buf, n, &stats, 0)
+            .unwrap();
+        rec.submit().unwrap();
+        let want: f64 = a.iter().map(|v| f64::from(*v).powi(2)).sum();
+        assert_close(
+            &format!("Σa² n={n}"),
+            &gpu.read::<f32>(&stats).unwrap(),
+            &[want],
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn dead_latent_tracking_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let d_sae = 333;
+    let mut rng = rng(8);
+    let mut since: Vec<u32> = (0..d_sae).map(|_| rng.random_range(0..3000)).collect();
+    since[0] = u32::MAX - 5; // saturates instead of wrapping
+    let fired: Vec<u32> = (0..d_sae)
+        .map(|_| u32::from(rng.random_range(0..3) == 0))
+        .collect();
+    let since_buf = gpu.upload("since", &since).unwrap();
+    let fired_buf = gpu.upload("fired", &fired).unwrap();
+    let eligible = gpu.storage::<u32>("eligible", d_sae).unwrap();
+    gpu.fill_u32(&eligible, POISON);
+    let dead_count = gpu.upload("dead_count", &[12345u32]).unwrap();
+    let stats = gpu.storage::<f32>("stats", 2).unwrap();
+    let (rows, threshold, k_aux) = (1000usize, 2500u32, 40usize);
+    let mut rec = Recorder::new(gpu, "dead");
+    launch_update_dead(&mut rec, &fired_buf, &since_buf, d_sae, rows).unwrap();
+    launch_dead_mask(
+        &mut rec,
+        &since_buf,
+        &eligible,
+        &dead_count,
+        d_sae,
+        threshold,
+    )
+    .unwrap();
+    launch_aux_scale(&mut rec, &dead_count, &stats, 1, k_aux).unwrap();
+    rec.submit().unwrap();
+
+    for (s, f) in since.iter_mut().zip(&fired) {
+        *s = if *f > 0 {
+            0
+        } else {
+            s.saturating_add(rows as u32)
+        };
+    }
+    let want_eligible: Vec<u32> = since.iter().map(|s| u32::from(*s > threshold)).collect();
+    let n_dead: u32 = want_eligible.iter().sum();
+    assert_eq!(gpu.read::<u32>(&since_buf).unwrap(), since);
+    assert_eq!(gpu.read::<u32>(&eligible).unwrap(), want_eligible);
+    assert_eq!(gpu.read::<u32>(&dead_count).unwrap(), vec![n_dead]);
+    let scale = (f64::from(n_dead) / k_aux as f64).min(1.0);
+    assert_close(
+        "aux scale",
+        &gpu.read::<f32>(&stats).unwrap()[1..],
+        &[scale],
+        1e-6,
+    );
 }

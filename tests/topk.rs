@@ -106,6 +106,27 @@ fn topk_masked_only_picks_eligible_latents() {
 }
 
 #[test]
+fn topk_masked_with_fewer_eligible_than_k_fills_with_zeros() {
+    let (rows, cols, k) = (4, 40, 9);
+    let mut eligible = vec![0u32; cols];
+    for i in [3, 17, 38] {
+        eligible[i] = 1;
+    }
+    run(
+        &continuous_values(13, rows * cols),
+        rows,
+        cols,
+        k,
+        Some(&eligible),
+    );
+}
+
+#[test]
+fn topk_handles_k_up_to_max() {
+    run(&tied_values(99, 2 * 1000), 2, 1000, MAX_K, None);
+}
+
+#[test]
 fn topk_many_rows_fold_the_grid() {
     // More rows than one grid dimension allows would be slow on lavapipe; 70 rows with a tiny
     // width still runs the folded-row arithmetic through Grid::linear's 1-D path, and the

@@ -49,7 +49,9 @@ pub struct BackwardParams {
     pub col_tiles: u32,
     pub stat_slot: u32,
     pub scale: f32,
-    pub _pad: [u32; 3],
+    pub scale_slot: u32,
+    pub accumulate: u32,
+    pub _pad: u32,
 }
 
 /// shaders/optim.wgsl
@@ -80,7 +82,8 @@ pub struct ReduceParams {
     pub k: u32,
     pub slot: u32,
     pub partials: u32,
-    pub _pad: [u32; 2],
+    pub threshold: u32,
+    pub _pad: u32,
 }
 
 const _: () = {

@@ -60,6 +60,11 @@ impl<'g> Recorder<'g> {
         recorder
     }
 
+    /// How many dispatches have been recorded with timestamps so far.
+    pub fn timed_dispatches(&self) -> usize {
+        self.timestamps.as_ref().map_or(0, |ts| ts.labels.len())
+    }
+
     pub fn gpu(&self) -> &'g Gpu {
         self.gpu
     }

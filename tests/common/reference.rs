@@ -51,7 +51,8 @@ pub fn topk(
         row.sort_by(|a, b| b.0.partial_cmp(&a.0).expect("finite").then(a.1.cmp(&b.1)));
         for &(v, i) in row.iter().take(k) {
             idx.push(i);
-            val.push(v);
+            // A masked latent taken because too few were eligible contributes nothing.
+            val.push(if v == f32::NEG_INFINITY { 0.0 } else { v });
         }
     }
     (idx, val)

@@ -8,6 +8,8 @@ use crate::gpu::params::BackwardParams;
 use crate::gpu::{Gpu, GpuBuffer, PipelineKey, Recorder, Shader};
 
 const WG: u32 = 64;
+/// `scale_slot` value meaning "no multiplier" (NO_SLOT in the shader).
+const NO_SLOT: u32 = u32::MAX;
 
 /// The shape of one batch through a TopK SAE.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +41,9 @@ impl BackwardShape {
             col_tiles: tiles(self.d_in, WG),
             stat_slot: 0,
             scale: 0.0,
-            _pad: [0; 3],
+            scale_slot: NO_SLOT,
+            accumulate: 0,
+            _pad: 0,
         })
     }
 }
@@ -80,16 +84,36 @@ impl ReverseIndex {
     }
 }
 
-/// `grad_out = scale · (x̂ − x) / stats[stat_slot]`; for the FVU loss scale is 2 and the slot
-/// holds the batch's total centred variance.
+/// Where the loss gradient's scale comes from: a constant, optionally times a value the GPU
+/// computed earlier in the step (AuxK's dead-latent factor).
+#[derive(Clone, Copy, Debug)]
+pub struct LossScale {
+    pub constant: f32,
+    /// Denominator: `stats[variance_slot]`.
+    pub variance_slot: usize,
+    /// Extra factor `stats[slot]`, if any.
+    pub factor_slot: Option<usize>,
+}
+
+impl LossScale {
+    /// d FVU / d x̂ = 2 (x̂ − x) / Σ‖x − x̄‖².
+    pub fn fvu(variance_slot: usize) -> Self {
+        LossScale {
+            constant: 2.0,
+            variance_slot,
+            factor_slot: None,
+        }
+    }
+}
+
+/// `grad_out = scale.constant · (x̂ − x) / stats[variance_slot] · stats[factor_slot]`.
 #[allow(clippy::too_many_arguments)]
 pub fn launch_loss_grad(
     rec: &mut Recorder<'_>,
     x_hat: &GpuBuffer,
     x: &GpuBuffer,
     stats: &GpuBuffer,
-    stat_slot: usize,
-    scale: f32,
+    scale: LossScale,
     grad_out: &GpuBuffer,
     shape: BackwardShape,
 ) -> GpuResult<()> {
@@ -97,16 +121,47 @@ pub fn launch_loss_grad(
     let n = shape.rows * shape.d_in;
     check_len(KERNEL, x_hat, n)?;
     check_len(KERNEL, x, n)?;
-    check_len(KERNEL, stats, stat_slot + 1)?;
+    check_len(
+        KERNEL,
+        stats,
+        scale.variance_slot.max(scale.factor_slot.unwrap_or(0)) + 1,
+    )?;
     check_len(KERNEL, grad_out, n)?;
     let mut params = shape.params(KERNEL)?;
-    params.stat_slot = dim(KERNEL, "stat slot", stat_slot)?;
-    params.scale = scale;
+    params.stat_slot = dim(KERNEL, "stat slot", scale.variance_slot)?;
+    params.scale = scale.constant;
+    if let Some(slot) = scale.factor_slot {
+        params.scale_slot = dim(KERNEL, "stat slot", slot)?;
+    }
     let grid = grid(rec, n.div_ceil(WG as usize));
     rec.launch(
         &key(KERNEL),
         &params,
         &[(1, x_hat), (2, x), (3, stats), (4, grad_out)],
+        grid,
+    )
+}
+
+/// `aux_diff = e_hat − (x − x̂)`: the AuxK reconstruction error of the residual.
+pub fn launch_aux_residual(
+    rec: &mut Recorder<'_>,
+    e_hat: &GpuBuffer,
+    x: &GpuBuffer,
+    x_hat: &GpuBuffer,
+    aux_diff: &GpuBuffer,
+    shape: BackwardShape,
+) -> GpuResult<()> {
+    const KERNEL: &str = "aux_residual";
+    let n = shape.rows * shape.d_in;
+    for buffer in [e_hat, x, x_hat, aux_diff] {
+        check_len(KERNEL, buffer, n)?;
+    }
+    let params = shape.params(KERNEL)?;
+    let grid = grid(rec, n.div_ceil(WG as usize));
+    rec.launch(
+        &key(KERNEL),
+        &params,
+        &[(1, x_hat), (2, x), (19, e_hat), (20, aux_diff)],
         grid,
     )
 }
@@ -182,20 +237,22 @@ pub fn launch_reverse_index(
 }
 
 /// `grad_w_dec[i, c] = Σ_{entries e of latent i} top_val[e] · grad_out[row(e), c]` (zero rows
-/// for latents nobody chose).
+/// for latents nobody chose); with `accumulate`, added to what `grad_w_dec` holds.
 pub fn launch_decoder_weight_grad(
     rec: &mut Recorder<'_>,
     index: &ReverseIndex,
     top_val: &GpuBuffer,
     grad_out: &GpuBuffer,
     grad_w_dec: &GpuBuffer,
+    accumulate: bool,
 ) -> GpuResult<()> {
     const KERNEL: &str = "decoder_weight_grad";
     let shape = index.shape;
     check_len(KERNEL, top_val, shape.entries())?;
     check_len(KERNEL, grad_out, shape.rows * shape.d_in)?;
     check_len(KERNEL, grad_w_dec, shape.d_sae * shape.d_in)?;
-    let params = shape.params(KERNEL)?;
+    let mut params = shape.params(KERNEL)?;
+    params.accumulate = u32::from(accumulate);
     let grid = grid(rec, shape.d_sae * params.col_tiles as usize);
     rec.launch(
         &key(KERNEL),
@@ -211,7 +268,8 @@ pub fn launch_decoder_weight_grad(
     )
 }
 
-/// `grad_w_enc[c, i] = Σ_e code_grad[e] · (x[row(e), c] − b_dec[c])`, `grad_b_enc[i] = Σ_e code_grad[e]`.
+/// `grad_w_enc[c, i] = Σ_e code_grad[e] · (x[row(e), c] − b_dec[c])`, `grad_b_enc[i] = Σ_e code_grad[e]`;
+/// with `accumulate`, added to what the outputs hold.
 #[allow(clippy::too_many_arguments)]
 pub fn launch_encoder_weight_grad(
     rec: &mut Recorder<'_>,
@@ -221,6 +279,7 @@ pub fn launch_encoder_weight_grad(
     b_dec: &GpuBuffer,
     grad_w_enc: &GpuBuffer,
     grad_b_enc: &GpuBuffer,
+    accumulate: bool,
 ) -> GpuResult<()> {
     const KERNEL: &str = "encoder_weight_grad";
     let shape = index.shape;
@@ -229,7 +288,8 @@ pub fn launch_encoder_weight_grad(
     check_len(KERNEL, b_dec, shape.d_in)?;
     check_len(KERNEL, grad_w_enc, shape.d_in * shape.d_sae)?;
     check_len(KERNEL, grad_b_enc, shape.d_sae)?;
-    let params = shape.params(KERNEL)?;
+    let mut params = shape.params(KERNEL)?;
+    params.accumulate = u32::from(accumulate);
     let grid = grid(rec, shape.d_sae * params.col_tiles as usize);
     rec.launch(
         &key(KERNEL),

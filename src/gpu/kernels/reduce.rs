@@ -75,6 +75,34 @@ impl Reducer {
         self.finish(rec, params, stats)
     }
 
+    /// `stats[slot] = Σ_i a[i]²` over the first `n` elements.
+    pub fn launch_sum_sq(
+        &self,
+        rec: &mut Recorder<'_>,
+        a: &GpuBuffer,
+        n: usize,
+        stats: &GpuBuffer,
+        slot: usize,
+    ) -> GpuResult<()> {
+        const KERNEL: &str = "sum_sq_partials";
+        check_len(KERNEL, a, n)?;
+        check_len(KERNEL, stats, slot + 1)?;
+        let partials = Self::partial_count(n);
+        let params = ReduceParams {
+            n: dim(KERNEL, "n", n)?,
+            slot: slot as u32,
+            partials: partials as u32,
+            ..Default::default()
+        };
+        rec.launch(
+            &key(KERNEL),
+            &params,
+            &[(1, a), (3, &self.partials)],
+            Grid::new(partials as u32, 1, 1),
+        )?;
+        self.finish(rec, params, stats)
+    }
+
     /// `stats[slot] = Σ_r ‖x[r] − x̄‖²`, x̄ the mean row; `col_mean` ([cols]) receives x̄.
     #[allow(clippy::too_many_arguments)]
     pub fn launch_centered_sq(
@@ -166,5 +194,88 @@ pub fn launch_fire_counts(
         &params,
         &[(6, top_val), (7, top_idx), (9, fire_counts)],
         grid,
+    )
+}
+
+fn per_latent_grid(rec: &Recorder<'_>, d_sae: usize) -> Grid {
+    Grid::linear(
+        d_sae.div_ceil(WG as usize) as u64,
+        rec.gpu().limits.max_compute_workgroups_per_dimension,
+    )
+}
+
+/// `since_fired[i]` ← 0 where `batch_fired[i] > 0`, else += `rows` (saturating).
+pub fn launch_update_dead(
+    rec: &mut Recorder<'_>,
+    batch_fired: &GpuBuffer,
+    since_fired: &GpuBuffer,
+    d_sae: usize,
+    rows: usize,
+) -> GpuResult<()> {
+    const KERNEL: &str = "update_dead";
+    check_len(KERNEL, batch_fired, d_sae)?;
+    check_len(KERNEL, since_fired, d_sae)?;
+    let params = ReduceParams {
+        n: dim(KERNEL, "d_sae", d_sae)?,
+        rows: dim(KERNEL, "rows", rows)?,
+        ..Default::default()
+    };
+    let grid = per_latent_grid(rec, d_sae);
+    rec.launch(
+        &key(KERNEL),
+        &params,
+        &[(9, batch_fired), (10, since_fired)],
+        grid,
+    )
+}
+
+/// `eligible[i] = since_fired[i] > threshold` and `dead_count[0]` (cleared here) = their number.
+pub fn launch_dead_mask(
+    rec: &mut Recorder<'_>,
+    since_fired: &GpuBuffer,
+    eligible: &GpuBuffer,
+    dead_count: &GpuBuffer,
+    d_sae: usize,
+    threshold: u32,
+) -> GpuResult<()> {
+    const KERNEL: &str = "dead_mask";
+    check_len(KERNEL, since_fired, d_sae)?;
+    check_len(KERNEL, eligible, d_sae)?;
+    check_len(KERNEL, dead_count, 1)?;
+    let params = ReduceParams {
+        n: dim(KERNEL, "d_sae", d_sae)?,
+        threshold,
+        ..Default::default()
+    };
+    rec.clear(dead_count);
+    let grid = per_latent_grid(rec, d_sae);
+    rec.launch(
+        &key(KERNEL),
+        &params,
+        &[(10, since_fired), (11, eligible), (12, dead_count)],
+        grid,
+    )
+}
+
+/// `stats[slot] = min(dead_count / k_aux, 1)`.
+pub fn launch_aux_scale(
+    rec: &mut Recorder<'_>,
+    dead_count: &GpuBuffer,
+    stats: &GpuBuffer,
+    slot: usize,
+    k_aux: usize,
+) -> GpuResult<()> {
+    const KERNEL: &str = "aux_scale";
+    check_len(KERNEL, stats, slot + 1)?;
+    let params = ReduceParams {
+        k: dim(KERNEL, "k_aux", k_aux.max(1))?,
+        slot: dim(KERNEL, "slot", slot)?,
+        ..Default::default()
+    };
+    rec.launch(
+        &key(KERNEL),
+        &params,
+        &[(4, stats), (12, dead_count)],
+        Grid::new(1, 1, 1),
     )
 }

@@ -9,11 +9,12 @@ use crate::gpu::{GpuBuffer, PipelineKey, Recorder, Shader};
 const KERNEL: &str = "topk_rows";
 
 /// The largest k the kernel sorts in workgroup memory (a power of two).
-pub const MAX_K: usize = 256;
+pub const MAX_K: usize = 512;
 
 /// Records the TopK of each of `rows` rows of `h` (`cols` wide) into `top_idx`/`top_val`
 /// ([rows, k], sorted by value descending, then index ascending). With `eligible`
-/// ([cols] u32), only latents whose word is non-zero compete (the caller keeps k ≤ their count).
+/// ([cols] u32), only latents whose word is non-zero compete; if fewer than k are eligible,
+/// the remaining slots hold value 0 (they contribute nothing downstream).
 #[allow(clippy::too_many_arguments)]
 pub fn launch_topk(
     rec: &mut Recorder<'_>,

@@ -1,0 +1,331 @@
+//! Batches of rows streamed from shards by a background thread through a bounded queue, so
+//! disk reads and conversion overlap GPU compute and memory stays bounded whatever the
+//! dataset size: at most `queue_depth` batches, the shuffle pool and one read chunk.
+//!
+//! Order is a pure function of the seed and the data: shard order is shuffled per epoch and
+//! rows go through a seeded shuffle pool. Resuming replays the stream and drops the batches
+//! already trained on, so a resumed run sees exactly the rows an uninterrupted one would.
+
+use std::ops::Range;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::error::DataError;
+use super::shard::Shard;
+
+/// Which rows of every shard a stream reads: all, or a split into a head and a held-out tail.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RowRange {
+    All,
+    /// All but the last `fraction` of each shard's rows.
+    Head(f64),
+    /// The last `fraction` of each shard's rows.
+    Tail(f64),
+}
+
+impl RowRange {
+    pub fn range(&self, rows: usize) -> Range<usize> {
+        let tail = |f: f64| ((rows as f64 * f).ceil() as usize).min(rows);
+        match *self {
+            RowRange::All => 0..rows,
+            RowRange::Head(f) => 0..rows - tail(f),
+            RowRange::Tail(f) => rows - tail(f)..rows,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct StreamConfig {
+    pub batch_rows: usize,
+    /// Rows in the shuffle pool; 0 keeps file order.
+    pub shuffle_rows: usize,
+    pub shuffle_shards: bool,
+    pub seed: u64,
+    /// Passes over the data; `None` repeats until `max_rows`.
+    pub epochs: Option<u64>,
+    /// Stop after this many rows have been emitted.
+    pub max_rows: Option<u64>,
+    /// Drop a final batch smaller than `batch_rows`.
+    pub drop_last: bool,
+    pub skip_nonfinite: bool,
+    pub queue_depth: usize,
+    /// Produce but do not deliver the first batches (resume).
+    pub skip_batches: u64,
+    pub range: RowRange,
+}
+
+impl StreamConfig {
+    /// Every row once, in file order, keeping the last partial batch: for evaluation.
+    pub fn sequential(batch_rows: usize) -> Self {
+        StreamConfig {
+            batch_rows,
+            shuffle_rows: 0,
+            shuffle_shards: false,
+            seed: 0,
+            epochs: Some(1),
+            max_rows: None,
+            drop_last: false,
+            skip_nonfinite: false,
+            queue_depth: 2,
+            skip_batches: 0,
+            range: RowRange::All,
+        }
+    }
+}
+
+/// Rows ready for the GPU. `tokens` is empty when the shards have none.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub x: Vec<f32>,
+    pub tokens: Vec<i32>,
+    /// (shard index, row) of every row, for tools that point back into the data.
+    pub origin: Vec<(u32, u32)>,
+    pub rows: usize,
+    pub index: u64,
+    pub epoch: u64,
+    /// Non-finite rows skipped so far (with `skip_nonfinite`).
+    pub skipped_nonfinite: u64,
+}
+
+pub struct BatchStream {
+    receiver: Option<Receiver<Result<Batch, DataError>>>,
+    handle: Option<JoinHandle<()>>,
+    pub d_in: usize,
+}
+
+impl BatchStream {
+    pub fn start(shards: Arc<Vec<Shard>>, config: StreamConfig) -> Result<BatchStream, DataError> {
+        let d_in = shards
+            .first()
+            .map(|s| s.d_in)
+            .ok_or_else(|| DataError::Input("no input shards given".into()))?;
+        if config.batch_rows == 0 {
+            return Err(DataError::Input("batch size must be at least 1 row".into()));
+        }
+        let total: usize = shards
+            .iter()
+            .map(|s| config.range.range(s.rows).len())
+            .sum();
+        if total == 0 {
+            return Err(DataError::Input(
+                "the selected rows of the input shards are empty".into(),
+            ));
+        }
+        let (sender, receiver) = sync_channel(config.queue_depth.max(1));
+        let handle = std::thread::Builder::new()
+            .name("shard-reader".into())
+            .spawn(move || {
+                let mut producer = Producer::new(&shards, config, sender);
+                if let Err(error) = producer.run() {
+                    let _ = producer.sender.send(Err(error));
+                }
+            })
+            .map_err(|e| {
+                DataError::Input(format!("could not start the shard reader thread: {e}"))
+            })?;
+        Ok(BatchStream {
+            receiver: Some(receiver),
+            handle: Some(handle),
+            d_in,
+        })
+    }
+}
+
+impl Iterator for BatchStream {
+    type Item = Result<Batch, DataError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.receiver.as_ref()?.recv().ok()
+    }
+}
+
+impl Drop for BatchStream {
+    fn drop(&mut self) {
+        // Dropping the receiver makes the producer's next send fail, which ends its loop.
+        self.receiver.take();
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Signals that the consumer went away or the row budget is spent.
+struct Stop;
+
+struct Producer<'a> {
+    shards: &'a [Shard],
+    config: StreamConfig,
+    sender: SyncSender<Result<Batch, DataError>>,
+    d_in: usize,
+    rng: ChaCha8Rng,
+    pool: Vec<f32>,
+    pool_tokens: Vec<i32>,
+    pool_origin: Vec<(u32, u32)>,
+    batch: Batch,
+    batch_index: u64,
+    emitted_rows: u64,
+    skipped: u64,
+    epoch: u64,
+    has_tokens: bool,
+}
+
+impl<'a> Producer<'a> {
+    fn new(
+        shards: &'a [Shard],
+        config: StreamConfig,
+        sender: SyncSender<Result<Batch, DataError>>,
+    ) -> Self {
+        let d_in = shards[0].d_in;
+        let has_tokens = shards.iter().all(Shard::has_tokens);
+        Producer {
+            shards,
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            pool: Vec::with_capacity(config.shuffle_rows * d_in),
+            pool_tokens: Vec::new(),
+            pool_origin: Vec::new(),
+            batch: Batch::default(),
+            config,
+            sender,
+            d_in,
+            batch_index: 0,
+            emitted_rows: 0,
+            skipped: 0,
+            epoch: 0,
+            has_tokens,
+        }
+    }
+
+    fn run(&mut self) -> Result<(), DataError> {
+        match self.produce() {
+            Ok(()) | Err(Ok(Stop)) => Ok(()),
+            Err(Err(error)) => Err(error),
+        }
+    }
+
+    fn produce(&mut self) -> Result<(), Result<Stop, DataError>> {
+        const CHUNK_ROWS: usize = 1024;
+        let d = self.d_in;
+        let mut chunk = vec![0.0f32; CHUNK_ROWS * d];
+        let mut order: Vec<usize> = (0..self.shards.len()).collect();
+        loop {
+            if self.config.epochs.is_some_and(|e| self.epoch >= e) {
+                break;
+            }
+            if self.config.shuffle_shards {
+                order.shuffle(&mut self.rng);
+            }
+            for &s in &order {
+                let shard = &self.shards[s];
+                let range = self.config.range.range(shard.rows);
+                let mut start = range.start;
+                while start < range.end {
+                    let count = CHUNK_ROWS.min(range.end - start);
+                    shard.read_rows(start, &mut chunk[..count * d]);
+                    for r in 0..count {
+                        let row = &chunk[r * d..(r + 1) * d];
+                        let at = start + r;
+                        if !row.iter().all(|v| v.is_finite()) {
+                            if self.config.skip_nonfinite {
+                                self.skipped += 1;
+                                continue;
+                            }
+                            return Err(Err(DataError::NonFinite {
+                                path: shard.path.clone(),
+                                row: at,
+                            }));
+                        }
+                        let token = shard.token(at).unwrap_or(-1);
+                        self.push_row(row, token, (s as u32, at as u32))?;
+                    }
+                    start += count;
+                }
+            }
+            self.epoch += 1;
+        }
+        // End of data: drain the pool in a random order, then the last partial batch.
+        let n = self.pool.len() / d;
+        let mut rest: Vec<usize> = (0..n).collect();
+        rest.shuffle(&mut self.rng);
+        let pool = std::mem::take(&mut self.pool);
+        let tokens = std::mem::take(&mut self.pool_tokens);
+        let origin = std::mem::take(&mut self.pool_origin);
+        for i in rest {
+            let token = tokens.get(i).copied().unwrap_or(-1);
+            self.emit(&pool[i * d..(i + 1) * d], token, origin[i])?;
+        }
+        if self.batch.rows > 0 && !self.config.drop_last {
+            self.send_batch()?;
+        }
+        Ok(())
+    }
+
+    fn push_row(
+        &mut self,
+        row: &[f32],
+        token: i32,
+        origin: (u32, u32),
+    ) -> Result<(), Result<Stop, DataError>> {
+        let cap = self.config.shuffle_rows;
+        if cap == 0 {
+            return self.emit(row, token, origin);
+        }
+        let d = self.d_in;
+        let len = self.pool.len() / d;
+        if len < cap {
+            self.pool.extend_from_slice(row);
+            self.pool_tokens.push(token);
+            self.pool_origin.push(origin);
+            return Ok(());
+        }
+        let j = self.rng.random_range(0..cap);
+        // Emit the pooled row j, then put the new row in its place.
+        let out: Vec<f32> = self.pool[j * d..(j + 1) * d].to_vec();
+        let (out_token, out_origin) = (self.pool_tokens[j], self.pool_origin[j]);
+        self.pool[j * d..(j + 1) * d].copy_from_slice(row);
+        self.pool_tokens[j] = token;
+        self.pool_origin[j] = origin;
+        self.emit(&out, out_token, out_origin)
+    }
+
+    fn emit(
+        &mut self,
+        row: &[f32],
+        token: i32,
+        origin: (u32, u32),
+    ) -> Result<(), Result<Stop, DataError>> {
+        if self.batch.rows == 0 {
+            self.batch.x.reserve(self.config.batch_rows * self.d_in);
+        }
+        self.batch.x.extend_from_slice(row);
+        if self.has_tokens {
+            self.batch.tokens.push(token);
+        }
+        self.batch.origin.push(origin);
+        self.batch.rows += 1;
+        if self.batch.rows == self.config.batch_rows {
+            self.send_batch()?;
+        }
+        Ok(())
+    }
+
+    fn send_batch(&mut self) -> Result<(), Result<Stop, DataError>> {
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.index = self.batch_index;
+        batch.epoch = self.epoch;
+        batch.skipped_nonfinite = self.skipped;
+        self.batch_index += 1;
+        self.emitted_rows += batch.rows as u64;
+        if batch.index >= self.config.skip_batches {
+            self.sender.send(Ok(batch)).map_err(|_| Ok(Stop))?;
+        }
+        if self.config.max_rows.is_some_and(|m| self.emitted_rows >= m) {
+            return Err(Ok(Stop));
+        }
+        Ok(())
+    }
+}
