@@ -3,6 +3,8 @@
 
 pub mod bench;
 pub mod cli;
+pub mod analysis;
 pub mod data;
 pub mod gpu;
 pub mod io;
+pub mod sae;

@@ -3,6 +3,8 @@
 
 mod adapters;
 mod bench;
+mod synth;
+mod train;
 
 use std::process::ExitCode;
 
@@ -25,6 +27,10 @@ pub struct Cli {
 enum Command {
     /// List every GPU adapter wgpu sees, with its limits and optional features.
     Adapters(adapters::AdaptersArgs),
+    /// Train a TopK SAE on activation shards (no shards: a synthetic quick start).
+    Train(Box<train::TrainArgs>),
+    /// Write synthetic activation shards from a known dictionary.
+    Synth(synth::SynthArgs),
     /// Benchmarks (JSON lines with --json).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -69,6 +75,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Adapters(args) => adapters::run(&args),
+        Command::Train(args) => train::run(*args),
+        Command::Synth(args) => synth::run(args),
         Command::Bench(command) => bench::run(command),
     };
     match result {

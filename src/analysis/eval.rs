@@ -1,0 +1,167 @@
+//! Reconstruction metrics of an SAE over a stream of activations, in one pass:
+//! FVU (sparsify's definition, centred by the mean row of the evaluated set), MSE, L0, dead and
+//! dense fractions, mean cosine of x and x̂, and relative reconstruction bias.
+
+use serde::Serialize;
+
+use crate::data::{Batch, DataError};
+use crate::gpu::kernels::reduce::launch_fire_counts;
+use crate::gpu::{Gpu, GpuBuffer, Recorder};
+use crate::sae::{record_forward, ForwardBuffers, GpuSae};
+
+/// A latent firing on more than this fraction of tokens counts as dense.
+pub const DENSE_THRESHOLD: f64 = 0.1;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalSummary {
+    pub rows: u64,
+    /// Σ‖x − x̂‖² / Σ‖x − x̄‖².
+    pub fvu: f64,
+    /// Mean over rows of ‖x − x̂‖² / d_in (per element).
+    pub mse: f64,
+    /// Mean number of latents > 0 per row.
+    pub l0: f64,
+    /// Latents that never fired on the evaluated rows.
+    pub dead_frac: f64,
+    /// Latents that fired on more than 10% of rows.
+    pub dense_frac: f64,
+    /// Mean over rows of cos(x, x̂).
+    pub mean_cosine: f64,
+    /// E‖x̂‖² / E⟨x, x̂⟩: above 1 the SAE overshoots, below 1 it shrinks.
+    pub rel_recon_bias: f64,
+}
+
+/// Host-side f64 sums, fed one batch at a time.
+pub struct EvalAccumulator {
+    d_in: usize,
+    rows: u64,
+    sse: f64,
+    sum_x: Vec<f64>,
+    sum_sq_x: f64,
+    cosine_sum: f64,
+    x_hat_sq: f64,
+    x_dot_x_hat: f64,
+    pub fire_counts: Vec<u64>,
+}
+
+impl EvalAccumulator {
+    pub fn new(d_in: usize, d_sae: usize) -> Self {
+        EvalAccumulator {
+            d_in,
+            rows: 0,
+            sse: 0.0,
+            sum_x: vec![0.0; d_in],
+            sum_sq_x: 0.0,
+            cosine_sum: 0.0,
+            x_hat_sq: 0.0,
+            x_dot_x_hat: 0.0,
+            fire_counts: vec![0; d_sae],
+        }
+    }
+
+    pub fn add(&mut self, x: &[f32], x_hat: &[f32], fired: &[u32]) {
+        let d = self.d_in;
+        for (row, row_hat) in x.chunks_exact(d).zip(x_hat.chunks_exact(d)) {
+            let (mut xx, mut hh, mut xh, mut err) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+            for (c, (&a, &b)) in row.iter().zip(row_hat).enumerate() {
+                let (a, b) = (f64::from(a), f64::from(b));
+                self.sum_x[c] += a;
+                xx += a * a;
+                hh += b * b;
+                xh += a * b;
+                err += (a - b) * (a - b);
+            }
+            self.sse += err;
+            self.sum_sq_x += xx;
+            self.x_hat_sq += hh;
+            self.x_dot_x_hat += xh;
+            let denominator = (xx * hh).sqrt();
+            self.cosine_sum += if denominator > 0.0 { xh / denominator } else { 0.0 };
+            self.rows += 1;
+        }
+        for (total, &f) in self.fire_counts.iter_mut().zip(fired) {
+            *total += u64::from(f);
+        }
+    }
+
+    pub fn summary(&self) -> EvalSummary {
+        let n = self.rows.max(1) as f64;
+        let mean_sq: f64 = self.sum_x.iter().map(|s| s * s).sum::<f64>() / n;
+        let total_variance = (self.sum_sq_x - mean_sq).max(f64::MIN_POSITIVE);
+        let d_sae = self.fire_counts.len().max(1) as f64;
+        let fires: u64 = self.fire_counts.iter().sum();
+        EvalSummary {
+            rows: self.rows,
+            fvu: self.sse / total_variance,
+            mse: self.sse / (n * self.d_in as f64),
+            l0: fires as f64 / n,
+            dead_frac: self.fire_counts.iter().filter(|&&c| c == 0).count() as f64 / d_sae,
+            dense_frac: self
+                .fire_counts
+                .iter()
+                .filter(|&&c| c as f64 > DENSE_THRESHOLD * n)
+                .count() as f64
+                / d_sae,
+            mean_cosine: self.cosine_sum / n,
+            rel_recon_bias: self.x_hat_sq / self.x_dot_x_hat,
+        }
+    }
+}
+
+/// GPU buffers for evaluating one batch at a time.
+pub struct Evaluator<'g> {
+    gpu: &'g Gpu,
+    fw: ForwardBuffers,
+    fired: GpuBuffer,
+}
+
+impl<'g> Evaluator<'g> {
+    pub fn new(gpu: &'g Gpu, sae: &GpuSae, batch_rows: usize) -> anyhow::Result<Self> {
+        Ok(Evaluator {
+            gpu,
+            fw: ForwardBuffers::new(gpu, sae, batch_rows)?,
+            fired: gpu.storage::<u32>("eval_fired", sae.d_sae)?,
+        })
+    }
+
+    /// Runs `batch` (inputs divided by `input_scale`) through `sae` and adds it to `acc`.
+    pub fn add_batch(&self, sae: &GpuSae, batch: &Batch, input_scale: f32, acc: &mut EvalAccumulator) -> anyhow::Result<()> {
+        let rows = batch.rows;
+        anyhow::ensure!(rows <= self.fw.capacity, "batch of {rows} rows exceeds the evaluator's {}", self.fw.capacity);
+        let scaled: Vec<f32>;
+        let x: &[f32] = if input_scale == 1.0 {
+            &batch.x
+        } else {
+            scaled = batch.x.iter().map(|v| v / input_scale).collect();
+            &scaled
+        };
+        self.gpu.write(&self.fw.x, x)?;
+        let mut rec = Recorder::new(self.gpu, "eval batch");
+        record_forward(&mut rec, sae, &self.fw, rows)?;
+        rec.clear(&self.fired);
+        launch_fire_counts(&mut rec, &self.fw.top_idx, &self.fw.top_val, rows * sae.k, &self.fired)?;
+        rec.submit()?;
+        let mut x_hat: Vec<f32> = self.gpu.read(&self.fw.x_hat)?;
+        x_hat.truncate(rows * sae.d_in);
+        let fired: Vec<u32> = self.gpu.read(&self.fired)?;
+        acc.add(x, &x_hat, &fired);
+        Ok(())
+    }
+
+    /// Evaluates a whole stream.
+    pub fn run(
+        &self,
+        sae: &GpuSae,
+        batches: impl Iterator<Item = Result<Batch, DataError>>,
+        input_scale: f32,
+        mut on_batch: impl FnMut(u64),
+    ) -> anyhow::Result<EvalAccumulator> {
+        let mut acc = EvalAccumulator::new(sae.d_in, sae.d_sae);
+        for batch in batches {
+            let batch = batch?;
+            self.add_batch(sae, &batch, input_scale, &mut acc)?;
+            on_batch(batch.rows as u64);
+        }
+        Ok(acc)
+    }
+}

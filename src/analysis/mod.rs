@@ -1,0 +1,3 @@
+//! Measuring SAEs on data: reconstruction metrics and feature statistics.
+
+pub mod eval;

@@ -1,0 +1,167 @@
+//! Training checkpoints: weights, Adam moments, dead-latent counters, fire counts and the data
+//! position, in one safetensors file written atomically. The newest two are kept.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context};
+use safetensors::SafeTensors;
+
+use super::formats::read_tensor_f32;
+use super::params::{Activation, SaeParams};
+use super::trainer::TrainerSnapshot;
+use crate::io::{write_safetensors, TensorOut};
+
+const PREFIX: &str = "step-";
+const SUFFIX: &str = ".safetensors";
+const PARAM_NAMES: [&str; 4] = ["W_enc", "b_enc", "W_dec", "b_dec"];
+
+pub struct Checkpoint {
+    /// Optimiser steps completed.
+    pub step: u64,
+    pub tokens: u64,
+    /// The factor inputs are divided by (1 when not scaling).
+    pub input_scale: f32,
+    pub snapshot: TrainerSnapshot,
+    /// Fires per latent over all training tokens so far.
+    pub fire_counts: Vec<u64>,
+}
+
+pub fn path_for(dir: &Path, step: u64) -> PathBuf {
+    dir.join(format!("{PREFIX}{step:09}{SUFFIX}"))
+}
+
+fn steps_in(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?.parse().ok()?;
+            Some((step, entry.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Writes a checkpoint atomically, then removes all but the newest two.
+pub fn save(dir: &Path, checkpoint: &Checkpoint) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let p = &checkpoint.snapshot.params;
+    if let Some(name) = p.first_non_finite() {
+        bail!("refusing to write a checkpoint at step {}: {name} is not finite", checkpoint.step);
+    }
+    let k = p.k().ok_or_else(|| anyhow!("checkpoints hold TopK SAEs"))?;
+    let (d, n) = (p.d_in, p.d_sae);
+    let shapes: [Vec<usize>; 4] = [vec![d, n], vec![n], vec![n, d], vec![d]];
+    let values = [&p.w_enc, &p.b_enc, &p.w_dec, &p.b_dec];
+    let mut tensors = Vec::new();
+    for i in 0..4 {
+        tensors.push(TensorOut::f32(PARAM_NAMES[i], &shapes[i], values[i]));
+        let (m, v) = &checkpoint.snapshot.moments[i];
+        tensors.push(TensorOut::f32(&format!("exp_avg.{}", PARAM_NAMES[i]), &shapes[i], m));
+        tensors.push(TensorOut::f32(&format!("exp_avg_sq.{}", PARAM_NAMES[i]), &shapes[i], v));
+    }
+    tensors.push(TensorOut::u32("since_fired", &[n], &checkpoint.snapshot.since_fired));
+    let counts: Vec<i64> = checkpoint.fire_counts.iter().map(|&c| c as i64).collect();
+    tensors.push(TensorOut::i64("fire_counts", &[n], &counts));
+    let metadata = HashMap::from([
+        ("format".to_string(), "sae-wgpu-checkpoint-1".to_string()),
+        ("step".to_string(), checkpoint.step.to_string()),
+        ("tokens".to_string(), checkpoint.tokens.to_string()),
+        ("k".to_string(), k.to_string()),
+        ("input_scale".to_string(), checkpoint.input_scale.to_string()),
+    ]);
+    let path = path_for(dir, checkpoint.step);
+    write_safetensors(&path, &tensors, Some(metadata))?;
+    let all = steps_in(dir);
+    for (_, old) in all.iter().take(all.len().saturating_sub(2)) {
+        let _ = std::fs::remove_file(old);
+    }
+    Ok(path)
+}
+
+fn meta<T: std::str::FromStr>(metadata: &HashMap<String, String>, key: &str, path: &Path) -> anyhow::Result<T> {
+    metadata
+        .get(key)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("{}: checkpoint metadata lacks a valid \"{key}\"", path.display()))
+}
+
+pub fn load(path: &Path) -> anyhow::Result<Checkpoint> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| anyhow!("{}: not a valid checkpoint: {e}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: not a valid checkpoint: {e}", path.display()))?;
+    let metadata = header
+        .metadata()
+        .clone()
+        .ok_or_else(|| anyhow!("{}: checkpoint has no metadata", path.display()))?;
+    let k: usize = meta(&metadata, "k", path)?;
+    let w_dec_view = st
+        .tensor("W_dec")
+        .map_err(|_| anyhow!("{}: missing tensor 'W_dec'", path.display()))?;
+    let (n, d) = match w_dec_view.shape() {
+        [n, d] => (*n, *d),
+        other => bail!("{}: tensor 'W_dec' has shape {other:?}", path.display()),
+    };
+    let shapes: [Vec<usize>; 4] = [vec![d, n], vec![n], vec![n, d], vec![d]];
+    let mut values = Vec::new();
+    let mut moments = Vec::new();
+    for i in 0..4 {
+        values.push(read_tensor_f32(&st, PARAM_NAMES[i], &shapes[i], path)?);
+        moments.push((
+            read_tensor_f32(&st, &format!("exp_avg.{}", PARAM_NAMES[i]), &shapes[i], path)?,
+            read_tensor_f32(&st, &format!("exp_avg_sq.{}", PARAM_NAMES[i]), &shapes[i], path)?,
+        ));
+    }
+    let since = st
+        .tensor("since_fired")
+        .map_err(|_| anyhow!("{}: missing tensor 'since_fired'", path.display()))?;
+    let counts = st
+        .tensor("fire_counts")
+        .map_err(|_| anyhow!("{}: missing tensor 'fire_counts'", path.display()))?;
+    if since.shape() != [n] || counts.shape() != [n] {
+        bail!("{}: bookkeeping tensors do not match d_sae {n}", path.display());
+    }
+    let since_fired: Vec<u32> = bytemuck::pod_collect_to_vec(since.data());
+    let fire_counts: Vec<u64> = bytemuck::pod_collect_to_vec::<u8, i64>(counts.data())
+        .into_iter()
+        .map(|c| c.max(0) as u64)
+        .collect();
+    let mut values = values.into_iter();
+    let mut next = || values.next().unwrap_or_default();
+    let params = SaeParams {
+        d_in: d,
+        d_sae: n,
+        activation: Activation::TopK { k },
+        w_enc: next(),
+        b_enc: next(),
+        w_dec: next(),
+        b_dec: next(),
+    };
+    Ok(Checkpoint {
+        step: meta(&metadata, "step", path)?,
+        tokens: meta(&metadata, "tokens", path)?,
+        input_scale: meta(&metadata, "input_scale", path)?,
+        snapshot: TrainerSnapshot {
+            params,
+            moments,
+            since_fired,
+        },
+        fire_counts,
+    })
+}
+
+/// The newest checkpoint in `dir` that loads; a damaged newer file is reported and skipped.
+pub fn latest(dir: &Path) -> anyhow::Result<Option<(PathBuf, Checkpoint)>> {
+    for (_, path) in steps_in(dir).into_iter().rev() {
+        match load(&path) {
+            Ok(checkpoint) => return Ok(Some((path, checkpoint))),
+            Err(error) => tracing::warn!("skipping unreadable checkpoint: {error:#}"),
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,14 @@
+//! The TopK SAE: host parameters and their file formats, GPU-resident weights and the forward
+//! pass, the training step, schedules, initialisation, checkpoints and the training loop.
+
+pub mod checkpoint;
+pub mod formats;
+pub mod forward;
+pub mod init;
+pub mod params;
+pub mod schedule;
+pub mod train;
+pub mod trainer;
+
+pub use forward::{record_forward, ForwardBuffers, GpuSae};
+pub use params::SaeParams;

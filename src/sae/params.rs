@@ -1,0 +1,107 @@
+//! SAE parameters on the host, in the notation of REFERENCE.md:
+//! W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in].
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Which activation the SAE applies; all share the same weights layout.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Activation {
+    /// Keep the k largest of ReLU(h) per row.
+    TopK { k: usize },
+    /// f = ReLU(h) (SAELens `standard`).
+    Relu,
+    /// f = h · 1{h > θ_i} (SAELens `jumprelu`).
+    JumpRelu { threshold: Vec<f32> },
+}
+
+#[derive(Clone, Debug)]
+pub struct SaeParams {
+    pub d_in: usize,
+    pub d_sae: usize,
+    pub activation: Activation,
+    pub w_enc: Vec<f32>,
+    pub b_enc: Vec<f32>,
+    pub w_dec: Vec<f32>,
+    pub b_dec: Vec<f32>,
+}
+
+impl SaeParams {
+    /// sparsify's initialisation direction: decoder rows uniform in a cube then scaled to unit
+    /// norm, W_enc = W_decᵀ, biases zero (b_dec is set from data afterwards).
+    pub fn init_topk(d_in: usize, d_sae: usize, k: usize, seed: u64) -> SaeParams {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5ae_1417);
+        let mut w_dec: Vec<f32> = (0..d_sae * d_in).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        for row in w_dec.chunks_exact_mut(d_in) {
+            let norm = row.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt() as f32;
+            let scale = 1.0 / (norm + f32::EPSILON);
+            row.iter_mut().for_each(|v| *v *= scale);
+        }
+        let mut params = SaeParams {
+            d_in,
+            d_sae,
+            activation: Activation::TopK { k },
+            w_enc: vec![0.0; d_in * d_sae],
+            b_enc: vec![0.0; d_sae],
+            w_dec,
+            b_dec: vec![0.0; d_in],
+        };
+        params.w_enc = params.w_dec_transposed();
+        params
+    }
+
+    pub fn k(&self) -> Option<usize> {
+        match self.activation {
+            Activation::TopK { k } => Some(k),
+            _ => None,
+        }
+    }
+
+    /// W_decᵀ laid out as W_enc ([d_in, d_sae]).
+    pub fn w_dec_transposed(&self) -> Vec<f32> {
+        let (d, n) = (self.d_in, self.d_sae);
+        let mut out = vec![0.0f32; d * n];
+        for i in 0..n {
+            for c in 0..d {
+                out[c * n + i] = self.w_dec[i * d + c];
+            }
+        }
+        out
+    }
+
+    /// W_enc transposed to [d_sae, d_in] (sparsify's `encoder.weight`).
+    pub fn w_enc_transposed(&self) -> Vec<f32> {
+        let (d, n) = (self.d_in, self.d_sae);
+        let mut out = vec![0.0f32; n * d];
+        for c in 0..d {
+            for i in 0..n {
+                out[i * d + c] = self.w_enc[c * n + i];
+            }
+        }
+        out
+    }
+
+    /// Folds an input scale into the weights: a model trained on x / s becomes one on x with
+    /// the same latents up to the factor s (f' = s·f, TopK selection unchanged, decoder rows
+    /// still unit norm): b_enc ← s·b_enc, b_dec ← s·b_dec.
+    pub fn fold_input_scale(&mut self, scale: f32) {
+        self.b_enc.iter_mut().for_each(|v| *v *= scale);
+        self.b_dec.iter_mut().for_each(|v| *v *= scale);
+        if let Activation::JumpRelu { threshold } = &mut self.activation {
+            threshold.iter_mut().for_each(|v| *v *= scale);
+        }
+    }
+
+    /// Names the first tensor holding a NaN or Inf, if any.
+    pub fn first_non_finite(&self) -> Option<&'static str> {
+        [
+            ("W_enc", &self.w_enc),
+            ("b_enc", &self.b_enc),
+            ("W_dec", &self.w_dec),
+            ("b_dec", &self.b_dec),
+        ]
+        .into_iter()
+        .find(|(_, v)| v.iter().any(|x| !x.is_finite()))
+        .map(|(name, _)| name)
+    }
+}
