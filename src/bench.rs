@@ -176,12 +176,15 @@ impl Workspace {
     }
 }
 
+/// Records one repetition of a kernel into a recorder.
+type RecordFn = Box<dyn Fn(&mut Recorder<'_>, &Workspace) -> GpuResult<()>>;
+
 /// A kernel to time: how to record one repetition, and its work in flops and bytes.
 struct BenchKernel {
     name: &'static str,
     flops: Option<f64>,
     bytes: f64,
-    record: Box<dyn Fn(&mut Recorder<'_>, &Workspace) -> GpuResult<()>>,
+    record: RecordFn,
 }
 
 fn kernels(gpu: &Gpu, s: BenchShape) -> Vec<BenchKernel> {

@@ -1,9 +1,9 @@
 //! sae-wgpu: train and analyse sparse autoencoders on any GPU, with every heavy kernel in WGSL
 //! run through wgpu (Vulkan, Metal, DX12, GL).
 
+pub mod analysis;
 pub mod bench;
 pub mod cli;
-pub mod analysis;
 pub mod data;
 pub mod gpu;
 pub mod io;

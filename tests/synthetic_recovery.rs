@@ -3,44 +3,12 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::gpu;
-use safetensors::SafeTensors;
+use common::training::tiny_config;
 use sae_wgpu::data::synth::{mmcs, write_synthetic, SynthConfig};
 use sae_wgpu::sae::formats::{load_sae, read_tensor_f32};
-use sae_wgpu::sae::train::{train, BDecInit, ExportFormat, RunOptions, TrainConfig};
-
-pub fn tiny_config(inputs: Vec<PathBuf>, d_sae: usize, k: usize, steps: u64) -> TrainConfig {
-    TrainConfig {
-        inputs,
-        tensor: "activations".into(),
-        eval_inputs: vec![],
-        eval_fraction: 0.02,
-        eval_every: 0,
-        k,
-        d_sae,
-        batch_size: 128,
-        lr: 1e-2,
-        lr_warmup_steps: steps / 20,
-        steps,
-        adam_beta1: 0.9,
-        adam_beta2: 0.999,
-        adam_eps: 1e-8,
-        seed: 0,
-        shuffle_buffer: 4096,
-        b_dec_init: BDecInit::GeometricMedian,
-        normalize_activations: false,
-        auxk_alpha: 1.0 / 32.0,
-        auxk_k: 8,
-        dead_tokens: 5_000,
-        checkpoint_every: 0,
-        log_every: 50,
-        skip_nonfinite: false,
-        format: ExportFormat::Sparsify,
-        init_sample_rows: 4096,
-    }
-}
+use sae_wgpu::sae::train::{train, RunOptions};
+use safetensors::SafeTensors;
 
 #[test]
 fn training_recovers_a_planted_dictionary() {
@@ -64,6 +32,7 @@ fn training_recovers_a_planted_dictionary() {
         resume: false,
         overwrite: false,
         quiet: true,
+        stop_after: None,
     };
     let report = train(gpu, Some(config), &options).unwrap();
     let learned = load_sae(&dir.join("run")).unwrap().params;
@@ -73,7 +42,14 @@ fn training_recovers_a_planted_dictionary() {
     let truth = read_tensor_f32(&st, "features", &[32, 16], &truth_path).unwrap();
     let score = mmcs(&truth, &learned.w_dec, 16);
     let heldout = report.heldout.unwrap();
-    eprintln!("MMCS {score:.4}, held-out FVU {:.4}, L0 {:.2}", heldout.fvu, heldout.l0);
-    assert!(score >= 0.95, "MMCS {score:.4} < 0.95 (held-out FVU {:.4})", heldout.fvu);
+    eprintln!(
+        "MMCS {score:.4}, held-out FVU {:.4}, L0 {:.2}",
+        heldout.fvu, heldout.l0
+    );
+    assert!(
+        score >= 0.95,
+        "MMCS {score:.4} < 0.95 (held-out FVU {:.4})",
+        heldout.fvu
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

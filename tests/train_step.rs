@@ -9,7 +9,15 @@ use sae_wgpu::gpu::kernels::optim::{AdamConfig, NORM_EPS};
 use sae_wgpu::sae::params::{Activation, SaeParams};
 use sae_wgpu::sae::trainer::Trainer;
 
-fn reference_step(sae: &mut RefSae, moments: &mut [(Vec<f64>, Vec<f64>); 4], x: &[f64], rows: usize, k: usize, lr: f64, step: u64) {
+fn reference_step(
+    sae: &mut RefSae,
+    moments: &mut [(Vec<f64>, Vec<f64>); 4],
+    x: &[f64],
+    rows: usize,
+    k: usize,
+    lr: f64,
+    step: u64,
+) {
     let h = encode(x, rows, sae);
     let h32: Vec<f32> = h.iter().map(|&v| v as f32).collect();
     let (idx, _) = topk(&h32, rows, sae.d_sae, k, None);
@@ -22,20 +30,33 @@ fn reference_step(sae: &mut RefSae, moments: &mut [(Vec<f64>, Vec<f64>); 4], x: 
     let d = sae.d_in;
     for i in 0..sae.d_sae {
         let row = i * d..(i + 1) * d;
-        let dot: f64 = g.w_dec[row.clone()].iter().zip(&sae.w_dec[row.clone()]).map(|(a, b)| a * b).sum();
+        let dot: f64 = g.w_dec[row.clone()]
+            .iter()
+            .zip(&sae.w_dec[row.clone()])
+            .map(|(a, b)| a * b)
+            .sum();
         let nn: f64 = sae.w_dec[row.clone()].iter().map(|v| v * v).sum();
         for c in row {
             g.w_dec[c] -= dot / nn * sae.w_dec[c];
         }
     }
-    let params = [&mut sae.w_enc, &mut sae.b_enc, &mut sae.w_dec, &mut sae.b_dec];
+    let params = [
+        &mut sae.w_enc,
+        &mut sae.b_enc,
+        &mut sae.w_dec,
+        &mut sae.b_dec,
+    ];
     let grads = [&g.w_enc, &g.b_enc, &g.w_dec, &g.b_dec];
     for ((p, grad), (m, v)) in params.into_iter().zip(grads).zip(moments.iter_mut()) {
         adam(p, grad, m, v, lr, 0.9, 0.999, 1e-8, step);
     }
     for i in 0..sae.d_sae {
         let row = i * d..(i + 1) * d;
-        let norm: f64 = sae.w_dec[row.clone()].iter().map(|v| v * v).sum::<f64>().sqrt();
+        let norm: f64 = sae.w_dec[row.clone()]
+            .iter()
+            .map(|v| v * v)
+            .sum::<f64>()
+            .sqrt();
         for c in row {
             sae.w_dec[c] /= norm + f64::from(NORM_EPS);
         }
@@ -48,7 +69,10 @@ fn gpu_training_steps_match_cpu_reference() {
     let (rows, d_in, d_sae, k) = (9, 6, 11, 3);
     let mut params = SaeParams::init_topk(d_in, d_sae, k, 3);
     let mut r = rng(4);
-    params.b_enc = random_vec(&mut r, d_sae, 0.2).iter().map(|v| v + 0.3).collect();
+    params.b_enc = random_vec(&mut r, d_sae, 0.2)
+        .iter()
+        .map(|v| v + 0.3)
+        .collect();
     params.b_dec = random_vec(&mut r, d_in, 0.2);
     let mut reference = RefSae {
         d_in,
@@ -64,7 +88,8 @@ fn gpu_training_steps_match_cpu_reference() {
         (vec![0.0; d_sae * d_in], vec![0.0; d_sae * d_in]),
         (vec![0.0; d_in], vec![0.0; d_in]),
     ];
-    let mut trainer = Trainer::new(gpu, &params, rows, AdamConfig::default(), 10_000_000, None).unwrap();
+    let mut trainer =
+        Trainer::new(gpu, &params, rows, AdamConfig::default(), 10_000_000, None).unwrap();
     for step in 1..=4u64 {
         let x = random_vec(&mut r, rows * d_in, 1.5);
         let lr = 1e-2;

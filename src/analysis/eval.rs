@@ -76,7 +76,11 @@ impl EvalAccumulator {
             self.x_hat_sq += hh;
             self.x_dot_x_hat += xh;
             let denominator = (xx * hh).sqrt();
-            self.cosine_sum += if denominator > 0.0 { xh / denominator } else { 0.0 };
+            self.cosine_sum += if denominator > 0.0 {
+                xh / denominator
+            } else {
+                0.0
+            };
             self.rows += 1;
         }
         for (total, &f) in self.fire_counts.iter_mut().zip(fired) {
@@ -125,9 +129,19 @@ impl<'g> Evaluator<'g> {
     }
 
     /// Runs `batch` (inputs divided by `input_scale`) through `sae` and adds it to `acc`.
-    pub fn add_batch(&self, sae: &GpuSae, batch: &Batch, input_scale: f32, acc: &mut EvalAccumulator) -> anyhow::Result<()> {
+    pub fn add_batch(
+        &self,
+        sae: &GpuSae,
+        batch: &Batch,
+        input_scale: f32,
+        acc: &mut EvalAccumulator,
+    ) -> anyhow::Result<()> {
         let rows = batch.rows;
-        anyhow::ensure!(rows <= self.fw.capacity, "batch of {rows} rows exceeds the evaluator's {}", self.fw.capacity);
+        anyhow::ensure!(
+            rows <= self.fw.capacity,
+            "batch of {rows} rows exceeds the evaluator's {}",
+            self.fw.capacity
+        );
         let scaled: Vec<f32>;
         let x: &[f32] = if input_scale == 1.0 {
             &batch.x
@@ -139,7 +153,13 @@ impl<'g> Evaluator<'g> {
         let mut rec = Recorder::new(self.gpu, "eval batch");
         record_forward(&mut rec, sae, &self.fw, rows)?;
         rec.clear(&self.fired);
-        launch_fire_counts(&mut rec, &self.fw.top_idx, &self.fw.top_val, rows * sae.k, &self.fired)?;
+        launch_fire_counts(
+            &mut rec,
+            &self.fw.top_idx,
+            &self.fw.top_val,
+            rows * sae.k,
+            &self.fired,
+        )?;
         rec.submit()?;
         let mut x_hat: Vec<f32> = self.gpu.read(&self.fw.x_hat)?;
         x_hat.truncate(rows * sae.d_in);

@@ -34,8 +34,14 @@ pub struct SynthArgs {
 }
 
 pub fn run(args: SynthArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.d_in > 0 && args.n_features > 0, "--d-in and --n-features must be positive");
-    anyhow::ensure!(args.rows_per_shard > 0 && args.shards > 0, "--rows-per-shard and --shards must be positive");
+    anyhow::ensure!(
+        args.d_in > 0 && args.n_features > 0,
+        "--d-in and --n-features must be positive"
+    );
+    anyhow::ensure!(
+        args.rows_per_shard > 0 && args.shards > 0,
+        "--rows-per-shard and --shards must be positive"
+    );
     anyhow::ensure!(args.mean_active > 0.0, "--mean-active must be positive");
     let config = SynthConfig {
         d_in: args.d_in,
@@ -48,6 +54,10 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
         seed: args.seed,
     };
     let paths = write_synthetic(&config, &args.out)?;
-    println!("wrote {} shards and true_dictionary.safetensors to {}", paths.len(), args.out.display());
+    println!(
+        "wrote {} shards and true_dictionary.safetensors to {}",
+        paths.len(),
+        args.out.display()
+    );
     Ok(())
 }

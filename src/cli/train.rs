@@ -101,6 +101,9 @@ pub struct TrainArgs {
     /// No progress bar or summary.
     #[arg(long)]
     quiet: bool,
+    /// Checkpoint and stop after this many steps (continue later with --resume).
+    #[arg(long, value_name = "STEPS")]
+    stop_after: Option<u64>,
     #[command(flatten)]
     gpu: GpuArgs,
 }
@@ -121,6 +124,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             resume: true,
             overwrite: false,
             quiet: args.quiet,
+            stop_after: args.stop_after,
         };
         let report = train(&gpu, None, &options)?;
         return print_report(&report, args.quiet);
@@ -132,6 +136,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         resume: false,
         overwrite: args.overwrite,
         quiet: args.quiet,
+        stop_after: args.stop_after,
     };
     let inputs = if quickstart {
         if run_dir.join("config.json").exists() && !args.overwrite {
@@ -157,20 +162,31 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     let shards = open_shards(&expand_inputs(&inputs)?, &args.tensor, None)?;
     let d_in = shards[0].d_in;
-    let d_sae = args
-        .d_sae
-        .unwrap_or(d_in * args.expansion_factor.unwrap_or(if quickstart { 4 } else { 8 }));
-    let batch_size = args.batch_size.unwrap_or(if quickstart { 1024 } else { 4096 });
+    let d_sae = args.d_sae.unwrap_or(
+        d_in * args
+            .expansion_factor
+            .unwrap_or(if quickstart { 4 } else { 8 }),
+    );
+    let batch_size = args
+        .batch_size
+        .unwrap_or(if quickstart { 1024 } else { 4096 });
     if batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let eval_fraction = if args.eval.is_empty() { args.eval_fraction } else { 0.0 };
+    let eval_fraction = if args.eval.is_empty() {
+        args.eval_fraction
+    } else {
+        0.0
+    };
     let train_range = if eval_fraction > 0.0 {
         RowRange::Head(eval_fraction)
     } else {
         RowRange::All
     };
-    let rows: u64 = shards.iter().map(|s| train_range.range(s.rows).len() as u64).sum();
+    let rows: u64 = shards
+        .iter()
+        .map(|s| train_range.range(s.rows).len() as u64)
+        .sum();
     let steps = match args.tokens {
         Some(tokens) => tokens / batch_size as u64,
         None => rows * args.epochs.unwrap_or(if quickstart { 3 } else { 1 }) / batch_size as u64,

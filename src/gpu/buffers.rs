@@ -92,7 +92,7 @@ impl Gpu {
                 ),
             });
         }
-        if bytes.len() % 4 == 0 {
+        if bytes.len().is_multiple_of(4) {
             self.queue.write_buffer(&target.buffer, 0, bytes);
         } else {
             let mut padded = bytes.to_vec();
@@ -158,7 +158,7 @@ impl Gpu {
             let _ = sender.send(result);
         });
         self.wait()?;
-        let mapped = receiver
+        receiver
             .recv()
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()))
@@ -166,7 +166,6 @@ impl Gpu {
                 label: source.label.clone(),
                 message: first_line(&message),
             })?;
-        let _: () = mapped;
         let out = {
             let view = slice.get_mapped_range().map_err(|e| GpuError::Map {
                 label: source.label.clone(),

@@ -38,7 +38,11 @@ fn steps_in(dir: &Path) -> Vec<(u64, PathBuf)> {
         .filter_map(Result::ok)
         .filter_map(|entry| {
             let name = entry.file_name().to_string_lossy().to_string();
-            let step = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?.parse().ok()?;
+            let step = name
+                .strip_prefix(PREFIX)?
+                .strip_suffix(SUFFIX)?
+                .parse()
+                .ok()?;
             Some((step, entry.path()))
         })
         .collect();
@@ -51,7 +55,10 @@ pub fn save(dir: &Path, checkpoint: &Checkpoint) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let p = &checkpoint.snapshot.params;
     if let Some(name) = p.first_non_finite() {
-        bail!("refusing to write a checkpoint at step {}: {name} is not finite", checkpoint.step);
+        bail!(
+            "refusing to write a checkpoint at step {}: {name} is not finite",
+            checkpoint.step
+        );
     }
     let k = p.k().ok_or_else(|| anyhow!("checkpoints hold TopK SAEs"))?;
     let (d, n) = (p.d_in, p.d_sae);
@@ -61,10 +68,22 @@ pub fn save(dir: &Path, checkpoint: &Checkpoint) -> anyhow::Result<PathBuf> {
     for i in 0..4 {
         tensors.push(TensorOut::f32(PARAM_NAMES[i], &shapes[i], values[i]));
         let (m, v) = &checkpoint.snapshot.moments[i];
-        tensors.push(TensorOut::f32(&format!("exp_avg.{}", PARAM_NAMES[i]), &shapes[i], m));
-        tensors.push(TensorOut::f32(&format!("exp_avg_sq.{}", PARAM_NAMES[i]), &shapes[i], v));
+        tensors.push(TensorOut::f32(
+            &format!("exp_avg.{}", PARAM_NAMES[i]),
+            &shapes[i],
+            m,
+        ));
+        tensors.push(TensorOut::f32(
+            &format!("exp_avg_sq.{}", PARAM_NAMES[i]),
+            &shapes[i],
+            v,
+        ));
     }
-    tensors.push(TensorOut::u32("since_fired", &[n], &checkpoint.snapshot.since_fired));
+    tensors.push(TensorOut::u32(
+        "since_fired",
+        &[n],
+        &checkpoint.snapshot.since_fired,
+    ));
     let counts: Vec<i64> = checkpoint.fire_counts.iter().map(|&c| c as i64).collect();
     tensors.push(TensorOut::i64("fire_counts", &[n], &counts));
     let metadata = HashMap::from([
@@ -72,7 +91,10 @@ pub fn save(dir: &Path, checkpoint: &Checkpoint) -> anyhow::Result<PathBuf> {
         ("step".to_string(), checkpoint.step.to_string()),
         ("tokens".to_string(), checkpoint.tokens.to_string()),
         ("k".to_string(), k.to_string()),
-        ("input_scale".to_string(), checkpoint.input_scale.to_string()),
+        (
+            "input_scale".to_string(),
+            checkpoint.input_scale.to_string(),
+        ),
     ]);
     let path = path_for(dir, checkpoint.step);
     write_safetensors(&path, &tensors, Some(metadata))?;
@@ -83,18 +105,28 @@ pub fn save(dir: &Path, checkpoint: &Checkpoint) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn meta<T: std::str::FromStr>(metadata: &HashMap<String, String>, key: &str, path: &Path) -> anyhow::Result<T> {
+fn meta<T: std::str::FromStr>(
+    metadata: &HashMap<String, String>,
+    key: &str,
+    path: &Path,
+) -> anyhow::Result<T> {
     metadata
         .get(key)
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("{}: checkpoint metadata lacks a valid \"{key}\"", path.display()))
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: checkpoint metadata lacks a valid \"{key}\"",
+                path.display()
+            )
+        })
 }
 
 pub fn load(path: &Path) -> anyhow::Result<Checkpoint> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let (_, header) = SafeTensors::read_metadata(&bytes)
         .map_err(|e| anyhow!("{}: not a valid checkpoint: {e}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: not a valid checkpoint: {e}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow!("{}: not a valid checkpoint: {e}", path.display()))?;
     let metadata = header
         .metadata()
         .clone()
@@ -113,8 +145,18 @@ pub fn load(path: &Path) -> anyhow::Result<Checkpoint> {
     for i in 0..4 {
         values.push(read_tensor_f32(&st, PARAM_NAMES[i], &shapes[i], path)?);
         moments.push((
-            read_tensor_f32(&st, &format!("exp_avg.{}", PARAM_NAMES[i]), &shapes[i], path)?,
-            read_tensor_f32(&st, &format!("exp_avg_sq.{}", PARAM_NAMES[i]), &shapes[i], path)?,
+            read_tensor_f32(
+                &st,
+                &format!("exp_avg.{}", PARAM_NAMES[i]),
+                &shapes[i],
+                path,
+            )?,
+            read_tensor_f32(
+                &st,
+                &format!("exp_avg_sq.{}", PARAM_NAMES[i]),
+                &shapes[i],
+                path,
+            )?,
         ));
     }
     let since = st
@@ -124,7 +166,10 @@ pub fn load(path: &Path) -> anyhow::Result<Checkpoint> {
         .tensor("fire_counts")
         .map_err(|_| anyhow!("{}: missing tensor 'fire_counts'", path.display()))?;
     if since.shape() != [n] || counts.shape() != [n] {
-        bail!("{}: bookkeeping tensors do not match d_sae {n}", path.display());
+        bail!(
+            "{}: bookkeeping tensors do not match d_sae {n}",
+            path.display()
+        );
     }
     let since_fired: Vec<u32> = bytemuck::pod_collect_to_vec(since.data());
     let fire_counts: Vec<u64> = bytemuck::pod_collect_to_vec::<u8, i64>(counts.data())

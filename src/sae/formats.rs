@@ -22,7 +22,9 @@ pub enum Layout {
 
 /// Writes `dir/cfg.json` and `dir/sae.safetensors` in sparsify's layout.
 pub fn save_sparsify(dir: &Path, params: &SaeParams) -> anyhow::Result<()> {
-    let k = params.k().ok_or_else(|| anyhow!("sparsify's layout holds TopK SAEs only"))?;
+    let k = params
+        .k()
+        .ok_or_else(|| anyhow!("sparsify's layout holds TopK SAEs only"))?;
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let (d, n) = (params.d_in, params.d_sae);
     write_safetensors(
@@ -52,7 +54,12 @@ pub fn save_sparsify(dir: &Path, params: &SaeParams) -> anyhow::Result<()> {
 
 /// Writes `dir/cfg.json`, `dir/sae_weights.safetensors` and (when given) the log10 feature
 /// density `dir/sparsity.safetensors` in SAELens' layout.
-pub fn save_saelens(dir: &Path, params: &SaeParams, log10_density: Option<&[f32]>, metadata: Value) -> anyhow::Result<()> {
+pub fn save_saelens(
+    dir: &Path,
+    params: &SaeParams,
+    log10_density: Option<&[f32]>,
+    metadata: Value,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let (d, n) = (params.d_in, params.d_sae);
     let mut tensors = vec![
@@ -102,7 +109,8 @@ pub struct LoadedSae {
 }
 
 fn read_json(path: &Path) -> anyhow::Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
 }
 
@@ -114,7 +122,12 @@ fn cfg_usize(cfg: &Value, key: &str, path: &Path) -> anyhow::Result<usize> {
 }
 
 /// Reads a float tensor (f32, f16 or bf16) of exactly `shape` as f32.
-pub fn read_tensor_f32(st: &SafeTensors<'_>, name: &str, shape: &[usize], path: &Path) -> anyhow::Result<Vec<f32>> {
+pub fn read_tensor_f32(
+    st: &SafeTensors<'_>,
+    name: &str,
+    shape: &[usize],
+    path: &Path,
+) -> anyhow::Result<Vec<f32>> {
     let view = st
         .tensor(name)
         .map_err(|_| anyhow!("{}: missing tensor '{name}'", path.display()))?;
@@ -152,14 +165,18 @@ fn read_safetensors(path: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 fn parse<'a>(bytes: &'a [u8], path: &Path) -> anyhow::Result<SafeTensors<'a>> {
-    SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))
+    SafeTensors::deserialize(bytes)
+        .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))
 }
 
 fn load_sparsify(dir: &Path) -> anyhow::Result<SaeParams> {
     let cfg_path = dir.join("cfg.json");
     let cfg = read_json(&cfg_path)?;
     let d = cfg_usize(&cfg, "d_in", &cfg_path)?;
-    let activation = cfg.get("activation").and_then(Value::as_str).unwrap_or("topk");
+    let activation = cfg
+        .get("activation")
+        .and_then(Value::as_str)
+        .unwrap_or("topk");
     if activation != "topk" {
         bail!(
             "{}: sparsify activation \"{activation}\" is not supported (known: topk)",
@@ -206,7 +223,10 @@ fn load_saelens(dir: &Path) -> anyhow::Result<SaeParams> {
     let cfg = read_json(&cfg_path)?;
     let d = cfg_usize(&cfg, "d_in", &cfg_path)?;
     let n = cfg_usize(&cfg, "d_sae", &cfg_path)?;
-    let architecture = cfg.get("architecture").and_then(Value::as_str).unwrap_or("standard");
+    let architecture = cfg
+        .get("architecture")
+        .and_then(Value::as_str)
+        .unwrap_or("standard");
     let path = dir.join("sae_weights.safetensors");
     let bytes = read_safetensors(&path)?;
     let st = parse(&bytes, &path)?;
@@ -224,8 +244,15 @@ fn load_saelens(dir: &Path) -> anyhow::Result<SaeParams> {
             KNOWN_ARCHITECTURES.join(", ")
         ),
     };
-    if cfg.get("rescale_acts_by_decoder_norm").and_then(Value::as_bool) == Some(true) {
-        bail!("{}: \"rescale_acts_by_decoder_norm\": true is not supported", cfg_path.display());
+    if cfg
+        .get("rescale_acts_by_decoder_norm")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        bail!(
+            "{}: \"rescale_acts_by_decoder_norm\": true is not supported",
+            cfg_path.display()
+        );
     }
     let w_enc = read_tensor_f32(&st, "W_enc", &[d, n], &path)?;
     let mut b_enc = read_tensor_f32(&st, "b_enc", &[n], &path)?;
@@ -254,7 +281,10 @@ fn load_saelens(dir: &Path) -> anyhow::Result<SaeParams> {
 /// directory (its `sparsify/` or `saelens/` export), detecting the layout from the files.
 pub fn load_sae(path: &Path) -> anyhow::Result<LoadedSae> {
     if !path.is_dir() {
-        bail!("{}: not a directory (expected an SAE checkpoint directory)", path.display());
+        bail!(
+            "{}: not a directory (expected an SAE checkpoint directory)",
+            path.display()
+        );
     }
     if path.join("sae.safetensors").is_file() {
         return Ok(LoadedSae {

@@ -77,7 +77,12 @@ impl ForwardBuffers {
 }
 
 /// Records encode → TopK → decode for the first `rows` rows of `fw.x`.
-pub fn record_forward(rec: &mut Recorder<'_>, sae: &GpuSae, fw: &ForwardBuffers, rows: usize) -> GpuResult<()> {
+pub fn record_forward(
+    rec: &mut Recorder<'_>,
+    sae: &GpuSae,
+    fw: &ForwardBuffers,
+    rows: usize,
+) -> GpuResult<()> {
     let shape = EncoderShape {
         rows,
         d_in: sae.d_in,
@@ -94,7 +99,16 @@ pub fn record_forward(rec: &mut Recorder<'_>, sae: &GpuSae, fw: &ForwardBuffers,
         shape,
         GemmTiles::default(),
     )?;
-    launch_topk(rec, &fw.h, rows, sae.d_sae, sae.k, &fw.top_idx, &fw.top_val, None)?;
+    launch_topk(
+        rec,
+        &fw.h,
+        rows,
+        sae.d_sae,
+        sae.k,
+        &fw.top_idx,
+        &fw.top_val,
+        None,
+    )?;
     launch_decode_sparse(
         rec,
         &fw.top_idx,

@@ -10,7 +10,9 @@ pub fn mean_row(x: &[f32], d: usize) -> Vec<f32> {
             *s += f64::from(*v);
         }
     }
-    sum.iter().map(|s| (s / rows.max(1) as f64) as f32).collect()
+    sum.iter()
+        .map(|s| (s / rows.max(1) as f64) as f32)
+        .collect()
 }
 
 /// Geometric median by Weiszfeld's iteration (weights 1/‖p − g‖, at most `max_iter`
@@ -19,7 +21,11 @@ pub fn mean_row(x: &[f32], d: usize) -> Vec<f32> {
 pub fn geometric_median(x: &[f32], d: usize, max_iter: usize, tol: f64) -> Vec<f32> {
     let mut g: Vec<f64> = mean_row(x, d).into_iter().map(f64::from).collect();
     let distance = |row: &[f32], g: &[f64]| -> f64 {
-        row.iter().zip(g).map(|(a, b)| (f64::from(*a) - b).powi(2)).sum::<f64>().sqrt()
+        row.iter()
+            .zip(g)
+            .map(|(a, b)| (f64::from(*a) - b).powi(2))
+            .sum::<f64>()
+            .sqrt()
     };
     let objective = |g: &[f64]| -> f64 { x.chunks_exact(d).map(|row| distance(row, g)).sum() };
     let mut previous = objective(&g);

@@ -27,27 +27,41 @@ pub struct SaeParams {
 }
 
 impl SaeParams {
-    /// sparsify's initialisation direction: decoder rows uniform in a cube then scaled to unit
-    /// norm, W_enc = W_decᵀ, biases zero (b_dec is set from data afterwards).
+    /// sparsify's initialisation: each latent's encoder vector u/√d_in with u uniform in
+    /// [−1, 1]^d_in (PyTorch's `Linear` init), its decoder row the same direction at unit norm.
+    /// So W_enc = W_decᵀ up to a per-latent scale (≈ 1/√3); biases start at zero (b_dec is set
+    /// from data afterwards).
     pub fn init_topk(d_in: usize, d_sae: usize, k: usize, seed: u64) -> SaeParams {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5ae_1417);
-        let mut w_dec: Vec<f32> = (0..d_sae * d_in).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let u: Vec<f32> = (0..d_sae * d_in)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        let mut w_dec = u.clone();
         for row in w_dec.chunks_exact_mut(d_in) {
-            let norm = row.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt() as f32;
+            let norm = row
+                .iter()
+                .map(|v| f64::from(*v).powi(2))
+                .sum::<f64>()
+                .sqrt() as f32;
             let scale = 1.0 / (norm + f32::EPSILON);
             row.iter_mut().for_each(|v| *v *= scale);
         }
-        let mut params = SaeParams {
+        let inv_sqrt_d = 1.0 / (d_in as f32).sqrt();
+        let mut w_enc = vec![0.0f32; d_in * d_sae];
+        for i in 0..d_sae {
+            for c in 0..d_in {
+                w_enc[c * d_sae + i] = u[i * d_in + c] * inv_sqrt_d;
+            }
+        }
+        SaeParams {
             d_in,
             d_sae,
             activation: Activation::TopK { k },
-            w_enc: vec![0.0; d_in * d_sae],
+            w_enc,
             b_enc: vec![0.0; d_sae],
             w_dec,
             b_dec: vec![0.0; d_in],
-        };
-        params.w_enc = params.w_dec_transposed();
-        params
+        }
     }
 
     pub fn k(&self) -> Option<usize> {

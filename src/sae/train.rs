@@ -19,7 +19,9 @@ use super::params::SaeParams;
 use super::schedule::lr_at;
 use super::trainer::{AuxKConfig, Trainer};
 use crate::analysis::eval::{EvalAccumulator, EvalSummary, Evaluator};
-use crate::data::{expand_inputs, open_shards, BatchStream, RowRange, Shard, ShardInfo, StreamConfig};
+use crate::data::{
+    expand_inputs, open_shards, BatchStream, RowRange, Shard, ShardInfo, StreamConfig,
+};
 use crate::gpu::kernels::optim::AdamConfig;
 use crate::gpu::kernels::topk::MAX_K;
 use crate::gpu::Gpu;
@@ -93,6 +95,9 @@ pub struct RunOptions {
     pub resume: bool,
     pub overwrite: bool,
     pub quiet: bool,
+    /// Write a checkpoint and stop after this many steps, as an interrupted run would
+    /// (for testing resume; the run's exports are not written).
+    pub stop_after: Option<u64>,
 }
 
 const RUN_FILES: [&str; 8] = [
@@ -120,16 +125,20 @@ fn prepare_run_dir(options: &RunOptions) -> anyhow::Result<()> {
         for name in RUN_FILES.iter().chain(&["density.png"]) {
             let path = dir.join(name);
             if path.is_dir() {
-                std::fs::remove_dir_all(&path).with_context(|| format!("{}: cannot remove", path.display()))?;
+                std::fs::remove_dir_all(&path)
+                    .with_context(|| format!("{}: cannot remove", path.display()))?;
             } else if path.exists() {
-                std::fs::remove_file(&path).with_context(|| format!("{}: cannot remove", path.display()))?;
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("{}: cannot remove", path.display()))?;
             }
         }
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the run directory", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create the run directory", dir.display()))?;
     // Fail now, not after hours of training, if the directory is not writable.
     let probe = dir.join(".write-test");
-    std::fs::write(&probe, b"ok").with_context(|| format!("{}: run directory is not writable", dir.display()))?;
+    std::fs::write(&probe, b"ok")
+        .with_context(|| format!("{}: run directory is not writable", dir.display()))?;
     let _ = std::fs::remove_file(probe);
     Ok(())
 }
@@ -140,7 +149,11 @@ pub fn validate(config: &TrainConfig, d_in: usize) -> anyhow::Result<()> {
         bail!("--k must be at least 1");
     }
     if config.k > config.d_sae {
-        bail!("--k {} exceeds the dictionary size d_sae = {}", config.k, config.d_sae);
+        bail!(
+            "--k {} exceeds the dictionary size d_sae = {}",
+            config.k,
+            config.d_sae
+        );
     }
     if config.k > MAX_K {
         bail!("--k {} exceeds the largest supported k ({MAX_K})", config.k);
@@ -152,7 +165,10 @@ pub fn validate(config: &TrainConfig, d_in: usize) -> anyhow::Result<()> {
         bail!("empty dictionary (d_in {d_in}, d_sae {})", config.d_sae);
     }
     if !(0.0..1.0).contains(&config.eval_fraction) {
-        bail!("--eval-fraction must be in [0, 1), got {}", config.eval_fraction);
+        bail!(
+            "--eval-fraction must be in [0, 1), got {}",
+            config.eval_fraction
+        );
     }
     if !(config.lr.is_finite() && config.lr >= 0.0) {
         bail!("--lr must be a finite non-negative number");
@@ -165,7 +181,11 @@ pub fn gpu_bytes_needed(d_in: usize, d_sae: usize, k: usize, batch: usize, k_aux
     let params = (2 * d_in * d_sae + d_sae + d_in) as u64;
     let per_param = 4 * params; // weights, gradients, two moments
     let activations = (batch * (2 * d_in + d_sae + 2 * k)) as u64 + (batch * d_in) as u64;
-    let aux = if k_aux > 0 { (batch * (4 * d_in + 3 * k_aux)) as u64 } else { 0 };
+    let aux = if k_aux > 0 {
+        (batch * (4 * d_in + 3 * k_aux)) as u64
+    } else {
+        0
+    };
     let index = (d_sae * batch.div_ceil(32) + 3 * d_sae + 2 * batch * k) as u64;
     4 * (per_param + activations + aux + index + (batch * d_sae) as u64)
 }
@@ -184,7 +204,11 @@ fn open_data(config: &TrainConfig) -> anyhow::Result<Data> {
     let d_in = train[0].d_in;
     let (eval, train_range, eval_range) = if !config.eval_inputs.is_empty() {
         let paths = expand_inputs(&config.eval_inputs)?;
-        (open_shards(&paths, &config.tensor, Some(d_in))?, RowRange::All, RowRange::All)
+        (
+            open_shards(&paths, &config.tensor, Some(d_in))?,
+            RowRange::All,
+            RowRange::All,
+        )
     } else if config.eval_fraction > 0.0 {
         let again = open_shards(&train_paths, &config.tensor, Some(d_in))?;
         (
@@ -204,7 +228,12 @@ fn open_data(config: &TrainConfig) -> anyhow::Result<Data> {
     })
 }
 
-fn stream_config(config: &TrainConfig, range: RowRange, max_rows: u64, skip_batches: u64) -> StreamConfig {
+fn stream_config(
+    config: &TrainConfig,
+    range: RowRange,
+    max_rows: u64,
+    skip_batches: u64,
+) -> StreamConfig {
     StreamConfig {
         batch_rows: config.batch_size,
         shuffle_rows: config.shuffle_buffer,
@@ -236,7 +265,13 @@ fn init_sample(data: &Data, config: &TrainConfig, rows: usize) -> anyhow::Result
     Ok(sample)
 }
 
-fn evaluate(gpu: &Gpu, trainer: &Trainer<'_>, data: &Data, config: &TrainConfig, scale: f32) -> anyhow::Result<Option<EvalSummary>> {
+fn evaluate(
+    gpu: &Gpu,
+    trainer: &Trainer<'_>,
+    data: &Data,
+    config: &TrainConfig,
+    scale: f32,
+) -> anyhow::Result<Option<EvalSummary>> {
     if data.eval.is_empty() {
         return Ok(None);
     }
@@ -244,7 +279,12 @@ fn evaluate(gpu: &Gpu, trainer: &Trainer<'_>, data: &Data, config: &TrainConfig,
     stream_cfg.range = data.eval_range;
     stream_cfg.skip_nonfinite = config.skip_nonfinite;
     let evaluator = Evaluator::new(gpu, &trainer.sae, config.batch_size)?;
-    let acc: EvalAccumulator = evaluator.run(&trainer.sae, BatchStream::start(data.eval.clone(), stream_cfg)?, scale, |_| {})?;
+    let acc: EvalAccumulator = evaluator.run(
+        &trainer.sae,
+        BatchStream::start(data.eval.clone(), stream_cfg)?,
+        scale,
+        |_| {},
+    )?;
     Ok(Some(acc.summary()))
 }
 
@@ -255,8 +295,10 @@ fn progress_bar(steps: u64, start: u64, quiet: bool) -> ProgressBar {
         ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr())
     };
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_position(start);
     bar
@@ -285,7 +327,11 @@ fn shard_infos(shards: &[Shard]) -> Vec<ShardInfo> {
 }
 
 /// Runs (or resumes) training. `config` is ignored on resume: the run's own `config.json` wins.
-pub fn train(gpu: &Gpu, config: Option<TrainConfig>, options: &RunOptions) -> anyhow::Result<TrainReport> {
+pub fn train(
+    gpu: &Gpu,
+    config: Option<TrainConfig>,
+    options: &RunOptions,
+) -> anyhow::Result<TrainReport> {
     prepare_run_dir(options)?;
     let run_dir = &options.run_dir;
     let config_path = run_dir.join("config.json");
@@ -294,7 +340,10 @@ pub fn train(gpu: &Gpu, config: Option<TrainConfig>, options: &RunOptions) -> an
         match checkpoint::latest(&checkpoints_dir)? {
             Some(found) => Some(found),
             None if config_path.exists() => {
-                tracing::warn!("no usable checkpoint in {}; starting the run over", checkpoints_dir.display());
+                tracing::warn!(
+                    "no usable checkpoint in {}; starting the run over",
+                    checkpoints_dir.display()
+                );
                 None
             }
             None => bail!("{}: nothing to resume (no config.json)", run_dir.display()),
@@ -303,10 +352,12 @@ pub fn train(gpu: &Gpu, config: Option<TrainConfig>, options: &RunOptions) -> an
         None
     };
     let config: TrainConfig = if options.resume {
-        let text = std::fs::read_to_string(&config_path).with_context(|| format!("{}: cannot read", config_path.display()))?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", config_path.display()))?;
-        serde_json::from_value(value["config"].clone()).with_context(|| format!("{}: bad \"config\"", config_path.display()))?
+        let text = std::fs::read_to_string(&config_path)
+            .with_context(|| format!("{}: cannot read", config_path.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", config_path.display()))?;
+        serde_json::from_value(value["config"].clone())
+            .with_context(|| format!("{}: bad \"config\"", config_path.display()))?
     } else {
         config.ok_or_else(|| anyhow!("no training configuration given"))?
     };
@@ -314,7 +365,11 @@ pub fn train(gpu: &Gpu, config: Option<TrainConfig>, options: &RunOptions) -> an
     let data = open_data(&config)?;
     validate(&config, data.d_in)?;
     let d_in = data.d_in;
-    let k_aux = if config.auxk_alpha > 0.0 { config.auxk_k } else { 0 };
+    let k_aux = if config.auxk_alpha > 0.0 {
+        config.auxk_k
+    } else {
+        0
+    };
     let needed = gpu_bytes_needed(d_in, config.d_sae, config.k, config.batch_size, k_aux);
     tracing::info!("training needs about {} MiB of GPU memory", needed >> 20);
 
@@ -343,9 +398,20 @@ pub fn train(gpu: &Gpu, config: Option<TrainConfig>, options: &RunOptions) -> an
                 fire_counts,
             } = ckpt;
             if !options.quiet {
-                eprintln!("resuming from {} (step {step} of {})", path.display(), config.steps);
+                eprintln!(
+                    "resuming from {} (step {step} of {})",
+                    path.display(),
+                    config.steps
+                );
             }
-            (snapshot.params, input_scale, step, tokens, fire_counts, Some((snapshot.moments, snapshot.since_fired)))
+            (
+                snapshot.params,
+                input_scale,
+                step,
+                tokens,
+                fire_counts,
+                Some((snapshot.moments, snapshot.since_fired)),
+            )
         }
         None => {
             let mut params = SaeParams::init_topk(d_in, config.d_sae, config.k, config.seed);
@@ -380,8 +446,20 @@ pub fn train(gpu: &Gpu, config: Option<TrainConfig>, options: &RunOptions) -> an
         alpha: config.auxk_alpha,
         k_aux: config.auxk_k,
     });
-    let mut trainer = Trainer::new(gpu, &params, config.batch_size, adam, config.dead_tokens, auxk)
-        .map_err(|e| anyhow!("{e} (the run needs about {} MiB of GPU memory)", needed >> 20))?;
+    let mut trainer = Trainer::new(
+        gpu,
+        &params,
+        config.batch_size,
+        adam,
+        config.dead_tokens,
+        auxk,
+    )
+    .map_err(|e| {
+        anyhow!(
+            "{e} (the run needs about {} MiB of GPU memory)",
+            needed >> 20
+        )
+    })?;
     if let Some((moments, since_fired)) = &moments {
         trainer.restore(moments, since_fired)?;
     }
@@ -399,13 +477,20 @@ pub fn train(gpu: &Gpu, config: Option<TrainConfig>, options: &RunOptions) -> an
         .with_context(|| format!("{}: cannot open", metrics_path.display()))?;
 
     let max_rows = config.steps * config.batch_size as u64;
-    let stream = BatchStream::start(data.train.clone(), stream_config(&config, data.train_range, max_rows, start_step))?;
+    let stream = BatchStream::start(
+        data.train.clone(),
+        stream_config(&config, data.train_range, max_rows, start_step),
+    )?;
     let bar = progress_bar(config.steps, start_step, options.quiet);
     let started = Instant::now();
     let (mut window_start, mut window_tokens) = (Instant::now(), 0u64);
     let mut last_checkpoint: Option<PathBuf> = None;
     let mut step = start_step;
-    let save_checkpoint = |trainer: &Trainer<'_>, step: u64, tokens: u64, fire_counts: &mut Vec<u64>| -> anyhow::Result<PathBuf> {
+    let save_checkpoint = |trainer: &Trainer<'_>,
+                           step: u64,
+                           tokens: u64,
+                           fire_counts: &mut Vec<u64>|
+     -> anyhow::Result<PathBuf> {
         for (total, c) in fire_counts.iter_mut().zip(trainer.take_fire_counts()?) {
             *total += u64::from(c);
         }
@@ -455,7 +540,8 @@ pub fn train(gpu: &Gpu, config: Option<TrainConfig>, options: &RunOptions) -> an
                 "dead_frac": dead_frac, "auxk_loss": m.auxk_loss, "lr": lr, "tokens_per_s": tokens_per_s,
                 "skipped_nonfinite": batch.skipped_nonfinite,
             });
-            writeln!(metrics_file, "{line}").with_context(|| format!("{}: cannot write", metrics_path.display()))?;
+            writeln!(metrics_file, "{line}")
+                .with_context(|| format!("{}: cannot write", metrics_path.display()))?;
             bar.set_message(format!(
                 "FVU {:.4}  L0 {:.1}  dead {:.1}%  {:.0} tok/s",
                 m.fvu,
@@ -465,7 +551,20 @@ pub fn train(gpu: &Gpu, config: Option<TrainConfig>, options: &RunOptions) -> an
             ));
         }
         bar.set_position(step);
-        if config.checkpoint_every > 0 && step % config.checkpoint_every == 0 && step < config.steps {
+        if options.stop_after == Some(step) && step < config.steps {
+            bar.finish_and_clear();
+            save_checkpoint(&trainer, step, tokens, &mut fire_counts)?;
+            return Ok(TrainReport {
+                steps: step,
+                tokens,
+                seconds: started.elapsed().as_secs_f64(),
+                tokens_per_s: 0.0,
+                heldout: None,
+                run_dir: run_dir.clone(),
+            });
+        }
+        if config.checkpoint_every > 0 && step % config.checkpoint_every == 0 && step < config.steps
+        {
             last_checkpoint = Some(save_checkpoint(&trainer, step, tokens, &mut fire_counts)?);
         }
         if config.eval_every > 0 && step % config.eval_every == 0 && step < config.steps {
@@ -509,7 +608,12 @@ pub fn train(gpu: &Gpu, config: Option<TrainConfig>, options: &RunOptions) -> an
             "context_size": 0,
             "training_tokens": tokens,
         });
-        save_saelens(&run_dir.join("saelens"), &params, Some(&log10_density), metadata)?;
+        save_saelens(
+            &run_dir.join("saelens"),
+            &params,
+            Some(&log10_density),
+            metadata,
+        )?;
     }
     let report = TrainReport {
         steps: step,
@@ -520,5 +624,10 @@ pub fn train(gpu: &Gpu, config: Option<TrainConfig>, options: &RunOptions) -> an
         run_dir: run_dir.clone(),
     };
     write_json_atomic(&run_dir.join("summary.json"), &report)?;
+    if let Err(error) =
+        crate::analysis::plots::training_plots(run_dir, &metrics_path, &log10_density)
+    {
+        tracing::warn!("could not draw the plots: {error:#}");
+    }
     Ok(report)
 }

@@ -4,10 +4,13 @@
 
 use crate::gpu::kernels::backward::{
     launch_aux_residual, launch_bias_dec_grad, launch_code_grad, launch_decoder_weight_grad,
-    launch_encoder_weight_grad, launch_loss_grad, launch_reverse_index, BackwardShape, LossScale, ReverseIndex,
+    launch_encoder_weight_grad, launch_loss_grad, launch_reverse_index, BackwardShape, LossScale,
+    ReverseIndex,
 };
 use crate::gpu::kernels::decoder::launch_decode_sparse;
-use crate::gpu::kernels::optim::{launch_adam, launch_normalize_rows, launch_remove_parallel_grad, AdamConfig};
+use crate::gpu::kernels::optim::{
+    launch_adam, launch_normalize_rows, launch_remove_parallel_grad, AdamConfig,
+};
 use crate::gpu::kernels::reduce::{
     launch_aux_scale, launch_dead_mask, launch_fire_counts, launch_update_dead, Reducer,
 };
@@ -194,19 +197,62 @@ impl<'g> Trainer<'g> {
         let (sae, fw) = (&self.sae, &self.fw);
 
         // Dead latents as of before this step (AuxK's candidates).
-        launch_dead_mask(&mut rec, &self.since_fired, &self.eligible, &self.dead_count, s.d_sae, self.dead_tokens)?;
-        self.reducer
-            .launch_centered_sq(&mut rec, &fw.x, s.rows, s.d_in, &self.col_mean, &self.stats, slot::VARIANCE)?;
+        launch_dead_mask(
+            &mut rec,
+            &self.since_fired,
+            &self.eligible,
+            &self.dead_count,
+            s.d_sae,
+            self.dead_tokens,
+        )?;
+        self.reducer.launch_centered_sq(
+            &mut rec,
+            &fw.x,
+            s.rows,
+            s.d_in,
+            &self.col_mean,
+            &self.stats,
+            slot::VARIANCE,
+        )?;
         record_forward(&mut rec, sae, fw, s.rows)?;
-        self.reducer
-            .launch_sum_sq_diff(&mut rec, &fw.x_hat, &fw.x, s.rows * s.d_in, &self.stats, slot::SSE)?;
+        self.reducer.launch_sum_sq_diff(
+            &mut rec,
+            &fw.x_hat,
+            &fw.x,
+            s.rows * s.d_in,
+            &self.stats,
+            slot::SSE,
+        )?;
 
         // Backward of FVU.
         let [st_w_enc, st_b_enc, st_w_dec, st_b_dec] = &self.state;
-        launch_loss_grad(&mut rec, &fw.x_hat, &fw.x, &self.stats, LossScale::fvu(slot::VARIANCE), &self.grad_out, s)?;
-        launch_code_grad(&mut rec, &self.grad_out, &fw.top_idx, &fw.top_val, &sae.w_dec, &self.code_grad, s)?;
+        launch_loss_grad(
+            &mut rec,
+            &fw.x_hat,
+            &fw.x,
+            &self.stats,
+            LossScale::fvu(slot::VARIANCE),
+            &self.grad_out,
+            s,
+        )?;
+        launch_code_grad(
+            &mut rec,
+            &self.grad_out,
+            &fw.top_idx,
+            &fw.top_val,
+            &sae.w_dec,
+            &self.code_grad,
+            s,
+        )?;
         launch_reverse_index(&mut rec, &fw.top_idx, &self.index)?;
-        launch_decoder_weight_grad(&mut rec, &self.index, &fw.top_val, &self.grad_out, &st_w_dec.grad, false)?;
+        launch_decoder_weight_grad(
+            &mut rec,
+            &self.index,
+            &fw.top_val,
+            &self.grad_out,
+            &st_w_dec.grad,
+            false,
+        )?;
         launch_encoder_weight_grad(
             &mut rec,
             &self.index,
@@ -221,8 +267,23 @@ impl<'g> Trainer<'g> {
         if let Some(aux) = &self.aux {
             let k_aux = aux.config.k_aux;
             let aux_shape = BackwardShape { k: k_aux, ..s };
-            launch_aux_scale(&mut rec, &self.dead_count, &self.stats, slot::AUX_SCALE, k_aux)?;
-            launch_topk(&mut rec, &fw.h, s.rows, s.d_sae, k_aux, &aux.aux_idx, &aux.aux_val, Some(&self.eligible))?;
+            launch_aux_scale(
+                &mut rec,
+                &self.dead_count,
+                &self.stats,
+                slot::AUX_SCALE,
+                k_aux,
+            )?;
+            launch_topk(
+                &mut rec,
+                &fw.h,
+                s.rows,
+                s.d_sae,
+                k_aux,
+                &aux.aux_idx,
+                &aux.aux_val,
+                Some(&self.eligible),
+            )?;
             launch_decode_sparse(
                 &mut rec,
                 &aux.aux_idx,
@@ -236,17 +297,45 @@ impl<'g> Trainer<'g> {
                 k_aux,
             )?;
             launch_aux_residual(&mut rec, &aux.e_hat, &fw.x, &fw.x_hat, &aux.aux_diff, s)?;
-            self.reducer
-                .launch_sum_sq(&mut rec, &aux.aux_diff, s.rows * s.d_in, &self.stats, slot::AUX_SSE)?;
+            self.reducer.launch_sum_sq(
+                &mut rec,
+                &aux.aux_diff,
+                s.rows * s.d_in,
+                &self.stats,
+                slot::AUX_SSE,
+            )?;
             let scale = LossScale {
                 constant: 2.0 * aux.config.alpha,
                 variance_slot: slot::VARIANCE,
                 factor_slot: Some(slot::AUX_SCALE),
             };
-            launch_loss_grad(&mut rec, &aux.aux_diff, &aux.zeros_rows, &self.stats, scale, &aux.grad_aux, s)?;
-            launch_code_grad(&mut rec, &aux.grad_aux, &aux.aux_idx, &aux.aux_val, &sae.w_dec, &aux.aux_code_grad, aux_shape)?;
+            launch_loss_grad(
+                &mut rec,
+                &aux.aux_diff,
+                &aux.zeros_rows,
+                &self.stats,
+                scale,
+                &aux.grad_aux,
+                s,
+            )?;
+            launch_code_grad(
+                &mut rec,
+                &aux.grad_aux,
+                &aux.aux_idx,
+                &aux.aux_val,
+                &sae.w_dec,
+                &aux.aux_code_grad,
+                aux_shape,
+            )?;
             launch_reverse_index(&mut rec, &aux.aux_idx, &aux.index)?;
-            launch_decoder_weight_grad(&mut rec, &aux.index, &aux.aux_val, &aux.grad_aux, &st_w_dec.grad, true)?;
+            launch_decoder_weight_grad(
+                &mut rec,
+                &aux.index,
+                &aux.aux_val,
+                &aux.grad_aux,
+                &st_w_dec.grad,
+                true,
+            )?;
             launch_encoder_weight_grad(
                 &mut rec,
                 &aux.index,
@@ -258,20 +347,54 @@ impl<'g> Trainer<'g> {
                 true,
             )?;
         }
-        launch_bias_dec_grad(&mut rec, &self.grad_out, &sae.w_enc, &st_b_enc.grad, &st_b_dec.grad, s)?;
+        launch_bias_dec_grad(
+            &mut rec,
+            &self.grad_out,
+            &sae.w_enc,
+            &st_b_enc.grad,
+            &st_b_dec.grad,
+            s,
+        )?;
 
         // Optimiser: unit-norm decoder constraint around Adam.
         launch_remove_parallel_grad(&mut rec, &sae.w_dec, &st_w_dec.grad, s.d_sae, s.d_in)?;
         for (param, st) in sae.tensors().into_iter().zip(&self.state) {
-            launch_adam(&mut rec, param, &st.grad, &st.exp_avg, &st.exp_avg_sq, &self.adam, lr, step)?;
+            launch_adam(
+                &mut rec,
+                param,
+                &st.grad,
+                &st.exp_avg,
+                &st.exp_avg_sq,
+                &self.adam,
+                lr,
+                step,
+            )?;
         }
         launch_normalize_rows(&mut rec, &sae.w_dec, s.d_sae, s.d_in)?;
 
         // Bookkeeping: which latents fired.
         rec.clear(&self.batch_fired);
-        launch_fire_counts(&mut rec, &fw.top_idx, &fw.top_val, s.entries(), &self.batch_fired)?;
-        launch_fire_counts(&mut rec, &fw.top_idx, &fw.top_val, s.entries(), &self.fire_window)?;
-        launch_update_dead(&mut rec, &self.batch_fired, &self.since_fired, s.d_sae, s.rows)?;
+        launch_fire_counts(
+            &mut rec,
+            &fw.top_idx,
+            &fw.top_val,
+            s.entries(),
+            &self.batch_fired,
+        )?;
+        launch_fire_counts(
+            &mut rec,
+            &fw.top_idx,
+            &fw.top_val,
+            s.entries(),
+            &self.fire_window,
+        )?;
+        launch_update_dead(
+            &mut rec,
+            &self.batch_fired,
+            &self.since_fired,
+            s.d_sae,
+            s.rows,
+        )?;
         rec.submit()
     }
 

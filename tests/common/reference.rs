@@ -2,6 +2,8 @@
 //! W_enc [d_in, d_sae], W_dec [d_sae, d_in], h = (x − b_dec)·W_enc + b_enc.
 
 #![allow(dead_code)]
+// The references spell out the index notation of the maths on purpose.
+#![allow(clippy::needless_range_loop)]
 
 /// A tiny SAE and a batch, all in f64 on the host.
 #[derive(Clone, Debug)]

@@ -55,8 +55,8 @@ impl GemmTiles {
             self.thread_m > 0
                 && self.thread_n > 0
                 && self.tile_k > 0
-                && self.tile_m % self.thread_m == 0
-                && self.tile_n % self.thread_n == 0,
+                && self.tile_m.is_multiple_of(self.thread_m)
+                && self.tile_n.is_multiple_of(self.thread_n),
             KERNEL,
             || format!("tile shape {self:?}: tiles must be multiples of the per-thread block"),
         )?;

@@ -26,7 +26,7 @@ pub fn launch_topk(
     top_val: &GpuBuffer,
     eligible: Option<&GpuBuffer>,
 ) -> GpuResult<()> {
-    ensure(k >= 1 && k <= MAX_K, KERNEL, || {
+    ensure((1..=MAX_K).contains(&k), KERNEL, || {
         format!("k = {k} must be between 1 and {MAX_K}")
     })?;
     ensure(k <= cols, KERNEL, || {

@@ -1,0 +1,159 @@
+//! PNG figures a person opens: the training loss curve and the feature-density histogram
+//! (log10 firing frequency, as SAELens and Anthropic show it). Text uses the bundled DejaVu
+//! Sans, so plots render the same on a machine with no system fonts.
+
+use std::path::Path;
+use std::sync::Once;
+
+use anyhow::{anyhow, Context};
+use plotters::prelude::*;
+
+const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+
+fn register_fonts() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_err() {
+            tracing::warn!("bundled font failed to load; plots will have no text");
+        }
+    });
+}
+
+fn plot_err<E: std::fmt::Debug>(error: E) -> anyhow::Error {
+    anyhow!("plotting failed: {error:?}")
+}
+
+/// Draws into a temporary PNG and renames it into place.
+fn draw_png(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    register_fonts();
+    let tmp = path.with_extension("tmp.png");
+    {
+        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        draw(root.clone())?;
+        root.present().map_err(plot_err)?;
+    }
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("{}: cannot move into place", path.display()))
+}
+
+/// A line chart of `series` (x, y) with axis labels.
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(f64, f64)],
+) -> anyhow::Result<()> {
+    if series.is_empty() {
+        return Ok(());
+    }
+    let (x_min, x_max) = series.iter().fold((f64::MAX, f64::MIN), |(a, b), (x, _)| {
+        (a.min(*x), b.max(*x))
+    });
+    let (y_min, y_max) = series.iter().fold((f64::MAX, f64::MIN), |(a, b), (_, y)| {
+        (a.min(*y), b.max(*y))
+    });
+    let pad = ((y_max - y_min) * 0.05).max(1e-6);
+    draw_png(path, (900, 540), |root| {
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 24))
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(64)
+            .build_cartesian_2d(
+                x_min..x_max.max(x_min + 1.0),
+                (y_min - pad).max(0.0)..y_max + pad,
+            )
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .label_style(("sans-serif", 15))
+            .draw()
+            .map_err(plot_err)?;
+        chart
+            .draw_series(LineSeries::new(
+                series.iter().copied(),
+                BLUE.stroke_width(2),
+            ))
+            .map_err(plot_err)?;
+        Ok(())
+    })
+}
+
+/// A histogram of `values` in `bins` equal bins over `range`.
+pub fn histogram(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    values: &[f32],
+    range: (f64, f64),
+    bins: usize,
+) -> anyhow::Result<()> {
+    let width = (range.1 - range.0) / bins as f64;
+    let mut counts = vec![0u64; bins];
+    for &v in values {
+        let b = ((f64::from(v) - range.0) / width)
+            .floor()
+            .clamp(0.0, (bins - 1) as f64) as usize;
+        counts[b] += 1;
+    }
+    let top = counts.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.05;
+    draw_png(path, (900, 540), |root| {
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 24))
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(64)
+            .build_cartesian_2d(range.0..range.1, 0.0..top)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc("latents")
+            .label_style(("sans-serif", 15))
+            .draw()
+            .map_err(plot_err)?;
+        chart
+            .draw_series(counts.iter().enumerate().map(|(i, &c)| {
+                let x0 = range.0 + i as f64 * width;
+                Rectangle::new([(x0, 0.0), (x0 + width, c as f64)], BLUE.mix(0.7).filled())
+            }))
+            .map_err(plot_err)?;
+        Ok(())
+    })
+}
+
+/// `loss.png` (FVU against tokens, from metrics.jsonl) and `density.png` (log10 feature
+/// density) in the run directory.
+pub fn training_plots(run_dir: &Path, metrics: &Path, log10_density: &[f32]) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(metrics).unwrap_or_default();
+    let series: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            Some((v.get("tokens")?.as_f64()?, v.get("fvu")?.as_f64()?))
+        })
+        .collect();
+    line_chart(
+        &run_dir.join("loss.png"),
+        "Training FVU",
+        "tokens",
+        "FVU",
+        &series,
+    )?;
+    histogram(
+        &run_dir.join("density.png"),
+        "Feature density",
+        "log10(firing frequency)",
+        log10_density,
+        (-10.0, 0.0),
+        50,
+    )
+}

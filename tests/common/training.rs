@@ -1,0 +1,38 @@
+//! A small, fast training configuration for tests on lavapipe.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use sae_wgpu::sae::train::{BDecInit, ExportFormat, TrainConfig};
+
+pub fn tiny_config(inputs: Vec<PathBuf>, d_sae: usize, k: usize, steps: u64) -> TrainConfig {
+    TrainConfig {
+        inputs,
+        tensor: "activations".into(),
+        eval_inputs: vec![],
+        eval_fraction: 0.02,
+        eval_every: 0,
+        k,
+        d_sae,
+        batch_size: 128,
+        lr: 1e-2,
+        lr_warmup_steps: steps / 20,
+        steps,
+        adam_beta1: 0.9,
+        adam_beta2: 0.999,
+        adam_eps: 1e-8,
+        seed: 0,
+        shuffle_buffer: 4096,
+        b_dec_init: BDecInit::GeometricMedian,
+        normalize_activations: false,
+        auxk_alpha: 1.0 / 32.0,
+        auxk_k: 8,
+        dead_tokens: 5_000,
+        checkpoint_every: 0,
+        log_every: 50,
+        skip_nonfinite: false,
+        format: ExportFormat::Sparsify,
+        init_sample_rows: 4096,
+    }
+}
