@@ -37,10 +37,10 @@ pub struct TrainArgs {
     /// Dictionary size.
     #[arg(long)]
     d_sae: Option<usize>,
-    /// Tokens per optimiser step (default 4096; 1024 for the quick start).
+    /// Tokens per optimiser step (default 4096; 512 for the quick start).
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Peak learning rate (default 2e-4·√(2¹⁴ / d_sae)).
+    /// Peak learning rate (default 2e-4·√(2¹⁴ / d_sae); 4e-3 for the short quick start).
     #[arg(long)]
     lr: Option<f64>,
     /// Linear warmup steps (default: 10% of the steps, at most 1000).
@@ -49,7 +49,7 @@ pub struct TrainArgs {
     /// Training budget in tokens.
     #[arg(long, conflicts_with = "epochs")]
     tokens: Option<u64>,
-    /// Passes over the training data (default 1; 3 for the quick start).
+    /// Passes over the training data (default 1; 2 for the quick start).
     #[arg(long)]
     epochs: Option<u64>,
     #[arg(long, default_value_t = 0)]
@@ -169,7 +169,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     );
     let batch_size = args
         .batch_size
-        .unwrap_or(if quickstart { 1024 } else { 4096 });
+        .unwrap_or(if quickstart { 512 } else { 4096 });
     if batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -189,7 +189,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         .sum();
     let steps = match args.tokens {
         Some(tokens) => tokens / batch_size as u64,
-        None => rows * args.epochs.unwrap_or(if quickstart { 3 } else { 1 }) / batch_size as u64,
+        None => rows * args.epochs.unwrap_or(if quickstart { 2 } else { 1 }) / batch_size as u64,
     };
     if steps == 0 {
         bail!(
@@ -207,7 +207,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         k: args.k.unwrap_or(if quickstart { 8 } else { 32 }),
         d_sae,
         batch_size,
-        lr: args.lr.unwrap_or_else(|| default_lr(d_sae)),
+        lr: args.lr.unwrap_or_else(|| if quickstart { 4e-3 } else { default_lr(d_sae) }),
         lr_warmup_steps: args.lr_warmup_steps.unwrap_or((steps / 10).min(1000)),
         steps,
         adam_beta1: args.adam_beta1,
