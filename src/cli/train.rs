@@ -207,7 +207,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         k: args.k.unwrap_or(if quickstart { 8 } else { 32 }),
         d_sae,
         batch_size,
-        lr: args.lr.unwrap_or_else(|| if quickstart { 4e-3 } else { default_lr(d_sae) }),
+        lr: args
+            .lr
+            .unwrap_or_else(|| if quickstart { 4e-3 } else { default_lr(d_sae) }),
         lr_warmup_steps: args.lr_warmup_steps.unwrap_or((steps / 10).min(1000)),
         steps,
         adam_beta1: args.adam_beta1,

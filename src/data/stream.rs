@@ -99,7 +99,10 @@ pub struct BatchStream {
 }
 
 impl BatchStream {
-    pub fn start(shards: Arc<Vec<Shard>>, config: StreamConfig) -> Result<BatchStream, DataError> {
+    pub fn start(
+        shards: Arc<Vec<Shard>>,
+        mut config: StreamConfig,
+    ) -> Result<BatchStream, DataError> {
         let d_in = shards
             .first()
             .map(|s| s.d_in)
@@ -116,6 +119,9 @@ impl BatchStream {
                 "the selected rows of the input shards are empty".into(),
             ));
         }
+        // A pool larger than the data would cycle through it several times before emitting a
+        // row, repeating rows within one pass.
+        config.shuffle_rows = config.shuffle_rows.min(total);
         let (sender, receiver) = sync_channel(config.queue_depth.max(1));
         let handle = std::thread::Builder::new()
             .name("shard-reader".into())
