@@ -1,4 +1,6 @@
-// Per-row TopK of ReLU(h) by radix select: one workgroup per row.
+// Per-row TopK of ReLU(h) by radix select: one workgroup per row. With `thresholded`, the
+// values are JumpReLU's h·1{h > θ_i} (θ = 0: ReLU), and `count_active` counts each row's
+// non-zero values, so a capped selection can report what it dropped.
 //   h        [rows, cols] f32 pre-activations
 //   top_idx  [rows, k]    u32 latent indices, sorted by (value desc, index asc)
 //   top_val  [rows, k]    f32 ReLU(h) at those indices
@@ -18,9 +20,9 @@ struct Params {
     k: u32,
     sort_n: u32, // next power of two ≥ k, ≤ MAX_K
     masked: u32, // 1: only latents with eligible[i] != 0 compete
+    thresholded: u32, // 1: values ≤ threshold[i] count as 0 (ReLU / JumpReLU SAEs)
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -28,6 +30,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> top_idx: array<u32>;
 @group(0) @binding(3) var<storage, read_write> top_val: array<f32>;
 @group(0) @binding(4) var<storage, read> eligible: array<u32>;
+@group(0) @binding(5) var<storage, read> threshold: array<f32>;
+@group(0) @binding(6) var<storage, read_write> active_count: array<u32>;
 
 const RADIX_BITS: u32 = 8u;
 const BINS: u32 = 1u << RADIX_BITS;
@@ -50,11 +54,20 @@ fn key_of(v: f32) -> u32 {
     return bitcast<u32>(r) | 0x80000000u;
 }
 
+// The activation value of latent i: ReLU(h), or h where h > θ_i and 0 elsewhere.
+fn activation(base: u32, i: u32) -> f32 {
+    let v = h[base + i];
+    if (p.thresholded != 0u && !(v > threshold[i])) {
+        return 0.0;
+    }
+    return v;
+}
+
 fn row_key(base: u32, i: u32) -> u32 {
     if (p.masked != 0u && eligible[i] == 0u) {
         return NEG_INF_KEY;
     }
-    return key_of(h[base + i]);
+    return key_of(activation(base, i));
 }
 
 fn value_of(key: u32) -> f32 {
@@ -228,4 +241,32 @@ fn topk_rows(
         return;
     }
     select_row(lid, row);
+}
+
+var<workgroup> row_active: atomic<u32>;
+
+@compute @workgroup_size(WG)
+fn count_active(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = wg.x + wg.y * nwg.x;
+    if (row >= p.rows) {
+        return;
+    }
+    if (lid == 0u) {
+        atomicStore(&row_active, 0u);
+    }
+    workgroupBarrier();
+    let base = row * p.cols;
+    var mine = 0u;
+    for (var i = lid; i < p.cols; i += WG) {
+        mine += select(0u, 1u, activation(base, i) > 0.0);
+    }
+    atomicAdd(&row_active, mine);
+    workgroupBarrier();
+    if (lid == 0u) {
+        active_count[row] = atomicLoad(&row_active);
+    }
 }

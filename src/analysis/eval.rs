@@ -29,6 +29,9 @@ pub struct EvalSummary {
     pub mean_cosine: f64,
     /// E‖x̂‖² / E⟨x, x̂⟩: above 1 the SAE overshoots, below 1 it shrinks.
     pub rel_recon_bias: f64,
+    /// ReLU / JumpReLU SAEs: non-zero latents beyond the per-row cap, left out of x̂.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped_activations: Option<u64>,
 }
 
 /// Host-side f64 sums, fed one batch at a time.
@@ -42,6 +45,9 @@ pub struct EvalAccumulator {
     x_hat_sq: f64,
     x_dot_x_hat: f64,
     pub fire_counts: Vec<u64>,
+    /// Thresholded SAEs: Σ non-zero latents (the true L0 numerator) and those past the cap.
+    active_total: Option<u64>,
+    dropped: u64,
 }
 
 impl EvalAccumulator {
@@ -56,6 +62,17 @@ impl EvalAccumulator {
             x_hat_sq: 0.0,
             x_dot_x_hat: 0.0,
             fire_counts: vec![0; d_sae],
+            active_total: None,
+            dropped: 0,
+        }
+    }
+
+    /// Records true per-row active counts of a thresholded SAE kept to `cap` per row.
+    pub fn add_active(&mut self, active: &[u32], cap: usize) {
+        let total = self.active_total.get_or_insert(0);
+        for &a in active {
+            *total += u64::from(a);
+            self.dropped += u64::from(a).saturating_sub(cap as u64);
         }
     }
 
@@ -98,7 +115,7 @@ impl EvalAccumulator {
             rows: self.rows,
             fvu: self.sse / total_variance,
             mse: self.sse / (n * self.d_in as f64),
-            l0: fires as f64 / n,
+            l0: self.active_total.unwrap_or(fires) as f64 / n,
             dead_frac: self.fire_counts.iter().filter(|&&c| c == 0).count() as f64 / d_sae,
             dense_frac: self
                 .fire_counts
@@ -108,6 +125,7 @@ impl EvalAccumulator {
                 / d_sae,
             mean_cosine: self.cosine_sum / n,
             rel_recon_bias: self.x_hat_sq / self.x_dot_x_hat,
+            dropped_activations: self.active_total.map(|_| self.dropped),
         }
     }
 }
@@ -165,6 +183,11 @@ impl<'g> Evaluator<'g> {
         x_hat.truncate(rows * sae.d_in);
         let fired: Vec<u32> = self.gpu.read(&self.fired)?;
         acc.add(x, &x_hat, &fired);
+        if let Some(active) = &self.fw.active {
+            let mut counts: Vec<u32> = self.gpu.read(active)?;
+            counts.truncate(rows);
+            acc.add_active(&counts, sae.k);
+        }
         Ok(())
     }
 

@@ -1,4 +1,5 @@
 //! Measuring SAEs on data: reconstruction metrics and feature statistics.
 
+pub mod encode;
 pub mod eval;
 pub mod plots;

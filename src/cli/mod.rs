@@ -3,6 +3,8 @@
 
 mod adapters;
 mod bench;
+mod encode;
+mod eval;
 mod synth;
 mod train;
 
@@ -29,6 +31,10 @@ enum Command {
     Adapters(adapters::AdaptersArgs),
     /// Train a TopK SAE on activation shards (no shards: a synthetic quick start).
     Train(Box<train::TrainArgs>),
+    /// Reconstruction metrics of an SAE (ours, sparsify or SAELens) over activation shards.
+    Eval(eval::EvalArgs),
+    /// Sparse codes (indices, values, tokens) of every row, one file per shard.
+    Encode(encode::EncodeArgs),
     /// Write synthetic activation shards from a known dictionary.
     Synth(synth::SynthArgs),
     /// Benchmarks (JSON lines with --json).
@@ -77,6 +83,8 @@ pub fn main() -> ExitCode {
         Command::Adapters(args) => adapters::run(&args),
         Command::Train(args) => train::run(*args),
         Command::Synth(args) => synth::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Encode(args) => encode::run(args),
         Command::Bench(command) => bench::run(command),
     };
     match result {

@@ -23,7 +23,8 @@ pub struct TopKParams {
     pub k: u32,
     pub sort_n: u32,
     pub masked: u32,
-    pub _pad: [u32; 3],
+    pub thresholded: u32,
+    pub _pad: [u32; 2],
 }
 
 /// shaders/decoder.wgsl

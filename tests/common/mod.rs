@@ -92,3 +92,18 @@ pub fn assert_close(what: &str, out: &[f32], reference: &[f64], tol: f64) {
 pub fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| f64::from(x)).collect()
 }
+
+/// `../shared/data/smollm2-135m-l15`, the real activations and peer checkpoint, when present.
+pub fn shared_data() -> Option<std::path::PathBuf> {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/smollm2-135m-l15");
+    if dir.join("heldout.safetensors").is_file() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIP: {} is absent (the shared real-activation data)",
+            dir.display()
+        );
+        None
+    }
+}

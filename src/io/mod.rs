@@ -2,6 +2,8 @@
 //! is renamed into place, so a killed process never leaves a file that looks complete but
 //! is not.
 
+pub mod stream_writer;
+
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Write;
