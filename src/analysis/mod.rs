@@ -2,4 +2,5 @@
 
 pub mod encode;
 pub mod eval;
+pub mod hist;
 pub mod plots;

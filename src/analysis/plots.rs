@@ -157,3 +157,78 @@ pub fn training_plots(run_dir: &Path, metrics: &Path, log10_density: &[f32]) -> 
         50,
     )
 }
+
+/// `density.png` (log10 firing frequency of the latents that fired) and `features.png` (the
+/// activation histograms of the 16 most frequent features) for `sae hist`.
+pub fn hist_plots(dir: &Path, hist: &crate::analysis::hist::Histograms) -> anyhow::Result<()> {
+    let fired: Vec<f32> = hist
+        .log10_density()
+        .into_iter()
+        .zip(&hist.fire_count)
+        .filter(|(_, &c)| c > 0)
+        .map(|(d, _)| d)
+        .collect();
+    let dead = hist.d_sae - fired.len();
+    histogram(
+        &dir.join("density.png"),
+        &format!(
+            "Feature density over {} rows ({dead} latents never fired)",
+            hist.rows
+        ),
+        "log10(firing frequency)",
+        &fired,
+        (-10.0, 0.0),
+        50,
+    )?;
+
+    let mut order: Vec<usize> = (0..hist.d_sae).collect();
+    order.sort_by(|&a, &b| hist.fire_count[b].cmp(&hist.fire_count[a]).then(a.cmp(&b)));
+    order.truncate(16);
+    let bins = hist.bins.bins;
+    let log_edges: Vec<f64> = hist
+        .bins
+        .edges()
+        .iter()
+        .map(|e| f64::from(*e).log10())
+        .collect();
+    draw_png(&dir.join("features.png"), (1400, 1000), |root| {
+        let root = root
+            .titled(
+                "Activation histograms of the 16 most frequent features",
+                ("sans-serif", 24),
+            )
+            .map_err(plot_err)?;
+        let cells = root.split_evenly((4, 4));
+        for (cell, &latent) in cells.iter().zip(&order) {
+            let counts = &hist.bin_counts[latent * bins..(latent + 1) * bins];
+            let top = counts.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.05;
+            let mut chart = ChartBuilder::on(cell)
+                .caption(
+                    format!("feature {latent} ({} fires)", hist.fire_count[latent]),
+                    ("sans-serif", 14),
+                )
+                .margin(6)
+                .x_label_area_size(22)
+                .y_label_area_size(40)
+                .build_cartesian_2d(log_edges[0]..log_edges[bins], 0.0..top)
+                .map_err(plot_err)?;
+            chart
+                .configure_mesh()
+                .x_labels(4)
+                .y_labels(3)
+                .x_desc("log10 activation")
+                .label_style(("sans-serif", 11))
+                .draw()
+                .map_err(plot_err)?;
+            chart
+                .draw_series(counts.iter().enumerate().map(|(b, &c)| {
+                    Rectangle::new(
+                        [(log_edges[b], 0.0), (log_edges[b + 1], c as f64)],
+                        BLUE.mix(0.7).filled(),
+                    )
+                }))
+                .map_err(plot_err)?;
+        }
+        Ok(())
+    })
+}

@@ -5,6 +5,7 @@ mod adapters;
 mod bench;
 mod encode;
 mod eval;
+mod hist;
 mod synth;
 mod train;
 
@@ -35,6 +36,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Sparse codes (indices, values, tokens) of every row, one file per shard.
     Encode(encode::EncodeArgs),
+    /// Per-feature activation statistics, histograms and top rows (mergeable across runs).
+    Hist(Box<hist::HistArgs>),
     /// Write synthetic activation shards from a known dictionary.
     Synth(synth::SynthArgs),
     /// Benchmarks (JSON lines with --json).
@@ -85,6 +88,7 @@ pub fn main() -> ExitCode {
         Command::Synth(args) => synth::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Encode(args) => encode::run(args),
+        Command::Hist(args) => hist::run(*args),
         Command::Bench(command) => bench::run(command),
     };
     match result {

@@ -87,6 +87,19 @@ pub struct ReduceParams {
     pub _pad: u32,
 }
 
+/// shaders/hist.wgsl
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct HistParams {
+    pub d_sae: u32,
+    pub k: u32,
+    pub entries: u32,
+    pub bins: u32,
+    pub log_lo: f32,
+    pub log_span: f32,
+    pub _pad: [u32; 2],
+}
+
 const _: () = {
     assert!(std::mem::size_of::<GemmParams>() == 16);
     assert!(std::mem::size_of::<TopKParams>() == 32);
@@ -94,4 +107,5 @@ const _: () = {
     assert!(std::mem::size_of::<BackwardParams>() == 48);
     assert!(std::mem::size_of::<OptimParams>() == 48);
     assert!(std::mem::size_of::<ReduceParams>() == 32);
+    assert!(std::mem::size_of::<HistParams>() == 32);
 };

@@ -9,6 +9,7 @@ pub enum Shader {
     Backward,
     Optim,
     Reduce,
+    Hist,
 }
 
 impl Shader {
@@ -20,6 +21,7 @@ impl Shader {
             Shader::Backward => "backward",
             Shader::Optim => "optim",
             Shader::Reduce => "reduce",
+            Shader::Hist => "hist",
         }
     }
 
@@ -31,6 +33,7 @@ impl Shader {
             Shader::Backward => include_str!("../../shaders/backward.wgsl"),
             Shader::Optim => include_str!("../../shaders/optim.wgsl"),
             Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
+            Shader::Hist => include_str!("../../shaders/hist.wgsl"),
         }
     }
 }

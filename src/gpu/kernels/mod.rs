@@ -4,6 +4,7 @@
 pub mod backward;
 pub mod decoder;
 pub mod encoder;
+pub mod hist;
 pub mod optim;
 pub mod reduce;
 pub mod topk;

@@ -1,0 +1,124 @@
+//! `sae hist SAE SHARDS… --out DIR` and `sae hist merge A B … --out DIR`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+
+use super::eval::progress;
+use super::GpuArgs;
+use crate::analysis::hist::{compute, load, merge, save, HistConfig};
+use crate::data::{expand_inputs, open_shards};
+use crate::sae::formats::load_sae;
+use crate::sae::forward::{GpuSae, DEFAULT_CAP};
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct HistArgs {
+    #[command(subcommand)]
+    merge: Option<HistCommand>,
+    /// SAE directory: sparsify, SAELens, or a `sae train` run directory.
+    sae: Option<PathBuf>,
+    /// Activation shards: files, directories or glob patterns.
+    shards: Vec<PathBuf>,
+    /// Output directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, default_value = "activations")]
+    tensor: String,
+    /// Log-spaced bins per feature.
+    #[arg(long, default_value_t = 50)]
+    bins: usize,
+    /// Histogram range LO,HI (default: from the first batch). Parts to be merged need the same.
+    #[arg(long, value_name = "LO,HI", value_parser = parse_range)]
+    range: Option<(f32, f32)>,
+    /// Top activating rows kept per feature.
+    #[arg(long, default_value_t = 20)]
+    top: usize,
+    #[arg(long, default_value_t = 4096)]
+    batch_size: usize,
+    /// ReLU / JumpReLU SAEs: latents kept per row.
+    #[arg(long, default_value_t = DEFAULT_CAP)]
+    cap: usize,
+    #[arg(long)]
+    quiet: bool,
+    #[command(flatten)]
+    gpu: GpuArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum HistCommand {
+    /// Merge `sae hist` outputs of disjoint shard subsets (in order) into one.
+    Merge {
+        #[arg(required = true)]
+        parts: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn parse_range(text: &str) -> Result<(f32, f32), String> {
+    let (lo, hi) = text.split_once(',').ok_or("expected LO,HI")?;
+    let lo: f32 = lo.trim().parse().map_err(|e| format!("LO: {e}"))?;
+    let hi: f32 = hi.trim().parse().map_err(|e| format!("HI: {e}"))?;
+    if !(lo > 0.0 && hi > lo && hi.is_finite()) {
+        return Err(format!("need 0 < LO < HI, got {lo},{hi}"));
+    }
+    Ok((lo, hi))
+}
+
+pub fn run(args: HistArgs) -> anyhow::Result<()> {
+    if let Some(HistCommand::Merge { parts, out }) = args.merge {
+        let mut loaded = Vec::new();
+        let mut sae = String::new();
+        for dir in &parts {
+            let (hist, source) = load(dir)?;
+            sae = source;
+            loaded.push(hist);
+        }
+        let merged = merge(loaded).context("merging")?;
+        save(&merged, &sae, &out)?;
+        println!(
+            "merged {} parts ({} rows) into {}",
+            parts.len(),
+            merged.rows,
+            out.display()
+        );
+        return Ok(());
+    }
+    let (Some(sae_dir), Some(out)) = (args.sae.clone(), args.out.clone()) else {
+        bail!("usage: sae hist SAE SHARDS… --out DIR (or sae hist merge A B … --out DIR)");
+    };
+    if args.shards.is_empty() {
+        bail!("no input shards given");
+    }
+    let loaded = load_sae(&sae_dir)?;
+    let shards = open_shards(
+        &expand_inputs(&args.shards)?,
+        &args.tensor,
+        Some(loaded.params.d_in),
+    )?;
+    let total: u64 = shards.iter().map(|s| s.rows as u64).sum();
+    let gpu = args.gpu.open()?;
+    let sae = GpuSae::upload_with_cap(&gpu, &loaded.params, args.cap)?;
+    let bar = progress(total, args.quiet);
+    let config = HistConfig {
+        batch_size: args.batch_size,
+        bins: args.bins,
+        range: args.range,
+        top_m: args.top,
+    };
+    let hist = compute(&gpu, &sae, shards, config, |rows| bar.inc(rows))?;
+    bar.finish_and_clear();
+    save(&hist, &loaded.dir.display().to_string(), &out)?;
+    if !args.quiet {
+        let dead = hist.fire_count.iter().filter(|&&c| c == 0).count();
+        println!(
+            "{} rows, {} features ({dead} never fired); wrote {}",
+            hist.rows,
+            hist.d_sae,
+            out.display()
+        );
+    }
+    Ok(())
+}
