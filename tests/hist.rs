@@ -140,7 +140,7 @@ fn hist_matches_reference_and_merges_exactly() {
 
     // Reference from the codes, in stream order (shard a, then b).
     let mut fire = vec![0u64; D_SAE];
-    let mut sum = vec![0f64; D_SAE];
+    let mut sum = [0f64; D_SAE];
     let mut max = vec![0f32; D_SAE];
     let mut bins = vec![0u64; D_SAE * BINS];
     let mut entries: Vec<Vec<(f32, i32, i64, i32)>> = vec![Vec::new(); D_SAE];
