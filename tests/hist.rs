@@ -221,3 +221,73 @@ fn assert_same(one_pass: &Histograms, merged: &Histograms) {
         assert!((x - y).abs() <= 1e-6 * x.abs().max(1e-12), "{x} vs {y}");
     }
 }
+
+#[test]
+fn top_examples_decode_context_windows_and_reject_unknown_tokens() {
+    let Some(data) = common::shared_data() else {
+        return;
+    };
+    if common::gpu().is_none() {
+        return;
+    }
+    let tokenizer = data.join("model/tokenizer.json");
+    let dir = std::env::temp_dir().join(format!("sae-hist-tok-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut r = rng(5);
+    let params = SaeParams {
+        d_in: D_IN,
+        d_sae: D_SAE,
+        activation: Activation::TopK { k: K },
+        w_enc: random_vec(&mut r, D_IN * D_SAE, 0.6),
+        b_enc: random_vec(&mut r, D_SAE, 0.2),
+        w_dec: random_vec(&mut r, D_SAE * D_IN, 0.6),
+        b_dec: random_vec(&mut r, D_IN, 0.2),
+    };
+    let sae = dir.join("sae");
+    save_sparsify(&sae, &params).unwrap();
+    let shard = dir.join("acts.safetensors");
+    write_shard(&shard, 30, 3, 100);
+    let mut args = hist_args(&sae, &[&shard], &dir.join("h"));
+    args.extend([
+        "--tokenizer".to_string(),
+        s(&tokenizer),
+        "--context".into(),
+        "3".into(),
+    ]);
+    sae_cmd(&args);
+    let text = std::fs::read_to_string(dir.join("h/top_examples.jsonl")).unwrap();
+    let (hist, _) = load(&dir.join("h")).unwrap();
+    assert_eq!(
+        text.lines().count(),
+        hist.fire_count.iter().filter(|&&c| c > 0).count()
+    );
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let example = &first["examples"][0];
+    assert!(
+        example["context"].as_str().unwrap().contains('«'),
+        "{first}"
+    );
+    assert_eq!(
+        example["token"].as_i64(),
+        Some(100 + example["row"].as_i64().unwrap())
+    );
+
+    // Token ids past the vocabulary are an error naming the shard.
+    let bad = dir.join("bad.safetensors");
+    write_shard(&bad, 30, 3, 60_000);
+    let mut args = hist_args(&sae, &[&bad], &dir.join("h2"));
+    args.extend(["--tokenizer".to_string(), s(&tokenizer)]);
+    let output = Command::new(env!("CARGO_BIN_EXE_sae"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bad.safetensors") && stderr.contains("outside the tokenizer's vocabulary"),
+        "{stderr}"
+    );
+    assert!(!dir.join("h2/summary.json").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 
 use super::eval::progress;
 use super::GpuArgs;
+use crate::analysis::contexts::{load_tokenizer, write_top_examples};
 use crate::analysis::hist::{compute, load, merge, save, HistConfig};
 use crate::data::{expand_inputs, open_shards};
 use crate::sae::formats::load_sae;
@@ -40,6 +41,12 @@ pub struct HistArgs {
     /// ReLU / JumpReLU SAEs: latents kept per row.
     #[arg(long, default_value_t = DEFAULT_CAP)]
     cap: usize,
+    /// tokenizer.json: also write top_examples.jsonl with decoded context windows.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Tokens of context either side of each top row.
+    #[arg(long, default_value_t = 8)]
+    context: usize,
     #[arg(long)]
     quiet: bool,
     #[command(flatten)]
@@ -54,6 +61,13 @@ enum HistCommand {
         parts: Vec<PathBuf>,
         #[arg(long)]
         out: PathBuf,
+        /// tokenizer.json: also write top_examples.jsonl (reads the shards named in the parts).
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        #[arg(long, default_value_t = 8)]
+        context: usize,
+        #[arg(long, default_value = "activations")]
+        tensor: String,
     },
 }
 
@@ -68,7 +82,15 @@ fn parse_range(text: &str) -> Result<(f32, f32), String> {
 }
 
 pub fn run(args: HistArgs) -> anyhow::Result<()> {
-    if let Some(HistCommand::Merge { parts, out }) = args.merge {
+    if let Some(HistCommand::Merge {
+        parts,
+        out,
+        tokenizer,
+        context,
+        tensor,
+    }) = args.merge
+    {
+        let tokenizer = tokenizer.as_deref().map(load_tokenizer).transpose()?;
         let mut loaded = Vec::new();
         let mut sae = String::new();
         for dir in &parts {
@@ -77,6 +99,9 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
             loaded.push(hist);
         }
         let merged = merge(loaded).context("merging")?;
+        if let Some(tokenizer) = &tokenizer {
+            write_top_examples(&out, &merged, &tensor, tokenizer, context)?;
+        }
         save(&merged, &sae, &out)?;
         println!(
             "merged {} parts ({} rows) into {}",
@@ -92,6 +117,7 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
     if args.shards.is_empty() {
         bail!("no input shards given");
     }
+    let tokenizer = args.tokenizer.as_deref().map(load_tokenizer).transpose()?;
     let loaded = load_sae(&sae_dir)?;
     let shards = open_shards(
         &expand_inputs(&args.shards)?,
@@ -110,6 +136,9 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
     };
     let hist = compute(&gpu, &sae, shards, config, |rows| bar.inc(rows))?;
     bar.finish_and_clear();
+    if let Some(tokenizer) = &tokenizer {
+        write_top_examples(&out, &hist, &args.tensor, tokenizer, args.context)?;
+    }
     save(&hist, &loaded.dir.display().to_string(), &out)?;
     if !args.quiet {
         let dead = hist.fire_count.iter().filter(|&&c| c == 0).count();
