@@ -6,6 +6,8 @@
 //                  (values below the range count in bin 0, above it in the last bin)
 //   top_rows       per latent: merge this batch's entries into a running top-M list, sorted by
 //                  value descending; ties keep the earlier row
+//   cooccurrence   per row: for each pair of its firing latents that are both among the
+//                  tracked features (slot_of[i] != NONE), pairs[a, b] += 1 with a < b
 // Generated header: WG, TOP_M.
 
 struct Params {
@@ -15,8 +17,8 @@ struct Params {
     bins: u32,
     log_lo: f32,
     log_span: f32, // ln(hi) − ln(lo)
-    _pad0: u32,
-    _pad1: u32,
+    rows: u32,
+    tracked: u32, // features with co-occurrence counts
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -32,6 +34,11 @@ struct Params {
 @group(0) @binding(8) var<storage, read_write> best_val: array<f32>;
 // Per slot: (shard, row in shard, token) of the running top-M lists.
 @group(0) @binding(9) var<storage, read_write> best_origin: array<u32>;
+// Tracked-feature slot of each latent (NONE if untracked), and the [n, n] pair counts.
+@group(0) @binding(10) var<storage, read> slot_of: array<u32>;
+@group(0) @binding(11) var<storage, read_write> pairs: array<atomic<u32>>;
+
+const NONE: u32 = 0xffffffffu;
 
 fn linear_id(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wg.x + wg.y * nwg.x;
@@ -115,6 +122,33 @@ fn top_rows(
         best_val[base + slot] = v;
         for (var f = 0u; f < 3u; f++) {
             best_origin[(base + slot) * 3u + f] = row_origin[r * 3u + f];
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn cooccurrence(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let r = linear_id(wg, nwg) * WG + lid;
+    if (r >= p.rows) {
+        return;
+    }
+    for (var j1 = 0u; j1 < p.k; j1++) {
+        let e1 = r * p.k + j1;
+        let a = slot_of[top_idx[e1]];
+        if (a == NONE || !(top_val[e1] > 0.0)) {
+            continue;
+        }
+        for (var j2 = j1 + 1u; j2 < p.k; j2++) {
+            let e2 = r * p.k + j2;
+            let b = slot_of[top_idx[e2]];
+            if (b == NONE || !(top_val[e2] > 0.0)) {
+                continue;
+            }
+            atomicAdd(&pairs[min(a, b) * p.tracked + max(a, b)], 1u);
         }
     }
 }

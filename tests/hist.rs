@@ -198,6 +198,36 @@ fn hist_matches_reference_and_merges_exactly() {
 
     let (merged, _) = load(&dir.join("merged")).unwrap();
     assert_same(&all, &merged);
+
+    // Co-occurrence between the 6 most frequent features (ties: lower index first).
+    let mut args = hist_args(&sae, &[&a, &b], &dir.join("cooc"));
+    args.extend(["--cooccurrence".to_string(), "6".to_string()]);
+    sae_cmd(&args);
+    let (cooc, _) = load(&dir.join("cooc")).unwrap();
+    let mut order: Vec<usize> = (0..D_SAE).collect();
+    order.sort_by(|&x, &y| fire[y].cmp(&fire[x]).then(x.cmp(&y)));
+    order.truncate(6);
+    assert_eq!(
+        cooc.cooc_features,
+        order.iter().map(|&f| f as u32).collect::<Vec<_>>()
+    );
+    let mut want = vec![0u64; 36];
+    for (path, rows) in [(&a, rows_a), (&b, rows_b)] {
+        let (idx, val) = codes(&dir.join("codes").join(path.file_name().unwrap()), rows);
+        for row in 0..rows {
+            let fired: Vec<usize> = (0..K)
+                .filter(|&j| val[row * K + j] > 0.0)
+                .filter_map(|j| order.iter().position(|&f| f == idx[row * K + j] as usize))
+                .collect();
+            for &p in &fired {
+                for &q in &fired {
+                    want[p * 6 + q] += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(cooc.cooc_counts, want, "co-occurrence counts");
+    assert_eq!(cooc.fire_count, all.fire_count);
     assert!(dir.join("all/density.png").is_file() && dir.join("all/features.png").is_file());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{BatchStream, Shard, StreamConfig};
 use crate::gpu::kernels::backward::{launch_reverse_index, BackwardShape, ReverseIndex};
-use crate::gpu::kernels::hist::{launch_batch_stats, launch_bin_counts, launch_top_rows, LogBins};
+use crate::gpu::kernels::hist::{
+    launch_batch_stats, launch_bin_counts, launch_cooccurrence, launch_top_rows, LogBins,
+};
 use crate::gpu::{Gpu, Recorder};
 use crate::io::{write_json_atomic, write_safetensors, TensorOut};
 use crate::sae::{record_forward, ForwardBuffers, GpuSae};
@@ -43,6 +45,10 @@ pub struct Histograms {
     pub top_shards: Vec<i32>,
     pub top_rows: Vec<i64>,
     pub top_tokens: Vec<i32>,
+    /// The tracked features of the co-occurrence counts (empty when not requested).
+    pub cooc_features: Vec<u32>,
+    /// [n, n] rows on which both features fired; the diagonal holds their fire counts.
+    pub cooc_counts: Vec<u64>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -52,6 +58,8 @@ pub struct HistConfig {
     /// Histogram range; `None`: from the first batch (max activation · [1e-4, 2]).
     pub range: Option<(f32, f32)>,
     pub top_m: usize,
+    /// Co-occurrence counts between this many most frequent features (0: none; a second pass).
+    pub cooccurrence: usize,
 }
 
 impl Histograms {
@@ -71,6 +79,8 @@ impl Histograms {
             top_shards: vec![-1; d_sae * top_m],
             top_rows: vec![-1; d_sae * top_m],
             top_tokens: vec![-1; d_sae * top_m],
+            cooc_features: Vec::new(),
+            cooc_counts: Vec::new(),
         }
     }
 
@@ -92,6 +102,7 @@ pub fn compute(
     config: HistConfig,
     mut on_rows: impl FnMut(u64),
 ) -> anyhow::Result<Histograms> {
+    let tensor = shards.first().map(|s| s.tensor.clone()).unwrap_or_default();
     anyhow::ensure!(config.batch_size > 0, "--batch-size must be at least 1");
     anyhow::ensure!(
         (1..=4096).contains(&config.bins),
@@ -212,6 +223,13 @@ pub fn compute(
         on_rows(rows as u64);
     }
     let mut hist = out.ok_or_else(|| anyhow!("the input shards hold no rows"))?;
+    if config.cooccurrence > 0 {
+        let shards: Vec<Shard> = entries
+            .iter()
+            .map(|e| Shard::open(Path::new(&e.path), &tensor))
+            .collect::<Result<_, _>>()?;
+        cooccurrence_pass(gpu, sae, &fw, shards, config, &mut hist, &mut on_rows)?;
+    }
     hist.shards = entries;
     if let Some(bins) = &bins_buffer {
         let counts: Vec<u32> = gpu.read(bins)?;
@@ -230,6 +248,78 @@ pub fn compute(
     Ok(hist)
 }
 
+/// Second pass: pair counts between the `config.cooccurrence` most frequent features.
+fn cooccurrence_pass(
+    gpu: &Gpu,
+    sae: &GpuSae,
+    fw: &ForwardBuffers,
+    shards: Vec<Shard>,
+    config: HistConfig,
+    hist: &mut Histograms,
+    on_rows: &mut impl FnMut(u64),
+) -> anyhow::Result<()> {
+    let d_sae = sae.d_sae;
+    let mut order: Vec<usize> = (0..d_sae).collect();
+    order.sort_by(|&a, &b| hist.fire_count[b].cmp(&hist.fire_count[a]).then(a.cmp(&b)));
+    order.truncate(config.cooccurrence.min(d_sae));
+    let n = order.len();
+    let mut slot_of = vec![u32::MAX; d_sae];
+    for (slot, &feature) in order.iter().enumerate() {
+        slot_of[feature] = slot as u32;
+    }
+    let slot_buffer = gpu.upload("cooc_slot_of", &slot_of)?;
+    let pairs = gpu.storage::<u32>("cooc_pairs", n * n)?;
+    let shape = BackwardShape {
+        rows: config.batch_size,
+        d_in: sae.d_in,
+        d_sae,
+        k: sae.k,
+    };
+    let mut index = ReverseIndex::new(gpu, shape)?;
+    for batch in BatchStream::start(
+        Arc::new(shards),
+        StreamConfig::sequential(config.batch_size),
+    )? {
+        let batch = batch?;
+        if index.shape.rows != batch.rows {
+            index = ReverseIndex::new(
+                gpu,
+                BackwardShape {
+                    rows: batch.rows,
+                    ..shape
+                },
+            )?;
+        }
+        gpu.write(&fw.x, &batch.x)?;
+        let mut rec = Recorder::new(gpu, "cooccurrence batch");
+        record_forward(&mut rec, sae, fw, batch.rows)?;
+        launch_cooccurrence(
+            &mut rec,
+            &index,
+            &fw.top_idx,
+            &fw.top_val,
+            &slot_buffer,
+            n,
+            &pairs,
+        )?;
+        rec.submit()?;
+        on_rows(batch.rows as u64);
+    }
+    let upper: Vec<u32> = gpu.read(&pairs)?;
+    let mut counts = vec![0u64; n * n];
+    for a in 0..n {
+        counts[a * n + a] = hist.fire_count[order[a]];
+        for b in a + 1..n {
+            let c = u64::from(upper[a * n + b]);
+            counts[a * n + b] = c;
+            counts[b * n + a] = c;
+        }
+    }
+    hist.cooc_features = order.iter().map(|&f| f as u32).collect();
+    hist.cooc_counts = counts;
+    Ok(())
+}
+
 #[derive(Serialize, Deserialize)]
 struct Summary {
     format: String,
@@ -240,6 +330,8 @@ struct Summary {
     bins: usize,
     bin_range: (f32, f32),
     top_m: usize,
+    #[serde(default)]
+    cooccurrence_features: usize,
     dead: usize,
     dense: usize,
     density_histogram: DensityHistogram,
@@ -286,20 +378,31 @@ pub fn save(hist: &Histograms, sae: &str, dir: &Path) -> anyhow::Result<()> {
         shape: vec![n],
         bytes: bytemuck::cast_slice(v).to_vec(),
     };
+    let mut tensors = vec![
+        TensorOut::i64("fire_count", &[n], &as_i64(&hist.fire_count)),
+        f64_tensor("act_sum", &hist.act_sum),
+        f64_tensor("act_sumsq", &hist.act_sumsq),
+        TensorOut::f32("act_max", &[n], &hist.act_max),
+        TensorOut::f32("bin_edges", &[b + 1], &hist.bins.edges()),
+        TensorOut::i64("bin_counts", &[n, b], &as_i64(&hist.bin_counts)),
+        TensorOut::f32("top_values", &[n, m], &hist.top_values),
+        TensorOut::i64("top_rows", &[n, m], &hist.top_rows),
+        TensorOut::i32("top_shards", &[n, m], &hist.top_shards),
+        TensorOut::i32("top_tokens", &[n, m], &hist.top_tokens),
+    ];
+    let c = hist.cooc_features.len();
+    if c > 0 {
+        let features: Vec<i64> = hist.cooc_features.iter().map(|&f| i64::from(f)).collect();
+        tensors.push(TensorOut::i64("cooc_features", &[c], &features));
+        tensors.push(TensorOut::i64(
+            "cooc_counts",
+            &[c, c],
+            &as_i64(&hist.cooc_counts),
+        ));
+    }
     write_safetensors(
         &dir.join("hist.safetensors"),
-        &[
-            TensorOut::i64("fire_count", &[n], &as_i64(&hist.fire_count)),
-            f64_tensor("act_sum", &hist.act_sum),
-            f64_tensor("act_sumsq", &hist.act_sumsq),
-            TensorOut::f32("act_max", &[n], &hist.act_max),
-            TensorOut::f32("bin_edges", &[b + 1], &hist.bins.edges()),
-            TensorOut::i64("bin_counts", &[n, b], &as_i64(&hist.bin_counts)),
-            TensorOut::f32("top_values", &[n, m], &hist.top_values),
-            TensorOut::i64("top_rows", &[n, m], &hist.top_rows),
-            TensorOut::i32("top_shards", &[n, m], &hist.top_shards),
-            TensorOut::i32("top_tokens", &[n, m], &hist.top_tokens),
-        ],
+        &tensors,
         Some(HashMap::from([(
             "format".to_string(),
             HIST_FORMAT.to_string(),
@@ -320,6 +423,7 @@ pub fn save(hist: &Histograms, sae: &str, dir: &Path) -> anyhow::Result<()> {
             bins: b,
             bin_range: (hist.bins.lo, hist.bins.hi),
             top_m: m,
+            cooccurrence_features: hist.cooc_features.len(),
             dead: hist.fire_count.iter().filter(|&&c| c == 0).count(),
             dense: hist
                 .fire_count
@@ -396,7 +500,21 @@ pub fn load(dir: &Path) -> anyhow::Result<(Histograms, String)> {
         top_rows: i64s("top_rows", &[n, m])?,
         top_shards: bytemuck::pod_collect_to_vec(tensor_bytes(&st, "top_shards", &[n, m], &path)?),
         top_tokens: bytemuck::pod_collect_to_vec(tensor_bytes(&st, "top_tokens", &[n, m], &path)?),
+        cooc_features: Vec::new(),
+        cooc_counts: Vec::new(),
     };
+    let c = summary.cooccurrence_features;
+    let mut hist = hist;
+    if c > 0 {
+        hist.cooc_features = i64s("cooc_features", &[c])?
+            .into_iter()
+            .map(|f| f as u32)
+            .collect();
+        hist.cooc_counts = i64s("cooc_counts", &[c, c])?
+            .into_iter()
+            .map(|v| v as u64)
+            .collect();
+    }
     Ok((hist, summary.sae))
 }
 
@@ -422,6 +540,14 @@ pub fn merge(parts: Vec<Histograms>) -> anyhow::Result<Histograms> {
                 part.bins,
                 acc.bins
             );
+        }
+        if part.cooc_features != acc.cooc_features {
+            bail!(
+                "part {which}: its co-occurrence features differ from the first part's; merge parts computed without --cooccurrence, or over the same feature set"
+            );
+        }
+        for (a, b) in acc.cooc_counts.iter_mut().zip(&part.cooc_counts) {
+            *a += b;
         }
         let shard_offset = acc.shards.len() as i32;
         for i in 0..acc.d_sae {

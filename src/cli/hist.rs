@@ -33,6 +33,9 @@ pub struct HistArgs {
     /// Histogram range LO,HI (default: from the first batch). Parts to be merged need the same.
     #[arg(long, value_name = "LO,HI", value_parser = parse_range)]
     range: Option<(f32, f32)>,
+    /// Also count co-occurrences between the N most frequent features (a second pass).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    cooccurrence: usize,
     /// Top activating rows kept per feature.
     #[arg(long, default_value_t = 20)]
     top: usize,
@@ -124,7 +127,8 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
         &args.tensor,
         Some(loaded.params.d_in),
     )?;
-    let total: u64 = shards.iter().map(|s| s.rows as u64).sum();
+    let passes: u64 = if args.cooccurrence > 0 { 2 } else { 1 };
+    let total: u64 = passes * shards.iter().map(|s| s.rows as u64).sum::<u64>();
     let gpu = args.gpu.open()?;
     let sae = GpuSae::upload_with_cap(&gpu, &loaded.params, args.cap)?;
     let bar = progress(total, args.quiet);
@@ -133,6 +137,7 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
         bins: args.bins,
         range: args.range,
         top_m: args.top,
+        cooccurrence: args.cooccurrence,
     };
     let hist = compute(&gpu, &sae, shards, config, |rows| bar.inc(rows))?;
     bar.finish_and_clear();

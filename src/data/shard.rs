@@ -42,6 +42,8 @@ pub struct ShardInfo {
 
 pub struct Shard {
     pub path: PathBuf,
+    /// Name of the activation tensor read.
+    pub tensor: String,
     mmap: Mmap,
     pub rows: usize,
     pub d_in: usize,
@@ -134,6 +136,7 @@ impl Shard {
         };
         Ok(Shard {
             path: path.to_path_buf(),
+            tensor: tensor.to_string(),
             mmap,
             rows,
             d_in,

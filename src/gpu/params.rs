@@ -97,7 +97,8 @@ pub struct HistParams {
     pub bins: u32,
     pub log_lo: f32,
     pub log_span: f32,
-    pub _pad: [u32; 2],
+    pub rows: u32,
+    pub tracked: u32,
 }
 
 const _: () = {

@@ -50,7 +50,8 @@ fn params(index: &ReverseIndex, bins: Option<LogBins>) -> GpuResult<HistParams> 
         bins: dim("hist", "bins", n_bins)?,
         log_lo,
         log_span,
-        _pad: [0; 2],
+        rows: dim("hist", "rows", s.rows)?,
+        tracked: 0,
     })
 }
 
@@ -147,6 +148,37 @@ pub fn launch_top_rows(
             (8, best_val),
             (9, best_origin),
         ],
+        grid,
+    )
+}
+
+/// Adds, for each row, every pair of its firing latents that are both tracked:
+/// `pairs[a, b] += 1` for slots a < b (`slot_of` [d_sae], u32::MAX for untracked latents;
+/// `pairs` [tracked, tracked] u32, upper triangle, not cleared here).
+pub fn launch_cooccurrence(
+    rec: &mut Recorder<'_>,
+    index: &ReverseIndex,
+    top_idx: &GpuBuffer,
+    top_val: &GpuBuffer,
+    slot_of: &GpuBuffer,
+    tracked: usize,
+    pairs: &GpuBuffer,
+) -> GpuResult<()> {
+    let s = index.shape;
+    check_len("cooccurrence", top_idx, s.entries())?;
+    check_len("cooccurrence", top_val, s.entries())?;
+    check_len("cooccurrence", slot_of, s.d_sae)?;
+    check_len("cooccurrence", pairs, tracked * tracked)?;
+    let mut params = params(index, None)?;
+    params.tracked = dim("cooccurrence", "tracked features", tracked)?;
+    let grid = Grid::linear(
+        s.rows.div_ceil(WG as usize) as u64,
+        rec.gpu().limits.max_compute_workgroups_per_dimension,
+    );
+    rec.launch(
+        &key("cooccurrence", 1),
+        &params,
+        &[(1, top_idx), (2, top_val), (10, slot_of), (11, pairs)],
         grid,
     )
 }
