@@ -78,7 +78,7 @@ pub fn run(args: EncodeArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     write_json_atomic(
         &args.out.join("encode.json"),
-        &serde_json::json!({"sae": loaded.dir, "k": sae.k, "values": args.values, "shards": report}),
+        &serde_json::json!({"sae": loaded.dir.display().to_string(), "k": sae.k, "values": args.values, "shards": report}),
     )?;
     if !args.quiet {
         let dropped: u64 = report.iter().filter_map(|r| r.dropped_activations).sum();

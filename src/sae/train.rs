@@ -143,6 +143,20 @@ fn prepare_run_dir(options: &RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `config.json` records paths as text (so `--resume` can find the data again): a path that
+/// is not valid UTF-8 is refused up front.
+fn check_utf8_paths<'a>(paths: impl IntoIterator<Item = &'a Path>) -> anyhow::Result<()> {
+    for path in paths {
+        if path.to_str().is_none() {
+            bail!(
+                "{}: path is not valid UTF-8; config.json records paths as text, so rename it",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Validates hyperparameters against the data and the GPU before anything runs.
 pub fn validate(config: &TrainConfig, d_in: usize) -> anyhow::Result<()> {
     if config.k == 0 {
@@ -332,6 +346,14 @@ pub fn train(
     config: Option<TrainConfig>,
     options: &RunOptions,
 ) -> anyhow::Result<TrainReport> {
+    let given = config
+        .iter()
+        .flat_map(|c| c.inputs.iter().chain(&c.eval_inputs));
+    check_utf8_paths(
+        given
+            .map(PathBuf::as_path)
+            .chain([options.run_dir.as_path()]),
+    )?;
     prepare_run_dir(options)?;
     let run_dir = &options.run_dir;
     let config_path = run_dir.join("config.json");
@@ -374,10 +396,11 @@ pub fn train(
     tracing::info!("training needs about {} MiB of GPU memory", needed >> 20);
 
     if !options.resume || !config_path.exists() {
+        let config_value = serde_json::to_value(&config).context("recording the configuration")?;
         write_json_atomic(
             &config_path,
             &json!({
-                "config": config,
+                "config": config_value,
                 "d_in": d_in,
                 "data": shard_infos(&data.train),
                 "eval_data": shard_infos(&data.eval),
