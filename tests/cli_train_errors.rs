@@ -360,3 +360,86 @@ fn stream_never_repeats_rows_within_an_epoch() {
     seen.sort_by(f32::total_cmp);
     assert_eq!(seen, (0..100).map(|i| i as f32).collect::<Vec<_>>());
 }
+
+#[test]
+fn unknown_dtype_string_in_header() {
+    let dir = temp_dir("dtype");
+    let path = dir.join("weird.safetensors");
+    let header = br#"{"activations":{"dtype":"F99","shape":[2,2],"data_offsets":[0,16]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&[0u8; 16]);
+    std::fs::write(&path, &bytes).unwrap();
+    fails(
+        &[&s(&path)],
+        &dir.join("run"),
+        &["weird.safetensors", "not a valid safetensors file"],
+    );
+}
+
+#[test]
+fn inf_rows_are_named() {
+    let dir = temp_dir("inf");
+    let bad = dir.join("inf.safetensors");
+    shard(&bad, 64, 4, |i| {
+        if i / 4 == 9 {
+            f32::NEG_INFINITY
+        } else {
+            noise(i)
+        }
+    });
+    fails(
+        &[&s(&bad), "--batch-size", "16", "--d-sae", "8", "--k", "2"],
+        &dir.join("r"),
+        &["inf.safetensors", "row 9"],
+    );
+}
+
+#[test]
+fn dictionary_beyond_the_binding_limit_and_missing_backend() {
+    let Some(gpu) = common::gpu() else { return };
+    let dir = temp_dir("limits");
+    let good = dir.join("good.safetensors");
+    shard(&good, 256, 64, noise);
+    // W_enc one latent past what one binding holds on this adapter.
+    let limit = gpu
+        .limits
+        .max_storage_buffer_binding_size
+        .min(gpu.limits.max_buffer_size);
+    let d_sae = (limit / (64 * 4) + 1) as usize;
+    let needed = format!("W_enc needs {} bytes", 64 * 4 * d_sae);
+    fails(
+        &[
+            &s(&good),
+            "--d-sae",
+            &d_sae.to_string(),
+            "--k",
+            "2",
+            "--batch-size",
+            "32",
+        ],
+        &dir.join("r"),
+        &[
+            &needed,
+            "max_storage_buffer_binding_size",
+            "MiB of GPU memory",
+        ],
+    );
+    let backend = if cfg!(target_os = "macos") {
+        "dx12"
+    } else {
+        "metal"
+    };
+    let output = sae()
+        .args(["adapters", "--backend", backend])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let lines = our_lines(&output);
+    assert!(
+        lines.len() == 1
+            && lines[0].contains("no GPU adapter found")
+            && lines[0].contains("mesa-vulkan-drivers"),
+        "{lines:?}"
+    );
+}

@@ -394,6 +394,21 @@ pub fn train(
     };
     let needed = gpu_bytes_needed(d_in, config.d_sae, config.k, config.batch_size, k_aux);
     tracing::info!("training needs about {} MiB of GPU memory", needed >> 20);
+    // The largest single buffers, checked before anything is allocated.
+    let suggestion = "use a smaller dictionary or --batch-size";
+    gpu.check_binding("W_enc", (d_in * config.d_sae * 4) as u64)
+        .and_then(|()| {
+            gpu.check_binding(
+                "pre-activations [batch, d_sae]",
+                (config.batch_size * config.d_sae * 4) as u64,
+            )
+        })
+        .map_err(|e| {
+            anyhow!(
+                "{e}; the run needs about {} MiB of GPU memory in all; {suggestion}",
+                needed >> 20
+            )
+        })?;
 
     if !options.resume || !config_path.exists() {
         let config_value = serde_json::to_value(&config).context("recording the configuration")?;
