@@ -8,6 +8,6 @@ pub mod stream;
 pub mod synth;
 
 pub use error::DataError;
-pub use shard::{ActDtype, Shard, ShardInfo};
+pub use shard::{ActDtype, Shard, ShardInfo, ShardLayout};
 pub use source::{expand_inputs, open_shards};
 pub use stream::{Batch, BatchStream, RowRange, StreamConfig};

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
-use safetensors::SafeTensors;
+use safetensors::{Dtype, SafeTensors};
 
 use super::formats::read_tensor_f32;
 use super::params::{Activation, SaeParams};
@@ -123,9 +123,15 @@ fn meta<T: std::str::FromStr>(
 
 pub fn load(path: &Path) -> anyhow::Result<Checkpoint> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)
+    parse(&bytes, path)
+}
+
+/// Validates and decodes a checkpoint's bytes (`path` only names it in errors). This is the
+/// function the fuzz target drives.
+pub fn parse(bytes: &[u8], path: &Path) -> anyhow::Result<Checkpoint> {
+    let (_, header) = SafeTensors::read_metadata(bytes)
         .map_err(|e| anyhow!("{}: not a valid checkpoint: {e}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| anyhow!("{}: not a valid checkpoint: {e}", path.display()))?;
     let metadata = header
         .metadata()
@@ -165,9 +171,19 @@ pub fn load(path: &Path) -> anyhow::Result<Checkpoint> {
     let counts = st
         .tensor("fire_counts")
         .map_err(|_| anyhow!("{}: missing tensor 'fire_counts'", path.display()))?;
-    if since.shape() != [n] || counts.shape() != [n] {
+    if since.shape() != [n]
+        || counts.shape() != [n]
+        || since.dtype() != Dtype::U32
+        || counts.dtype() != Dtype::I64
+    {
         bail!(
-            "{}: bookkeeping tensors do not match d_sae {n}",
+            "{}: bookkeeping tensors must be since_fired U32 [{n}] and fire_counts I64 [{n}]",
+            path.display()
+        );
+    }
+    if k == 0 || k > n {
+        bail!(
+            "{}: checkpoint k = {k} does not fit d_sae = {n}",
             path.display()
         );
     }
