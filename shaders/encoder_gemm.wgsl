@@ -8,17 +8,19 @@
 // Each workgroup computes a TILE_M × TILE_N block of h; each thread a THREAD_M × THREAD_N
 // register block whose rows and columns are strided by the thread grid, so global writes and
 // workgroup-memory reads are contiguous across neighbouring threads. Accumulation is in f32.
+// x and w_enc are bound as arrays of vec4: when K and N are multiples of 4 (`aligned`), tiles
+// are loaded four elements per read; otherwise element by element (x4[i / 4][i % 4]).
 
 struct Params {
     m: u32,
     n: u32,
     k: u32,
-    _pad: u32,
+    aligned: u32, // 1 when k % 4 == 0 and n % 4 == 0
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<in_t>;
-@group(0) @binding(2) var<storage, read> w_enc: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<vec4<in_t>>;
+@group(0) @binding(2) var<storage, read> w_enc: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> b_dec: array<f32>;
 @group(0) @binding(4) var<storage, read> b_enc: array<f32>;
 @group(0) @binding(5) var<storage, read_write> h: array<f32>;
@@ -47,29 +49,63 @@ fn encode_gemm(
     }
 
     for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
-        // A tile: consecutive threads read consecutive k of one row.
-        for (var i = lid; i < TILE_M * TILE_K; i += THREADS) {
-            let r = i / TILE_K;
-            let c = i % TILE_K;
-            let gr = row0 + r;
-            let gc = k0 + c;
-            var v = 0.0;
-            if (gr < p.m && gc < p.k) {
-                v = f32(x[gr * p.k + gc]) - b_dec[gc];
+        if (p.aligned != 0u) {
+            // A tile, four k at a time: consecutive threads read consecutive vec4s of a row.
+            for (var i = lid; i < TILE_M * TILE_K / 4u; i += THREADS) {
+                let r = i / (TILE_K / 4u);
+                let c = (i % (TILE_K / 4u)) * 4u;
+                let gr = row0 + r;
+                let gc = k0 + c;
+                var v = vec4<f32>(0.0);
+                if (gr < p.m && gc < p.k) {
+                    let centre = vec4<f32>(b_dec[gc], b_dec[gc + 1u], b_dec[gc + 2u], b_dec[gc + 3u]);
+                    v = vec4<f32>(x[(gr * p.k + gc) / 4u]) - centre;
+                }
+                for (var q = 0u; q < 4u; q++) {
+                    a_tile[(c + q) * TILE_M + r] = v[q];
+                }
             }
-            a_tile[c * TILE_M + r] = v;
-        }
-        // B tile: consecutive threads read consecutive n of one row of w_enc.
-        for (var i = lid; i < TILE_K * TILE_N; i += THREADS) {
-            let r = i / TILE_N;
-            let c = i % TILE_N;
-            let gr = k0 + r;
-            let gc = col0 + c;
-            var v = 0.0;
-            if (gr < p.k && gc < p.n) {
-                v = w_enc[gr * p.n + gc];
+            // B tile, four n at a time.
+            for (var i = lid; i < TILE_K * TILE_N / 4u; i += THREADS) {
+                let r = i / (TILE_N / 4u);
+                let c = (i % (TILE_N / 4u)) * 4u;
+                let gr = k0 + r;
+                let gc = col0 + c;
+                var v = vec4<f32>(0.0);
+                if (gr < p.k && gc < p.n) {
+                    v = w_enc[(gr * p.n + gc) / 4u];
+                }
+                for (var q = 0u; q < 4u; q++) {
+                    b_tile[r * TILE_N + c + q] = v[q];
+                }
             }
-            b_tile[i] = v;
+        } else {
+            // A tile: consecutive threads read consecutive k of one row.
+            for (var i = lid; i < TILE_M * TILE_K; i += THREADS) {
+                let r = i / TILE_K;
+                let c = i % TILE_K;
+                let gr = row0 + r;
+                let gc = k0 + c;
+                var v = 0.0;
+                if (gr < p.m && gc < p.k) {
+                    let at = gr * p.k + gc;
+                    v = f32(x[at / 4u][at % 4u]) - b_dec[gc];
+                }
+                a_tile[c * TILE_M + r] = v;
+            }
+            // B tile: consecutive threads read consecutive n of one row of w_enc.
+            for (var i = lid; i < TILE_K * TILE_N; i += THREADS) {
+                let r = i / TILE_N;
+                let c = i % TILE_N;
+                let gr = k0 + r;
+                let gc = col0 + c;
+                var v = 0.0;
+                if (gr < p.k && gc < p.n) {
+                    let at = gr * p.n + gc;
+                    v = w_enc[at / 4u][at % 4u];
+                }
+                b_tile[i] = v;
+            }
         }
         workgroupBarrier();
 

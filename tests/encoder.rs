@@ -8,12 +8,16 @@ use half::f16;
 use sae_wgpu::gpu::kernels::encoder::{launch_encode_gemm, EncoderShape, GemmTiles};
 use sae_wgpu::gpu::{InputPrecision, Recorder};
 
-const SHAPES: [(usize, usize, usize); 5] = [
+// Unaligned shapes take the element-wise load path; the last three (K and N multiples of 4,
+// not of the tiles) the vec4 path.
+const SHAPES: [(usize, usize, usize); 7] = [
     (1, 1, 1),
     (7, 33, 577),
     (33, 7, 65),
     (70, 19, 130),
     (129, 64, 64),
+    (33, 20, 132),
+    (5, 4, 4),
 ];
 
 fn check(

@@ -27,9 +27,10 @@ impl GpuBuffer {
     }
 }
 
-/// wgpu copies and writes move whole 4-byte words, and an empty buffer cannot be bound.
+/// wgpu copies and writes move whole 4-byte words, an empty buffer cannot be bound, and
+/// kernels may read any buffer as an array of 16-byte vec4s.
 fn padded_size(bytes: u64) -> u64 {
-    bytes.max(4).div_ceil(4) * 4
+    bytes.max(16).div_ceil(16) * 16
 }
 
 const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE

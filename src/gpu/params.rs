@@ -11,7 +11,8 @@ pub struct GemmParams {
     pub m: u32,
     pub n: u32,
     pub k: u32,
-    pub _pad: u32,
+    /// 1 when k and n are multiples of 4: tiles load vec4s.
+    pub aligned: u32,
 }
 
 /// shaders/topk.wgsl

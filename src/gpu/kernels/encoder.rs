@@ -54,11 +54,15 @@ impl GemmTiles {
         ensure(
             self.thread_m > 0
                 && self.thread_n > 0
+                && self.tile_k.is_multiple_of(4)
+                && self.tile_n.is_multiple_of(4)
                 && self.tile_k > 0
                 && self.tile_m.is_multiple_of(self.thread_m)
                 && self.tile_n.is_multiple_of(self.thread_n),
             KERNEL,
-            || format!("tile shape {self:?}: tiles must be multiples of the per-thread block"),
+            || {
+                format!("tile shape {self:?}: tiles must be multiples of the per-thread block, TILE_K and TILE_N of 4")
+            },
         )?;
         ensure(
             self.threads() <= limits.max_compute_invocations_per_workgroup
@@ -132,7 +136,7 @@ pub fn launch_encode_gemm(
         m: dim(KERNEL, "rows", rows)?,
         n: dim(KERNEL, "d_sae", d_sae)?,
         k: dim(KERNEL, "d_in", d_in)?,
-        _pad: 0,
+        aligned: u32::from(d_in % 4 == 0 && d_sae % 4 == 0),
     };
     let grid = Grid::new(
         tiles(d_sae, tiles_shape.tile_n),
