@@ -16,7 +16,7 @@
 //   top of the main ones).
 //   bias_dec_grad        ∂b_dec[c] = Σ_r g[r, c] − Σ_i W_enc[c, i] · ∂b_enc[i]
 //                        (b_dec is subtracted from the input as well as added to the output)
-// Generated header: WG.
+// Generated header: WG. Prelude: common.wgsl (linear_id, partial, reduce_partial).
 
 struct Params {
     rows: u32,
@@ -57,23 +57,7 @@ const NO_SLOT: u32 = 0xffffffffu;
 @group(0) @binding(19) var<storage, read> e_hat: array<f32>;
 @group(0) @binding(20) var<storage, read_write> aux_diff: array<f32>;
 
-var<workgroup> partial: array<f32, WG>;
 var<workgroup> partial_u: array<u32, WG>;
-
-fn linear_id(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.x + wg.y * nwg.x;
-}
-
-// Tree reduction of partial[] (WG a power of two); the sum ends in partial[0].
-fn reduce_partial(lid: u32) {
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-}
 
 @compute @workgroup_size(WG)
 fn loss_grad(

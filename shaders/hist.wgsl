@@ -8,7 +8,7 @@
 //                  value descending; ties keep the earlier row
 //   cooccurrence   per row: for each pair of its firing latents that are both among the
 //                  tracked features (slot_of[i] != NONE), pairs[a, b] += 1 with a < b
-// Generated header: WG, TOP_M.
+// Generated header: WG, TOP_M. Prelude: common.wgsl (linear_id).
 
 struct Params {
     d_sae: u32,
@@ -39,10 +39,6 @@ struct Params {
 @group(0) @binding(11) var<storage, read_write> pairs: array<atomic<u32>>;
 
 const NONE: u32 = 0xffffffffu;
-
-fn linear_id(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.x + wg.y * nwg.x;
-}
 
 @compute @workgroup_size(WG)
 fn batch_stats_per_latent(

@@ -10,7 +10,7 @@
 //   update_dead            since_fired[i] = 0 if latent i fired in this batch, else += rows
 //   dead_mask              eligible[i] = since_fired[i] > threshold; dead_count += that
 //   aux_scale              stats[slot] = min(dead_count / k, 1)   (AuxK's loss scale)
-// Generated header: WG.
+// Generated header: WG. Prelude: common.wgsl (linear_id, partial, reduce_partial).
 
 struct Params {
     n: u32,
@@ -36,22 +36,6 @@ struct Params {
 @group(0) @binding(10) var<storage, read_write> since_fired: array<u32>;
 @group(0) @binding(11) var<storage, read_write> eligible: array<u32>;
 @group(0) @binding(12) var<storage, read_write> dead_count: array<atomic<u32>>;
-
-var<workgroup> partial: array<f32, WG>;
-
-fn linear_id(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.x + wg.y * nwg.x;
-}
-
-fn reduce_partial(lid: u32) {
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-}
 
 @compute @workgroup_size(WG)
 fn sum_sq_diff_partials(

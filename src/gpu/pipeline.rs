@@ -120,7 +120,7 @@ impl PipelineCache {
                 message: "f16 inputs need the SHADER_F16 feature, which this adapter lacks".into(),
             });
         }
-        let source = format!("{}{}", key.header(), shader.source());
+        let source = format!("{}{}{}", key.header(), shader.prelude(), shader.source());
         let module = Arc::new(compile_module(gpu, shader.name(), &source)?);
         modules.insert(module_key, module.clone());
         Ok(module)

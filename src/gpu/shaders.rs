@@ -25,6 +25,16 @@ impl Shader {
         }
     }
 
+    /// Shared helpers this shader's source relies on (shaders/common.wgsl), if any.
+    pub fn prelude(self) -> &'static str {
+        match self {
+            Shader::Backward | Shader::Reduce | Shader::Hist => {
+                include_str!("../../shaders/common.wgsl")
+            }
+            _ => "",
+        }
+    }
+
     pub fn source(self) -> &'static str {
         match self {
             Shader::EncoderGemm => include_str!("../../shaders/encoder_gemm.wgsl"),

@@ -55,24 +55,16 @@ impl Reducer {
         stats: &GpuBuffer,
         slot: usize,
     ) -> GpuResult<()> {
-        const KERNEL: &str = "sum_sq_diff_partials";
-        check_len(KERNEL, a, n)?;
-        check_len(KERNEL, b, n)?;
-        check_len(KERNEL, stats, slot + 1)?;
-        let partials = Self::partial_count(n);
-        let params = ReduceParams {
-            n: dim(KERNEL, "n", n)?,
-            slot: slot as u32,
-            partials: partials as u32,
-            ..Default::default()
-        };
-        rec.launch(
-            &key(KERNEL),
-            &params,
-            &[(1, a), (2, b), (3, &self.partials)],
-            Grid::new(partials as u32, 1, 1),
-        )?;
-        self.finish(rec, params, stats)
+        check_len("sum_sq_diff_partials", b, n)?;
+        self.sum_of_squares(
+            rec,
+            "sum_sq_diff_partials",
+            &[(1, a), (2, b)],
+            n,
+            stats,
+            slot,
+            ReduceParams::default(),
+        )
     }
 
     /// `stats[slot] = Σ_i a[i]²` over the first `n` elements.
@@ -84,20 +76,48 @@ impl Reducer {
         stats: &GpuBuffer,
         slot: usize,
     ) -> GpuResult<()> {
-        const KERNEL: &str = "sum_sq_partials";
-        check_len(KERNEL, a, n)?;
-        check_len(KERNEL, stats, slot + 1)?;
+        self.sum_of_squares(
+            rec,
+            "sum_sq_partials",
+            &[(1, a)],
+            n,
+            stats,
+            slot,
+            ReduceParams::default(),
+        )
+    }
+
+    /// The two stages of a flat sum: `entry` writes per-workgroup partials over `inputs`
+    /// (binding 1 is the n-element input), then one workgroup adds them into `stats[slot]`.
+    /// `base` carries any further parameters the entry reads.
+    #[allow(clippy::too_many_arguments)]
+    fn sum_of_squares(
+        &self,
+        rec: &mut Recorder<'_>,
+        entry: &'static str,
+        inputs: &[(u32, &GpuBuffer)],
+        n: usize,
+        stats: &GpuBuffer,
+        slot: usize,
+        base: ReduceParams,
+    ) -> GpuResult<()> {
+        if let Some((_, first)) = inputs.first() {
+            check_len(entry, first, n)?;
+        }
+        check_len(entry, stats, slot + 1)?;
         let partials = Self::partial_count(n);
         let params = ReduceParams {
-            n: dim(KERNEL, "n", n)?,
+            n: dim(entry, "n", n)?,
             slot: slot as u32,
             partials: partials as u32,
-            ..Default::default()
+            ..base
         };
+        let mut bindings = inputs.to_vec();
+        bindings.push((3, &self.partials));
         rec.launch(
-            &key(KERNEL),
+            &key(entry),
             &params,
-            &[(1, a), (3, &self.partials)],
+            &bindings,
             Grid::new(partials as u32, 1, 1),
         )?;
         self.finish(rec, params, stats)
@@ -115,34 +135,31 @@ impl Reducer {
         stats: &GpuBuffer,
         slot: usize,
     ) -> GpuResult<()> {
-        const KERNEL: &str = "centered_sq_partials";
-        let n = rows * cols;
-        check_len(KERNEL, x, n)?;
-        check_len(KERNEL, col_mean, cols)?;
-        check_len(KERNEL, stats, slot + 1)?;
-        let partials = Self::partial_count(n);
-        let params = ReduceParams {
-            n: dim(KERNEL, "n", n)?,
-            rows: dim(KERNEL, "rows", rows)?,
-            cols: dim(KERNEL, "cols", cols)?,
-            slot: slot as u32,
-            partials: partials as u32,
+        check_len("column_mean", x, rows * cols)?;
+        check_len("column_mean", col_mean, cols)?;
+        let base = ReduceParams {
+            n: dim("column_mean", "n", rows * cols)?,
+            rows: dim("column_mean", "rows", rows)?,
+            cols: dim("column_mean", "cols", cols)?,
             ..Default::default()
         };
         let max = rec.gpu().limits.max_compute_workgroups_per_dimension;
         rec.launch(
             &key("column_mean"),
-            &params,
+            &base,
             &[(1, x), (5, col_mean)],
             Grid::linear(cols.div_ceil(WG as usize) as u64, max),
         )?;
-        rec.launch(
-            &key(KERNEL),
-            &params,
-            &[(1, x), (3, &self.partials), (5, col_mean)],
-            Grid::new(partials as u32, 1, 1),
-        )?;
-        self.finish(rec, params, stats)
+        let inputs = [(1, x), (5, col_mean)];
+        self.sum_of_squares(
+            rec,
+            "centered_sq_partials",
+            &inputs,
+            rows * cols,
+            stats,
+            slot,
+            base,
+        )
     }
 }
 
