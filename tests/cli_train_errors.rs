@@ -275,39 +275,27 @@ fn bad_hyperparameters_and_existing_runs() {
         return;
     }
     let run = dir.join("done");
-    let ok = sae()
-        .args([
-            "train",
-            &g,
-            "--d-sae",
-            "8",
-            "--k",
-            "2",
-            "--batch-size",
-            "32",
-            "--quiet",
-        ])
-        .arg("--out")
-        .arg(&run)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let output = sae()
-        .args([
-            "train",
-            &g,
-            "--d-sae",
-            "8",
-            "--k",
-            "2",
-            "--batch-size",
-            "32",
-            "--quiet",
-        ])
-        .arg("--out")
-        .arg(&run)
-        .output()
-        .unwrap();
+    let small_run = |extra: &[&str]| {
+        let mut command = sae();
+        command
+            .args([
+                "train",
+                &g,
+                "--d-sae",
+                "8",
+                "--k",
+                "2",
+                "--batch-size",
+                "32",
+                "--quiet",
+            ])
+            .args(extra)
+            .arg("--out")
+            .arg(&run);
+        command.output().unwrap()
+    };
+    assert!(small_run(&[]).status.success());
+    let output = small_run(&[]);
     assert!(!output.status.success());
     let lines = our_lines(&output);
     assert!(
@@ -316,24 +304,7 @@ fn bad_hyperparameters_and_existing_runs() {
             && lines[0].contains("--overwrite"),
         "{lines:?}"
     );
-    let again = sae()
-        .args([
-            "train",
-            &g,
-            "--d-sae",
-            "8",
-            "--k",
-            "2",
-            "--batch-size",
-            "32",
-            "--quiet",
-            "--overwrite",
-        ])
-        .arg("--out")
-        .arg(&run)
-        .status()
-        .unwrap();
-    assert!(again.success());
+    assert!(small_run(&["--overwrite"]).status.success());
 }
 
 #[test]

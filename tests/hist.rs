@@ -55,6 +55,19 @@ fn write_shard(path: &Path, rows: usize, seed: u64, token_base: i32) {
     .unwrap();
 }
 
+fn random_topk_sae(seed: u64) -> SaeParams {
+    let mut r = rng(seed);
+    SaeParams {
+        d_in: D_IN,
+        d_sae: D_SAE,
+        activation: Activation::TopK { k: K },
+        w_enc: random_vec(&mut r, D_IN * D_SAE, 0.6),
+        b_enc: random_vec(&mut r, D_SAE, 0.2),
+        w_dec: random_vec(&mut r, D_SAE * D_IN, 0.6),
+        b_dec: random_vec(&mut r, D_IN, 0.2),
+    }
+}
+
 fn codes(path: &Path, rows: usize) -> (Vec<u32>, Vec<f32>) {
     let bytes = std::fs::read(path).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
@@ -92,16 +105,7 @@ fn hist_matches_reference_and_merges_exactly() {
     let dir = std::env::temp_dir().join(format!("sae-hist-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut r = rng(31);
-    let params = SaeParams {
-        d_in: D_IN,
-        d_sae: D_SAE,
-        activation: Activation::TopK { k: K },
-        w_enc: random_vec(&mut r, D_IN * D_SAE, 0.6),
-        b_enc: random_vec(&mut r, D_SAE, 0.2),
-        w_dec: random_vec(&mut r, D_SAE * D_IN, 0.6),
-        b_dec: random_vec(&mut r, D_IN, 0.2),
-    };
+    let params = random_topk_sae(31);
     let sae = dir.join("sae");
     save_sparsify(&sae, &params).unwrap();
     let (a, b) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
@@ -264,16 +268,7 @@ fn top_examples_decode_context_windows_and_reject_unknown_tokens() {
     let dir = std::env::temp_dir().join(format!("sae-hist-tok-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut r = rng(5);
-    let params = SaeParams {
-        d_in: D_IN,
-        d_sae: D_SAE,
-        activation: Activation::TopK { k: K },
-        w_enc: random_vec(&mut r, D_IN * D_SAE, 0.6),
-        b_enc: random_vec(&mut r, D_SAE, 0.2),
-        w_dec: random_vec(&mut r, D_SAE * D_IN, 0.6),
-        b_dec: random_vec(&mut r, D_IN, 0.2),
-    };
+    let params = random_topk_sae(5);
     let sae = dir.join("sae");
     save_sparsify(&sae, &params).unwrap();
     let shard = dir.join("acts.safetensors");
