@@ -318,6 +318,19 @@ fn progress_bar(steps: u64, start: u64, quiet: bool) -> ProgressBar {
     bar
 }
 
+/// A GPU failure mid-run (device lost, out of memory): say where, and what to resume from.
+fn interrupted(error: anyhow::Error, step: u64, last_checkpoint: Option<&Path>) -> anyhow::Error {
+    match last_checkpoint {
+        Some(path) => error.context(format!(
+            "training stopped at step {step}; the last checkpoint is {} (continue with --resume)",
+            path.display()
+        )),
+        None => error.context(format!(
+            "training stopped at step {step}, before the first checkpoint"
+        )),
+    }
+}
+
 /// Keeps the metrics lines of steps up to `step` (used when resuming).
 fn truncate_metrics(path: &Path, step: u64) -> anyhow::Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else {
@@ -553,13 +566,17 @@ pub fn train(
             batch.x.iter_mut().for_each(|v| *v /= scale);
         }
         let lr = lr_at(config.lr, step, config.lr_warmup_steps, config.steps);
-        trainer.step(&batch.x, lr, step + 1)?;
+        trainer
+            .step(&batch.x, lr, step + 1)
+            .map_err(|e| interrupted(e.into(), step + 1, last_checkpoint.as_deref()))?;
         step += 1;
         tokens += batch.rows as u64;
         window_tokens += batch.rows as u64;
 
         if step % config.log_every.max(1) == 0 || step == config.steps {
-            let m = trainer.metrics()?;
+            let m = trainer
+                .metrics()
+                .map_err(|e| interrupted(e.into(), step, last_checkpoint.as_deref()))?;
             let elapsed = window_start.elapsed().as_secs_f64().max(1e-9);
             let tokens_per_s = window_tokens as f64 / elapsed;
             (window_start, window_tokens) = (Instant::now(), 0);
