@@ -315,3 +315,40 @@ fn unwritable_output_and_non_utf8_paths() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn resume_refuses_data_that_changed() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let dir = temp_dir("changed");
+    let shards = data(&dir);
+    let run = dir.join("run");
+    let mut args = train_args(&shards, &run);
+    args.extend(["--stop-after".to_string(), "10".to_string()]);
+    assert!(sae().args(&args).status().unwrap().success());
+    // Replace the first shard with a shorter one.
+    let synth = SynthConfig {
+        d_in: 8,
+        n_features: 16,
+        rows_per_shard: 1000,
+        shards: 1,
+        seed: 9,
+        ..SynthConfig::default()
+    };
+    let other = write_synthetic(&synth, &dir.join("other")).unwrap();
+    std::fs::copy(&other[0], &shards[0]).unwrap();
+    let output = sae()
+        .args(["train", "--quiet", "--resume"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let errors = our_errors(&output.stderr);
+    assert!(
+        errors.len() == 1
+            && errors[0].contains("changed since the run started")
+            && errors[0].contains("synth_0000"),
+        "{errors:?}"
+    );
+}

@@ -318,6 +318,33 @@ fn progress_bar(steps: u64, start: u64, quiet: bool) -> ProgressBar {
     bar
 }
 
+/// Resuming replays the data stream, so the files must be the ones the run started on.
+fn check_same_data(recorded: &serde_json::Value, now: &[ShardInfo]) -> anyhow::Result<()> {
+    let recorded = recorded.as_array().map(Vec::as_slice).unwrap_or_default();
+    if recorded.len() != now.len() {
+        bail!(
+            "the run was trained on {} shards, but its inputs now give {}; resuming needs the same data",
+            recorded.len(),
+            now.len()
+        );
+    }
+    for (then, shard) in recorded.iter().zip(now) {
+        let rows = then.get("rows").and_then(serde_json::Value::as_u64);
+        let bytes = then.get("bytes").and_then(serde_json::Value::as_u64);
+        if rows != Some(shard.rows as u64) || bytes != Some(shard.bytes) {
+            bail!(
+                "{}: changed since the run started ({} rows, {} bytes then; {} rows, {} bytes now); resuming needs the same data",
+                shard.path,
+                rows.map_or("?".to_string(), |r| r.to_string()),
+                bytes.map_or("?".to_string(), |b| b.to_string()),
+                shard.rows,
+                shard.bytes
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A GPU failure mid-run (device lost, out of memory): say where, and what to resume from.
 fn interrupted(error: anyhow::Error, step: u64, last_checkpoint: Option<&Path>) -> anyhow::Error {
     match last_checkpoint {
@@ -386,18 +413,25 @@ pub fn train(
     } else {
         None
     };
-    let config: TrainConfig = if options.resume {
+    let (config, recorded_data): (TrainConfig, Option<serde_json::Value>) = if options.resume {
         let text = std::fs::read_to_string(&config_path)
             .with_context(|| format!("{}: cannot read", config_path.display()))?;
         let value: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: not valid JSON", config_path.display()))?;
-        serde_json::from_value(value["config"].clone())
-            .with_context(|| format!("{}: bad \"config\"", config_path.display()))?
+        let config = serde_json::from_value(value["config"].clone())
+            .with_context(|| format!("{}: bad \"config\"", config_path.display()))?;
+        (config, value.get("data").cloned())
     } else {
-        config.ok_or_else(|| anyhow!("no training configuration given"))?
+        (
+            config.ok_or_else(|| anyhow!("no training configuration given"))?,
+            None,
+        )
     };
 
     let data = open_data(&config)?;
+    if let Some(recorded) = recorded_data {
+        check_same_data(&recorded, &shard_infos(&data.train))?;
+    }
     validate(&config, data.d_in)?;
     let d_in = data.d_in;
     let k_aux = if config.auxk_alpha > 0.0 {
