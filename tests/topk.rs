@@ -144,3 +144,11 @@ fn topk_rejects_bad_k() {
     let err = launch_topk(&mut rec, &h, 1, 10, 11, &h, &h, None).unwrap_err();
     assert!(err.to_string().contains("exceeds the 10 latents"), "{err}");
 }
+
+#[test]
+fn topk_handles_wide_dictionaries() {
+    // d_sae = 131072 with k = 256, continuous and heavily tied values.
+    let cols = 131_072;
+    run(&continuous_values(77, 2 * cols), 2, cols, 256, None);
+    run(&tied_values(78, cols), 1, cols, 256, None);
+}
