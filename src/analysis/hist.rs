@@ -10,6 +10,7 @@ use anyhow::{anyhow, bail, Context};
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
+use crate::analysis::eval::DENSE_THRESHOLD;
 use crate::data::{BatchStream, Shard, StreamConfig};
 use crate::gpu::kernels::backward::{launch_reverse_index, BackwardShape, ReverseIndex};
 use crate::gpu::kernels::hist::{
@@ -18,9 +19,6 @@ use crate::gpu::kernels::hist::{
 use crate::gpu::{Gpu, Recorder};
 use crate::io::{write_json_atomic, write_safetensors, TensorOut};
 use crate::sae::{record_forward, ForwardBuffers, GpuSae};
-
-/// A latent firing on more than this fraction of rows counts as dense.
-pub const DENSE_THRESHOLD: f64 = 0.1;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ShardEntry {
@@ -86,12 +84,17 @@ impl Histograms {
 
     /// log10 of each latent's firing frequency, −10 for latents that never fired.
     pub fn log10_density(&self) -> Vec<f32> {
-        let rows = self.rows.max(1) as f64;
-        self.fire_count
-            .iter()
-            .map(|&c| ((c as f64 / rows) + 1e-10).log10() as f32)
-            .collect()
+        log10_density(&self.fire_count, self.rows)
     }
+}
+
+/// Feature density as SAELens logs it (`sparsity.safetensors`): log10(fires / rows + 1e-10).
+pub fn log10_density(fire_counts: &[u64], rows: u64) -> Vec<f32> {
+    let rows = rows.max(1) as f64;
+    fire_counts
+        .iter()
+        .map(|&c| ((c as f64 / rows) + 1e-10).log10() as f32)
+        .collect()
 }
 
 /// One pass over `shards` (in order).

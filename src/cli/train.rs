@@ -9,7 +9,9 @@ use super::GpuArgs;
 use crate::data::synth::{write_synthetic, SynthConfig};
 use crate::data::{expand_inputs, open_shards, RowRange};
 use crate::sae::schedule::default_lr;
-use crate::sae::train::{train, BDecInit, ExportFormat, RunOptions, TrainConfig};
+use crate::sae::train::{
+    refuse_existing_run, train, BDecInit, ExportFormat, RunOptions, TrainConfig,
+};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -139,13 +141,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         stop_after: args.stop_after,
     };
     let inputs = if quickstart {
-        if run_dir.join("config.json").exists() && !args.overwrite {
-            bail!(
-                "{}: already holds a run; pass --resume {} to continue it or --overwrite to replace it",
-                run_dir.display(),
-                run_dir.display()
-            );
-        }
+        // Checked before the synthetic data is written into the directory.
+        refuse_existing_run(&run_dir, false, args.overwrite)?;
         let synth = SynthConfig::default();
         if !args.quiet {
             eprintln!(

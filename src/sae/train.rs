@@ -100,7 +100,8 @@ pub struct RunOptions {
     pub stop_after: Option<u64>,
 }
 
-const RUN_FILES: [&str; 8] = [
+/// Everything a run writes into its directory (removed by --overwrite).
+const RUN_FILES: [&str; 9] = [
     "config.json",
     "metrics.jsonl",
     "summary.json",
@@ -109,20 +110,27 @@ const RUN_FILES: [&str; 8] = [
     "sparsify",
     "saelens",
     "loss.png",
+    "density.png",
 ];
 
-fn prepare_run_dir(options: &RunOptions) -> anyhow::Result<()> {
-    let dir = &options.run_dir;
-    let holds_run = dir.join("config.json").exists();
-    if holds_run && !options.resume && !options.overwrite {
+/// Refuses a directory that already holds a run unless the user resumes or overwrites it.
+pub fn refuse_existing_run(dir: &Path, resume: bool, overwrite: bool) -> anyhow::Result<()> {
+    if dir.join("config.json").exists() && !resume && !overwrite {
         bail!(
             "{}: already holds a run; pass --resume {} to continue it or --overwrite to replace it",
             dir.display(),
             dir.display()
         );
     }
+    Ok(())
+}
+
+fn prepare_run_dir(options: &RunOptions) -> anyhow::Result<()> {
+    let dir = &options.run_dir;
+    refuse_existing_run(dir, options.resume, options.overwrite)?;
+    let holds_run = dir.join("config.json").exists();
     if options.overwrite && holds_run {
-        for name in RUN_FILES.iter().chain(&["density.png"]) {
+        for name in RUN_FILES {
             let path = dir.join(name);
             if path.is_dir() {
                 std::fs::remove_dir_all(&path)
@@ -675,11 +683,8 @@ pub fn train(
     params = trainer.snapshot()?.params;
     params.fold_input_scale(scale);
 
-    // Feature density over the training tokens, as SAELens logs it: log10(freq + 1e-10).
-    let log10_density: Vec<f32> = fire_counts
-        .iter()
-        .map(|&c| ((c as f64 / tokens.max(1) as f64) + 1e-10).log10() as f32)
-        .collect();
+    // Feature density over the training tokens.
+    let log10_density = crate::analysis::hist::log10_density(&fire_counts, tokens);
     write_safetensors(
         &run_dir.join("sparsity.safetensors"),
         &[TensorOut::f32("sparsity", &[config.d_sae], &log10_density)],
