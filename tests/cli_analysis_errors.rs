@@ -6,17 +6,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{random_vec, rng};
+use common::{random_vec, rng, temp_dir};
 use sae_wgpu::io::{write_safetensors, TensorOut};
 use sae_wgpu::sae::formats::save_sparsify;
 use sae_wgpu::sae::params::{Activation, SaeParams};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sae-cli2-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn s(p: &Path) -> String {
     p.display().to_string()

@@ -3,20 +3,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::temp_dir;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
 use sae_wgpu::io::{write_safetensors, TensorOut};
 
 fn sae() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sae"))
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sae-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn shard(path: &Path, rows: usize, d: usize, fill: impl Fn(usize) -> f32) {

@@ -8,18 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::reference::{encode, RefSae};
-use common::{random_vec, rng, to_f64};
+use common::{random_vec, rng, temp_dir, to_f64};
 use sae_wgpu::io::{write_safetensors, TensorOut};
 use sae_wgpu::sae::formats::{read_tensor_f32, save_saelens, save_sparsify};
 use sae_wgpu::sae::params::{Activation, SaeParams};
 use safetensors::SafeTensors;
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sae-enc-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn random_sae(seed: u64, d_in: usize, d_sae: usize, activation: Activation) -> SaeParams {
     let mut r = rng(seed);

@@ -4,7 +4,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::temp_dir;
+
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,13 +14,6 @@ use sae_wgpu::data::synth::{write_synthetic, SynthConfig};
 
 fn sae() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sae"))
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sae-robust-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn data(dir: &Path) -> Vec<String> {

@@ -107,3 +107,11 @@ pub fn shared_data() -> Option<std::path::PathBuf> {
         None
     }
 }
+
+/// A fresh, empty directory for one test: `sae-test-NAME-PID` under the system temp dir.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sae-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
