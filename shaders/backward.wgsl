@@ -16,6 +16,9 @@
 //   top of the main ones).
 //   bias_dec_grad        ∂b_dec[c] = Σ_r g[r, c] − Σ_i W_enc[c, i] · ∂b_enc[i]
 //                        (b_dec is subtracted from the input as well as added to the output)
+// Split dictionaries (src/sae/blocks.rs): w_dec, w_enc and their gradients hold the latents
+// [latent_start, latent_start + block_len) only; code_grad skips entries of other blocks, the
+// weight gradients cover the block's latents, and bias_dec_grad's later blocks add their part.
 // Generated header: WG. Prelude: common.wgsl (linear_id, partial, reduce_partial).
 
 struct Params {
@@ -30,7 +33,11 @@ struct Params {
     scale: f32,
     scale_slot: u32, // NO_SLOT: no multiplier
     accumulate: u32,
+    latent_start: u32,
+    block_len: u32,
     _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 const NO_SLOT: u32 = 0xffffffffu;
@@ -103,10 +110,14 @@ fn code_grad(
         return;
     }
     let r = e / p.k;
-    let latent = top_idx[e];
+    // Wraps below latent_start, so one comparison tests both ends of the block.
+    let local = top_idx[e] - p.latent_start;
+    if (local >= p.block_len) {
+        return;
+    }
     var acc = 0.0;
     for (var c = lid; c < p.d_in; c += WG) {
-        acc = fma(grad_out[r * p.d_in + c], w_dec[latent * p.d_in + c], acc);
+        acc = fma(grad_out[r * p.d_in + c], w_dec[local * p.d_in + c], acc);
     }
     partial[lid] = acc;
     reduce_partial(lid);
@@ -193,20 +204,21 @@ fn decoder_weight_grad(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let tile = linear_id(wg, nwg);
-    let latent = tile / p.col_tiles;
+    let local = tile / p.col_tiles;
     let c = (tile % p.col_tiles) * WG + lid;
-    if (latent >= p.d_sae || c >= p.d_in) {
+    if (local >= p.block_len || c >= p.d_in) {
         return;
     }
+    let latent = p.latent_start + local;
     var acc = 0.0;
     for (var s = offsets[latent]; s < offsets[latent + 1u]; s++) {
         let e = reverse_index[s];
         acc = fma(top_val[e], grad_out[(e / p.k) * p.d_in + c], acc);
     }
     if (p.accumulate != 0u) {
-        acc += grad_w_dec[latent * p.d_in + c];
+        acc += grad_w_dec[local * p.d_in + c];
     }
-    grad_w_dec[latent * p.d_in + c] = acc;
+    grad_w_dec[local * p.d_in + c] = acc;
 }
 
 @compute @workgroup_size(WG)
@@ -216,12 +228,13 @@ fn encoder_weight_grad(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let tile = linear_id(wg, nwg);
-    let latent = tile / p.col_tiles;
+    let local = tile / p.col_tiles;
     let col_tile = tile % p.col_tiles;
     let c = col_tile * WG + lid;
-    if (latent >= p.d_sae) {
+    if (local >= p.block_len) {
         return;
     }
+    let latent = p.latent_start + local;
     let start = offsets[latent];
     let end = offsets[latent + 1u];
     if (c < p.d_in) {
@@ -232,9 +245,9 @@ fn encoder_weight_grad(
             acc = fma(code_grad_out[e], x[(e / p.k) * p.d_in + c] - centre, acc);
         }
         if (p.accumulate != 0u) {
-            acc += grad_w_enc[c * p.d_sae + latent];
+            acc += grad_w_enc[c * p.block_len + local];
         }
-        grad_w_enc[c * p.d_sae + latent] = acc;
+        grad_w_enc[c * p.block_len + local] = acc;
     }
     if (col_tile == 0u && lid == 0u) {
         var bias = 0.0;
@@ -242,9 +255,9 @@ fn encoder_weight_grad(
             bias += code_grad_out[reverse_index[s]];
         }
         if (p.accumulate != 0u) {
-            bias += grad_b_enc[latent];
+            bias += grad_b_enc[local];
         }
-        grad_b_enc[latent] = bias;
+        grad_b_enc[local] = bias;
     }
 }
 
@@ -260,15 +273,21 @@ fn bias_dec_grad(
         return;
     }
     var acc = 0.0;
-    for (var r = lid; r < p.rows; r += WG) {
-        acc += grad_out[r * p.d_in + c];
+    if (p.accumulate == 0u) {
+        for (var r = lid; r < p.rows; r += WG) {
+            acc += grad_out[r * p.d_in + c];
+        }
     }
-    for (var i = lid; i < p.d_sae; i += WG) {
-        acc -= w_enc[c * p.d_sae + i] * grad_b_enc[i];
+    for (var i = lid; i < p.block_len; i += WG) {
+        acc -= w_enc[c * p.block_len + i] * grad_b_enc[i];
     }
     partial[lid] = acc;
     reduce_partial(lid);
     if (lid == 0u) {
-        grad_b_dec[c] = partial[0];
+        if (p.accumulate != 0u) {
+            grad_b_dec[c] += partial[0];
+        } else {
+            grad_b_dec[c] = partial[0];
+        }
     }
 }

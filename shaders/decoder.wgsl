@@ -2,12 +2,19 @@
 // GEMM):  x_hat[r, c] = b_dec[c] + Σ_j top_val[r, j] · w_dec[top_idx[r, j], c]
 // Bindings: top_idx, top_val [rows, k]; w_dec [d_sae, d_in]; b_dec [d_in]; x_hat [rows, d_in].
 // Generated header: WG. One thread per output element; a workgroup covers WG columns of a row.
+// A split dictionary (src/sae/blocks.rs) runs once per block: `w_dec` then holds latents
+// [latent_start, latent_start + block_len), other latents are skipped, and blocks after the
+// first add to x_hat.
 
 struct Params {
     rows: u32,
     d_in: u32,
     k: u32,
     col_tiles: u32,
+    latent_start: u32,
+    block_len: u32,
+    accumulate: u32,
+    _pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -32,7 +39,16 @@ fn decode_sparse(
     var acc = 0.0;
     for (var j = 0u; j < p.k; j++) {
         let e = row * p.k + j;
-        acc = fma(top_val[e], w_dec[top_idx[e] * p.d_in + c], acc);
+        // Wraps below latent_start, so one comparison tests both ends of the block.
+        let local = top_idx[e] - p.latent_start;
+        if (local < p.block_len) {
+            acc = fma(top_val[e], w_dec[local * p.d_in + c], acc);
+        }
     }
-    x_hat[row * p.d_in + c] = acc + b_dec[c];
+    let out = row * p.d_in + c;
+    if (p.accumulate != 0u) {
+        x_hat[out] += acc;
+    } else {
+        x_hat[out] = acc + b_dec[c];
+    }
 }

@@ -9,6 +9,13 @@
 // which contribute nothing to a decode or a gradient: the same as taking only the eligible ones.
 // Generated header: MAX_K (largest k, a power of two). One thread per radix bin.
 //
+// Split dictionaries (src/sae/blocks.rs) run this twice. Per block of latents, `h` is the
+// block's [rows, cols] pre-activations, `col_offset` the block's first latent id, and each
+// row's k winners go to columns [out_offset, out_offset + k) of a [rows, out_stride]
+// candidate buffer. Then `remap` runs TopK over the candidates (h = their values) and writes
+// the latent ids held in `cand_idx`. Exact: the global top k lie among the blocks' top k, and
+// candidates sit in block order, so a lower position among equal values is a lower latent id.
+//
 // Floats become order-preserving u32 keys. Passes of RADIX_BITS bits, from the top, histogram
 // the keys that still match the selected prefix and pick the bin holding the k-th largest;
 // a pass stops early once the chosen bin holds exactly the keys still needed. Survivors are
@@ -21,8 +28,12 @@ struct Params {
     sort_n: u32, // next power of two ≥ k, ≤ MAX_K
     masked: u32, // 1: only latents with eligible[i] != 0 compete
     thresholded: u32, // 1: values ≤ threshold[i] count as 0 (ReLU / JumpReLU SAEs)
+    col_offset: u32, // latent id of column 0
+    out_stride: u32, // row stride of top_idx / top_val
+    out_offset: u32, // first output column of this row's k winners
+    remap: u32, // 1: h holds candidate values, cand_idx their latent ids
+    accumulate: u32, // 1: count_active adds to active_count
     _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -32,6 +43,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read> eligible: array<u32>;
 @group(0) @binding(5) var<storage, read> threshold: array<f32>;
 @group(0) @binding(6) var<storage, read_write> active_count: array<u32>;
+@group(0) @binding(7) var<storage, read> cand_idx: array<u32>;
 
 const RADIX_BITS: u32 = 8u;
 const BINS: u32 = 1u << RADIX_BITS;
@@ -57,14 +69,22 @@ fn key_of(v: f32) -> u32 {
 // The activation value of latent i: ReLU(h), or h where h > θ_i and 0 elsewhere.
 fn activation(base: u32, i: u32) -> f32 {
     let v = h[base + i];
-    if (p.thresholded != 0u && !(v > threshold[i])) {
+    if (p.thresholded != 0u && !(v > threshold[p.col_offset + i])) {
         return 0.0;
     }
     return v;
 }
 
+// The latent id of column i of this row.
+fn latent_of(base: u32, i: u32) -> u32 {
+    if (p.remap != 0u) {
+        return cand_idx[base + i];
+    }
+    return p.col_offset + i;
+}
+
 fn row_key(base: u32, i: u32) -> u32 {
-    if (p.masked != 0u && eligible[i] == 0u) {
+    if (p.masked != 0u && eligible[latent_of(base, i)] == 0u) {
         return NEG_INF_KEY;
     }
     return key_of(activation(base, i));
@@ -225,8 +245,9 @@ fn select_row(lid: u32, row: u32) {
         }
     }
     for (var j = lid; j < p.k; j += WG) {
-        top_idx[row * p.k + j] = sort_idx[j];
-        top_val[row * p.k + j] = select(value_of(sort_key[j]), 0.0, sort_key[j] == NEG_INF_KEY);
+        let out = row * p.out_stride + p.out_offset + j;
+        top_idx[out] = latent_of(base, sort_idx[j]);
+        top_val[out] = select(value_of(sort_key[j]), 0.0, sort_key[j] == NEG_INF_KEY);
     }
 }
 
@@ -267,6 +288,10 @@ fn count_active(
     atomicAdd(&row_active, mine);
     workgroupBarrier();
     if (lid == 0u) {
-        active_count[row] = atomicLoad(&row_active);
+        var total = atomicLoad(&row_active);
+        if (p.accumulate != 0u) {
+            total += active_count[row];
+        }
+        active_count[row] = total;
     }
 }

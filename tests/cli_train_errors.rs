@@ -367,30 +367,47 @@ fn dictionary_beyond_the_binding_limit_and_missing_backend() {
     let dir = temp_dir("limits");
     let good = dir.join("good.safetensors");
     shard(&good, 256, 64, noise);
-    // W_enc one latent past what one binding holds on this adapter.
-    let limit = gpu
-        .limits
-        .max_storage_buffer_binding_size
-        .min(gpu.limits.max_buffer_size);
-    let d_sae = (limit / (64 * 4) + 1) as usize;
-    let needed = format!("W_enc needs {} bytes", 64 * 4 * d_sae);
+    // A dictionary past one binding is split into blocks of latents (tests/split_dictionary.rs);
+    // only a single latent's column that cannot be bound is refused.
     fails(
         &[
             &s(&good),
             "--d-sae",
-            &d_sae.to_string(),
+            "128",
             "--k",
             "2",
             "--batch-size",
             "32",
+            "--max-binding-bytes",
+            "200",
         ],
         &dir.join("r"),
         &[
-            &needed,
+            "one latent's weights (d_in = 64) needs 256 bytes",
             "max_storage_buffer_binding_size",
             "MiB of GPU memory",
         ],
     );
+    // More than the adapter's memory: refused before anything is allocated, with the figure.
+    if gpu.summary.device_memory_bytes.is_some() {
+        fails(
+            &[
+                &s(&good),
+                "--d-sae",
+                "100000000",
+                "--k",
+                "2",
+                "--batch-size",
+                "32",
+            ],
+            &dir.join("r"),
+            &[
+                "the run needs about",
+                "MiB of GPU memory but",
+                "--batch-size",
+            ],
+        );
+    }
     let backend = if cfg!(target_os = "macos") {
         "dx12"
     } else {

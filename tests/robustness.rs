@@ -1,6 +1,7 @@
 //! Crash safety and faults through the real binary: SIGKILL mid-run then `--resume` gives the
 //! weights of an uninterrupted run; a diverging run stops naming the step and the last good
-//! checkpoint; a full disk, an unwritable output and odd paths are one-line errors.
+//! checkpoint; a lost device or an out-of-memory mid-run keeps the last checkpoint, which
+//! resumes; a full disk, an unwritable output and odd paths are one-line errors.
 
 mod common;
 
@@ -346,4 +347,64 @@ fn resume_refuses_data_that_changed() {
             && errors[0].contains("synth_0000"),
         "{errors:?}"
     );
+}
+
+#[test]
+fn device_lost_or_out_of_memory_mid_run_keeps_the_last_checkpoint() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let dir = temp_dir("faults");
+    let shards = data(&dir);
+    let full = dir.join("full");
+    assert!(sae()
+        .args(train_args(&shards, &full))
+        .status()
+        .unwrap()
+        .success());
+    let full_weights = std::fs::read(full.join("sparsify/sae.safetensors")).unwrap();
+    // A real loss (the device is destroyed under the run) and what wgpu reports when an
+    // allocation or submission runs out of memory, both before step 25 of 250.
+    for (fault, says) in [
+        ("device-lost@25", "GPU device lost"),
+        ("out-of-memory@25", "GPU out of memory"),
+    ] {
+        let run = dir.join(fault.replace('@', "-"));
+        let output = sae()
+            .args(train_args(&shards, &run))
+            .env("SAE_INJECT_FAULT", fault)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{fault}: the run succeeded");
+        assert!(!stderr.contains("panicked"), "{fault}: panic: {stderr}");
+        let errors = our_errors(&output.stderr);
+        assert_eq!(errors.len(), 1, "{fault}: want one error line: {stderr}");
+        for needle in [says, "step 2", "step-000000020.safetensors", "--resume"] {
+            assert!(
+                errors[0].contains(needle),
+                "{fault}: '{needle}' missing from: {}",
+                errors[0]
+            );
+        }
+        assert!(!run.join("summary.json").exists() && !run.join("sparsify").exists());
+        // The checkpoint named loads, and resuming from it ends where an uninterrupted run does.
+        let (latest, checkpoint) = sae_wgpu::sae::checkpoint::latest(&run.join("checkpoints"))
+            .unwrap()
+            .unwrap();
+        assert!(latest.ends_with("step-000000020.safetensors"), "{latest:?}");
+        assert_eq!(checkpoint.step, 20);
+        let resumed = sae()
+            .args(["train", "--quiet", "--resume"])
+            .arg(&run)
+            .output()
+            .unwrap();
+        assert!(
+            resumed.status.success(),
+            "{fault}: {}",
+            String::from_utf8_lossy(&resumed.stderr)
+        );
+        let weights = std::fs::read(run.join("sparsify/sae.safetensors")).unwrap();
+        assert!(weights == full_weights, "{fault}: resumed weights differ");
+    }
 }

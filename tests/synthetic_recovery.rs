@@ -36,7 +36,9 @@ fn training_recovers_a_planted_dictionary() {
     };
     let report = train(gpu, Some(config), &options).unwrap();
     let learned = load_sae(&dir.join("run")).unwrap().params;
-    let truth_path = dir.join("data/true_dictionary.safetensors");
+    let truth_path = dir
+        .join("data")
+        .join(sae_wgpu::data::synth::TRUE_DICTIONARY);
     let bytes = std::fs::read(&truth_path).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let truth = read_tensor_f32(&st, "features", &[32, 16], &truth_path).unwrap();

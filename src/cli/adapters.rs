@@ -48,6 +48,9 @@ pub fn run(args: &AdaptersArgs) -> anyhow::Result<()> {
             adapter.max_compute_workgroups_per_dimension,
             adapter.max_storage_buffers_per_shader_stage
         );
+        if let Some(bytes) = adapter.device_memory_bytes {
+            println!("    memory         {} MiB", bytes >> 20);
+        }
         let features = if adapter.features.is_empty() {
             "none".to_string()
         } else {

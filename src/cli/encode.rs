@@ -59,7 +59,7 @@ pub fn run(args: EncodeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create", args.out.display()))?;
     let gpu = args.gpu.open()?;
-    let sae = GpuSae::upload_with_cap(&gpu, &loaded.params, args.cap)?;
+    let sae = GpuSae::upload_with_cap(&gpu, &loaded.params, args.cap, args.batch_size)?;
     let fw = ForwardBuffers::new(&gpu, &sae, args.batch_size)?;
     let total: u64 = shards.iter().map(|s| s.rows as u64).sum();
     let bar = progress(total, args.quiet);

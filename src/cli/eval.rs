@@ -64,7 +64,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     )?;
     let total: u64 = shards.iter().map(|s| s.rows as u64).sum();
     let gpu = args.gpu.open()?;
-    let sae = GpuSae::upload_with_cap(&gpu, &params, args.cap)?;
+    let sae = GpuSae::upload_with_cap(&gpu, &params, args.cap, args.batch_size)?;
     let evaluator = Evaluator::new(&gpu, &sae, args.batch_size)?;
     let mut stream_cfg = StreamConfig::sequential(args.batch_size);
     stream_cfg.skip_nonfinite = args.skip_nonfinite;

@@ -130,7 +130,7 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
     let passes: u64 = if args.cooccurrence > 0 { 2 } else { 1 };
     let total: u64 = passes * shards.iter().map(|s| s.rows as u64).sum::<u64>();
     let gpu = args.gpu.open()?;
-    let sae = GpuSae::upload_with_cap(&gpu, &loaded.params, args.cap)?;
+    let sae = GpuSae::upload_with_cap(&gpu, &loaded.params, args.cap, args.batch_size)?;
     let bar = progress(total, args.quiet);
     let config = HistConfig {
         batch_size: args.batch_size,

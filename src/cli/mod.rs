@@ -54,6 +54,15 @@ pub struct GpuArgs {
     /// Graphics API to go through.
     #[arg(long, value_enum, global = true)]
     pub backend: Option<BackendChoice>,
+    /// Treat one storage binding as at most this many bytes (below the adapter's own limit):
+    /// dictionaries past it are split into blocks of latents. For testing the split path.
+    #[arg(
+        long,
+        env = "SAE_MAX_BINDING_BYTES",
+        global = true,
+        hide_short_help = true
+    )]
+    pub max_binding_bytes: Option<u64>,
 }
 
 impl GpuArgs {
@@ -61,7 +70,7 @@ impl GpuArgs {
         AdapterRequest {
             adapter: self.adapter.clone(),
             backend: self.backend,
-            max_binding_override: None,
+            max_binding_override: self.max_binding_bytes,
         }
     }
 

@@ -8,7 +8,7 @@ use crate::data::synth::{write_synthetic, SynthConfig};
 
 #[derive(Args, Debug)]
 pub struct SynthArgs {
-    /// Output directory for the shards and true_dictionary.safetensors.
+    /// Output directory for the shards (the dictionary goes in truth/true_dictionary.safetensors).
     #[arg(long)]
     out: PathBuf,
     #[arg(long, default_value_t = 64)]
@@ -55,7 +55,7 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
     };
     let paths = write_synthetic(&config, &args.out)?;
     println!(
-        "wrote {} shards and true_dictionary.safetensors to {}",
+        "wrote {} shards and truth/true_dictionary.safetensors to {}",
         paths.len(),
         args.out.display()
     );

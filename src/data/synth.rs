@@ -40,7 +40,10 @@ impl Default for SynthConfig {
     }
 }
 
-/// The generating dictionary, as saved in `true_dictionary.safetensors`.
+/// Where [`write_synthetic`] puts the generating dictionary, relative to its output folder.
+pub const TRUE_DICTIONARY: &str = "truth/true_dictionary.safetensors";
+
+/// The generating dictionary, as saved in `truth/true_dictionary.safetensors`.
 pub struct TrueDictionary {
     /// [n_features, d_in], unit rows.
     pub features: Vec<f32>,
@@ -80,7 +83,8 @@ pub fn make_dictionary(config: &SynthConfig, rng: &mut ChaCha8Rng) -> TrueDictio
 }
 
 /// Writes `shards` shards (`activations` f32, `tokens` = index of the row's strongest feature)
-/// and `true_dictionary.safetensors` into `out`. Returns the shard paths.
+/// into `out`, and the generating dictionary into `out/truth/true_dictionary.safetensors` (a
+/// subfolder, so `sae train OUT` reads only the shards). Returns the shard paths.
 pub fn write_synthetic(config: &SynthConfig, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out)?;
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
@@ -123,8 +127,9 @@ pub fn write_synthetic(config: &SynthConfig, out: &Path) -> anyhow::Result<Vec<P
         )?;
         paths.push(path);
     }
+    std::fs::create_dir_all(out.join("truth"))?;
     write_safetensors(
-        &out.join("true_dictionary.safetensors"),
+        &out.join(TRUE_DICTIONARY),
         &[
             TensorOut::f32("features", &[n, d], &dict.features),
             TensorOut::f32("probabilities", &[n], &dict.probabilities),

@@ -4,7 +4,6 @@
 use std::sync::mpsc;
 
 use bytemuck::Pod;
-use wgpu::util::DeviceExt;
 
 use super::device::Gpu;
 use super::error::{first_line, GpuError, GpuResult};
@@ -64,13 +63,7 @@ impl Gpu {
         self.check_binding(label, bytes)?;
         let mut contents = bytemuck::cast_slice::<T, u8>(data).to_vec();
         contents.resize(padded_size(bytes) as usize, 0);
-        let buffer = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: &contents,
-                usage: STORAGE_USAGE,
-            });
+        let buffer = self.initialised_buffer(label, &contents, STORAGE_USAGE);
         Ok(GpuBuffer {
             buffer,
             len: data.len(),
@@ -115,12 +108,27 @@ impl Gpu {
 
     /// A small uniform buffer for a kernel's parameter struct.
     pub fn uniform<T: Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytemuck::bytes_of(value),
-                usage: wgpu::BufferUsages::UNIFORM,
-            })
+        let usage = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST;
+        self.initialised_buffer(label, bytemuck::bytes_of(value), usage)
+    }
+
+    /// A buffer holding `contents` (a multiple of 4 bytes). Written through the queue rather
+    /// than mapped at creation: on a lost device mapping panics inside wgpu, while a queued
+    /// write reports an error that the next [`Gpu::wait`] returns.
+    fn initialised_buffer(
+        &self,
+        label: &str,
+        contents: &[u8],
+        usage: wgpu::BufferUsages,
+    ) -> wgpu::Buffer {
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: contents.len() as u64,
+            usage: usage | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.queue.write_buffer(&buffer, 0, contents);
+        buffer
     }
 
     /// Copies a whole buffer back to the host, waiting for all queued work first.

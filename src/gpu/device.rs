@@ -51,6 +51,26 @@ pub const OPTIONAL_FEATURES: [(wgpu::Features, &str); 4] = [
     ),
 ];
 
+/// Device faults a test can provoke; see [`Gpu::inject_fault`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectedFault {
+    DeviceLost,
+    OutOfMemory,
+}
+
+impl InjectedFault {
+    /// Parses `device-lost@STEP` or `out-of-memory@STEP` (the fault hits before step STEP).
+    pub fn parse(text: &str) -> Option<(InjectedFault, u64)> {
+        let (kind, step) = text.split_once('@')?;
+        let fault = match kind {
+            "device-lost" => InjectedFault::DeviceLost,
+            "out-of-memory" => InjectedFault::OutOfMemory,
+            _ => return None,
+        };
+        Some((fault, step.parse().ok()?))
+    }
+}
+
 /// The facts about an adapter that a user (and a benchmark line) needs.
 #[derive(Clone, Debug, Serialize)]
 pub struct AdapterSummary {
@@ -68,6 +88,9 @@ pub struct AdapterSummary {
     pub max_compute_invocations_per_workgroup: u32,
     pub max_compute_workgroups_per_dimension: u32,
     pub max_storage_buffers_per_shader_stage: u32,
+    /// Bytes in the adapter's device-local memory heaps, where the backend reports them
+    /// (Vulkan); `None` elsewhere.
+    pub device_memory_bytes: Option<u64>,
     pub features: Vec<&'static str>,
 }
 
@@ -91,6 +114,7 @@ impl AdapterSummary {
             max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
             max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
             max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+            device_memory_bytes: device_memory(adapter),
             features: OPTIONAL_FEATURES
                 .iter()
                 .filter(|(flag, _)| features.contains(*flag))
@@ -98,6 +122,33 @@ impl AdapterSummary {
                 .collect(),
         }
     }
+}
+
+/// Total size of the adapter's device-local memory heaps, read through Vulkan: wgpu has no
+/// portable query. On integrated GPUs and CPU drivers this is (part of) system memory.
+#[cfg(not(target_arch = "wasm32"))]
+fn device_memory(adapter: &wgpu::Adapter) -> Option<u64> {
+    use ash::vk::MemoryHeapFlags;
+    // SAFETY: `as_hal` hands out the Vulkan adapter behind `adapter` (or None on another
+    // backend); it only answers a read-only query and is dropped before this returns.
+    let hal = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() }?;
+    let instance = hal.shared_instance().raw_instance();
+    // SAFETY: a valid physical device of this instance, queried for plain data.
+    let props =
+        unsafe { instance.get_physical_device_memory_properties(hal.raw_physical_device()) };
+    let heaps =
+        &props.memory_heaps[..(props.memory_heap_count as usize).min(props.memory_heaps.len())];
+    let total: u64 = heaps
+        .iter()
+        .filter(|heap| heap.flags.contains(MemoryHeapFlags::DEVICE_LOCAL))
+        .map(|heap| heap.size)
+        .sum();
+    (total > 0).then_some(total)
+}
+
+#[cfg(target_arch = "wasm32")]
+fn device_memory(_adapter: &wgpu::Adapter) -> Option<u64> {
+    None
 }
 
 fn make_instance(backends: wgpu::Backends) -> wgpu::Instance {
@@ -206,6 +257,8 @@ pub struct Gpu {
     pub(crate) staging: Mutex<Option<wgpu::Buffer>>,
     /// The first error wgpu reported outside an error scope since the last check.
     uncaptured: Arc<Mutex<Option<GpuError>>>,
+    /// Set when the device is lost; reported before `uncaptured` (whose errors it causes).
+    lost: Arc<Mutex<Option<GpuError>>>,
 }
 
 impl Gpu {
@@ -239,17 +292,25 @@ impl Gpu {
         let uncaptured: Arc<Mutex<Option<GpuError>>> = Arc::new(Mutex::new(None));
         let sink = uncaptured.clone();
         device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
-            tracing::error!("wgpu: {}", first_line(&error.to_string()));
+            // The first error is returned by the next `wait`; once a device is lost, every
+            // command after it fails too, so the rest only go to the debug log.
+            tracing::debug!("wgpu: {}", first_line(&error.to_string()));
             if let Ok(mut slot) = sink.lock() {
                 slot.get_or_insert_with(|| GpuError::from_wgpu("a GPU command", error));
             }
         }));
-        let lost_sink = uncaptured.clone();
+        let lost: Arc<Mutex<Option<GpuError>>> = Arc::new(Mutex::new(None));
+        let lost_sink = lost.clone();
         device.set_device_lost_callback(move |reason, message| {
-            if reason != wgpu::DeviceLostReason::Destroyed {
-                if let Ok(mut slot) = lost_sink.lock() {
-                    slot.get_or_insert(GpuError::DeviceLost(first_line(&message)));
-                }
+            // Also on `Destroyed`: a device destroyed while in use is lost to the run all the
+            // same (nothing reads the slot once a `Gpu` is dropped).
+            if let Ok(mut slot) = lost_sink.lock() {
+                let message = first_line(&message);
+                slot.get_or_insert(GpuError::DeviceLost(if message.is_empty() {
+                    format!("{reason:?}")
+                } else {
+                    format!("{reason:?}: {message}")
+                }));
             }
         });
         tracing::info!(
@@ -269,6 +330,7 @@ impl Gpu {
             pipelines: PipelineCache::default(),
             staging: Mutex::new(None),
             uncaptured,
+            lost,
         })
     }
 
@@ -302,18 +364,60 @@ impl Gpu {
 
     /// Returns (and clears) the first asynchronous error since the last call.
     pub fn take_error(&self) -> GpuResult<()> {
-        match self.uncaptured.lock().ok().and_then(|mut slot| slot.take()) {
+        let take = |slot: &Mutex<Option<GpuError>>| slot.lock().ok().and_then(|mut s| s.take());
+        let other = take(&self.uncaptured);
+        if other.is_some() {
+            // wgpu reports a loss once the queue has drained: wait for that, so a loss is named
+            // as such rather than as the invalid-buffer errors it causes.
+            let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
+        }
+        let lost = take(&self.lost);
+        match lost.or(other) {
             Some(error) => Err(error),
             None => Ok(()),
         }
     }
 
+    /// The most bytes one storage buffer can hold and still be bound whole.
+    pub fn binding_limit(&self) -> u64 {
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
+    }
+
+    /// Makes the device fail the way a real fault would, for tests of what a run does then
+    /// (`SAE_INJECT_FAULT`, read by `sae train`).
+    pub fn inject_fault(&self, fault: InjectedFault) {
+        match fault {
+            // A real loss: every later command on this device fails.
+            InjectedFault::DeviceLost => self.device.destroy(),
+            // What wgpu reports when an allocation or submission runs out of memory.
+            InjectedFault::OutOfMemory => {
+                if let Ok(mut slot) = self.uncaptured.lock() {
+                    slot.get_or_insert(GpuError::OutOfMemory {
+                        context: "a GPU command (injected fault)".to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Fails when `needed` bytes exceed the adapter's memory (where the backend reports it).
+    pub fn check_memory(&self, what: &str, needed: u64) -> GpuResult<()> {
+        match self.summary.device_memory_bytes {
+            Some(available) if needed > available => Err(GpuError::Memory {
+                what: what.to_string(),
+                needed_mib: needed >> 20,
+                available_mib: available >> 20,
+                adapter: self.info.name.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks that a buffer of `bytes` can be bound as one storage binding.
     pub fn check_binding(&self, what: &str, bytes: u64) -> GpuResult<()> {
-        let limit = self
-            .limits
-            .max_storage_buffer_binding_size
-            .min(self.limits.max_buffer_size);
+        let limit = self.binding_limit();
         if bytes > limit {
             return Err(GpuError::Limit {
                 what: what.to_string(),

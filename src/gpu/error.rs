@@ -29,6 +29,16 @@ pub enum GpuError {
     #[error("GPU out of memory in {context}; try a smaller --batch-size or dictionary")]
     OutOfMemory { context: String },
 
+    #[error(
+        "{what} needs about {needed_mib} MiB of GPU memory but '{adapter}' has {available_mib} MiB; use a smaller dictionary (--d-sae / --expansion-factor) or --batch-size"
+    )]
+    Memory {
+        what: String,
+        needed_mib: u64,
+        available_mib: u64,
+        adapter: String,
+    },
+
     #[error("GPU device lost: {0}")]
     DeviceLost(String),
 

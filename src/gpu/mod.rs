@@ -12,7 +12,9 @@ pub mod recorder;
 pub mod shaders;
 
 pub use buffers::GpuBuffer;
-pub use device::{list_adapters, AdapterRequest, AdapterSummary, BackendChoice, Gpu};
+pub use device::{
+    list_adapters, AdapterRequest, AdapterSummary, BackendChoice, Gpu, InjectedFault,
+};
 pub use dispatch::Grid;
 pub use error::{GpuError, GpuResult};
 pub use pipeline::PipelineKey;

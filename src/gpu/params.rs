@@ -25,7 +25,16 @@ pub struct TopKParams {
     pub sort_n: u32,
     pub masked: u32,
     pub thresholded: u32,
-    pub _pad: [u32; 2],
+    /// Latent id of column 0 (a block of a split dictionary); indexes `eligible`/`threshold`.
+    pub col_offset: u32,
+    /// Row stride and first column of the output (candidate slots of one block).
+    pub out_stride: u32,
+    pub out_offset: u32,
+    /// 1: `h` holds candidates; output ids come from `cand_idx` (the merge over blocks).
+    pub remap: u32,
+    /// 1: `count_active` adds to what the output holds.
+    pub accumulate: u32,
+    pub _pad: u32,
 }
 
 /// shaders/decoder.wgsl
@@ -36,6 +45,12 @@ pub struct DecoderParams {
     pub d_in: u32,
     pub k: u32,
     pub col_tiles: u32,
+    /// Latents [latent_start, latent_start + block_len) live in this `w_dec` block.
+    pub latent_start: u32,
+    pub block_len: u32,
+    /// 1: add to `x_hat` instead of writing `b_dec + Σ`.
+    pub accumulate: u32,
+    pub _pad: u32,
 }
 
 /// shaders/backward.wgsl
@@ -53,7 +68,10 @@ pub struct BackwardParams {
     pub scale: f32,
     pub scale_slot: u32,
     pub accumulate: u32,
-    pub _pad: u32,
+    /// Latents [latent_start, latent_start + block_len) are the block's weights and gradients.
+    pub latent_start: u32,
+    pub block_len: u32,
+    pub _pad: [u32; 3],
 }
 
 /// shaders/optim.wgsl
@@ -104,9 +122,9 @@ pub struct HistParams {
 
 const _: () = {
     assert!(std::mem::size_of::<GemmParams>() == 16);
-    assert!(std::mem::size_of::<TopKParams>() == 32);
-    assert!(std::mem::size_of::<DecoderParams>() == 16);
-    assert!(std::mem::size_of::<BackwardParams>() == 48);
+    assert!(std::mem::size_of::<TopKParams>() == 48);
+    assert!(std::mem::size_of::<DecoderParams>() == 32);
+    assert!(std::mem::size_of::<BackwardParams>() == 64);
     assert!(std::mem::size_of::<OptimParams>() == 48);
     assert!(std::mem::size_of::<ReduceParams>() == 32);
     assert!(std::mem::size_of::<HistParams>() == 32);

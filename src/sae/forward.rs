@@ -1,16 +1,32 @@
-//! SAE weights on the GPU and the recorded forward pass (encode GEMM → TopK → sparse decode).
+//! SAE weights on the GPU and the recorded forward pass (encode GEMM → TopK → sparse decode),
+//! for a dictionary in one buffer or split into blocks of latents (src/sae/blocks.rs).
 
-use crate::gpu::kernels::decoder::launch_decode_sparse;
+use crate::gpu::kernels::decoder::launch_decode_sparse_block;
 use crate::gpu::kernels::encoder::{launch_encode_gemm, EncoderShape, GemmTiles};
-use crate::gpu::kernels::topk::{launch_count_active, launch_topk_thresholded, Thresholds, MAX_K};
+use crate::gpu::kernels::topk::{
+    launch_count_active_block, launch_topk_block, launch_topk_merge, Thresholds, TopKOut, MAX_K,
+};
+use crate::gpu::kernels::LatentRange;
 use crate::gpu::{Gpu, GpuBuffer, GpuError, GpuResult, InputPrecision, Recorder};
 
+use super::blocks::{LatentBlocks, LatentTensor};
 use super::params::{Activation, SaeParams};
 
 /// Latents kept per row for ReLU and JumpReLU SAEs unless the caller says otherwise.
 pub const DEFAULT_CAP: usize = 256;
 
-/// The four parameter tensors of an SAE, resident on the GPU.
+/// The per-latent parameters of one block of latents.
+pub struct LatentBlock {
+    pub range: LatentRange,
+    /// [d_in, range.len]
+    pub w_enc: GpuBuffer,
+    /// [range.len]
+    pub b_enc: GpuBuffer,
+    /// [range.len, d_in]
+    pub w_dec: GpuBuffer,
+}
+
+/// The parameter tensors of an SAE, resident on the GPU.
 pub struct GpuSae {
     pub d_in: usize,
     pub d_sae: usize,
@@ -19,19 +35,47 @@ pub struct GpuSae {
     /// Per-latent thresholds of ReLU (0) and JumpReLU (θ) SAEs; `None` for TopK.
     pub thresholds: Option<GpuBuffer>,
     activation: Activation,
-    pub w_enc: GpuBuffer,
-    pub b_enc: GpuBuffer,
-    pub w_dec: GpuBuffer,
+    pub layout: LatentBlocks,
+    pub blocks: Vec<LatentBlock>,
     pub b_dec: GpuBuffer,
 }
 
 impl GpuSae {
-    pub fn upload(gpu: &Gpu, params: &SaeParams) -> GpuResult<GpuSae> {
-        GpuSae::upload_with_cap(gpu, params, DEFAULT_CAP)
+    /// Uploads an SAE for batches of up to `max_rows` rows.
+    pub fn upload(gpu: &Gpu, params: &SaeParams, max_rows: usize) -> GpuResult<GpuSae> {
+        GpuSae::upload_with_cap(gpu, params, DEFAULT_CAP, max_rows)
     }
 
-    /// Uploads an SAE; ReLU and JumpReLU SAEs keep at most `cap` latents per row.
-    pub fn upload_with_cap(gpu: &Gpu, params: &SaeParams, cap: usize) -> GpuResult<GpuSae> {
+    /// Uploads an SAE; ReLU and JumpReLU SAEs keep at most `cap` latents per row. The
+    /// dictionary is split into blocks when its weights, or the pre-activations of `max_rows`
+    /// rows, exceed one storage binding.
+    pub fn upload_with_cap(
+        gpu: &Gpu,
+        params: &SaeParams,
+        cap: usize,
+        max_rows: usize,
+    ) -> GpuResult<GpuSae> {
+        let (d_in, d_sae) = (params.d_in as u64, params.d_sae as u64);
+        let needed = 4 * (2 * d_in * d_sae + max_rows as u64 * (d_sae + 2 * d_in));
+        gpu.check_memory("the SAE's weights and one batch's pre-activations", needed)?;
+        let layout = LatentBlocks::plan(params.d_in, params.d_sae, max_rows, gpu.binding_limit())?;
+        if layout.is_split() {
+            tracing::info!(
+                "the dictionary exceeds one storage binding ({} bytes): split into {} blocks of latents",
+                gpu.binding_limit(),
+                layout.ranges.len()
+            );
+        }
+        GpuSae::upload_blocks(gpu, params, cap, layout)
+    }
+
+    /// Uploads an SAE divided into the given blocks.
+    pub fn upload_blocks(
+        gpu: &Gpu,
+        params: &SaeParams,
+        cap: usize,
+        layout: LatentBlocks,
+    ) -> GpuResult<GpuSae> {
         let cap = cap.clamp(1, MAX_K).min(params.d_sae);
         let (k, thresholds) = match &params.activation {
             Activation::TopK { k } => (*k, None),
@@ -50,15 +94,40 @@ impl GpuSae {
                 ),
             });
         }
+        if layout.d_in != params.d_in || layout.d_sae != params.d_sae {
+            return Err(GpuError::Shape {
+                kernel: "forward",
+                message: format!(
+                    "block layout for d_in {} × d_sae {} given an SAE of d_in {} × d_sae {}",
+                    layout.d_in, layout.d_sae, params.d_in, params.d_sae
+                ),
+            });
+        }
+        let w_enc = layout.split(LatentTensor::Encoder, &params.w_enc);
+        let b_enc = layout.split(LatentTensor::Vector, &params.b_enc);
+        let w_dec = layout.split(LatentTensor::Decoder, &params.w_dec);
+        let blocks = layout
+            .ranges
+            .iter()
+            .enumerate()
+            .map(|(b, &range)| {
+                let name = |tensor: &str| block_label(tensor, &layout, b);
+                Ok(LatentBlock {
+                    range,
+                    w_enc: gpu.upload(&name("W_enc"), &w_enc[b])?,
+                    b_enc: gpu.upload(&name("b_enc"), &b_enc[b])?,
+                    w_dec: gpu.upload(&name("W_dec"), &w_dec[b])?,
+                })
+            })
+            .collect::<GpuResult<Vec<_>>>()?;
         Ok(GpuSae {
             d_in: params.d_in,
             d_sae: params.d_sae,
             k,
             thresholds,
             activation: params.activation.clone(),
-            w_enc: gpu.upload("W_enc", &params.w_enc)?,
-            b_enc: gpu.upload("b_enc", &params.b_enc)?,
-            w_dec: gpu.upload("W_dec", &params.w_dec)?,
+            layout,
+            blocks,
             b_dec: gpu.upload("b_dec", &params.b_dec)?,
         })
     }
@@ -68,16 +137,65 @@ impl GpuSae {
             d_in: self.d_in,
             d_sae: self.d_sae,
             activation: self.activation.clone(),
-            w_enc: gpu.read(&self.w_enc)?,
-            b_enc: gpu.read(&self.b_enc)?,
-            w_dec: gpu.read(&self.w_dec)?,
+            w_enc: self.read_joined(gpu, LatentTensor::Encoder, |b| &b.w_enc)?,
+            b_enc: self.read_joined(gpu, LatentTensor::Vector, |b| &b.b_enc)?,
+            w_dec: self.read_joined(gpu, LatentTensor::Decoder, |b| &b.w_dec)?,
             b_dec: gpu.read(&self.b_dec)?,
         })
     }
 
-    /// The parameter tensors in a fixed order (W_enc, b_enc, W_dec, b_dec).
-    pub fn tensors(&self) -> [&GpuBuffer; 4] {
-        [&self.w_enc, &self.b_enc, &self.w_dec, &self.b_dec]
+    /// Reads one per-latent tensor from every block into its full layout.
+    fn read_joined(
+        &self,
+        gpu: &Gpu,
+        tensor: LatentTensor,
+        pick: impl Fn(&LatentBlock) -> &GpuBuffer,
+    ) -> GpuResult<Vec<f32>> {
+        let parts = self
+            .blocks
+            .iter()
+            .map(|b| gpu.read(pick(b)))
+            .collect::<GpuResult<Vec<_>>>()?;
+        Ok(self.layout.join(tensor, &parts))
+    }
+
+    /// Every parameter buffer: (W_enc, b_enc, W_dec) of each block, then b_dec.
+    pub fn tensors(&self) -> Vec<&GpuBuffer> {
+        self.blocks
+            .iter()
+            .flat_map(|b| [&b.w_enc, &b.b_enc, &b.w_dec])
+            .chain([&self.b_dec])
+            .collect()
+    }
+}
+
+/// "W_enc", or "W_enc block 2/5" for a split dictionary.
+pub fn block_label(tensor: &str, layout: &LatentBlocks, block: usize) -> String {
+    if layout.is_split() {
+        format!("{tensor} block {}/{}", block + 1, layout.ranges.len())
+    } else {
+        tensor.to_string()
+    }
+}
+
+/// Per-row candidate slots where the blocks of a split dictionary put their own top k.
+pub struct Candidates {
+    pub idx: GpuBuffer,
+    pub val: GpuBuffer,
+}
+
+impl Candidates {
+    /// Slots for `rows` rows and selections of up to `k` latents; `None` when the dictionary
+    /// is one block (TopK writes its output directly).
+    pub fn new(gpu: &Gpu, layout: &LatentBlocks, rows: usize, k: usize) -> GpuResult<Option<Self>> {
+        if !layout.is_split() {
+            return Ok(None);
+        }
+        let n = rows * layout.candidates(k);
+        Ok(Some(Candidates {
+            idx: gpu.storage::<u32>("topk_candidate_idx", n)?,
+            val: gpu.storage::<f32>("topk_candidate_val", n)?,
+        }))
     }
 }
 
@@ -85,20 +203,31 @@ impl GpuSae {
 pub struct ForwardBuffers {
     pub capacity: usize,
     pub x: GpuBuffer,
-    pub h: GpuBuffer,
+    /// Pre-activations [capacity, block.len], one buffer per block of latents.
+    pub h: Vec<GpuBuffer>,
     pub top_idx: GpuBuffer,
     pub top_val: GpuBuffer,
     pub x_hat: GpuBuffer,
     /// [capacity] u32 non-zero latents per row, for thresholded SAEs.
     pub active: Option<GpuBuffer>,
+    pub candidates: Option<Candidates>,
 }
 
 impl ForwardBuffers {
     pub fn new(gpu: &Gpu, sae: &GpuSae, capacity: usize) -> GpuResult<ForwardBuffers> {
+        let h = sae
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(b, block)| {
+                let label = block_label("pre_activations", &sae.layout, b);
+                gpu.storage::<f32>(&label, capacity * block.range.len)
+            })
+            .collect::<GpuResult<Vec<_>>>()?;
         Ok(ForwardBuffers {
             capacity,
             x: gpu.storage::<f32>("x", capacity * sae.d_in)?,
-            h: gpu.storage::<f32>("pre_activations", capacity * sae.d_sae)?,
+            h,
             top_idx: gpu.storage::<u32>("top_idx", capacity * sae.k)?,
             top_val: gpu.storage::<f32>("top_val", capacity * sae.k)?,
             x_hat: gpu.storage::<f32>("x_hat", capacity * sae.d_in)?,
@@ -106,8 +235,108 @@ impl ForwardBuffers {
                 Some(_) => Some(gpu.storage::<u32>("active_latents", capacity)?),
                 None => None,
             },
+            candidates: Candidates::new(gpu, &sae.layout, capacity, sae.k)?,
         })
     }
+}
+
+/// Where a TopK over the whole dictionary writes: `idx`/`val` [rows, k].
+pub struct Selection<'a> {
+    pub k: usize,
+    pub idx: &'a GpuBuffer,
+    pub val: &'a GpuBuffer,
+}
+
+/// Records the TopK of each row of the pre-activations `h` (one buffer per block) over the
+/// whole dictionary; a split dictionary selects per block into `candidates`, then merges.
+/// `eligible` ([d_sae] u32) restricts the competition (AuxK's dead latents).
+pub fn record_topk(
+    rec: &mut Recorder<'_>,
+    sae: &GpuSae,
+    h: &[GpuBuffer],
+    rows: usize,
+    out: Selection<'_>,
+    eligible: Option<&GpuBuffer>,
+    candidates: Option<&Candidates>,
+) -> GpuResult<()> {
+    let thresholds = || sae.thresholds.as_ref().map(Thresholds);
+    let direct = |stride| TopKOut {
+        idx: out.idx,
+        val: out.val,
+        stride,
+        offset: 0,
+    };
+    if !sae.layout.is_split() {
+        let (block, k) = (sae.blocks[0].range, out.k);
+        return launch_topk_block(
+            rec,
+            &h[0],
+            rows,
+            block,
+            k,
+            direct(k),
+            eligible,
+            thresholds(),
+        );
+    }
+    let slots = candidates.ok_or_else(|| GpuError::Shape {
+        kernel: "topk_rows",
+        message: "a split dictionary needs candidate buffers".to_string(),
+    })?;
+    let stride = sae.layout.candidates(out.k);
+    let mut offset = 0;
+    for (block, h_block) in sae.blocks.iter().zip(h) {
+        let k_block = out.k.min(block.range.len);
+        let into = TopKOut {
+            idx: &slots.idx,
+            val: &slots.val,
+            stride,
+            offset,
+        };
+        launch_topk_block(
+            rec,
+            h_block,
+            rows,
+            block.range,
+            k_block,
+            into,
+            eligible,
+            thresholds(),
+        )?;
+        offset += k_block;
+    }
+    launch_topk_merge(
+        rec, &slots.val, &slots.idx, rows, stride, out.k, out.idx, out.val, eligible,
+    )
+}
+
+/// Records `x_hat = b_dec + Σ_j top_val[r, j] · W_dec[top_idx[r, j]]`, block by block.
+#[allow(clippy::too_many_arguments)]
+pub fn record_decode(
+    rec: &mut Recorder<'_>,
+    sae: &GpuSae,
+    top_idx: &GpuBuffer,
+    top_val: &GpuBuffer,
+    k: usize,
+    b_dec: &GpuBuffer,
+    x_hat: &GpuBuffer,
+    rows: usize,
+) -> GpuResult<()> {
+    for block in &sae.blocks {
+        launch_decode_sparse_block(
+            rec,
+            top_idx,
+            top_val,
+            &block.w_dec,
+            block.range,
+            b_dec,
+            x_hat,
+            rows,
+            sae.d_in,
+            k,
+        )?;
+    }
+    Ok(())
 }
 
 /// Records encode → TopK (or capped threshold selection) → decode for the first `rows` rows
@@ -118,47 +347,51 @@ pub fn record_forward(
     fw: &ForwardBuffers,
     rows: usize,
 ) -> GpuResult<()> {
-    let shape = EncoderShape {
-        rows,
-        d_in: sae.d_in,
-        d_sae: sae.d_sae,
+    for (block, h) in sae.blocks.iter().zip(&fw.h) {
+        let shape = EncoderShape {
+            rows,
+            d_in: sae.d_in,
+            d_sae: block.range.len,
+        };
+        launch_encode_gemm(
+            rec,
+            &fw.x,
+            InputPrecision::F32,
+            &block.w_enc,
+            &sae.b_dec,
+            &block.b_enc,
+            h,
+            shape,
+            GemmTiles::default(),
+        )?;
+    }
+    let selection = Selection {
+        k: sae.k,
+        idx: &fw.top_idx,
+        val: &fw.top_val,
     };
-    launch_encode_gemm(
+    record_topk(
         rec,
-        &fw.x,
-        InputPrecision::F32,
-        &sae.w_enc,
-        &sae.b_dec,
-        &sae.b_enc,
-        &fw.h,
-        shape,
-        GemmTiles::default(),
-    )?;
-    let thresholds = sae.thresholds.as_ref().map(Thresholds);
-    launch_topk_thresholded(
-        rec,
+        sae,
         &fw.h,
         rows,
-        sae.d_sae,
-        sae.k,
-        &fw.top_idx,
-        &fw.top_val,
+        selection,
         None,
-        thresholds,
+        fw.candidates.as_ref(),
     )?;
     if let (Some(theta), Some(active)) = (&sae.thresholds, &fw.active) {
-        launch_count_active(rec, &fw.h, rows, sae.d_sae, theta, active)?;
+        for (block, h) in sae.blocks.iter().zip(&fw.h) {
+            launch_count_active_block(rec, h, rows, block.range, theta, active)?;
+        }
     }
-    launch_decode_sparse(
+    record_decode(
         rec,
+        sae,
         &fw.top_idx,
         &fw.top_val,
-        &sae.w_dec,
+        sae.k,
         &sae.b_dec,
         &fw.x_hat,
         rows,
-        sae.d_in,
-        sae.d_sae,
-        sae.k,
     )
 }

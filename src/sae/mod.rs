@@ -1,6 +1,7 @@
 //! The TopK SAE: host parameters and their file formats, GPU-resident weights and the forward
 //! pass, the training step, schedules, initialisation, checkpoints and the training loop.
 
+pub mod blocks;
 pub mod checkpoint;
 pub mod formats;
 pub mod forward;

@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::blocks::LatentBlocks;
 use super::checkpoint::{self, Checkpoint};
 use super::formats::{save_saelens, save_sparsify};
 use super::init::{geometric_median, input_scale, mean_row};
@@ -24,7 +25,7 @@ use crate::data::{
 };
 use crate::gpu::kernels::optim::AdamConfig;
 use crate::gpu::kernels::topk::MAX_K;
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, InjectedFault};
 use crate::io::{write_json_atomic, write_safetensors, TensorOut};
 
 /// Every hyperparameter of a run; saved in `config.json` and read back by `--resume`.
@@ -366,6 +367,17 @@ fn interrupted(error: anyhow::Error, step: u64, last_checkpoint: Option<&Path>) 
     }
 }
 
+/// `SAE_INJECT_FAULT=device-lost@STEP` or `out-of-memory@STEP`: make the device fail before
+/// that step, so tests can check what a run does when a real GPU faults.
+fn injected_fault() -> anyhow::Result<Option<(InjectedFault, u64)>> {
+    match std::env::var("SAE_INJECT_FAULT") {
+        Ok(text) => InjectedFault::parse(&text).map(Some).ok_or_else(|| {
+            anyhow!("SAE_INJECT_FAULT={text}: expected device-lost@STEP or out-of-memory@STEP")
+        }),
+        Err(_) => Ok(None),
+    }
+}
+
 /// Keeps the metrics lines of steps up to `step` (used when resuming).
 fn truncate_metrics(path: &Path, step: u64) -> anyhow::Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else {
@@ -449,21 +461,19 @@ pub fn train(
     };
     let needed = gpu_bytes_needed(d_in, config.d_sae, config.k, config.batch_size, k_aux);
     tracing::info!("training needs about {} MiB of GPU memory", needed >> 20);
-    // The largest single buffers, checked before anything is allocated.
+    // Per-latent tensors larger than one storage binding are split into blocks of latents;
+    // this fails only when a single latent's column cannot be bound, before anything is
+    // allocated.
+    gpu.check_memory("the run", needed)?;
     let suggestion = "use a smaller dictionary or --batch-size";
-    gpu.check_binding("W_enc", (d_in * config.d_sae * 4) as u64)
-        .and_then(|()| {
-            gpu.check_binding(
-                "pre-activations [batch, d_sae]",
-                (config.batch_size * config.d_sae * 4) as u64,
-            )
-        })
-        .map_err(|e| {
+    LatentBlocks::plan(d_in, config.d_sae, config.batch_size, gpu.binding_limit()).map_err(
+        |e| {
             anyhow!(
                 "{e}; the run needs about {} MiB of GPU memory in all; {suggestion}",
                 needed >> 20
             )
-        })?;
+        },
+    )?;
 
     if !options.resume || !config_path.exists() {
         let config_value = serde_json::to_value(&config).context("recording the configuration")?;
@@ -599,9 +609,15 @@ pub fn train(
         )
     };
 
+    let fault = injected_fault()?;
     for batch in stream {
         if step >= config.steps {
             break;
+        }
+        if let Some((fault, at)) = fault {
+            if at == step + 1 {
+                gpu.inject_fault(fault);
+            }
         }
         let mut batch = batch?;
         if scale != 1.0 {
@@ -662,7 +678,9 @@ pub fn train(
         }
         if config.checkpoint_every > 0 && step % config.checkpoint_every == 0 && step < config.steps
         {
-            last_checkpoint = Some(save_checkpoint(&trainer, step, tokens, &mut fire_counts)?);
+            let saved = save_checkpoint(&trainer, step, tokens, &mut fire_counts)
+                .map_err(|e| interrupted(e, step, last_checkpoint.as_deref()))?;
+            last_checkpoint = Some(saved);
         }
         if config.eval_every > 0 && step % config.eval_every == 0 && step < config.steps {
             if let Some(summary) = evaluate(gpu, &trainer, &data, &config, scale)? {

@@ -3,21 +3,23 @@
 //! then dead-latent bookkeeping. Nothing is read back except on request.
 
 use crate::gpu::kernels::backward::{
-    launch_aux_residual, launch_bias_dec_grad, launch_code_grad, launch_decoder_weight_grad,
-    launch_encoder_weight_grad, launch_loss_grad, launch_reverse_index, BackwardShape, LossScale,
-    ReverseIndex,
+    launch_aux_residual, launch_bias_dec_grad_block, launch_code_grad_block,
+    launch_decoder_weight_grad_block, launch_encoder_weight_grad_block, launch_loss_grad,
+    launch_reverse_index, BackwardShape, LossScale, ReverseIndex,
 };
-use crate::gpu::kernels::decoder::launch_decode_sparse;
 use crate::gpu::kernels::optim::{
     launch_adam, launch_normalize_rows, launch_remove_parallel_grad, AdamConfig,
 };
 use crate::gpu::kernels::reduce::{
     launch_aux_scale, launch_dead_mask, launch_fire_counts, launch_update_dead, Reducer,
 };
-use crate::gpu::kernels::topk::{launch_topk, MAX_K};
+use crate::gpu::kernels::topk::MAX_K;
 use crate::gpu::{Gpu, GpuBuffer, GpuResult, Recorder};
 
-use super::forward::{record_forward, ForwardBuffers, GpuSae};
+use super::blocks::LatentTensor;
+use super::forward::{
+    record_decode, record_forward, record_topk, Candidates, ForwardBuffers, GpuSae, Selection,
+};
 use super::params::SaeParams;
 
 /// Slots of the small `stats` buffer the step's reductions write into.
@@ -53,6 +55,7 @@ struct AuxBuffers {
     grad_aux: GpuBuffer,
     aux_code_grad: GpuBuffer,
     index: ReverseIndex,
+    candidates: Option<Candidates>,
 }
 
 /// Per-parameter gradient and Adam moments.
@@ -60,6 +63,33 @@ struct ParamState {
     grad: GpuBuffer,
     exp_avg: GpuBuffer,
     exp_avg_sq: GpuBuffer,
+}
+
+impl ParamState {
+    fn new(gpu: &Gpu, param: &GpuBuffer) -> GpuResult<Self> {
+        let n = param.len;
+        Ok(ParamState {
+            grad: gpu.storage::<f32>(&format!("grad {}", param.label), n)?,
+            exp_avg: gpu.storage::<f32>(&format!("exp_avg {}", param.label), n)?,
+            exp_avg_sq: gpu.storage::<f32>(&format!("exp_avg_sq {}", param.label), n)?,
+        })
+    }
+}
+
+type PickState = fn(&BlockState) -> &ParamState;
+
+/// The per-latent tensors' states within a block, in checkpoint order (W_enc, b_enc, W_dec).
+const PER_BLOCK: [(LatentTensor, PickState); 3] = [
+    (LatentTensor::Encoder, |b| &b.w_enc),
+    (LatentTensor::Vector, |b| &b.b_enc),
+    (LatentTensor::Decoder, |b| &b.w_dec),
+];
+
+/// Optimiser state of one block of latents.
+struct BlockState {
+    w_enc: ParamState,
+    b_enc: ParamState,
+    w_dec: ParamState,
 }
 
 /// Figures of the last step, read back on request.
@@ -92,7 +122,9 @@ pub struct Trainer<'g> {
     code_grad: GpuBuffer,
     index: ReverseIndex,
     reducer: Reducer,
-    state: [ParamState; 4],
+    /// One per block of latents, in the order of `sae.blocks`.
+    blocks: Vec<BlockState>,
+    b_dec: ParamState,
     /// Fires of each latent in the last batch.
     batch_fired: GpuBuffer,
     /// Fires of each latent since the last `take_fire_counts`.
@@ -112,7 +144,7 @@ impl<'g> Trainer<'g> {
         dead_tokens: u64,
         auxk: Option<AuxKConfig>,
     ) -> GpuResult<Trainer<'g>> {
-        let sae = GpuSae::upload(gpu, params)?;
+        let sae = GpuSae::upload(gpu, params, batch_rows)?;
         let fw = ForwardBuffers::new(gpu, &sae, batch_rows)?;
         let shape = BackwardShape {
             rows: batch_rows,
@@ -120,20 +152,18 @@ impl<'g> Trainer<'g> {
             d_sae: sae.d_sae,
             k: sae.k,
         };
-        let param_state = |buffer: &GpuBuffer| -> GpuResult<ParamState> {
-            let n = buffer.len;
-            Ok(ParamState {
-                grad: gpu.storage::<f32>(&format!("grad {}", buffer.label), n)?,
-                exp_avg: gpu.storage::<f32>(&format!("exp_avg {}", buffer.label), n)?,
-                exp_avg_sq: gpu.storage::<f32>(&format!("exp_avg_sq {}", buffer.label), n)?,
+        let blocks = sae
+            .blocks
+            .iter()
+            .map(|b| {
+                Ok(BlockState {
+                    w_enc: ParamState::new(gpu, &b.w_enc)?,
+                    b_enc: ParamState::new(gpu, &b.b_enc)?,
+                    w_dec: ParamState::new(gpu, &b.w_dec)?,
+                })
             })
-        };
-        let state = [
-            param_state(&sae.w_enc)?,
-            param_state(&sae.b_enc)?,
-            param_state(&sae.w_dec)?,
-            param_state(&sae.b_dec)?,
-        ];
+            .collect::<GpuResult<Vec<_>>>()?;
+        let b_dec = ParamState::new(gpu, &sae.b_dec)?;
         let aux = match auxk {
             Some(config) if config.alpha > 0.0 => {
                 let k_aux = config.k_aux.clamp(1, MAX_K.min(sae.d_sae));
@@ -150,12 +180,13 @@ impl<'g> Trainer<'g> {
                     grad_aux: gpu.storage::<f32>("grad_aux", n)?,
                     aux_code_grad: gpu.storage::<f32>("aux_code_grad", batch_rows * k_aux)?,
                     index: ReverseIndex::new(gpu, aux_shape)?,
+                    candidates: Candidates::new(gpu, &sae.layout, batch_rows, k_aux)?,
                 })
             }
             _ => None,
         };
         let d_sae = sae.d_sae;
-        Ok(Trainer {
+        let trainer = Trainer {
             gpu,
             batch_rows,
             adam,
@@ -166,7 +197,8 @@ impl<'g> Trainer<'g> {
             code_grad: gpu.storage::<f32>("code_grad", batch_rows * sae.k)?,
             index: ReverseIndex::new(gpu, shape)?,
             reducer: Reducer::new(gpu)?,
-            state,
+            blocks,
+            b_dec,
             batch_fired: gpu.storage::<u32>("batch_fired", d_sae)?,
             fire_window: gpu.storage::<u32>("fire_window", d_sae)?,
             since_fired: gpu.storage::<u32>("since_fired", d_sae)?,
@@ -175,7 +207,11 @@ impl<'g> Trainer<'g> {
             aux,
             sae,
             fw,
-        })
+        };
+        // Allocation failures (out of memory) are reported asynchronously: surface them here,
+        // where the caller can say how much memory the run needs, not at the first step.
+        gpu.wait()?;
+        Ok(trainer)
     }
 
     fn shape(&self) -> BackwardShape {
@@ -225,7 +261,6 @@ impl<'g> Trainer<'g> {
         )?;
 
         // Backward of FVU.
-        let [st_w_enc, st_b_enc, st_w_dec, st_b_dec] = &self.state;
         launch_loss_grad(
             &mut rec,
             &fw.x_hat,
@@ -235,34 +270,14 @@ impl<'g> Trainer<'g> {
             &self.grad_out,
             s,
         )?;
-        launch_code_grad(
-            &mut rec,
-            &self.grad_out,
-            &fw.top_idx,
-            &fw.top_val,
-            &sae.w_dec,
-            &self.code_grad,
-            s,
-        )?;
-        launch_reverse_index(&mut rec, &fw.top_idx, &self.index)?;
-        launch_decoder_weight_grad(
-            &mut rec,
-            &self.index,
-            &fw.top_val,
-            &self.grad_out,
-            &st_w_dec.grad,
-            false,
-        )?;
-        launch_encoder_weight_grad(
-            &mut rec,
-            &self.index,
-            &self.code_grad,
-            &fw.x,
-            &sae.b_dec,
-            &st_w_enc.grad,
-            &st_b_enc.grad,
-            false,
-        )?;
+        let main = Entries {
+            top_idx: &fw.top_idx,
+            top_val: &fw.top_val,
+            grad_out: &self.grad_out,
+            code_grad: &self.code_grad,
+            index: &self.index,
+        };
+        self.record_weight_grads(&mut rec, &main, false)?;
 
         if let Some(aux) = &self.aux {
             let k_aux = aux.config.k_aux;
@@ -274,27 +289,29 @@ impl<'g> Trainer<'g> {
                 slot::AUX_SCALE,
                 k_aux,
             )?;
-            launch_topk(
+            let selection = Selection {
+                k: k_aux,
+                idx: &aux.aux_idx,
+                val: &aux.aux_val,
+            };
+            record_topk(
                 &mut rec,
+                sae,
                 &fw.h,
                 s.rows,
-                s.d_sae,
-                k_aux,
-                &aux.aux_idx,
-                &aux.aux_val,
+                selection,
                 Some(&self.eligible),
+                aux.candidates.as_ref(),
             )?;
-            launch_decode_sparse(
+            record_decode(
                 &mut rec,
+                sae,
                 &aux.aux_idx,
                 &aux.aux_val,
-                &sae.w_dec,
+                k_aux,
                 &aux.zeros_d_in,
                 &aux.e_hat,
                 s.rows,
-                s.d_in,
-                s.d_sae,
-                k_aux,
             )?;
             launch_aux_residual(&mut rec, &aux.e_hat, &fw.x, &fw.x_hat, &aux.aux_diff, s)?;
             self.reducer.launch_sum_sq(
@@ -318,47 +335,34 @@ impl<'g> Trainer<'g> {
                 &aux.grad_aux,
                 s,
             )?;
-            launch_code_grad(
+            let entries = Entries {
+                top_idx: &aux.aux_idx,
+                top_val: &aux.aux_val,
+                grad_out: &aux.grad_aux,
+                code_grad: &aux.aux_code_grad,
+                index: &aux.index,
+            };
+            debug_assert_eq!(aux.index.shape, aux_shape);
+            self.record_weight_grads(&mut rec, &entries, true)?;
+        }
+        for (block, st) in sae.blocks.iter().zip(&self.blocks) {
+            launch_bias_dec_grad_block(
                 &mut rec,
-                &aux.grad_aux,
-                &aux.aux_idx,
-                &aux.aux_val,
-                &sae.w_dec,
-                &aux.aux_code_grad,
-                aux_shape,
-            )?;
-            launch_reverse_index(&mut rec, &aux.aux_idx, &aux.index)?;
-            launch_decoder_weight_grad(
-                &mut rec,
-                &aux.index,
-                &aux.aux_val,
-                &aux.grad_aux,
-                &st_w_dec.grad,
-                true,
-            )?;
-            launch_encoder_weight_grad(
-                &mut rec,
-                &aux.index,
-                &aux.aux_code_grad,
-                &fw.x,
-                &sae.b_dec,
-                &st_w_enc.grad,
-                &st_b_enc.grad,
-                true,
+                &self.grad_out,
+                &block.w_enc,
+                &st.b_enc.grad,
+                block.range,
+                &self.b_dec.grad,
+                s,
             )?;
         }
-        launch_bias_dec_grad(
-            &mut rec,
-            &self.grad_out,
-            &sae.w_enc,
-            &st_b_enc.grad,
-            &st_b_dec.grad,
-            s,
-        )?;
 
         // Optimiser: unit-norm decoder constraint around Adam.
-        launch_remove_parallel_grad(&mut rec, &sae.w_dec, &st_w_dec.grad, s.d_sae, s.d_in)?;
-        for (param, st) in sae.tensors().into_iter().zip(&self.state) {
+        for (block, st) in sae.blocks.iter().zip(&self.blocks) {
+            let n = block.range.len;
+            launch_remove_parallel_grad(&mut rec, &block.w_dec, &st.w_dec.grad, n, s.d_in)?;
+        }
+        for (param, st) in sae.tensors().into_iter().zip(self.param_states()) {
             launch_adam(
                 &mut rec,
                 param,
@@ -370,7 +374,9 @@ impl<'g> Trainer<'g> {
                 step,
             )?;
         }
-        launch_normalize_rows(&mut rec, &sae.w_dec, s.d_sae, s.d_in)?;
+        for block in &sae.blocks {
+            launch_normalize_rows(&mut rec, &block.w_dec, block.range.len, s.d_in)?;
+        }
 
         // Bookkeeping: which latents fired.
         rec.clear(&self.batch_fired);
@@ -396,6 +402,61 @@ impl<'g> Trainer<'g> {
             s.rows,
         )?;
         rec.submit()
+    }
+
+    /// Parameter states in the order of [`GpuSae::tensors`].
+    fn param_states(&self) -> Vec<&ParamState> {
+        self.blocks
+            .iter()
+            .flat_map(|b| [&b.w_enc, &b.b_enc, &b.w_dec])
+            .chain([&self.b_dec])
+            .collect()
+    }
+
+    /// Gradients of W_dec, W_enc and b_enc from one set of chosen entries (the main TopK, or
+    /// AuxK's on top of it with `accumulate`), block by block.
+    fn record_weight_grads(
+        &self,
+        rec: &mut Recorder<'_>,
+        entries: &Entries<'_>,
+        accumulate: bool,
+    ) -> GpuResult<()> {
+        let shape = entries.index.shape;
+        for block in &self.sae.blocks {
+            launch_code_grad_block(
+                rec,
+                entries.grad_out,
+                entries.top_idx,
+                entries.top_val,
+                &block.w_dec,
+                block.range,
+                entries.code_grad,
+                shape,
+            )?;
+        }
+        launch_reverse_index(rec, entries.top_idx, entries.index)?;
+        for (block, st) in self.sae.blocks.iter().zip(&self.blocks) {
+            launch_decoder_weight_grad_block(
+                rec,
+                entries.index,
+                entries.top_val,
+                entries.grad_out,
+                &st.w_dec.grad,
+                block.range,
+                accumulate,
+            )?;
+            launch_encoder_weight_grad_block(
+                rec,
+                entries.index,
+                entries.code_grad,
+                &self.fw.x,
+                &self.sae.b_dec,
+                (&st.w_enc.grad, &st.b_enc.grad),
+                block.range,
+                accumulate,
+            )?;
+        }
+        Ok(())
     }
 
     /// Reads the last step's loss figures (waits for the GPU).
@@ -432,24 +493,59 @@ impl<'g> Trainer<'g> {
     }
 
     pub fn snapshot(&self) -> GpuResult<TrainerSnapshot> {
-        let moments = self
-            .state
-            .iter()
-            .map(|st| Ok((self.gpu.read(&st.exp_avg)?, self.gpu.read(&st.exp_avg_sq)?)))
-            .collect::<GpuResult<Vec<_>>>()?;
+        let gpu = self.gpu;
+        let layout = &self.sae.layout;
+        let joined = |tensor, pick: PickState| -> GpuResult<_> {
+            let mut avg = Vec::new();
+            let mut avg_sq = Vec::new();
+            for st in &self.blocks {
+                avg.push(gpu.read(&pick(st).exp_avg)?);
+                avg_sq.push(gpu.read(&pick(st).exp_avg_sq)?);
+            }
+            Ok((layout.join(tensor, &avg), layout.join(tensor, &avg_sq)))
+        };
+        let [w_enc, b_enc, w_dec] = PER_BLOCK;
+        let moments = vec![
+            joined(w_enc.0, w_enc.1)?,
+            joined(b_enc.0, b_enc.1)?,
+            joined(w_dec.0, w_dec.1)?,
+            (
+                gpu.read(&self.b_dec.exp_avg)?,
+                gpu.read(&self.b_dec.exp_avg_sq)?,
+            ),
+        ];
         Ok(TrainerSnapshot {
-            params: self.sae.download(self.gpu)?,
+            params: self.sae.download(gpu)?,
             moments,
-            since_fired: self.gpu.read(&self.since_fired)?,
+            since_fired: gpu.read(&self.since_fired)?,
         })
     }
 
     /// Restores optimiser moments and dead-latent counters (weights come in through `new`).
     pub fn restore(&self, moments: &[(Vec<f32>, Vec<f32>)], since_fired: &[u32]) -> GpuResult<()> {
-        for (st, (m, v)) in self.state.iter().zip(moments) {
-            self.gpu.write(&st.exp_avg, m)?;
-            self.gpu.write(&st.exp_avg_sq, v)?;
+        let gpu = self.gpu;
+        let layout = &self.sae.layout;
+        for ((tensor, pick), (m, v)) in PER_BLOCK.into_iter().zip(moments) {
+            let parts = layout.split(tensor, m).into_iter();
+            let parts_sq = layout.split(tensor, v).into_iter();
+            for ((st, m), v) in self.blocks.iter().zip(parts).zip(parts_sq) {
+                gpu.write(&pick(st).exp_avg, &m)?;
+                gpu.write(&pick(st).exp_avg_sq, &v)?;
+            }
         }
-        self.gpu.write(&self.since_fired, since_fired)
+        if let Some((m, v)) = moments.get(3) {
+            gpu.write(&self.b_dec.exp_avg, m)?;
+            gpu.write(&self.b_dec.exp_avg_sq, v)?;
+        }
+        gpu.write(&self.since_fired, since_fired)
     }
+}
+
+/// The chosen entries of one selection and the buffers their backward pass uses.
+struct Entries<'a> {
+    top_idx: &'a GpuBuffer,
+    top_val: &'a GpuBuffer,
+    grad_out: &'a GpuBuffer,
+    code_grad: &'a GpuBuffer,
+    index: &'a ReverseIndex,
 }

@@ -1,7 +1,7 @@
 //! Backward pass of the TopK reconstruction loss without float atomics: a reverse index
 //! (which entries chose each latent, in row order) followed by segmented reductions.
 
-use super::{check_len, dim};
+use super::{check_len, dim, LatentRange};
 use crate::gpu::dispatch::{tiles, Grid};
 use crate::gpu::error::GpuResult;
 use crate::gpu::params::BackwardParams;
@@ -43,7 +43,26 @@ impl BackwardShape {
             scale: 0.0,
             scale_slot: NO_SLOT,
             accumulate: 0,
-            _pad: 0,
+            latent_start: 0,
+            block_len: dim(kernel, "d_sae", self.d_sae)?,
+            _pad: [0; 3],
+        })
+    }
+
+    /// Parameters for the latents of one block of a split dictionary.
+    fn block_params(&self, kernel: &'static str, block: LatentRange) -> GpuResult<BackwardParams> {
+        crate::gpu::error::ensure(block.end() <= self.d_sae, kernel, || {
+            format!(
+                "latent block {}..{} exceeds d_sae = {}",
+                block.start,
+                block.end(),
+                self.d_sae
+            )
+        })?;
+        Ok(BackwardParams {
+            latent_start: dim(kernel, "first latent", block.start)?,
+            block_len: dim(kernel, "block latents", block.len)?,
+            ..self.params(kernel)?
         })
     }
 }
@@ -176,13 +195,32 @@ pub fn launch_code_grad(
     code_grad: &GpuBuffer,
     shape: BackwardShape,
 ) -> GpuResult<()> {
+    let block = LatentRange::whole(shape.d_sae);
+    launch_code_grad_block(
+        rec, grad_out, top_idx, top_val, w_dec, block, code_grad, shape,
+    )
+}
+
+/// [`launch_code_grad`] for the entries whose latent lies in `block` (`w_dec` holds the
+/// block's rows); other entries are left as they are.
+#[allow(clippy::too_many_arguments)]
+pub fn launch_code_grad_block(
+    rec: &mut Recorder<'_>,
+    grad_out: &GpuBuffer,
+    top_idx: &GpuBuffer,
+    top_val: &GpuBuffer,
+    w_dec: &GpuBuffer,
+    block: LatentRange,
+    code_grad: &GpuBuffer,
+    shape: BackwardShape,
+) -> GpuResult<()> {
     const KERNEL: &str = "code_grad";
     check_len(KERNEL, grad_out, shape.rows * shape.d_in)?;
     check_len(KERNEL, top_idx, shape.entries())?;
     check_len(KERNEL, top_val, shape.entries())?;
-    check_len(KERNEL, w_dec, shape.d_sae * shape.d_in)?;
+    check_len(KERNEL, w_dec, block.len * shape.d_in)?;
     check_len(KERNEL, code_grad, shape.entries())?;
-    let params = shape.params(KERNEL)?;
+    let params = shape.block_params(KERNEL, block)?;
     let grid = grid(rec, shape.entries());
     rec.launch(
         &key(KERNEL),
@@ -246,14 +284,28 @@ pub fn launch_decoder_weight_grad(
     grad_w_dec: &GpuBuffer,
     accumulate: bool,
 ) -> GpuResult<()> {
+    let block = LatentRange::whole(index.shape.d_sae);
+    launch_decoder_weight_grad_block(rec, index, top_val, grad_out, grad_w_dec, block, accumulate)
+}
+
+/// [`launch_decoder_weight_grad`] for the latents of `block` (`grad_w_dec` [block.len, d_in]).
+pub fn launch_decoder_weight_grad_block(
+    rec: &mut Recorder<'_>,
+    index: &ReverseIndex,
+    top_val: &GpuBuffer,
+    grad_out: &GpuBuffer,
+    grad_w_dec: &GpuBuffer,
+    block: LatentRange,
+    accumulate: bool,
+) -> GpuResult<()> {
     const KERNEL: &str = "decoder_weight_grad";
     let shape = index.shape;
     check_len(KERNEL, top_val, shape.entries())?;
     check_len(KERNEL, grad_out, shape.rows * shape.d_in)?;
-    check_len(KERNEL, grad_w_dec, shape.d_sae * shape.d_in)?;
-    let mut params = shape.params(KERNEL)?;
+    check_len(KERNEL, grad_w_dec, block.len * shape.d_in)?;
+    let mut params = shape.block_params(KERNEL, block)?;
     params.accumulate = u32::from(accumulate);
-    let grid = grid(rec, shape.d_sae * params.col_tiles as usize);
+    let grid = grid(rec, block.len * params.col_tiles as usize);
     rec.launch(
         &key(KERNEL),
         &params,
@@ -281,16 +333,35 @@ pub fn launch_encoder_weight_grad(
     grad_b_enc: &GpuBuffer,
     accumulate: bool,
 ) -> GpuResult<()> {
+    let block = LatentRange::whole(index.shape.d_sae);
+    let grads = (grad_w_enc, grad_b_enc);
+    launch_encoder_weight_grad_block(rec, index, code_grad, x, b_dec, grads, block, accumulate)
+}
+
+/// [`launch_encoder_weight_grad`] for the latents of `block`: `grads` are the block's
+/// ∂W_enc [d_in, block.len] and ∂b_enc [block.len].
+#[allow(clippy::too_many_arguments)]
+pub fn launch_encoder_weight_grad_block(
+    rec: &mut Recorder<'_>,
+    index: &ReverseIndex,
+    code_grad: &GpuBuffer,
+    x: &GpuBuffer,
+    b_dec: &GpuBuffer,
+    grads: (&GpuBuffer, &GpuBuffer),
+    block: LatentRange,
+    accumulate: bool,
+) -> GpuResult<()> {
     const KERNEL: &str = "encoder_weight_grad";
+    let (grad_w_enc, grad_b_enc) = grads;
     let shape = index.shape;
     check_len(KERNEL, code_grad, shape.entries())?;
     check_len(KERNEL, x, shape.rows * shape.d_in)?;
     check_len(KERNEL, b_dec, shape.d_in)?;
-    check_len(KERNEL, grad_w_enc, shape.d_in * shape.d_sae)?;
-    check_len(KERNEL, grad_b_enc, shape.d_sae)?;
-    let mut params = shape.params(KERNEL)?;
+    check_len(KERNEL, grad_w_enc, shape.d_in * block.len)?;
+    check_len(KERNEL, grad_b_enc, block.len)?;
+    let mut params = shape.block_params(KERNEL, block)?;
     params.accumulate = u32::from(accumulate);
-    let grid = grid(rec, shape.d_sae * params.col_tiles as usize);
+    let grid = grid(rec, block.len * params.col_tiles as usize);
     rec.launch(
         &key(KERNEL),
         &params,
@@ -316,12 +387,29 @@ pub fn launch_bias_dec_grad(
     grad_b_dec: &GpuBuffer,
     shape: BackwardShape,
 ) -> GpuResult<()> {
+    let block = LatentRange::whole(shape.d_sae);
+    launch_bias_dec_grad_block(rec, grad_out, w_enc, grad_b_enc, block, grad_b_dec, shape)
+}
+
+/// [`launch_bias_dec_grad`] with one block's W_enc [d_in, block.len] and ∂b_enc: the block
+/// starting at latent 0 writes `Σ_r g − its part`, later blocks subtract theirs.
+#[allow(clippy::too_many_arguments)]
+pub fn launch_bias_dec_grad_block(
+    rec: &mut Recorder<'_>,
+    grad_out: &GpuBuffer,
+    w_enc: &GpuBuffer,
+    grad_b_enc: &GpuBuffer,
+    block: LatentRange,
+    grad_b_dec: &GpuBuffer,
+    shape: BackwardShape,
+) -> GpuResult<()> {
     const KERNEL: &str = "bias_dec_grad";
     check_len(KERNEL, grad_out, shape.rows * shape.d_in)?;
-    check_len(KERNEL, w_enc, shape.d_in * shape.d_sae)?;
-    check_len(KERNEL, grad_b_enc, shape.d_sae)?;
+    check_len(KERNEL, w_enc, shape.d_in * block.len)?;
+    check_len(KERNEL, grad_b_enc, block.len)?;
     check_len(KERNEL, grad_b_dec, shape.d_in)?;
-    let params = shape.params(KERNEL)?;
+    let mut params = shape.block_params(KERNEL, block)?;
+    params.accumulate = u32::from(block.start > 0);
     let grid = grid(rec, shape.d_in);
     rec.launch(
         &key(KERNEL),

@@ -33,3 +33,24 @@ pub(crate) fn check_len(kernel: &'static str, buffer: &GpuBuffer, needed: usize)
     }
     Ok(())
 }
+
+/// The latents one buffer of a split dictionary holds: ids `start .. start + len`
+/// (src/sae/blocks.rs). A dictionary in one buffer is the block `whole(d_sae)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LatentRange {
+    pub start: usize,
+    pub len: usize,
+}
+
+impl LatentRange {
+    pub fn whole(d_sae: usize) -> Self {
+        LatentRange {
+            start: 0,
+            len: d_sae,
+        }
+    }
+
+    pub fn end(&self) -> usize {
+        self.start + self.len
+    }
+}

@@ -1,6 +1,7 @@
 //! Per-row TopK of ReLU(h) by radix select, with deterministic ties (lower index wins).
+//! Split dictionaries select per block into candidate slots, then merge the candidates.
 
-use super::{check_len, dim};
+use super::{check_len, dim, LatentRange};
 use crate::gpu::dispatch::Grid;
 use crate::gpu::error::{ensure, GpuResult};
 use crate::gpu::params::TopKParams;
@@ -14,26 +15,44 @@ pub const MAX_K: usize = 512;
 /// Per-latent thresholds for ReLU/JumpReLU SAEs: values ≤ θ_i count as zero.
 pub struct Thresholds<'a>(pub &'a GpuBuffer);
 
-fn params(
-    rows: usize,
-    cols: usize,
-    k: usize,
-    masked: bool,
-    thresholded: bool,
-) -> GpuResult<TopKParams> {
+/// Where a pass writes its [rows, k] winners: columns `offset .. offset + k` of a
+/// [rows, stride] pair of buffers.
+pub struct TopKOut<'a> {
+    pub idx: &'a GpuBuffer,
+    pub val: &'a GpuBuffer,
+    pub stride: usize,
+    pub offset: usize,
+}
+
+fn params(rows: usize, cols: usize, k: usize) -> GpuResult<TopKParams> {
     Ok(TopKParams {
         rows: dim(KERNEL, "rows", rows)?,
         cols: dim(KERNEL, "cols", cols)?,
         k: k as u32,
         sort_n: k.next_power_of_two() as u32,
-        masked: u32::from(masked),
-        thresholded: u32::from(thresholded),
-        _pad: [0; 2],
+        out_stride: k as u32,
+        ..Default::default()
     })
 }
 
 fn key(entry: &'static str) -> PipelineKey {
     PipelineKey::new(Shader::TopK, entry).define("MAX_K", MAX_K as u32)
+}
+
+fn check_k(k: usize, cols: usize) -> GpuResult<()> {
+    ensure((1..=MAX_K).contains(&k), KERNEL, || {
+        format!("k = {k} must be between 1 and {MAX_K}")
+    })?;
+    ensure(k <= cols, KERNEL, || {
+        format!("k = {k} exceeds the {cols} latents")
+    })
+}
+
+fn row_grid(rec: &Recorder<'_>, rows: usize) -> Grid {
+    Grid::linear(
+        rows as u64,
+        rec.gpu().limits.max_compute_workgroups_per_dimension,
+    )
 }
 
 /// Records the TopK of each of `rows` rows of `h` (`cols` wide) into `top_idx`/`top_val`
@@ -67,35 +86,122 @@ pub fn launch_topk_thresholded(
     eligible: Option<&GpuBuffer>,
     thresholds: Option<Thresholds<'_>>,
 ) -> GpuResult<()> {
-    ensure((1..=MAX_K).contains(&k), KERNEL, || {
-        format!("k = {k} must be between 1 and {MAX_K}")
-    })?;
-    ensure(k <= cols, KERNEL, || {
-        format!("k = {k} exceeds the {cols} latents")
-    })?;
-    check_len(KERNEL, h, rows * cols)?;
-    check_len(KERNEL, top_idx, rows * k)?;
-    check_len(KERNEL, top_val, rows * k)?;
+    let out = TopKOut {
+        idx: top_idx,
+        val: top_val,
+        stride: k,
+        offset: 0,
+    };
+    launch_topk_block(
+        rec,
+        h,
+        rows,
+        LatentRange::whole(cols),
+        k,
+        out,
+        eligible,
+        thresholds,
+    )
+}
+
+/// TopK over one block of latents: `h` is the block's [rows, block.len] pre-activations;
+/// `eligible` and `thresholds` cover the whole dictionary; winners get their global ids.
+#[allow(clippy::too_many_arguments)]
+pub fn launch_topk_block(
+    rec: &mut Recorder<'_>,
+    h: &GpuBuffer,
+    rows: usize,
+    block: LatentRange,
+    k: usize,
+    out: TopKOut<'_>,
+    eligible: Option<&GpuBuffer>,
+    thresholds: Option<Thresholds<'_>>,
+) -> GpuResult<()> {
+    check_k(k, block.len)?;
+    check_len(KERNEL, h, rows * block.len)?;
+    check_out(&out, rows, k)?;
     if let Some(mask) = eligible {
-        check_len(KERNEL, mask, cols)?;
+        check_len(KERNEL, mask, block.end())?;
     }
     if let Some(Thresholds(theta)) = &thresholds {
-        check_len(KERNEL, theta, cols)?;
+        check_len(KERNEL, theta, block.end())?;
     }
-    let params = params(rows, cols, k, eligible.is_some(), thresholds.is_some())?;
+    let mut params = params(rows, block.len, k)?;
+    params.masked = u32::from(eligible.is_some());
+    params.thresholded = u32::from(thresholds.is_some());
+    params.col_offset = dim(KERNEL, "first latent", block.start)?;
+    params.out_stride = dim(KERNEL, "output stride", out.stride)?;
+    params.out_offset = dim(KERNEL, "output offset", out.offset)?;
     // Unused optional inputs bind h in their slot; the shader never reads them then.
     let mask = eligible.unwrap_or(h);
     let theta = thresholds.map_or(h, |t| t.0);
-    let grid = Grid::linear(
-        rows as u64,
-        rec.gpu().limits.max_compute_workgroups_per_dimension,
-    );
+    let grid = row_grid(rec, rows);
     rec.launch(
         &key("topk_rows"),
         &params,
-        &[(1, h), (2, top_idx), (3, top_val), (4, mask), (5, theta)],
+        &[
+            (1, h),
+            (2, out.idx),
+            (3, out.val),
+            (4, mask),
+            (5, theta),
+            (7, h),
+        ],
         grid,
     )
+}
+
+/// The final TopK over the blocks' candidates ([rows, n_cand] values and latent ids, in block
+/// order) into `top_idx`/`top_val` [rows, k]: the same result as one TopK over the whole
+/// dictionary. `eligible` as in [`launch_topk`], indexed by latent id.
+#[allow(clippy::too_many_arguments)]
+pub fn launch_topk_merge(
+    rec: &mut Recorder<'_>,
+    cand_val: &GpuBuffer,
+    cand_idx: &GpuBuffer,
+    rows: usize,
+    n_cand: usize,
+    k: usize,
+    top_idx: &GpuBuffer,
+    top_val: &GpuBuffer,
+    eligible: Option<&GpuBuffer>,
+) -> GpuResult<()> {
+    check_k(k, n_cand)?;
+    check_len(KERNEL, cand_val, rows * n_cand)?;
+    check_len(KERNEL, cand_idx, rows * n_cand)?;
+    check_len(KERNEL, top_idx, rows * k)?;
+    check_len(KERNEL, top_val, rows * k)?;
+    let mut params = params(rows, n_cand, k)?;
+    params.masked = u32::from(eligible.is_some());
+    params.remap = 1;
+    let mask = eligible.unwrap_or(cand_val);
+    let grid = row_grid(rec, rows);
+    rec.launch(
+        &key("topk_rows"),
+        &params,
+        &[
+            (1, cand_val),
+            (2, top_idx),
+            (3, top_val),
+            (4, mask),
+            (5, cand_val),
+            (7, cand_idx),
+        ],
+        grid,
+    )
+}
+
+fn check_out(out: &TopKOut<'_>, rows: usize, k: usize) -> GpuResult<()> {
+    ensure(out.offset + k <= out.stride, KERNEL, || {
+        format!(
+            "output columns {}..{} exceed the row stride {}",
+            out.offset,
+            out.offset + k,
+            out.stride
+        )
+    })?;
+    check_len(KERNEL, out.idx, rows * out.stride)?;
+    check_len(KERNEL, out.val, rows * out.stride)
 }
 
 /// `active_count[r]` = how many latents of row r are non-zero (h > θ_i).
@@ -107,14 +213,33 @@ pub fn launch_count_active(
     thresholds: &GpuBuffer,
     active_count: &GpuBuffer,
 ) -> GpuResult<()> {
-    check_len("count_active", h, rows * cols)?;
-    check_len("count_active", thresholds, cols)?;
+    launch_count_active_block(
+        rec,
+        h,
+        rows,
+        LatentRange::whole(cols),
+        thresholds,
+        active_count,
+    )
+}
+
+/// [`launch_count_active`] over one block of latents: the first block writes, later ones add.
+pub fn launch_count_active_block(
+    rec: &mut Recorder<'_>,
+    h: &GpuBuffer,
+    rows: usize,
+    block: LatentRange,
+    thresholds: &GpuBuffer,
+    active_count: &GpuBuffer,
+) -> GpuResult<()> {
+    check_len("count_active", h, rows * block.len)?;
+    check_len("count_active", thresholds, block.end())?;
     check_len("count_active", active_count, rows)?;
-    let params = params(rows, cols, 1, false, true)?;
-    let grid = Grid::linear(
-        rows as u64,
-        rec.gpu().limits.max_compute_workgroups_per_dimension,
-    );
+    let mut params = params(rows, block.len, 1)?;
+    params.thresholded = 1;
+    params.col_offset = dim("count_active", "first latent", block.start)?;
+    params.accumulate = u32::from(block.start > 0);
+    let grid = row_grid(rec, rows);
     rec.launch(
         &key("count_active"),
         &params,
