@@ -24,6 +24,7 @@ fn training_recovers_a_planted_dictionary() {
         power_law_exponent: 0.5,
         noise_std: 0.0,
         seed: 1,
+        circle: None,
     };
     let shards = write_synthetic(&synth, &dir.join("data")).unwrap();
     let config = tiny_config(shards, 64, 4, 900);

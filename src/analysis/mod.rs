@@ -1,5 +1,6 @@
 //! Measuring SAEs on data: reconstruction metrics and feature statistics.
 
+pub mod categories;
 pub mod contexts;
 pub mod encode;
 pub mod eval;

@@ -3,6 +3,7 @@
 
 mod adapters;
 mod bench;
+mod categories;
 mod encode;
 mod eval;
 mod hist;
@@ -38,6 +39,9 @@ enum Command {
     Encode(encode::EncodeArgs),
     /// Per-feature activation statistics, histograms and top rows (mergeable across runs).
     Hist(Box<hist::HistArgs>),
+    /// Groups of features that belong together (decoder-cosine kNN graph, Engels' clustering),
+    /// ranked by how much lower-dimensional they are than their size.
+    Categories(categories::CategoriesArgs),
     /// Write synthetic activation shards from a known dictionary.
     Synth(synth::SynthArgs),
     /// Benchmarks (JSON lines with --json).
@@ -95,6 +99,7 @@ pub fn main() -> ExitCode {
         Command::Adapters(args) => adapters::run(&args),
         Command::Train(args) => train::run(*args),
         Command::Synth(args) => synth::run(args),
+        Command::Categories(args) => categories::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Encode(args) => encode::run(args),
         Command::Hist(args) => hist::run(*args),

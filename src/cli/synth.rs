@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::data::synth::{write_synthetic, SynthConfig};
+use crate::data::synth::{write_synthetic, PlantedCircle, SynthConfig};
 
 #[derive(Args, Debug)]
 pub struct SynthArgs {
@@ -31,6 +31,19 @@ pub struct SynthArgs {
     noise_std: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Plant a circle: a circular variable written at evenly spaced angles in a random plane,
+    /// among the ordinary features (features n_features .. n_features + circle_points).
+    #[arg(long)]
+    circle: bool,
+    /// Points on the planted circle (like 7 days of the week).
+    #[arg(long, default_value_t = 7, requires = "circle")]
+    circle_points: usize,
+    /// Chance that a row carries the circular variable.
+    #[arg(long, default_value_t = 0.3, requires = "circle")]
+    circle_probability: f64,
+    /// Standard deviation of a row's angle around its point, as a fraction of the spacing.
+    #[arg(long, default_value_t = 0.05, requires = "circle")]
+    circle_jitter: f64,
 }
 
 pub fn run(args: SynthArgs) -> anyhow::Result<()> {
@@ -43,6 +56,14 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
         "--rows-per-shard and --shards must be positive"
     );
     anyhow::ensure!(args.mean_active > 0.0, "--mean-active must be positive");
+    anyhow::ensure!(
+        !args.circle || args.circle_points >= 3,
+        "--circle-points must be at least 3"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.circle_probability) && args.circle_jitter >= 0.0,
+        "--circle-probability must lie in [0, 1] and --circle-jitter be non-negative"
+    );
     let config = SynthConfig {
         d_in: args.d_in,
         n_features: args.n_features,
@@ -52,6 +73,11 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
         power_law_exponent: args.power_law_exponent,
         noise_std: args.noise_std,
         seed: args.seed,
+        circle: args.circle.then_some(PlantedCircle {
+            points: args.circle_points,
+            probability: args.circle_probability,
+            jitter: args.circle_jitter,
+        }),
     };
     let paths = write_synthetic(&config, &args.out)?;
     println!(

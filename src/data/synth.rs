@@ -1,6 +1,8 @@
 //! Synthetic activations from a known dictionary, for checking that training recovers real
 //! features: `n_features > d_in` unit directions in superposition, power-law firing
 //! frequencies with a chosen mean number active per row, positive magnitudes, optional noise.
+//! Optionally a planted circle: a circular variable (like the day of the week) written into a
+//! 2-D plane at p evenly spaced angles, the structure `sae categories` must recover.
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +25,29 @@ pub struct SynthConfig {
     /// Standard deviation of isotropic Gaussian noise added to every row.
     pub noise_std: f64,
     pub seed: u64,
+    /// A planted circle among the ordinary features, if any.
+    pub circle: Option<PlantedCircle>,
+}
+
+/// A circular variable with `points` values, represented at angles 2πj/points in a random
+/// plane: the points are features `n_features + j` of the true dictionary.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct PlantedCircle {
+    pub points: usize,
+    /// Chance that a row carries the variable.
+    pub probability: f64,
+    /// Standard deviation of the angle around its point, as a fraction of the spacing 2π/points.
+    pub jitter: f64,
+}
+
+impl Default for PlantedCircle {
+    fn default() -> Self {
+        PlantedCircle {
+            points: 7,
+            probability: 0.3,
+            jitter: 0.05,
+        }
+    }
 }
 
 impl Default for SynthConfig {
@@ -36,6 +61,7 @@ impl Default for SynthConfig {
             power_law_exponent: 0.5,
             noise_std: 0.0,
             seed: 0,
+            circle: None,
         }
     }
 }
@@ -49,6 +75,13 @@ pub struct TrueDictionary {
     pub features: Vec<f32>,
     /// [n_features] firing probability.
     pub probabilities: Vec<f32>,
+    /// The planted circle's orthonormal plane [2, d_in] (u then v), if any.
+    pub circle_plane: Option<Vec<f32>>,
+}
+
+/// The number of features in the true dictionary: the ordinary ones, then the circle's points.
+pub fn true_feature_count(config: &SynthConfig) -> usize {
+    config.n_features + config.circle.map_or(0, |c| c.points)
 }
 
 fn gaussian(rng: &mut ChaCha8Rng) -> f64 {
@@ -72,14 +105,45 @@ pub fn make_dictionary(config: &SynthConfig, rng: &mut ChaCha8Rng) -> TrueDictio
         .map(|i| ((i + 1) as f64).powf(-config.power_law_exponent))
         .collect();
     let total: f64 = weights.iter().sum();
-    let probabilities = weights
+    let mut probabilities: Vec<f32> = weights
         .iter()
         .map(|w| (w / total * config.mean_active).min(1.0) as f32)
         .collect();
+    // Drawn after the ordinary features, so data without a circle is unchanged by it.
+    let circle_plane = config.circle.map(|circle| {
+        let u = random_unit(d, rng);
+        let mut v = random_unit(d, rng);
+        let dot: f64 = u.iter().zip(&v).map(|(a, b)| a * b).sum();
+        v.iter_mut().zip(&u).for_each(|(b, a)| *b -= dot * a);
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        v.iter_mut().for_each(|b| *b /= norm);
+        for j in 0..circle.points {
+            let angle = circle_angle(j as f64, circle.points);
+            features.extend(
+                u.iter()
+                    .zip(&v)
+                    .map(|(a, b)| (angle.cos() * a + angle.sin() * b) as f32),
+            );
+            probabilities.push((circle.probability / circle.points as f64) as f32);
+        }
+        u.iter().chain(&v).map(|&x| x as f32).collect()
+    });
     TrueDictionary {
         features,
         probabilities,
+        circle_plane,
     }
+}
+
+fn random_unit(d: usize, rng: &mut ChaCha8Rng) -> Vec<f64> {
+    let v: Vec<f64> = (0..d).map(|_| gaussian(rng)).collect();
+    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    v.into_iter().map(|x| x / norm).collect()
+}
+
+/// The angle of (fractional) point `position` of a circle of `points` points.
+fn circle_angle(position: f64, points: usize) -> f64 {
+    2.0 * std::f64::consts::PI * position / points as f64
 }
 
 /// Writes `shards` shards (`activations` f32, `tokens` = index of the row's strongest feature)
@@ -109,6 +173,22 @@ pub fn write_synthetic(config: &SynthConfig, out: &Path) -> anyhow::Result<Vec<P
                     }
                 }
             }
+            if let (Some(circle), Some(plane)) = (config.circle, &dict.circle_plane) {
+                if rng.random::<f64>() < circle.probability {
+                    let point = rng.random_range(0..circle.points);
+                    let position = point as f64 + circle.jitter * gaussian(&mut rng);
+                    let angle = circle_angle(position, circle.points);
+                    let magnitude = rng.random_range(0.5f32..1.5);
+                    let (cos, sin) = (angle.cos() as f32, angle.sin() as f32);
+                    let (u, v) = plane.split_at(d);
+                    for ((o, a), b) in row.iter_mut().zip(u).zip(v) {
+                        *o += magnitude * (cos * a + sin * b);
+                    }
+                    if magnitude > strongest.1 {
+                        strongest = ((n + point) as i32, magnitude);
+                    }
+                }
+            }
             if config.noise_std > 0.0 {
                 for o in row.iter_mut() {
                     *o += (gaussian(&mut rng) * config.noise_std) as f32;
@@ -128,14 +208,21 @@ pub fn write_synthetic(config: &SynthConfig, out: &Path) -> anyhow::Result<Vec<P
         paths.push(path);
     }
     std::fs::create_dir_all(out.join("truth"))?;
-    write_safetensors(
-        &out.join(TRUE_DICTIONARY),
-        &[
-            TensorOut::f32("features", &[n, d], &dict.features),
-            TensorOut::f32("probabilities", &[n], &dict.probabilities),
-        ],
-        None,
-    )?;
+    let total = true_feature_count(config);
+    let mut truth = vec![
+        TensorOut::f32("features", &[total, d], &dict.features),
+        TensorOut::f32("probabilities", &[total], &dict.probabilities),
+    ];
+    let circle_ids: Vec<i32> = (n..total).map(|i| i as i32).collect();
+    if let Some(plane) = &dict.circle_plane {
+        truth.push(TensorOut::f32("circle_plane", &[2, d], plane));
+        truth.push(TensorOut::i32(
+            "circle_features",
+            &[circle_ids.len()],
+            &circle_ids,
+        ));
+    }
+    write_safetensors(&out.join(TRUE_DICTIONARY), &truth, None)?;
     write_json_atomic(&out.join("synth.json"), config)?;
     Ok(paths)
 }

@@ -347,6 +347,27 @@ pub fn record_forward(
     fw: &ForwardBuffers,
     rows: usize,
 ) -> GpuResult<()> {
+    record_encode_select(rec, sae, fw, rows)?;
+    record_decode(
+        rec,
+        sae,
+        &fw.top_idx,
+        &fw.top_val,
+        sae.k,
+        &sae.b_dec,
+        &fw.x_hat,
+        rows,
+    )
+}
+
+/// Records the encoder and the selection of each row's k latents (`fw.top_idx`/`top_val`,
+/// and `fw.active` for thresholded SAEs), without the decode.
+pub fn record_encode_select(
+    rec: &mut Recorder<'_>,
+    sae: &GpuSae,
+    fw: &ForwardBuffers,
+    rows: usize,
+) -> GpuResult<()> {
     for (block, h) in sae.blocks.iter().zip(&fw.h) {
         let shape = EncoderShape {
             rows,
@@ -384,14 +405,5 @@ pub fn record_forward(
             launch_count_active_block(rec, h, rows, block.range, theta, active)?;
         }
     }
-    record_decode(
-        rec,
-        sae,
-        &fw.top_idx,
-        &fw.top_val,
-        sae.k,
-        &sae.b_dec,
-        &fw.x_hat,
-        rows,
-    )
+    Ok(())
 }
