@@ -8,24 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::reference::{encode, RefSae};
-use common::{random_vec, rng, temp_dir, to_f64};
+use common::{random_sae, random_vec, rng, temp_dir, to_f64};
 use sae_wgpu::io::{write_safetensors, TensorOut};
 use sae_wgpu::sae::formats::{read_tensor_f32, save_saelens, save_sparsify};
 use sae_wgpu::sae::params::{Activation, SaeParams};
 use safetensors::SafeTensors;
-
-fn random_sae(seed: u64, d_in: usize, d_sae: usize, activation: Activation) -> SaeParams {
-    let mut r = rng(seed);
-    SaeParams {
-        d_in,
-        d_sae,
-        activation,
-        w_enc: random_vec(&mut r, d_in * d_sae, 0.6),
-        b_enc: random_vec(&mut r, d_sae, 0.3),
-        w_dec: random_vec(&mut r, d_sae * d_in, 0.6),
-        b_dec: random_vec(&mut r, d_in, 0.3),
-    }
-}
 
 fn reference(p: &SaeParams) -> RefSae {
     RefSae {

@@ -7,22 +7,12 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::gpu;
-use common::training::tiny_config;
+use common::training::{run_options as options, tiny_config};
 use sae_wgpu::data::synth::{write_synthetic, SynthConfig};
 use sae_wgpu::sae::formats::load_sae;
 use sae_wgpu::sae::params::SaeParams;
+use sae_wgpu::sae::train::train;
 use sae_wgpu::sae::train::TrainConfig;
-use sae_wgpu::sae::train::{train, RunOptions};
-
-fn options(dir: &Path, resume: bool, stop_after: Option<u64>) -> RunOptions {
-    RunOptions {
-        run_dir: dir.to_path_buf(),
-        resume,
-        overwrite: false,
-        quiet: true,
-        stop_after,
-    }
-}
 
 fn data(dir: &Path) -> Vec<PathBuf> {
     let synth = SynthConfig {

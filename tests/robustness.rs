@@ -67,6 +67,17 @@ fn train_args_every(shards: &[String], out: &Path, checkpoint_every: u64) -> Vec
     args
 }
 
+/// Trains the reference run in `dir/full` to the end; its exported weights.
+fn uninterrupted_weights(dir: &Path, shards: &[String]) -> Vec<u8> {
+    let full = dir.join("full");
+    assert!(sae()
+        .args(train_args(shards, &full))
+        .status()
+        .unwrap()
+        .success());
+    std::fs::read(full.join("sparsify/sae.safetensors")).unwrap()
+}
+
 fn our_errors(stderr: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(stderr)
         .lines()
@@ -82,12 +93,7 @@ fn sigkill_then_resume_matches_an_uninterrupted_run() {
     }
     let dir = temp_dir("kill");
     let shards = data(&dir);
-    let full = dir.join("full");
-    assert!(sae()
-        .args(train_args(&shards, &full))
-        .status()
-        .unwrap()
-        .success());
+    let full_weights = uninterrupted_weights(&dir, &shards);
 
     let killed = dir.join("killed");
     let mut child = sae()
@@ -142,7 +148,6 @@ fn sigkill_then_resume_matches_an_uninterrupted_run() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let full_weights = std::fs::read(full.join("sparsify/sae.safetensors")).unwrap();
     let resumed_weights = std::fs::read(killed.join("sparsify/sae.safetensors")).unwrap();
     assert!(
         full_weights == resumed_weights,
@@ -356,13 +361,7 @@ fn device_lost_or_out_of_memory_mid_run_keeps_the_last_checkpoint() {
     }
     let dir = temp_dir("faults");
     let shards = data(&dir);
-    let full = dir.join("full");
-    assert!(sae()
-        .args(train_args(&shards, &full))
-        .status()
-        .unwrap()
-        .success());
-    let full_weights = std::fs::read(full.join("sparsify/sae.safetensors")).unwrap();
+    let full_weights = uninterrupted_weights(&dir, &shards);
     // A real loss (the device is destroyed under the run) and what wgpu reports when an
     // allocation or submission runs out of memory, both before step 25 of 250.
     for (fault, says) in [

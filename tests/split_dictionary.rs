@@ -7,27 +7,15 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{gpu, random_vec, rng, temp_dir, POISON};
+use common::training::run_options as options;
+use common::{gpu, random_sae, random_vec, rng, temp_dir, POISON};
 use sae_wgpu::data::synth::{write_synthetic, SynthConfig};
 use sae_wgpu::gpu::{AdapterRequest, Gpu, Recorder};
 use sae_wgpu::sae::blocks::LatentBlocks;
 use sae_wgpu::sae::formats::load_sae;
 use sae_wgpu::sae::forward::{record_forward, ForwardBuffers, GpuSae};
 use sae_wgpu::sae::params::{Activation, SaeParams};
-use sae_wgpu::sae::train::{train, RunOptions, TrainConfig};
-
-fn random_sae(seed: u64, d_in: usize, d_sae: usize, activation: Activation) -> SaeParams {
-    let mut r = rng(seed);
-    SaeParams {
-        d_in,
-        d_sae,
-        activation,
-        w_enc: random_vec(&mut r, d_in * d_sae, 0.6),
-        b_enc: random_vec(&mut r, d_sae, 0.3),
-        w_dec: random_vec(&mut r, d_sae * d_in, 0.6),
-        b_dec: random_vec(&mut r, d_in, 0.3),
-    }
-}
+use sae_wgpu::sae::train::{train, TrainConfig};
 
 struct Forward {
     idx: Vec<u32>,
@@ -130,16 +118,6 @@ fn config(shards: Vec<PathBuf>) -> TrainConfig {
     config.checkpoint_every = 10;
     config.init_sample_rows = 512;
     config
-}
-
-fn options(dir: &Path, resume: bool, stop_after: Option<u64>) -> RunOptions {
-    RunOptions {
-        run_dir: dir.to_path_buf(),
-        resume,
-        overwrite: false,
-        quiet: true,
-        stop_after,
-    }
 }
 
 fn all_weights(dir: &Path) -> Vec<f32> {

@@ -115,3 +115,22 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// An SAE with seeded random weights (biases included), for kernel and CLI tests.
+pub fn random_sae(
+    seed: u64,
+    d_in: usize,
+    d_sae: usize,
+    activation: sae_wgpu::sae::params::Activation,
+) -> sae_wgpu::sae::params::SaeParams {
+    let mut r = rng(seed);
+    sae_wgpu::sae::params::SaeParams {
+        d_in,
+        d_sae,
+        activation,
+        w_enc: random_vec(&mut r, d_in * d_sae, 0.6),
+        b_enc: random_vec(&mut r, d_sae, 0.3),
+        w_dec: random_vec(&mut r, d_sae * d_in, 0.6),
+        b_dec: random_vec(&mut r, d_in, 0.3),
+    }
+}

@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 
-use sae_wgpu::sae::train::{BDecInit, ExportFormat, TrainConfig};
+use std::path::Path;
+
+use sae_wgpu::sae::train::{BDecInit, ExportFormat, RunOptions, TrainConfig};
 
 pub fn tiny_config(inputs: Vec<PathBuf>, d_sae: usize, k: usize, steps: u64) -> TrainConfig {
     TrainConfig {
@@ -34,5 +36,16 @@ pub fn tiny_config(inputs: Vec<PathBuf>, d_sae: usize, k: usize, steps: u64) -> 
         skip_nonfinite: false,
         format: ExportFormat::Sparsify,
         init_sample_rows: 4096,
+    }
+}
+
+/// Quiet run options for `train` in `dir`.
+pub fn run_options(dir: &Path, resume: bool, stop_after: Option<u64>) -> RunOptions {
+    RunOptions {
+        run_dir: dir.to_path_buf(),
+        resume,
+        overwrite: false,
+        quiet: true,
+        stop_after,
     }
 }
