@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 
 use common::{gpu, random_vec, rng, temp_dir};
-use sae_wgpu::analysis::categories::knn_graph;
+use sae_wgpu::analysis::categories::{knn_graph, unit_rows};
 use sae_wgpu::data::synth::{make_dictionary, PlantedCircle, SynthConfig};
 use sae_wgpu::sae::formats::save_sparsify;
 use sae_wgpu::sae::params::{Activation, SaeParams};
@@ -43,7 +43,8 @@ fn knn_graph_matches_cpu_reference() {
     // (d_in, d_sae, neighbours, batch): batches that do not divide d_sae, unaligned widths.
     for (d_in, d_sae, neighbours, batch) in [(13, 77, 6, 10), (8, 33, 1, 33), (4, 7, 6, 3)] {
         let w_dec = random_vec(&mut rng(d_sae as u64), d_sae * d_in, 1.0);
-        let graph = knn_graph(gpu, &w_dec, d_in, d_sae, neighbours, batch).unwrap();
+        let unit = unit_rows(&w_dec, d_in);
+        let graph = knn_graph(gpu, &unit, d_in, d_sae, neighbours, batch).unwrap();
         assert_eq!(graph.neighbours, neighbours);
         assert_eq!(graph.index.len(), d_sae * neighbours);
         for i in 0..d_sae {
@@ -92,21 +93,16 @@ fn planted_circle_is_the_first_category_in_cyclic_order() {
         w_dec[slot * d_in..(slot + 1) * d_in]
             .copy_from_slice(&truth.features[feature * d_in..(feature + 1) * d_in]);
     }
-    let mut w_enc = vec![0.0f32; d_in * d_sae];
-    for i in 0..d_sae {
-        for c in 0..d_in {
-            w_enc[c * d_sae + i] = w_dec[i * d_in + c];
-        }
-    }
-    let params = SaeParams {
+    let mut params = SaeParams {
         d_in,
         d_sae,
         activation: Activation::TopK { k: 4 },
-        w_enc,
+        w_enc: Vec::new(),
         b_enc: vec![0.0; d_sae],
         w_dec,
         b_dec: vec![0.0; d_in],
     };
+    params.w_enc = params.w_dec_transposed();
     let sae_dir = dir.join("sae");
     save_sparsify(&sae_dir, &params).unwrap();
     let out = dir.join("out");

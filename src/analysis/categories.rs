@@ -58,33 +58,28 @@ pub fn unit_rows(w_dec: &[f32], d_in: usize) -> Vec<f32> {
     unit
 }
 
-/// The decoder-cosine kNN graph of `w_dec` ([d_sae, d_in]), `batch_rows` features at a time.
+/// The decoder-cosine kNN graph of `unit` (W_dec [d_sae, d_in] with unit rows, see
+/// [`unit_rows`]), `batch_rows` features at a time.
 pub fn knn_graph(
     gpu: &Gpu,
-    w_dec: &[f32],
+    unit: &[f32],
     d_in: usize,
     d_sae: usize,
     neighbours: usize,
     batch_rows: usize,
 ) -> GpuResult<KnnGraph> {
-    let unit = unit_rows(w_dec, d_in);
-    let mut transposed = vec![0.0f32; d_in * d_sae];
-    for (i, row) in unit.chunks_exact(d_in).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            transposed[c * d_sae + i] = v;
-        }
-    }
     // One extra slot: a feature is its own nearest neighbour, and is dropped below.
     let k = (neighbours + 1).min(d_sae);
-    let gram = SaeParams {
+    let mut gram = SaeParams {
         d_in,
         d_sae,
         activation: Activation::TopK { k },
-        w_enc: transposed,
+        w_enc: Vec::new(),
         b_enc: vec![0.0; d_sae],
-        w_dec: unit.clone(),
+        w_dec: unit.to_vec(),
         b_dec: vec![0.0; d_in],
     };
+    gram.w_enc = gram.w_dec_transposed();
     let batch_rows = batch_rows.clamp(1, d_sae);
     let sae = GpuSae::upload(gpu, &gram, batch_rows)?;
     let fw = ForwardBuffers::new(gpu, &sae, batch_rows)?;

@@ -71,16 +71,9 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
         .with_context(|| format!("{}: cannot create", args.out.display()))?;
     let gpu = args.gpu.open()?;
     let neighbours = args.neighbours.min(d_sae - 1);
-    let graph = knn_graph(
-        &gpu,
-        &params.w_dec,
-        d_in,
-        d_sae,
-        neighbours,
-        args.batch_size,
-    )?;
-    let labels = engels_components(&graph, args.link_top, args.link_cosine);
     let unit = unit_rows(&params.w_dec, d_in);
+    let graph = knn_graph(&gpu, &unit, d_in, d_sae, neighbours, args.batch_size)?;
+    let labels = engels_components(&graph, args.link_top, args.link_cosine);
     let found = categories(&labels, &unit, d_in);
 
     // Every feature's category rank (0: in none), and the graph.

@@ -281,7 +281,6 @@ impl<'g> Trainer<'g> {
 
         if let Some(aux) = &self.aux {
             let k_aux = aux.config.k_aux;
-            let aux_shape = BackwardShape { k: k_aux, ..s };
             launch_aux_scale(
                 &mut rec,
                 &self.dead_count,
@@ -342,7 +341,6 @@ impl<'g> Trainer<'g> {
                 code_grad: &aux.aux_code_grad,
                 index: &aux.index,
             };
-            debug_assert_eq!(aux.index.shape, aux_shape);
             self.record_weight_grads(&mut rec, &entries, true)?;
         }
         for (block, st) in sae.blocks.iter().zip(&self.blocks) {
