@@ -4,12 +4,14 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{gpu, random_vec, rng, temp_dir};
 use sae_wgpu::analysis::categories::{knn_graph, unit_rows};
-use sae_wgpu::data::synth::{make_dictionary, PlantedCircle, SynthConfig};
-use sae_wgpu::sae::formats::save_sparsify;
+use sae_wgpu::data::synth::{write_synthetic, PlantedCircle, SynthConfig, TRUE_DICTIONARY};
+use sae_wgpu::io::{write_safetensors, TensorOut};
+use sae_wgpu::sae::formats::{read_tensor_f32, save_sparsify};
 use sae_wgpu::sae::params::{Activation, SaeParams};
 
 fn cpu_cosines(w_dec: &[f32], d_in: usize, i: usize) -> Vec<(usize, f64)> {
@@ -69,29 +71,33 @@ fn knn_graph_matches_cpu_reference() {
     }
 }
 
-#[test]
-fn planted_circle_is_the_first_category_in_cyclic_order() {
-    if gpu().is_none() {
-        return;
-    }
-    let dir = temp_dir("categories");
-    // A dictionary holding 40 random features and a 7-point circle (features 40..47), shuffled
-    // so the circle's points are neither contiguous nor in order. In 64 dimensions a random
-    // feature's cosine with another exceeds Engels' 0.5 link threshold with odds ~1e-4 (4σ).
+/// The true dictionary of synthetic data with a planted circle, as a "perfect" SAE (encoder
+/// = decoderᵀ, TopK), with its rows shuffled so the circle's points are neither contiguous nor
+/// in order. Returns the SAE directory, the shards and each latent's true feature.
+fn planted_sae(dir: &Path) -> (PathBuf, Vec<PathBuf>, Vec<usize>) {
+    // In 64 dimensions a random feature's cosine with another rarely reaches the graph's
+    // 3/√64 edge floor, while neighbouring points of a 7-point circle have cosine 0.62.
     let config = SynthConfig {
         d_in: 64,
         n_features: 40,
+        rows_per_shard: 3000,
+        shards: 1,
+        mean_active: 2.0,
         circle: Some(PlantedCircle::default()),
         seed: 3,
         ..SynthConfig::default()
     };
-    let truth = make_dictionary(&config, &mut common::rng(3));
+    let shards = write_synthetic(&config, &dir.join("data")).unwrap();
+    let truth_path = dir.join("data").join(TRUE_DICTIONARY);
+    let bytes = std::fs::read(&truth_path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let (d_in, d_sae) = (64, 47);
+    let truth = read_tensor_f32(&st, "features", &[d_sae, d_in], &truth_path).unwrap();
     let permutation: Vec<usize> = (0..d_sae).map(|i| (i * 17 + 5) % d_sae).collect();
     let mut w_dec = vec![0.0f32; d_sae * d_in];
     for (slot, &feature) in permutation.iter().enumerate() {
         w_dec[slot * d_in..(slot + 1) * d_in]
-            .copy_from_slice(&truth.features[feature * d_in..(feature + 1) * d_in]);
+            .copy_from_slice(&truth[feature * d_in..(feature + 1) * d_in]);
     }
     let mut params = SaeParams {
         d_in,
@@ -105,63 +111,185 @@ fn planted_circle_is_the_first_category_in_cyclic_order() {
     params.w_enc = params.w_dec_transposed();
     let sae_dir = dir.join("sae");
     save_sparsify(&sae_dir, &params).unwrap();
-    let out = dir.join("out");
-    let output = Command::new(env!("CARGO_BIN_EXE_sae"))
+    (sae_dir, shards, permutation)
+}
+
+fn run_categories(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sae"))
         .arg("categories")
-        .arg(&sae_dir)
-        .args([
-            "--out",
-            out.to_str().unwrap(),
-            "--neighbours",
-            "8",
-            "--batch-size",
-            "10",
-        ])
-        .args(["--feature", "0"])
+        .args(args)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn ids(value: &serde_json::Value) -> Vec<usize> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect()
+}
+
+/// Consecutive entries of `order` (positions on a circle of `points`) are neighbours, all in
+/// the same direction.
+fn assert_cyclic(order: &[usize], points: usize) {
+    let step = (order[1] + points - order[0]) % points;
+    assert!(step == 1 || step == points - 1, "cyclic order {order:?}");
+    for w in order.windows(2) {
+        assert_eq!(
+            (w[1] + points - w[0]) % points,
+            step,
+            "cyclic order {order:?}"
+        );
+    }
+}
+
+#[test]
+fn planted_circle_is_the_first_category_with_its_structure_and_report() {
+    if gpu().is_none() {
+        return;
+    }
+    let dir = temp_dir("categories");
+    let (sae_dir, shards, permutation) = planted_sae(&dir);
+    let out = dir.join("out");
+    let planted: Vec<usize> = (0..47).filter(|&s| permutation[s] >= 40).collect();
+    let asked = planted[3].to_string();
+    let output = run_categories(&[
+        sae_dir.to_str().unwrap(),
+        shards[0].to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--neighbours",
+        "8",
+        "--batch-size",
+        "500",
+        "--samples",
+        "2000",
+        "--feature",
+        &asked,
+    ]);
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("categories.json")).unwrap())
-            .unwrap();
+    let report = read_json(&out.join("categories.json"));
     let first = &report["categories"][0];
-    let members: Vec<usize> = first["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as usize)
-        .collect();
-    let mut planted: Vec<usize> = (0..d_sae).filter(|&s| permutation[s] >= 40).collect();
-    planted.sort();
-    assert_eq!(members, planted, "first category: {first}");
+    assert_eq!(ids(&first["members"]), planted, "first category: {first}");
     let pr = first["participation_ratio"].as_f64().unwrap();
     assert!((pr - 2.0).abs() < 0.05, "participation ratio {pr}");
-    // Consecutive members of the cyclic order are neighbouring points of the circle.
-    let order: Vec<usize> = first["cyclic_order"]
+    let position = |v: &serde_json::Value| -> Vec<usize> {
+        ids(v).iter().map(|&s| permutation[s] - 40).collect()
+    };
+    // From the decoder rows alone, and from the reconstructions on data.
+    assert_cyclic(&position(&first["cyclic_order"]), 7);
+    let structure = &first["structure"];
+    assert_cyclic(&position(&structure["cyclic_order"]), 7);
+    let variance: Vec<f64> = structure["pca_variance"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| permutation[v.as_u64().unwrap() as usize] - 40)
+        .map(|v| v.as_f64().unwrap())
         .collect();
-    let step = (order[1] + 7 - order[0]) % 7;
-    assert!(step == 1 || step == 6, "cyclic order {order:?}");
-    for w in order.windows(2) {
-        assert_eq!((w[1] + 7 - w[0]) % 7, step, "cyclic order {order:?}");
-    }
+    assert!(
+        variance[0] + variance[1] > 0.99,
+        "PCA variance {variance:?}"
+    );
+    // The fitted circle is centred on the planted one (the reconstructions are centred by
+    // PCA). Its residual stays large: rows where ordinary features leak into circle latents
+    // draw spokes towards the centre.
+    let circle = &structure["circle"];
+    let radius = circle["radius"].as_f64().unwrap();
+    let centre = circle["centre"][0]
+        .as_f64()
+        .unwrap()
+        .hypot(circle["centre"][1].as_f64().unwrap());
+    assert!(radius > 0.5 && centre < 0.25 * radius, "circle {circle}");
+    // Synthetic tokens are the strongest feature's id: the circle's points come out in order.
+    let tokens: Vec<usize> = ids(&structure["token_order"])
+        .into_iter()
+        .filter(|&t| t >= 40)
+        .map(|t| t - 40)
+        .collect();
+    assert_eq!(tokens.len(), 7, "token order {}", structure["token_order"]);
+    assert_cyclic(&tokens, 7);
+    // The graph and the labels are in the tensors file.
+    let bytes = std::fs::read(out.join("categories.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("knn_index").unwrap().shape(), &[47, 8]);
+    assert_eq!(st.tensor("labels").unwrap().shape(), &[1, 47]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!("feature {asked}: category #1 of 7 features")),
+        "{stdout}"
+    );
+    check_report_renders(&out);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn feature_out_of_range_is_one_line_and_writes_nothing() {
-    if gpu().is_none() {
+/// The report opens in headless Chromium: the index lists the categories, a category page has
+/// its plots, and a screenshot is not blank. Skips without a Chromium (CI installs one).
+fn check_report_renders(out: &Path) {
+    let browser = ["chromium-headless-shell", "chromium", "chromium-browser"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").output().is_ok());
+    let Some(browser) = browser else {
+        assert!(
+            std::env::var_os("SAE_REQUIRE_BROWSER").is_none(),
+            "SAE_REQUIRE_BROWSER is set but no headless Chromium was found"
+        );
+        eprintln!("skipping the report rendering check: no headless Chromium");
         return;
-    }
-    let dir = temp_dir("categories-bad");
-    let mut r = rng(1);
+    };
+    let chromium = |extra: &[&str], page: &str| {
+        let url = format!("file://{}", out.join(page).display());
+        Command::new(browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--allow-file-access-from-files",
+            ])
+            .args(extra)
+            .arg(url)
+            .output()
+            .unwrap()
+    };
+    let dom = chromium(&["--dump-dom"], "index.html");
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        dom.contains("<h1>Feature categories</h1>"),
+        "index DOM: {dom}"
+    );
+    assert!(
+        dom.contains("href=\"category-001.html\""),
+        "index DOM: {dom}"
+    );
+    let page = chromium(&["--dump-dom"], "category-001.html");
+    let page = String::from_utf8_lossy(&page.stdout);
+    assert!(
+        page.contains("plots/category-001-pca.png"),
+        "category DOM: {page}"
+    );
+    let shot = out.join("screenshot.png");
+    let screenshot = format!("--screenshot={}", shot.display());
+    chromium(
+        &[&screenshot, "--window-size=1200,1400"],
+        "category-001.html",
+    );
+    let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    // A blank white page compresses to a few kB; this one has two plots and tables.
+    assert!(size > 30_000, "screenshot of {size} bytes");
+}
+
+/// A tiny SAE (d_in 4) and one shard of 50 rows whose tokens reach id `max_token`.
+fn tiny_inputs(dir: &Path, max_token: i32) -> (PathBuf, PathBuf) {
+    let mut r = rng(2);
     let params = SaeParams {
         d_in: 4,
         d_sae: 6,
@@ -172,21 +300,135 @@ fn feature_out_of_range_is_one_line_and_writes_nothing() {
         b_dec: vec![0.0; 4],
     };
     save_sparsify(&dir.join("sae"), &params).unwrap();
+    let x = random_vec(&mut r, 200, 1.0);
+    let tokens: Vec<i32> = (0..50).map(|i| i % (max_token + 1)).collect();
+    let shard = dir.join("shard.safetensors");
+    write_safetensors(
+        &shard,
+        &[
+            TensorOut::f32("activations", &[50, 4], &x),
+            TensorOut::i32("tokens", &[50], &tokens),
+        ],
+        None,
+    )
+    .unwrap();
+    (dir.join("sae"), shard)
+}
+
+/// Model weights of width `d_model` (one block, two heads of 2, four neurons, vocab 5), with
+/// the tensor `skip` left out.
+fn tiny_model(dir: &Path, d_model: usize, skip: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        format!(r#"{{"hidden_size": {d_model}, "intermediate_size": 4, "num_attention_heads": 2, "head_dim": 2, "vocab_size": 5}}"#),
+    )
+    .unwrap();
+    let d = d_model;
+    let tensors: Vec<TensorOut> = [
+        ("model.embed_tokens.weight", vec![5, d]),
+        ("model.norm.weight", vec![d]),
+        ("model.layers.0.self_attn.o_proj.weight", vec![d, 4]),
+        ("model.layers.0.mlp.down_proj.weight", vec![d, 4]),
+    ]
+    .into_iter()
+    .filter(|(name, _)| *name != skip)
+    .map(|(name, shape)| {
+        let n = shape.iter().product();
+        TensorOut::f16(name, &shape, &random_vec(&mut rng(n as u64), n, 1.0))
+    })
+    .collect();
+    let path = dir.join("writers.safetensors");
+    write_safetensors(&path, &tensors, None).unwrap();
+    path
+}
+
+/// A word-level tokenizer.json with `vocab` tokens "w0", "w1", ….
+fn tiny_tokenizer(dir: &Path, vocab: usize) -> PathBuf {
+    let words: Vec<String> = (0..vocab).map(|i| format!("\"w{i}\": {i}")).collect();
+    let json = format!(
+        r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null, "pre_tokenizer": {{"type": "Whitespace"}}, "post_processor": null, "decoder": null, "model": {{"type": "WordLevel", "vocab": {{{}}}, "unk_token": "w0"}}}}"#,
+        words.join(", ")
+    );
+    let path = dir.join("tokenizer.json");
+    std::fs::write(&path, json).unwrap();
+    path
+}
+
+#[test]
+fn bad_inputs_are_one_line_and_leave_no_report() {
+    if gpu().is_none() {
+        return;
+    }
+    let dir = temp_dir("categories-inputs");
+    let (sae, shard) = tiny_inputs(&dir, 9);
+    let (sae, shard) = (sae.to_str().unwrap(), shard.to_str().unwrap());
+    let wide = tiny_model(&dir.join("wide"), 8, "");
+    let missing = tiny_model(
+        &dir.join("missing"),
+        4,
+        "model.layers.0.mlp.down_proj.weight",
+    );
+    let good = tiny_model(&dir.join("good"), 4, "");
+    let small_vocab = tiny_tokenizer(&dir, 5);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    // The tokenizer's coverage is found while streaming, after work has begun: it goes first,
+    // so it also shows that the earlier run's report is gone, not left looking like this
+    // run's. The others are refused before anything is touched.
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--tokenizer".into(), s(&small_vocab)],
+            "token id 9 but the tokenizer's vocabulary has 5 ids",
+        ),
+        (
+            vec!["--feature".into(), "6".into()],
+            "--feature 6 is out of range",
+        ),
+        (
+            vec!["--samples".into(), "0".into()],
+            "--samples must be at least 1",
+        ),
+        (
+            vec!["--model".into(), s(&wide)],
+            "d_in is 4 but the model's hidden size is 8",
+        ),
+        (
+            vec!["--model".into(), s(&missing)],
+            "missing tensor 'model.layers.0.mlp.down_proj.weight'",
+        ),
+    ];
     let out = dir.join("out");
-    let output = Command::new(env!("CARGO_BIN_EXE_sae"))
-        .arg("categories")
-        .arg(dir.join("sae"))
-        .args(["--out", out.to_str().unwrap(), "--feature", "6"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let ours: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("error: ") && !l.contains("XDG_RUNTIME_DIR"))
-        .collect();
-    assert_eq!(ours.len(), 1, "{stderr}");
-    assert!(ours[0].contains("--feature 6 is out of range") && ours[0].contains("0..5"));
-    assert!(!out.join("categories.json").exists());
+    let first = run_categories(&[
+        sae,
+        shard,
+        "--out",
+        out.to_str().unwrap(),
+        "--model",
+        &s(&good),
+    ]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(out.join("index.html").exists() && out.join("categories.json").exists());
+    for (extra, message) in cases {
+        let mut args = vec![sae.to_string(), shard.to_string(), "--out".into(), s(&out)];
+        args.extend(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = run_categories(&args);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let ours: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("error: ") && !l.contains("XDG_RUNTIME_DIR"))
+            .collect();
+        assert_eq!(ours.len(), 1, "{args:?}: {stderr}");
+        assert!(ours[0].contains(message), "{args:?}: {}", ours[0]);
+        assert!(
+            !out.join("categories.json").exists() && !out.join("index.html").exists(),
+            "{args:?} left a report"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -232,3 +232,140 @@ pub fn hist_plots(dir: &Path, hist: &crate::analysis::hist::Histograms) -> anyho
         Ok(())
     })
 }
+
+/// Colour of group `g` (0-based) in scatter plots; `None` is grey ("other").
+fn group_colour(g: Option<usize>) -> RGBColor {
+    match g {
+        Some(g) => {
+            let c = Palette99::pick(g).to_rgba();
+            RGBColor(c.0, c.1, c.2)
+        }
+        None => RGBColor(190, 190, 190),
+    }
+}
+
+/// A scatter plot of `points` (x, y, group), groups coloured and named in a legend by
+/// `legend[group]`; points without a group are grey and drawn first.
+pub fn scatter(
+    path: &Path,
+    title: &str,
+    axes: (&str, &str),
+    points: &[(f64, f64, Option<usize>)],
+    legend: &[String],
+) -> anyhow::Result<()> {
+    if points.is_empty() {
+        return Ok(());
+    }
+    let range = |f: fn(&(f64, f64, Option<usize>)) -> f64| {
+        let (lo, hi) = points
+            .iter()
+            .map(f)
+            .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+        let pad = ((hi - lo) * 0.05).max(1e-6);
+        lo - pad..hi + pad
+    };
+    let (xr, yr) = (range(|p| p.0), range(|p| p.1));
+    draw_png(path, (900, 760), |root| {
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(64)
+            .build_cartesian_2d(xr, yr)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc(axes.0)
+            .y_desc(axes.1)
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(plot_err)?;
+        let grey = points.iter().filter(|p| p.2.is_none());
+        chart
+            .draw_series(grey.map(|p| Circle::new((p.0, p.1), 2, group_colour(None).filled())))
+            .map_err(plot_err)?;
+        for (g, name) in legend.iter().enumerate() {
+            let colour = group_colour(Some(g));
+            chart
+                .draw_series(
+                    points
+                        .iter()
+                        .filter(|p| p.2 == Some(g))
+                        .map(|p| Circle::new((p.0, p.1), 3, colour.filled())),
+                )
+                .map_err(plot_err)?
+                .label(name.as_str())
+                .legend(move |(x, y)| Circle::new((x, y), 4, colour.filled()));
+        }
+        if !legend.is_empty() {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 13))
+                .position(SeriesLabelPosition::UpperRight)
+                .draw()
+                .map_err(plot_err)?;
+        }
+        Ok(())
+    })
+}
+
+/// A heat map of the symmetric matrix `values` ([n, n], in [-1, 1]) with `labels` on both
+/// axes: blue negative, white 0, red positive.
+pub fn heatmap(path: &Path, title: &str, values: &[f64], labels: &[String]) -> anyhow::Result<()> {
+    let n = labels.len();
+    if n == 0 {
+        return Ok(());
+    }
+    let colour = |v: f64| {
+        let t = v.clamp(-1.0, 1.0);
+        let fade = |c: f64| (255.0 * (1.0 - c.abs())) as u8;
+        if t >= 0.0 {
+            RGBColor(255, fade(t), fade(t))
+        } else {
+            RGBColor(fade(t), fade(t), 255)
+        }
+    };
+    let side = (40 * n as u32).clamp(320, 900) + 120;
+    draw_png(path, (side, side), |root| {
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(70)
+            .y_label_area_size(70)
+            .build_cartesian_2d((0..n).into_segmented(), (0..n).into_segmented())
+            .map_err(plot_err)?;
+        // Row i of the matrix is drawn at height n − 1 − i, so it reads top to bottom.
+        let label = |v: &SegmentValue<usize>, flip: bool| match v {
+            SegmentValue::CenterOf(i) if *i < n => {
+                labels[if flip { n - 1 - i } else { *i }].clone()
+            }
+            _ => String::new(),
+        };
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(n.min(40))
+            .y_labels(n.min(40))
+            .x_label_formatter(&|v| label(v, false))
+            .y_label_formatter(&|v| label(v, true))
+            .label_style(("sans-serif", 11))
+            .draw()
+            .map_err(plot_err)?;
+        chart
+            .draw_series((0..n).flat_map(|i| {
+                (0..n).map(move |j| {
+                    Rectangle::new(
+                        [
+                            (SegmentValue::Exact(j), SegmentValue::Exact(n - 1 - i)),
+                            (SegmentValue::Exact(j + 1), SegmentValue::Exact(n - i)),
+                        ],
+                        colour(values[i * n + j]).filled(),
+                    )
+                })
+            }))
+            .map_err(plot_err)?;
+        Ok(())
+    })
+}

@@ -1,0 +1,196 @@
+//! The decoder-cosine k-nearest-neighbour graph, on the GPU, and the weighted undirected edges
+//! that the clusterings read.
+//!
+//! Unit W_dec rows against all of them is the encoder GEMM with W_enc = unit W_decᵀ (split into
+//! blocks of latents when the dictionary exceeds one binding), and each feature's neighbours
+//! are a TopK of its row: the same kernels `sae train` runs, so the graph costs one encode of
+//! d_sae rows.
+
+use std::collections::HashMap;
+
+use crate::gpu::{Gpu, GpuResult, Recorder};
+use crate::sae::forward::{record_encode_select, ForwardBuffers, GpuSae};
+use crate::sae::params::{Activation, SaeParams};
+
+/// Each feature's nearest neighbours by decoder cosine (itself excluded), best first.
+#[derive(Clone, Debug)]
+pub struct KnnGraph {
+    pub d_sae: usize,
+    pub neighbours: usize,
+    /// [d_sae, neighbours] feature ids.
+    pub index: Vec<u32>,
+    /// [d_sae, neighbours] cosines (negative cosines read as 0: they are never neighbours
+    /// that matter here).
+    pub cosine: Vec<f32>,
+}
+
+impl KnnGraph {
+    pub fn of(&self, feature: usize) -> impl Iterator<Item = (usize, f32)> + '_ {
+        let at = feature * self.neighbours;
+        self.index[at..at + self.neighbours]
+            .iter()
+            .zip(&self.cosine[at..at + self.neighbours])
+            .map(|(&j, &c)| (j as usize, c))
+    }
+}
+
+/// W_dec [d_sae, d_in] with every row scaled to unit norm (zero rows stay zero).
+pub fn unit_rows(w_dec: &[f32], d_in: usize) -> Vec<f32> {
+    let mut unit = w_dec.to_vec();
+    for row in unit.chunks_exact_mut(d_in) {
+        let norm = row
+            .iter()
+            .map(|&v| f64::from(v).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        if norm > 0.0 {
+            row.iter_mut()
+                .for_each(|v| *v = (f64::from(*v) / norm) as f32);
+        }
+    }
+    unit
+}
+
+/// For each row of `queries` ([n, d_in]), the `k` rows of `keys` ([n_keys, d_in]) with the
+/// largest dot products, best first: ids and dot products, [n, k] each. With unit rows the dot
+/// products are cosines (negative ones read as 0). `batch_rows` queries go to the GPU at once.
+pub fn nearest(
+    gpu: &Gpu,
+    queries: &[f32],
+    keys: &[f32],
+    d_in: usize,
+    k: usize,
+    batch_rows: usize,
+) -> GpuResult<(Vec<u32>, Vec<f32>)> {
+    let n_keys = keys.len() / d_in;
+    let n = queries.len() / d_in;
+    let k = k.min(n_keys);
+    let mut gram = SaeParams {
+        d_in,
+        d_sae: n_keys,
+        activation: Activation::TopK { k },
+        w_enc: Vec::new(),
+        b_enc: vec![0.0; n_keys],
+        w_dec: keys.to_vec(),
+        b_dec: vec![0.0; d_in],
+    };
+    gram.w_enc = gram.w_dec_transposed();
+    let batch_rows = batch_rows.clamp(1, n.max(1));
+    let sae = GpuSae::upload(gpu, &gram, batch_rows)?;
+    let fw = ForwardBuffers::new(gpu, &sae, batch_rows)?;
+    let mut index = Vec::with_capacity(n * k);
+    let mut value = Vec::with_capacity(n * k);
+    for start in (0..n).step_by(batch_rows) {
+        let rows = batch_rows.min(n - start);
+        gpu.write(&fw.x, &queries[start * d_in..(start + rows) * d_in])?;
+        let mut rec = Recorder::new(gpu, "decoder cosine kNN");
+        record_encode_select(&mut rec, &sae, &fw, rows)?;
+        rec.submit()?;
+        let idx: Vec<u32> = gpu.read(&fw.top_idx)?;
+        let val: Vec<f32> = gpu.read(&fw.top_val)?;
+        index.extend_from_slice(&idx[..rows * k]);
+        value.extend_from_slice(&val[..rows * k]);
+    }
+    Ok((index, value))
+}
+
+/// The decoder-cosine kNN graph of `unit` (W_dec [d_sae, d_in] with unit rows, see
+/// [`unit_rows`]), `batch_rows` features at a time.
+pub fn knn_graph(
+    gpu: &Gpu,
+    unit: &[f32],
+    d_in: usize,
+    d_sae: usize,
+    neighbours: usize,
+    batch_rows: usize,
+) -> GpuResult<KnnGraph> {
+    // One extra slot: a feature is its own nearest neighbour, and is dropped below.
+    let k = (neighbours + 1).min(d_sae);
+    let (idx, val) = nearest(gpu, unit, unit, d_in, k, batch_rows)?;
+    let kept = k - 1;
+    let mut index = Vec::with_capacity(d_sae * kept);
+    let mut cosine = Vec::with_capacity(d_sae * kept);
+    for feature in 0..d_sae {
+        let row = (feature * k..(feature + 1) * k).filter(|&e| idx[e] != feature as u32);
+        // Normally the feature itself is among the k; otherwise (a duplicate row) the last
+        // slot goes.
+        for e in row.take(kept) {
+            index.push(idx[e]);
+            cosine.push(val[e]);
+        }
+    }
+    Ok(KnnGraph {
+        d_sae,
+        neighbours: kept,
+        index,
+        cosine,
+    })
+}
+
+/// Angular affinity of two directions with cosine `cos`: 1 − arccos(cos)/π, in [0, 1].
+pub fn angular_affinity(cos: f32) -> f64 {
+    1.0 - f64::from(cos).clamp(-1.0, 1.0).acos() / std::f64::consts::PI
+}
+
+/// The kNN graph as weighted undirected edges (i < j), each pair once.
+#[derive(Clone, Debug, Default)]
+pub struct Edges {
+    pub pairs: Vec<(usize, usize)>,
+    pub weight: Vec<f64>,
+}
+
+impl KnnGraph {
+    /// Undirected edges weighted by angular affinity, for neighbours whose cosine is at least
+    /// `min_cosine`: below it a neighbour is one by chance (random directions in d_in
+    /// dimensions have cosines of spread 1/√d_in), and such edges only blur the clustering.
+    pub fn edges(&self, min_cosine: f32) -> Edges {
+        let mut seen: HashMap<(usize, usize), usize> = HashMap::new();
+        let mut edges = Edges::default();
+        for i in 0..self.d_sae {
+            for (j, c) in self.of(i) {
+                if c < min_cosine || i == j {
+                    continue;
+                }
+                let key = (i.min(j), i.max(j));
+                let w = angular_affinity(c);
+                match seen.get(&key) {
+                    Some(&e) => edges.weight[e] = edges.weight[e].max(w),
+                    None => {
+                        seen.insert(key, edges.pairs.len());
+                        edges.pairs.push(key);
+                        edges.weight.push(w);
+                    }
+                }
+            }
+        }
+        edges
+    }
+}
+
+/// How the features of one SAE map onto another's (`--across`): every feature's best match in
+/// the other dictionary by decoder cosine, both ways.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Matching {
+    /// For each feature of ours: the other SAE's closest feature and the cosine.
+    pub ours_to_other: Vec<(u32, f32)>,
+    /// For each feature of the other SAE: our closest feature and the cosine.
+    pub other_to_ours: Vec<(u32, f32)>,
+}
+
+/// Best matches between two dictionaries of unit rows with the same d_in.
+pub fn match_across(
+    gpu: &Gpu,
+    ours: &[f32],
+    other: &[f32],
+    d_in: usize,
+    batch_rows: usize,
+) -> GpuResult<Matching> {
+    let best = |q: &[f32], k: &[f32]| -> GpuResult<Vec<(u32, f32)>> {
+        let (i, v) = nearest(gpu, q, k, d_in, 1, batch_rows)?;
+        Ok(i.into_iter().zip(v).collect())
+    };
+    Ok(Matching {
+        ours_to_other: best(ours, other)?,
+        other_to_ours: best(other, ours)?,
+    })
+}

@@ -1,0 +1,119 @@
+//! Feature categories: which features of a dictionary belong together, and the structure
+//! that produces each group (Engels et al. 2024, "Not All Language Model Features Are
+//! Linear"; Li, Michaud, Tegmark et al. 2024, "The Geometry of Concepts").
+//!
+//! 1. [`graph`]: the decoder-cosine kNN graph on the GPU, angular affinities.
+//! 2. [`cluster`]: Leiden (default, several resolutions give a hierarchy), Engels' graph
+//!    components, spectral clustering.
+//! 3. [`shape`]: per category, the participation ratio of the members' unit decoder rows,
+//!    PR = (Σσᵢ²)² / Σσᵢ⁴, and the structure score m − PR: how many fewer dimensions the
+//!    members span than their count.
+//! 4. [`structure`]: on data, the reconstructions from the category's features, PCA, Engels'
+//!    mixture and separability indices, a circle fit, and the cyclic order.
+//! 5. [`writers`]: the model weights that write the category's subspace, and its logit lens.
+//! 6. [`report`]: categories.json, categories.safetensors, PNGs and a static HTML report.
+
+pub mod cluster;
+pub mod graph;
+pub mod report;
+pub mod shape;
+pub mod structure;
+pub mod writers;
+
+use serde::Serialize;
+
+pub use cluster::{engels_components, leiden, spectral};
+pub use graph::{knn_graph, unit_rows, KnnGraph};
+pub use shape::{category_shape, CategoryShape};
+
+/// One category: its members, their geometry, and (with shards, a model) what produces it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Category {
+    /// 1-based rank by the chosen score (categories of ≥ 3 members first).
+    pub rank: usize,
+    /// The cluster label (lowest member id) at the primary clustering.
+    pub label: usize,
+    pub size: usize,
+    pub members: Vec<usize>,
+    #[serde(flatten)]
+    pub shape: CategoryShape,
+    /// Each member's fire count on the shards.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fire_counts: Option<Vec<u64>>,
+    /// The most frequent tokens where members fire: (token id, count, decoded text).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub top_tokens: Vec<TokenCount>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub structure: Option<structure::Structure>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writers: Option<writers::Writers>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TokenCount {
+    pub token: i32,
+    pub count: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// What categories are ranked by (`--rank-by`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RankBy {
+    /// members − participation ratio of their unit decoder rows.
+    Subspace,
+    /// Engels et al.'s mean (1 − M)·S over consecutive principal-component pairs (needs
+    /// shards; categories without it follow, by subspace score).
+    Engels,
+}
+
+/// Groups features by `labels` into categories of ≥ 2 members, ranked by subspace score
+/// (categories of ≥ 3 members first, then pairs; ties by the lowest member id).
+pub fn categories(labels: &[usize], unit: &[f32], d_in: usize) -> Vec<Category> {
+    let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for (feature, &label) in labels.iter().enumerate() {
+        groups.entry(label).or_default().push(feature);
+    }
+    let mut found: Vec<Category> = groups
+        .into_values()
+        .filter(|members| members.len() >= 2)
+        .map(|members| Category {
+            rank: 0,
+            label: members[0],
+            size: members.len(),
+            shape: category_shape(unit, d_in, &members),
+            members,
+            fire_counts: None,
+            top_tokens: Vec::new(),
+            structure: None,
+            writers: None,
+        })
+        .collect();
+    rank(&mut found, RankBy::Subspace);
+    found
+}
+
+/// Sorts and numbers `found`: categories of ≥ 3 members first, then by the score (with
+/// `Engels`, those that have it first), ties by the lowest member id.
+pub fn rank(found: &mut [Category], by: RankBy) {
+    let engels = |c: &Category| match by {
+        RankBy::Engels => c.structure.as_ref().map(|s| s.engels_score),
+        RankBy::Subspace => None,
+    };
+    found.sort_by(|a, b| {
+        (b.size >= 3)
+            .cmp(&(a.size >= 3))
+            .then(engels(b).is_some().cmp(&engels(a).is_some()))
+            .then(
+                engels(b)
+                    .unwrap_or(0.0)
+                    .total_cmp(&engels(a).unwrap_or(0.0)),
+            )
+            .then(b.shape.subspace_score.total_cmp(&a.shape.subspace_score))
+            .then(a.members[0].cmp(&b.members[0]))
+    });
+    for (i, category) in found.iter_mut().enumerate() {
+        category.rank = i + 1;
+    }
+}
