@@ -432,3 +432,58 @@ fn bad_inputs_are_one_line_and_leave_no_report() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn across_matches_parents_children_and_novel_features() {
+    if gpu().is_none() {
+        return;
+    }
+    let dir = temp_dir("categories-across");
+    let d_in = 16;
+    let basis =
+        |i: usize| -> Vec<f32> { (0..d_in).map(|j| if j == i { 1.0 } else { 0.0 }).collect() };
+    let sae = |rows: Vec<Vec<f32>>| {
+        let d_sae = rows.len();
+        let mut params = SaeParams {
+            d_in,
+            d_sae,
+            activation: Activation::TopK { k: 1 },
+            w_enc: Vec::new(),
+            b_enc: vec![0.0; d_sae],
+            w_dec: rows.concat(),
+            b_dec: vec![0.0; d_in],
+        };
+        params.w_enc = params.w_dec_transposed();
+        params
+    };
+    // Narrow: e0, e1, e2. Wide: e0 split in two (e0 ± 0.3·e5), e1, and a novel e9.
+    let narrow = sae(vec![basis(0), basis(1), basis(2)]);
+    let mut split_a = basis(0);
+    split_a[5] = 0.3;
+    let mut split_b = basis(0);
+    split_b[5] = -0.3;
+    let wide = sae(vec![split_a, basis(1), split_b, basis(9)]);
+    save_sparsify(&dir.join("narrow"), &narrow).unwrap();
+    save_sparsify(&dir.join("wide"), &wide).unwrap();
+    let out = dir.join("out");
+    let output = run_categories(&[
+        dir.join("wide").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--across",
+        dir.join("narrow").to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let across = read_json(&out.join("across.json"));
+    assert_eq!(
+        across["split_parents"],
+        serde_json::json!([{"parent": 0, "children": [0, 2]}])
+    );
+    assert_eq!(ids(&across["novel_in_wide"]), vec![3]);
+    assert_eq!(ids(&across["unmatched_in_narrow"]), vec![2]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

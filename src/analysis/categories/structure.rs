@@ -568,8 +568,12 @@ mod tests {
         // Points on two lines: all of one line's points lie in a band of width 0.
         let mut lines: Vec<[f64; 2]> = (0..100).map(|i| [i as f64 / 10.0, 0.0]).collect();
         lines.extend((0..100).map(|i| [0.0, 1.0 + i as f64 / 10.0]));
-        assert!(mixture_index(&lines, 0.1) >= 0.5);
-        assert!(mixture_index(&circle(200), 0.1) < 0.2);
+        let on_lines = mixture_index(&lines, 0.1);
+        assert!(on_lines >= 0.5, "{on_lines}");
+        // A circle's projections pile up at its edges (the arcsine law), so a band along a
+        // tangent still holds a fifth or so of the points; far from a line's half.
+        let on_circle = mixture_index(&circle(200), 0.1);
+        assert!(on_circle < 0.3, "{on_circle}");
     }
 
     #[test]
