@@ -344,8 +344,8 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
 
     // Outputs: the report pages first, then the files whose presence marks a finished run.
     let full = graph.edges(-1.0);
-    let embedding = spectral_embedding(d_sae, &full, 3.min(d_sae), args.seed)?;
     let dims = 3.min(d_sae);
+    let embedding = spectral_embedding(d_sae, &full, dims, args.seed)?;
     let map: Vec<(f64, f64)> = (0..d_sae)
         .map(|i| {
             let at = |c: usize| embedding.get(i * dims + c).copied().unwrap_or(0.0);

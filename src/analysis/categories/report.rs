@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use super::shape::member_gram;
 use super::{Category, RankBy};
 use crate::analysis::plots::{heatmap, scatter};
 use crate::io::write_atomic;
@@ -109,19 +110,7 @@ pub fn write_report(
 }
 
 fn category_plots(plots: &Path, c: &Category, inputs: &ReportInputs<'_>) -> anyhow::Result<()> {
-    let d_in = inputs.d_in;
-    let m = c.members.len();
-    let row = |i: usize| &inputs.unit[c.members[i] * d_in..(c.members[i] + 1) * d_in];
-    let mut cos = vec![0.0f64; m * m];
-    for i in 0..m {
-        for j in 0..m {
-            cos[i * m + j] = row(i)
-                .iter()
-                .zip(row(j))
-                .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                .sum();
-        }
-    }
+    let cos = member_gram(inputs.unit, inputs.d_in, &c.members);
     let labels: Vec<String> = c.members.iter().map(|f| f.to_string()).collect();
     heatmap(
         &plots.join(format!("category-{:03}-cosines.png", c.rank)),

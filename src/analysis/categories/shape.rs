@@ -31,21 +31,7 @@ pub struct CircleFit {
 /// The geometry of the unit decoder rows `unit` ([d_sae, d_in]) of `members`.
 pub fn category_shape(unit: &[f32], d_in: usize, members: &[usize]) -> CategoryShape {
     let m = members.len();
-    let row = |i: usize| &unit[members[i] * d_in..(members[i] + 1) * d_in];
-    let dot = |a: &[f32], b: &[f32]| -> f64 {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| f64::from(*x) * f64::from(*y))
-            .sum()
-    };
-    let mut gram = vec![0.0f64; m * m];
-    for i in 0..m {
-        for j in 0..=i {
-            let g = dot(row(i), row(j));
-            gram[i * m + j] = g;
-            gram[j * m + i] = g;
-        }
-    }
+    let gram = member_gram(unit, d_in, members);
     let trace: f64 = (0..m).map(|i| gram[i * m + i]).sum();
     let frob_sq: f64 = gram.iter().map(|g| g * g).sum();
     let participation_ratio = if frob_sq > 0.0 {
@@ -110,6 +96,26 @@ pub fn category_shape(unit: &[f32], d_in: usize, members: &[usize]) -> CategoryS
             relative_residual: if radius > 0.0 { spread / radius } else { 0.0 },
         },
     }
+}
+
+/// The Gram matrix [m, m] of `members`' rows of `rows` ([n, d_in]), in f64: the cosine
+/// matrix when the rows are unit.
+pub fn member_gram(rows: &[f32], d_in: usize, members: &[usize]) -> Vec<f64> {
+    let m = members.len();
+    let row = |i: usize| &rows[members[i] * d_in..(members[i] + 1) * d_in];
+    let mut gram = vec![0.0f64; m * m];
+    for i in 0..m {
+        for j in 0..=i {
+            let g: f64 = row(i)
+                .iter()
+                .zip(row(j))
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum();
+            gram[i * m + j] = g;
+            gram[j * m + i] = g;
+        }
+    }
+    gram
 }
 
 /// Eigenvalues (descending) and eigenvectors (column c of the row-major [n, n] result) of a

@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::shape::symmetric_eigen;
+use super::shape::{member_gram, symmetric_eigen};
 use crate::data::{BatchStream, Shard, StreamConfig};
 use crate::gpu::{Gpu, Recorder};
 use crate::sae::{record_forward, ForwardBuffers, GpuSae};
@@ -56,18 +56,7 @@ impl CategorySamples {
     pub fn new(members: &[usize], w_dec: &[f32], d_in: usize) -> CategorySamples {
         let m = members.len();
         let row = |i: usize| &w_dec[members[i] * d_in..(members[i] + 1) * d_in];
-        let mut gram = vec![0.0f64; m * m];
-        for i in 0..m {
-            for j in 0..=i {
-                let g: f64 = row(i)
-                    .iter()
-                    .zip(row(j))
-                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                    .sum();
-                gram[i * m + j] = g;
-                gram[j * m + i] = g;
-            }
-        }
+        let gram = member_gram(w_dec, d_in, members);
         let (values, vectors) = symmetric_eigen(&gram, m);
         let top = values.first().copied().unwrap_or(0.0).max(0.0);
         let rank = values.iter().take_while(|&&v| v > 1e-9 * top).count();
