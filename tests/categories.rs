@@ -6,13 +6,18 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use common::{gpu, random_vec, rng, temp_dir};
+use sae_wgpu::analysis::categories::cooccurrence::{count_chunks, Chunking};
 use sae_wgpu::analysis::categories::{knn_graph, unit_rows};
+use sae_wgpu::data::open_shards;
 use sae_wgpu::data::synth::{write_synthetic, PlantedCircle, SynthConfig, TRUE_DICTIONARY};
 use sae_wgpu::io::{write_safetensors, TensorOut};
 use sae_wgpu::sae::formats::{read_tensor_f32, save_sparsify};
+use sae_wgpu::sae::forward::DEFAULT_CAP;
 use sae_wgpu::sae::params::{Activation, SaeParams};
+use sae_wgpu::sae::GpuSae;
 
 fn cpu_cosines(w_dec: &[f32], d_in: usize, i: usize) -> Vec<(usize, f64)> {
     let d_sae = w_dec.len() / d_in;
@@ -69,6 +74,253 @@ fn knn_graph_matches_cpu_reference() {
             }
         }
     }
+}
+
+/// Which latents of each row the CPU reference (f64 encode, ReLU, TopK) finds above
+/// `fires_above`.
+fn cpu_firing(params: &SaeParams, x: &[f32], k: usize, fires_above: f64) -> Vec<Vec<usize>> {
+    let (d_in, d_sae) = (params.d_in, params.d_sae);
+    x.chunks_exact(d_in)
+        .map(|row| {
+            let mut h: Vec<(f64, usize)> = (0..d_sae)
+                .map(|n| {
+                    let pre: f64 = f64::from(params.b_enc[n])
+                        + (0..d_in)
+                            .map(|c| {
+                                (f64::from(row[c]) - f64::from(params.b_dec[c]))
+                                    * f64::from(params.w_enc[c * d_sae + n])
+                            })
+                            .sum::<f64>();
+                    (pre.max(0.0), n)
+                })
+                .collect();
+            h.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            h.iter()
+                .take(k)
+                .filter(|(v, _)| *v > fires_above)
+                .map(|&(_, n)| n)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn chunk_cooccurrence_matches_cpu_reference() {
+    let Some(gpu) = gpu() else { return };
+    let dir = temp_dir("cooccurrence");
+    let (d_in, d_sae, k) = (13, 77, 5);
+    let params = common::random_sae(7, d_in, d_sae, Activation::TopK { k });
+    // Two shards of 300 and 277 rows: chunks straddle the shard boundary, and the last
+    // chunk and batch are partial.
+    let mut r = rng(8);
+    let x = random_vec(&mut r, 577 * d_in, 1.0);
+    let mut paths = Vec::new();
+    for (s, rows) in [(0usize, 0..300usize), (1, 300..577)] {
+        let path = dir.join(format!("shard{s}.safetensors"));
+        let data = &x[rows.start * d_in..rows.end * d_in];
+        write_safetensors(
+            &path,
+            &[TensorOut::f32("activations", &[rows.len(), d_in], data)],
+            None,
+        )
+        .unwrap();
+        paths.push(path);
+    }
+    // Every pair among the first 20 latents (some often together, most rarely), plus a few
+    // with the last latents.
+    let mut pairs: Vec<(usize, usize)> = (0..20)
+        .flat_map(|i| (i + 1..20).map(move |j| (i, j)))
+        .collect();
+    pairs.extend([(3, 76), (40, 75), (0, 64)]);
+    let sae = GpuSae::upload_with_cap(gpu, &params, DEFAULT_CAP, 64).unwrap();
+    // (chunk rows, batch rows, threshold): a batch of 33 holds 4 chunks of 7 (28 rows); a
+    // chunk larger than the batch becomes the batch; one-row chunks are row co-occurrence.
+    for (chunk_rows, batch, fires_above) in [(7, 33, 0.0f32), (40, 16, 0.0), (1, 64, 0.5)] {
+        let shards = Arc::new(open_shards(&paths, "activations", Some(d_in)).unwrap());
+        let counts = count_chunks(
+            gpu,
+            &sae,
+            shards,
+            pairs.clone(),
+            Chunking {
+                chunk_rows,
+                fires_above,
+            },
+            batch,
+            |_| {},
+        )
+        .unwrap();
+        let firing = cpu_firing(&params, &x, k, f64::from(fires_above));
+        let chunks: Vec<Vec<bool>> = firing
+            .chunks(chunk_rows)
+            .map(|rows| {
+                let mut present = vec![false; d_sae];
+                rows.iter().flatten().for_each(|&n| present[n] = true);
+                present
+            })
+            .collect();
+        let case = format!("chunk {chunk_rows}, batch {batch}, fires above {fires_above}");
+        assert_eq!(counts.chunks, chunks.len() as u64, "{case}");
+        let want: Vec<u32> = (0..d_sae)
+            .map(|n| chunks.iter().filter(|c| c[n]).count() as u32)
+            .collect();
+        assert_eq!(counts.feature_chunks, want, "{case}: feature chunk counts");
+        let want: Vec<u32> = pairs
+            .iter()
+            .map(|&(i, j)| chunks.iter().filter(|c| c[i] && c[j]).count() as u32)
+            .collect();
+        assert_eq!(counts.pair_chunks, want, "{case}: pair chunk counts");
+        assert!(
+            want.iter().any(|&n| n > 0) && counts.feature_chunks.iter().any(|&n| n > 0),
+            "{case}: the counts must not be trivially zero"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Features that share topics, not directions: 4 topics of 5 features each (feature f belongs
+/// to topic f % 8 when that is below 4) whose decoder rows are random, plus 20 background
+/// features. Each document of 32 rows has one topic; its features fire often there and
+/// nowhere else, the background fires everywhere. Decoder cosine cannot find the topics; chunk
+/// co-occurrence (Li et al.'s "lobes") must.
+#[test]
+fn cooccurrence_finds_topics_that_decoder_geometry_cannot() {
+    if gpu().is_none() {
+        return;
+    }
+    let dir = temp_dir("categories-topics");
+    let (d_in, d_sae, doc_rows, docs) = (64, 40, 32, 200);
+    let mut r = rng(11);
+    let w_dec = unit_rows(&random_vec(&mut r, d_sae * d_in, 1.0), d_in);
+    let topic_of = |f: usize| (f % 8 < 4).then_some(f % 8);
+    let mut x = vec![0.0f32; docs * doc_rows * d_in];
+    for (row, out) in x.chunks_exact_mut(d_in).enumerate() {
+        let topic = (row / doc_rows * 7 + 3) % 4;
+        for f in 0..d_sae {
+            let p = match topic_of(f) {
+                Some(t) if t == topic => 0.25,
+                Some(_) => 0.0,
+                None => 0.03,
+            };
+            if rand::Rng::random::<f64>(&mut r) < p {
+                out.iter_mut()
+                    .zip(&w_dec[f * d_in..(f + 1) * d_in])
+                    .for_each(|(o, w)| *o += w);
+            }
+        }
+    }
+    let shard = dir.join("topics.safetensors");
+    write_safetensors(
+        &shard,
+        &[TensorOut::f32("activations", &[docs * doc_rows, d_in], &x)],
+        None,
+    )
+    .unwrap();
+    let mut params = SaeParams {
+        d_in,
+        d_sae,
+        activation: Activation::TopK { k: 6 },
+        w_enc: Vec::new(),
+        b_enc: vec![0.0; d_sae],
+        w_dec,
+        b_dec: vec![0.0; d_in],
+    };
+    params.w_enc = params.w_dec_transposed();
+    let sae = dir.join("sae");
+    save_sparsify(&sae, &params).unwrap();
+    let topics: Vec<Vec<usize>> = (0..4)
+        .map(|t| (0..d_sae).filter(|&f| topic_of(f) == Some(t)).collect())
+        .collect();
+    let category_sets = |out: &Path| -> Vec<Vec<usize>> {
+        let report = read_json(&out.join("categories.json"));
+        report["categories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| ids(&c["members"]))
+            .collect()
+    };
+    let (sae, shard) = (sae.to_str().unwrap(), shard.to_str().unwrap());
+    // Every pair is a candidate (39 neighbours); a feature fires in a chunk above 0.7 (its
+    // activations are 1 plus the interference of the others' directions, which alone stays
+    // below that).
+    let common = [
+        "--neighbours",
+        "39",
+        "--fires-above",
+        "0.7",
+        "--resolution",
+        "0.3",
+        "--chunk",
+        "32",
+    ];
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec![sae, shard, "--out", out.to_str().unwrap(), "--quiet"];
+        args.extend_from_slice(&common);
+        args.extend_from_slice(extra);
+        let output = run_categories(&args);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let blended = dir.join("blended");
+    run(&blended, &["--cooccurrence-weight", "0.8"]);
+    let found = category_sets(&blended);
+    for topic in &topics {
+        assert!(
+            found.contains(topic),
+            "topic {topic:?} not a category: {found:?}"
+        );
+    }
+    let report = read_json(&blended.join("categories.json"));
+    assert_eq!(
+        report["cooccurrence"]["chunks"], 200,
+        "{}",
+        report["cooccurrence"]
+    );
+    let bytes = std::fs::read(blended.join("categories.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let index = st.tensor("knn_index").unwrap();
+    let phi = st.tensor("knn_phi").unwrap();
+    assert_eq!(phi.shape(), &[40, 39]);
+    assert_eq!(st.tensor("knn_jaccard").unwrap().shape(), &[40, 39]);
+    let index: Vec<i32> = bytemuck::pod_collect_to_vec(index.data());
+    let phi: Vec<f32> = bytemuck::pod_collect_to_vec(phi.data());
+    // Topic mates are present in the same documents; other pairs are nearly independent.
+    for (slot, (&j, &v)) in index.iter().zip(&phi).enumerate() {
+        let (i, j) = (slot / 39, j as usize);
+        match (topic_of(i), topic_of(j)) {
+            (Some(a), Some(b)) if a == b => assert!(v > 0.8, "phi({i}, {j}) = {v}"),
+            _ => assert!(v < 0.5, "phi({i}, {j}) = {v}"),
+        }
+    }
+    // Decoder cosine alone finds none of them.
+    let plain = dir.join("plain");
+    run(&plain, &[]);
+    let found = category_sets(&plain);
+    for topic in &topics {
+        assert!(
+            !found.contains(topic),
+            "{topic:?} found without co-occurrence"
+        );
+    }
+    // Co-occurrence is counted on data.
+    let output = run_categories(&[
+        sae,
+        "--out",
+        plain.to_str().unwrap(),
+        "--cooccurrence-weight",
+        "0.5",
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--cooccurrence-weight needs shards"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The true dictionary of synthetic data with a planted circle, as a "perfect" SAE (encoder
@@ -387,6 +639,10 @@ fn bad_inputs_are_one_line_and_leave_no_report() {
         (
             vec!["--samples".into(), "0".into()],
             "--samples must be at least 1",
+        ),
+        (
+            vec!["--cooccurrence-weight".into(), "1.5".into()],
+            "--cooccurrence-weight must lie in [0, 1]",
         ),
         (
             vec!["--model".into(), s(&wide)],

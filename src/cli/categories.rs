@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, ValueEnum};
@@ -15,7 +16,10 @@ use serde_json::json;
 use super::eval::progress;
 use super::GpuArgs;
 use crate::analysis::categories::cluster::{parents, spectral_embedding, LeidenQuality};
-use crate::analysis::categories::graph::{match_across, Matching};
+use crate::analysis::categories::cooccurrence::{
+    count_chunks, ChunkCounts, Chunking, CooccurrenceMeasure,
+};
+use crate::analysis::categories::graph::{angular_affinity, match_across, Blend, Matching};
 use crate::analysis::categories::report::{write_report, ReportInputs};
 use crate::analysis::categories::structure::{analyse, gather, CategorySamples, Sampling};
 use crate::analysis::categories::writers::{load_model, writers, ModelWeights};
@@ -74,6 +78,19 @@ pub struct CategoriesArgs {
     /// Spectral mode: the number of clusters.
     #[arg(long)]
     n_clusters: Option<usize>,
+    /// Weight of the co-occurrence affinity blended into the graph's edges (0: decoder
+    /// cosine alone; needs shards). Counted for the kNN graph's pairs only.
+    #[arg(long, default_value_t = 0.0)]
+    cooccurrence_weight: f64,
+    /// The co-occurrence statistic used as an affinity.
+    #[arg(long, value_enum, default_value_t = CooccurrenceMeasure::Phi)]
+    cooccurrence: CooccurrenceMeasure,
+    /// Consecutive rows per co-occurrence chunk (in file order, across shard boundaries).
+    #[arg(long, default_value_t = 256)]
+    chunk: usize,
+    /// A feature fires in a chunk when one of its activations there exceeds this.
+    #[arg(long, default_value_t = 0.0)]
+    fires_above: f32,
     /// Seed of Leiden, spectral k-means and the reservoir of samples.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -143,6 +160,18 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
     if args.method == Method::Spectral && args.n_clusters.is_none() {
         bail!("--method spectral needs --n-clusters");
     }
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.cooccurrence_weight),
+        "--cooccurrence-weight must lie in [0, 1]"
+    );
+    anyhow::ensure!(args.chunk >= 1, "--chunk must be at least 1");
+    anyhow::ensure!(
+        args.fires_above.is_finite() && args.fires_above >= 0.0,
+        "--fires-above must be a non-negative number"
+    );
+    if args.cooccurrence_weight > 0.0 && args.shards.is_empty() {
+        bail!("--cooccurrence-weight needs shards: co-occurrence is counted on data");
+    }
     if args.rank_by == RankBy::Engels && args.shards.is_empty() {
         bail!("--rank-by engels needs shards: the indices are measured on reconstructions");
     }
@@ -187,11 +216,11 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let shards = if args.shards.is_empty() {
+    let shards = Arc::new(if args.shards.is_empty() {
         Vec::new()
     } else {
         open_shards(&expand_inputs(&args.shards)?, &args.tensor, Some(d_in))?
-    };
+    });
     let contexts = args.hist.as_deref().map(read_contexts).transpose()?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create", args.out.display()))?;
@@ -211,7 +240,43 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
         .min_cosine
         .unwrap_or(3.0 / (d_in as f32).sqrt())
         .clamp(-1.0, 1.0);
-    let edges = graph.edges(min_cosine);
+    let knn_pairs = graph.pairs();
+    let total_rows: u64 = shards.iter().map(|s| s.rows as u64).sum();
+    // One upload serves both passes over the shards.
+    let cooc_batch = args.chunk * (args.batch_size / args.chunk).max(1);
+    let sae = (!shards.is_empty())
+        .then(|| {
+            GpuSae::upload_with_cap(&gpu, params, DEFAULT_CAP, args.batch_size.max(cooc_batch))
+        })
+        .transpose()?;
+    let cooccurrence = match &sae {
+        Some(sae) if args.cooccurrence_weight > 0.0 => {
+            let bar = progress(total_rows, args.quiet);
+            let counts = count_chunks(
+                &gpu,
+                sae,
+                Arc::clone(&shards),
+                knn_pairs.pairs.clone(),
+                Chunking {
+                    chunk_rows: args.chunk,
+                    fires_above: args.fires_above,
+                },
+                args.batch_size,
+                |rows| bar.inc(rows),
+            )?;
+            bar.finish_and_clear();
+            Some(counts)
+        }
+        _ => None,
+    };
+    let cooc_affinity = cooccurrence.as_ref().map(|c| c.affinity(args.cooccurrence));
+    let edges = knn_pairs.edges(
+        min_cosine,
+        cooc_affinity.as_deref().map(|affinity| Blend {
+            affinity,
+            weight: args.cooccurrence_weight,
+        }),
+    );
 
     // The clustering(s): the primary labels, and every level of a Leiden hierarchy.
     let mut levels: Vec<(f64, Vec<usize>)> = Vec::new();
@@ -244,6 +309,18 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
             )
         }
     };
+    let method = match (&cooccurrence, args.method) {
+        (Some(c), Method::Leiden | Method::Spectral) => format!(
+            "{method}; affinities blended {:.2} : {:.2} with chunk co-occurrence ({:?}, {} chunks of {} rows, fires above {})",
+            1.0 - args.cooccurrence_weight,
+            args.cooccurrence_weight,
+            args.cooccurrence,
+            c.chunks,
+            args.chunk,
+            args.fires_above
+        ),
+        _ => method,
+    };
     let mut found = categories(&labels, &unit, d_in);
 
     // The structure of the top categories (and the asked-for feature's) on the shards.
@@ -262,20 +339,18 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
         })
         .collect();
     let mut rows_read: Option<u64> = None;
-    if !shards.is_empty() {
-        let total: u64 = shards.iter().map(|s| s.rows as u64).sum();
-        let sae = GpuSae::upload_with_cap(&gpu, params, DEFAULT_CAP, args.batch_size)?;
-        let fw = ForwardBuffers::new(&gpu, &sae, args.batch_size)?;
+    if let Some(sae) = &sae {
+        let fw = ForwardBuffers::new(&gpu, sae, args.batch_size)?;
         let samples: Vec<CategorySamples> = studied
             .iter()
             .map(|&i| CategorySamples::new(&found[i].members, &params.w_dec, d_in))
             .collect();
-        let bar = progress(total, args.quiet);
+        let bar = progress(total_rows, args.quiet);
         let gathered = gather(
             &gpu,
-            &sae,
+            sae,
             &fw,
-            shards,
+            Arc::clone(&shards),
             samples,
             Sampling {
                 per_category: args.samples,
@@ -388,7 +463,7 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
     let affinity: Vec<f32> = graph
         .cosine
         .iter()
-        .map(|&c| crate::analysis::categories::graph::angular_affinity(c) as f32)
+        .map(|&c| angular_affinity(c) as f32)
         .collect();
     if levels.is_empty() {
         levels.push((0.0, labels.clone()));
@@ -398,18 +473,34 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
         .flat_map(|(_, l)| l.iter().map(|&v| v as i32))
         .collect();
     let resolutions: Vec<f32> = levels.iter().map(|(r, _)| *r as f32).collect();
-    write_safetensors(
-        &args.out.join("categories.safetensors"),
-        &[
-            TensorOut::i32("category", &[d_sae], &rank_of),
-            TensorOut::i32("labels", &[levels.len(), d_sae], &flat_labels),
-            TensorOut::f32("resolutions", &[levels.len()], &resolutions),
-            TensorOut::i32("knn_index", &[d_sae, graph.neighbours], &index),
-            TensorOut::f32("knn_cosine", &[d_sae, graph.neighbours], &graph.cosine),
-            TensorOut::f32("knn_affinity", &[d_sae, graph.neighbours], &affinity),
-        ],
-        None,
-    )?;
+    let knn_shape = [d_sae, graph.neighbours];
+    // Per kNN slot, the co-occurrence statistics of its pair (when counted).
+    let per_slot = |c: &ChunkCounts, stat: fn(&ChunkCounts, usize) -> f64| -> Vec<f32> {
+        knn_pairs
+            .slot_pair
+            .iter()
+            .map(|&e| stat(c, e) as f32)
+            .collect()
+    };
+    let cooc_tensors = cooccurrence.as_ref().map(|c| {
+        (
+            per_slot(c, ChunkCounts::phi),
+            per_slot(c, ChunkCounts::jaccard),
+        )
+    });
+    let mut tensors = vec![
+        TensorOut::i32("category", &[d_sae], &rank_of),
+        TensorOut::i32("labels", &[levels.len(), d_sae], &flat_labels),
+        TensorOut::f32("resolutions", &[levels.len()], &resolutions),
+        TensorOut::i32("knn_index", &knn_shape, &index),
+        TensorOut::f32("knn_cosine", &knn_shape, &graph.cosine),
+        TensorOut::f32("knn_affinity", &knn_shape, &affinity),
+    ];
+    if let Some((phi, jaccard)) = &cooc_tensors {
+        tensors.push(TensorOut::f32("knn_phi", &knn_shape, phi));
+        tensors.push(TensorOut::f32("knn_jaccard", &knn_shape, jaccard));
+    }
+    write_safetensors(&args.out.join("categories.safetensors"), &tensors, None)?;
     // The hierarchy: levels ordered coarse (low resolution) to fine, each cluster's parent.
     let mut order: Vec<usize> = (0..levels.len()).collect();
     order.sort_by(|&a, &b| levels[a].0.total_cmp(&levels[b].0));
@@ -451,6 +542,13 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
             "min_cosine": min_cosine,
             "rank_by": args.rank_by,
             "rows": rows_read,
+            "cooccurrence": cooccurrence.as_ref().map(|c| json!({
+                "weight": args.cooccurrence_weight,
+                "measure": args.cooccurrence,
+                "chunk": args.chunk,
+                "fires_above": args.fires_above,
+                "chunks": c.chunks,
+            })),
             "levels": if args.method == Method::Leiden { json!(hierarchy) } else { json!(null) },
             "categories": found,
         }),

@@ -41,7 +41,7 @@ enum Command {
     Hist(Box<hist::HistArgs>),
     /// Groups of features that belong together (decoder-cosine kNN graph, Engels' clustering),
     /// ranked by how much lower-dimensional they are than their size.
-    Categories(categories::CategoriesArgs),
+    Categories(Box<categories::CategoriesArgs>),
     /// Write synthetic activation shards from a known dictionary.
     Synth(synth::SynthArgs),
     /// Benchmarks (JSON lines with --json).
@@ -99,7 +99,7 @@ pub fn main() -> ExitCode {
         Command::Adapters(args) => adapters::run(&args),
         Command::Train(args) => train::run(*args),
         Command::Synth(args) => synth::run(args),
-        Command::Categories(args) => categories::run(args),
+        Command::Categories(args) => categories::run(*args),
         Command::Eval(args) => eval::run(args),
         Command::Encode(args) => encode::run(args),
         Command::Hist(args) => hist::run(*args),

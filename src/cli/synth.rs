@@ -44,6 +44,11 @@ pub struct SynthArgs {
     /// Standard deviation of a row's angle around its point, as a fraction of the spacing.
     #[arg(long, default_value_t = 0.05, requires = "circle")]
     circle_jitter: f64,
+    /// Weight in [0, 1) of each circle point's own direction outside the plane (real circles,
+    /// like the days of the week, are not purely 2-D; without it a TopK SAE has no reason to
+    /// learn the points rather than any ring of latents covering the plane).
+    #[arg(long, default_value_t = 0.0, requires = "circle")]
+    circle_identity: f64,
 }
 
 pub fn run(args: SynthArgs) -> anyhow::Result<()> {
@@ -64,6 +69,10 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
         (0.0..=1.0).contains(&args.circle_probability) && args.circle_jitter >= 0.0,
         "--circle-probability must lie in [0, 1] and --circle-jitter be non-negative"
     );
+    anyhow::ensure!(
+        (0.0..1.0).contains(&args.circle_identity),
+        "--circle-identity must lie in [0, 1)"
+    );
     let config = SynthConfig {
         d_in: args.d_in,
         n_features: args.n_features,
@@ -77,6 +86,7 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
             points: args.circle_points,
             probability: args.circle_probability,
             jitter: args.circle_jitter,
+            identity: args.circle_identity,
         }),
     };
     let paths = write_synthetic(&config, &args.out)?;

@@ -2,7 +2,10 @@
 //! features: `n_features > d_in` unit directions in superposition, power-law firing
 //! frequencies with a chosen mean number active per row, positive magnitudes, optional noise.
 //! Optionally a planted circle: a circular variable (like the day of the week) written into a
-//! 2-D plane at p evenly spaced angles, the structure `sae categories` must recover.
+//! 2-D plane at p evenly spaced angles, the structure `sae categories` must recover. Each value
+//! may also carry a small direction of its own outside the plane (as "Monday" carries more
+//! than its place in the week); without one, the p points are not identifiable by a TopK SAE,
+//! which covers the plane with any ring of 4–6 latents just as well.
 
 use std::path::{Path, PathBuf};
 
@@ -30,7 +33,9 @@ pub struct SynthConfig {
 }
 
 /// A circular variable with `points` values, represented at angles 2πj/points in a random
-/// plane: the points are features `n_features + j` of the true dictionary.
+/// plane: the points are features `n_features + j` of the true dictionary,
+/// √(1 − identity²)·(cos θⱼ·u + sin θⱼ·v) + identity·wⱼ with wⱼ a random unit direction
+/// orthogonal to the plane.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct PlantedCircle {
     pub points: usize,
@@ -38,6 +43,8 @@ pub struct PlantedCircle {
     pub probability: f64,
     /// Standard deviation of the angle around its point, as a fraction of the spacing 2π/points.
     pub jitter: f64,
+    /// Weight in [0, 1) of each point's own direction outside the plane.
+    pub identity: f64,
 }
 
 impl Default for PlantedCircle {
@@ -46,6 +53,7 @@ impl Default for PlantedCircle {
             points: 7,
             probability: 0.3,
             jitter: 0.05,
+            identity: 0.0,
         }
     }
 }
@@ -77,6 +85,9 @@ pub struct TrueDictionary {
     pub probabilities: Vec<f32>,
     /// The planted circle's orthonormal plane [2, d_in] (u then v), if any.
     pub circle_plane: Option<Vec<f32>>,
+    /// Each circle point's own unit direction outside the plane [points, d_in] (empty when
+    /// the circle has no identity component).
+    pub circle_identities: Vec<f32>,
 }
 
 /// The number of features in the true dictionary: the ordinary ones, then the circle's points.
@@ -110,20 +121,34 @@ pub fn make_dictionary(config: &SynthConfig, rng: &mut ChaCha8Rng) -> TrueDictio
         .map(|w| (w / total * config.mean_active).min(1.0) as f32)
         .collect();
     // Drawn after the ordinary features, so data without a circle is unchanged by it.
+    let mut circle_identities = Vec::new();
     let circle_plane = config.circle.map(|circle| {
         let u = random_unit(d, rng);
         let mut v = random_unit(d, rng);
-        let dot: f64 = u.iter().zip(&v).map(|(a, b)| a * b).sum();
-        v.iter_mut().zip(&u).for_each(|(b, a)| *b -= dot * a);
-        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-        v.iter_mut().for_each(|b| *b /= norm);
+        orthogonalise(&mut v, &[&u]);
+        // Drawn only when asked for, so circles without identities are unchanged by them.
+        if circle.identity > 0.0 {
+            for _ in 0..circle.points {
+                let mut w = random_unit(d, rng);
+                orthogonalise(&mut w, &[&u, &v]);
+                circle_identities.extend(w.iter().map(|&x| x as f32));
+            }
+        }
+        let in_plane = (1.0 - circle.identity * circle.identity).sqrt();
         for j in 0..circle.points {
             let angle = circle_angle(j as f64, circle.points);
-            features.extend(
-                u.iter()
-                    .zip(&v)
-                    .map(|(a, b)| (angle.cos() * a + angle.sin() * b) as f32),
-            );
+            let point = u
+                .iter()
+                .zip(&v)
+                .map(|(a, b)| in_plane * (angle.cos() * a + angle.sin() * b));
+            match circle_identities.get(j * d..(j + 1) * d) {
+                Some(w) => features.extend(
+                    point
+                        .zip(w)
+                        .map(|(p, &x)| (p + circle.identity * f64::from(x)) as f32),
+                ),
+                None => features.extend(point.map(|p| p as f32)),
+            }
             probabilities.push((circle.probability / circle.points as f64) as f32);
         }
         u.iter().chain(&v).map(|&x| x as f32).collect()
@@ -132,7 +157,18 @@ pub fn make_dictionary(config: &SynthConfig, rng: &mut ChaCha8Rng) -> TrueDictio
         features,
         probabilities,
         circle_plane,
+        circle_identities,
     }
+}
+
+/// Removes from `v` its components along the orthonormal `basis`, then rescales it to unit norm.
+fn orthogonalise(v: &mut [f64], basis: &[&[f64]]) {
+    for b in basis {
+        let dot: f64 = v.iter().zip(b.iter()).map(|(x, y)| x * y).sum();
+        v.iter_mut().zip(b.iter()).for_each(|(x, y)| *x -= dot * y);
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    v.iter_mut().for_each(|x| *x /= norm);
 }
 
 fn random_unit(d: usize, rng: &mut ChaCha8Rng) -> Vec<f64> {
@@ -179,10 +215,15 @@ pub fn write_synthetic(config: &SynthConfig, out: &Path) -> anyhow::Result<Vec<P
                     let position = point as f64 + circle.jitter * gaussian(&mut rng);
                     let angle = circle_angle(position, circle.points);
                     let magnitude = rng.random_range(0.5f32..1.5);
+                    let in_plane = (1.0 - circle.identity * circle.identity).sqrt() as f32;
                     let (cos, sin) = (angle.cos() as f32, angle.sin() as f32);
                     let (u, v) = plane.split_at(d);
                     for ((o, a), b) in row.iter_mut().zip(u).zip(v) {
-                        *o += magnitude * (cos * a + sin * b);
+                        *o += magnitude * in_plane * (cos * a + sin * b);
+                    }
+                    if let Some(w) = dict.circle_identities.get(point * d..(point + 1) * d) {
+                        let weight = magnitude * circle.identity as f32;
+                        row.iter_mut().zip(w).for_each(|(o, x)| *o += weight * x);
                     }
                     if magnitude > strongest.1 {
                         strongest = ((n + point) as i32, magnitude);

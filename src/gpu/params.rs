@@ -120,6 +120,20 @@ pub struct HistParams {
     pub tracked: u32,
 }
 
+/// shaders/cooccurrence.wgsl
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct CooccurrenceParams {
+    pub rows: u32,
+    pub k: u32,
+    pub chunk_rows: u32,
+    pub chunks: u32,
+    pub words: u32,
+    pub d_sae: u32,
+    pub pairs: u32,
+    pub fires_above: f32,
+}
+
 const _: () = {
     assert!(std::mem::size_of::<GemmParams>() == 16);
     assert!(std::mem::size_of::<TopKParams>() == 48);
@@ -128,4 +142,5 @@ const _: () = {
     assert!(std::mem::size_of::<OptimParams>() == 48);
     assert!(std::mem::size_of::<ReduceParams>() == 32);
     assert!(std::mem::size_of::<HistParams>() == 32);
+    assert!(std::mem::size_of::<CooccurrenceParams>() == 32);
 };

@@ -10,6 +10,7 @@ pub enum Shader {
     Optim,
     Reduce,
     Hist,
+    Cooccurrence,
 }
 
 impl Shader {
@@ -22,13 +23,14 @@ impl Shader {
             Shader::Optim => "optim",
             Shader::Reduce => "reduce",
             Shader::Hist => "hist",
+            Shader::Cooccurrence => "cooccurrence",
         }
     }
 
     /// Shared helpers this shader's source relies on (shaders/common.wgsl), if any.
     pub fn prelude(self) -> &'static str {
         match self {
-            Shader::Backward | Shader::Reduce | Shader::Hist => {
+            Shader::Backward | Shader::Reduce | Shader::Hist | Shader::Cooccurrence => {
                 include_str!("../../shaders/common.wgsl")
             }
             _ => "",
@@ -44,6 +46,7 @@ impl Shader {
             Shader::Optim => include_str!("../../shaders/optim.wgsl"),
             Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
             Shader::Hist => include_str!("../../shaders/hist.wgsl"),
+            Shader::Cooccurrence => include_str!("../../shaders/cooccurrence.wgsl"),
         }
     }
 }

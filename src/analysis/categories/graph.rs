@@ -139,28 +139,71 @@ pub struct Edges {
     pub weight: Vec<f64>,
 }
 
+/// Each unordered pair of the kNN graph once (i < j), with its cosine, and where each kNN slot
+/// landed: the candidate edges that co-occurrence is counted for.
+#[derive(Clone, Debug, Default)]
+pub struct KnnPairs {
+    pub pairs: Vec<(usize, usize)>,
+    pub cosine: Vec<f32>,
+    /// [d_sae, neighbours]: the pair index of each kNN slot.
+    pub slot_pair: Vec<usize>,
+}
+
+/// A second affinity per pair of [`KnnPairs`] (co-occurrence), mixed in with `weight`.
+#[derive(Clone, Copy, Debug)]
+pub struct Blend<'a> {
+    pub affinity: &'a [f64],
+    pub weight: f64,
+}
+
 impl KnnGraph {
+    pub fn pairs(&self) -> KnnPairs {
+        let mut seen: HashMap<(usize, usize), usize> = HashMap::new();
+        let mut out = KnnPairs::default();
+        for i in 0..self.d_sae {
+            for (j, c) in self.of(i) {
+                let key = (i.min(j), i.max(j));
+                let e = *seen.entry(key).or_insert_with(|| {
+                    out.pairs.push(key);
+                    out.cosine.push(c);
+                    out.pairs.len() - 1
+                });
+                out.cosine[e] = out.cosine[e].max(c);
+                out.slot_pair.push(e);
+            }
+        }
+        out
+    }
+
     /// Undirected edges weighted by angular affinity, for neighbours whose cosine is at least
     /// `min_cosine`: below it a neighbour is one by chance (random directions in d_in
     /// dimensions have cosines of spread 1/√d_in), and such edges only blur the clustering.
     pub fn edges(&self, min_cosine: f32) -> Edges {
-        let mut seen: HashMap<(usize, usize), usize> = HashMap::new();
+        self.pairs().edges(min_cosine, None)
+    }
+}
+
+impl KnnPairs {
+    /// Weighted edges: (1 − w)·a_dec + w·a_other, where a_dec is the angular affinity of pairs
+    /// with cosine ≥ `min_cosine` (else 0) and a_other the blend's; pairs of weight 0 drop out.
+    pub fn edges(&self, min_cosine: f32, blend: Option<Blend<'_>>) -> Edges {
         let mut edges = Edges::default();
-        for i in 0..self.d_sae {
-            for (j, c) in self.of(i) {
-                if c < min_cosine || i == j {
-                    continue;
-                }
-                let key = (i.min(j), i.max(j));
-                let w = angular_affinity(c);
-                match seen.get(&key) {
-                    Some(&e) => edges.weight[e] = edges.weight[e].max(w),
-                    None => {
-                        seen.insert(key, edges.pairs.len());
-                        edges.pairs.push(key);
-                        edges.weight.push(w);
-                    }
-                }
+        for (e, (&pair, &c)) in self.pairs.iter().zip(&self.cosine).enumerate() {
+            if pair.0 == pair.1 {
+                continue;
+            }
+            let decoder = if c >= min_cosine {
+                angular_affinity(c)
+            } else {
+                0.0
+            };
+            let w = match blend {
+                Some(b) => (1.0 - b.weight) * decoder + b.weight * b.affinity[e],
+                None => decoder,
+            };
+            if w > 0.0 {
+                edges.pairs.push(pair);
+                edges.weight.push(w);
             }
         }
         edges

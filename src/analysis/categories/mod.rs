@@ -3,6 +3,8 @@
 //! Linear"; Li, Michaud, Tegmark et al. 2024, "The Geometry of Concepts").
 //!
 //! 1. [`graph`]: the decoder-cosine kNN graph on the GPU, angular affinities.
+//!    [`cooccurrence`]: optionally, how often features fire in the same chunks of rows,
+//!    blended into the graph's affinities.
 //! 2. [`cluster`]: Leiden (default, several resolutions give a hierarchy), Engels' graph
 //!    components, spectral clustering.
 //! 3. [`shape`]: per category, the participation ratio of the members' unit decoder rows,
@@ -14,6 +16,7 @@
 //! 6. [`report`]: categories.json, categories.safetensors, PNGs and a static HTML report.
 
 pub mod cluster;
+pub mod cooccurrence;
 pub mod graph;
 pub mod report;
 pub mod shape;

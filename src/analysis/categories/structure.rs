@@ -121,7 +121,7 @@ pub fn gather(
     gpu: &Gpu,
     sae: &GpuSae,
     fw: &ForwardBuffers,
-    shards: Vec<Shard>,
+    shards: Arc<Vec<Shard>>,
     mut categories: Vec<CategorySamples>,
     sampling: Sampling,
     mut on_rows: impl FnMut(u64),
@@ -139,7 +139,7 @@ pub fn gather(
     let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
     let mut rows = 0u64;
     let mut max_token: Option<i32> = None;
-    let stream = BatchStream::start(Arc::new(shards), StreamConfig::sequential(fw.capacity))?;
+    let stream = BatchStream::start(shards, StreamConfig::sequential(fw.capacity))?;
     let mut fired: HashMap<usize, Vec<(usize, f32)>> = HashMap::new();
     for batch in stream {
         let batch = batch?;

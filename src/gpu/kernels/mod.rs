@@ -2,6 +2,7 @@
 //! pipeline, bind, compute the grid, record into the caller's [`Recorder`](super::Recorder).
 
 pub mod backward;
+pub mod cooccurrence;
 pub mod decoder;
 pub mod encoder;
 pub mod hist;
