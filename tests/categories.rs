@@ -14,7 +14,7 @@ use sae_wgpu::analysis::categories::{knn_graph, unit_rows};
 use sae_wgpu::data::open_shards;
 use sae_wgpu::data::synth::{write_synthetic, PlantedCircle, SynthConfig, TRUE_DICTIONARY};
 use sae_wgpu::io::{write_safetensors, TensorOut};
-use sae_wgpu::sae::formats::{read_tensor_f32, save_sparsify};
+use sae_wgpu::sae::formats::{load_sae, read_tensor_f32, save_sparsify};
 use sae_wgpu::sae::forward::DEFAULT_CAP;
 use sae_wgpu::sae::params::{Activation, SaeParams};
 use sae_wgpu::sae::GpuSae;
@@ -319,6 +319,133 @@ fn cooccurrence_finds_topics_that_decoder_geometry_cannot() {
         String::from_utf8_lossy(&output.stderr).contains("--cooccurrence-weight needs shards"),
         "{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `sae ARGS… FLAGS` (FLAGS split at whitespace) and fails the test with its stderr if
+/// it fails.
+fn sae(args: &[&str], flags: &str) {
+    let output = Command::new(env!("CARGO_BIN_EXE_sae"))
+        .args(args)
+        .args(flags.split_whitespace())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "sae {args:?} {flags}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The acceptance test of `sae categories`, end to end through the CLI: plant a 7-point circle
+/// among 24 ordinary features (`sae synth`), train a TopK SAE on it (`sae train`); the latents
+/// that learned the circle's points must all be in category #1 by the default score, in their
+/// cyclic order.
+///
+/// Each point carries a direction of its own besides its place on the circle
+/// (`--circle-identity 0.5`, as "Monday" is more than an angle): purely in-plane points are
+/// not identifiable by a TopK SAE, which covers the plane with any ring of 4–6 latents. A
+/// trained SAE also has latents that mix a point with an ordinary feature; they sit between
+/// the ring and the rest, so Leiden at the default resolution 0.05 often cuts the ring into
+/// arcs, and at 0.03 keeps it whole with a few such neighbours (measured over 8 training
+/// seeds and settings: whole at 0.03 in 8 of 8, at 0.05 in 1 of 8). The test asks for both
+/// levels; categories come from the first.
+#[test]
+fn trained_sae_finds_the_planted_circle_as_the_first_category() {
+    if gpu().is_none() {
+        return;
+    }
+    let dir = temp_dir("categories-trained");
+    let (data, run, out) = (dir.join("data"), dir.join("run"), dir.join("out"));
+    let (data_s, run_s, out_s) = (
+        data.to_str().unwrap(),
+        run.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    sae(
+        &["synth", "--out", data_s],
+        "--d-in 64 --n-features 24 --rows-per-shard 30000 --shards 1 --mean-active 2 \
+         --circle --circle-probability 0.6 --circle-identity 0.5 --seed 1",
+    );
+    sae(
+        &["train", data_s, "--out", run_s],
+        "--k 3 --d-sae 31 --batch-size 128 --tokens 256000 --lr 1e-2 --dead-tokens 5000 \
+         --format sparsify --quiet",
+    );
+    sae(
+        &["categories", run_s, data_s, "--out", out_s],
+        "--resolution 0.03,0.05 --quiet",
+    );
+
+    // Each planted point's latent: the best decoder-cosine match, which must be a good one.
+    let truth_path = data.join(TRUE_DICTIONARY);
+    let bytes = std::fs::read(&truth_path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let truth = read_tensor_f32(&st, "features", &[31, 64], &truth_path).unwrap();
+    let learned = unit_rows(&load_sae(&run).unwrap().params.w_dec, 64);
+    let mut point_of = std::collections::HashMap::new();
+    for point in 0..7 {
+        let feature = &truth[(24 + point) * 64..(25 + point) * 64];
+        let (latent, cosine) = (0..31)
+            .map(|l| {
+                let row = &learned[l * 64..(l + 1) * 64];
+                (l, row.iter().zip(feature).map(|(a, b)| a * b).sum::<f32>())
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap();
+        assert!(
+            cosine > 0.9,
+            "point {point}: best latent {latent}, cosine {cosine}"
+        );
+        assert!(
+            point_of.insert(latent, point).is_none(),
+            "latent {latent} learned two points"
+        );
+    }
+    let mut planted: Vec<usize> = point_of.keys().copied().collect();
+    planted.sort();
+
+    let report = read_json(&out.join("categories.json"));
+    let first = &report["categories"][0];
+    let members = ids(&first["members"]);
+    let extra: Vec<usize> = members
+        .iter()
+        .copied()
+        .filter(|m| !point_of.contains_key(m))
+        .collect();
+    assert!(
+        planted.iter().all(|p| members.contains(p)) && extra.len() <= 4,
+        "planted latents {planted:?}, first category: {first}"
+    );
+    // The members' cyclic order, read on the planted points: from the decoder rows, and from
+    // the reconstructions on data; and the tokens (the strongest feature's id) around it.
+    for order in [&first["cyclic_order"], &first["structure"]["cyclic_order"]] {
+        let points: Vec<usize> = ids(order)
+            .iter()
+            .filter_map(|l| point_of.get(l).copied())
+            .collect();
+        assert_cyclic(&points, 7);
+    }
+    // Rows where no feature fired have token −1.
+    let tokens: Vec<usize> = first["structure"]["token_order"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_i64().unwrap())
+        .filter(|&t| t >= 24)
+        .map(|t| t as usize - 24)
+        .collect();
+    assert_eq!(tokens.len(), 7, "token order {}", first["structure"]);
+    assert_cyclic(&tokens, 7);
+    eprintln!(
+        "trained: category #1 = planted {planted:?} + {extra:?}, PR {:.2}, score {:.2}, \
+         Engels (1 − M)·S {:.2}",
+        first["participation_ratio"].as_f64().unwrap(),
+        first["subspace_score"].as_f64().unwrap(),
+        first["structure"]["engels_score"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -169,6 +169,9 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
         args.fires_above.is_finite() && args.fires_above >= 0.0,
         "--fires-above must be a non-negative number"
     );
+    if args.cooccurrence_weight > 0.0 && args.method == Method::Engels {
+        bail!("--cooccurrence-weight blends the graph's affinities, which --method engels does not use (it links by decoder cosine alone)");
+    }
     if args.cooccurrence_weight > 0.0 && args.shards.is_empty() {
         bail!("--cooccurrence-weight needs shards: co-occurrence is counted on data");
     }
@@ -309,8 +312,8 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
             )
         }
     };
-    let method = match (&cooccurrence, args.method) {
-        (Some(c), Method::Leiden | Method::Spectral) => format!(
+    let method = match &cooccurrence {
+        Some(c) => format!(
             "{method}; affinities blended {:.2} : {:.2} with chunk co-occurrence ({:?}, {} chunks of {} rows, fires above {})",
             1.0 - args.cooccurrence_weight,
             args.cooccurrence_weight,
@@ -319,7 +322,7 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
             args.chunk,
             args.fires_above
         ),
-        _ => method,
+        None => method,
     };
     let mut found = categories(&labels, &unit, d_in);
 

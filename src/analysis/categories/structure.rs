@@ -237,7 +237,8 @@ pub struct Structure {
     pub pairs: Vec<PairIndices>,
     /// Mean over the consecutive pairs of (1 − M)·S.
     pub engels_score: f64,
-    /// The pair with the highest (1 − M)·S, where the circle is fitted.
+    /// The pair with the highest (1 − M)·S times its share of the variance, where the circle
+    /// is fitted.
     pub best_pair: [usize; 2],
     pub circle: SampleCircle,
     /// Members ordered by the angle of their typical point (mean activation × decoder row)
@@ -311,9 +312,16 @@ pub fn analyse(cat: &CategorySamples, d_in: usize) -> Option<Structure> {
         .collect();
     let irreducibility = |p: &PairIndices| (1.0 - p.mixture) * p.separability;
     let engels_score = pairs.iter().map(irreducibility).sum::<f64>() / pairs.len() as f64;
+    // Weighted by the pair's share of the variance: an irreducible pattern along minor
+    // components is not the category's shape (on a trained SAE's planted circle, PCs 2–3
+    // scored (1 − M)·S 0.52 against the circle plane's 0.50, with 45 % of the variance
+    // against 83 %).
+    let weighted = |p: &PairIndices| {
+        irreducibility(p) * (pca_variance[p.components[0]] + pca_variance[p.components[1]])
+    };
     let best = pairs
         .iter()
-        .max_by(|a, b| irreducibility(a).total_cmp(&irreducibility(b)))
+        .max_by(|a, b| weighted(a).total_cmp(&weighted(b)))
         .map_or([0, 1], |p| p.components);
     let points: Vec<([f64; 2], i32)> = projected
         .iter()
