@@ -17,7 +17,7 @@ use super::eval::progress;
 use super::GpuArgs;
 use crate::analysis::categories::cluster::{parents, spectral_embedding, LeidenQuality};
 use crate::analysis::categories::cooccurrence::{
-    count_chunks, ChunkCounts, Chunking, CooccurrenceMeasure,
+    chunk_batch_rows, count_chunks, ChunkCounts, Chunking, CooccurrenceMeasure,
 };
 use crate::analysis::categories::graph::{angular_affinity, match_across, Blend, Matching};
 use crate::analysis::categories::report::{write_report, ReportInputs};
@@ -246,11 +246,11 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
     let knn_pairs = graph.pairs();
     let total_rows: u64 = shards.iter().map(|s| s.rows as u64).sum();
     // One upload serves both passes over the shards.
-    let cooc_batch = args.chunk * (args.batch_size / args.chunk).max(1);
+    let max_rows = args
+        .batch_size
+        .max(chunk_batch_rows(args.chunk, args.batch_size));
     let sae = (!shards.is_empty())
-        .then(|| {
-            GpuSae::upload_with_cap(&gpu, params, DEFAULT_CAP, args.batch_size.max(cooc_batch))
-        })
+        .then(|| GpuSae::upload_with_cap(&gpu, params, DEFAULT_CAP, max_rows))
         .transpose()?;
     let cooccurrence = match &sae {
         Some(sae) if args.cooccurrence_weight > 0.0 => {
@@ -421,7 +421,7 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
         .transpose()?;
 
     // Outputs: the report pages first, then the files whose presence marks a finished run.
-    let full = graph.edges(-1.0);
+    let full = knn_pairs.edges(-1.0, None);
     let dims = 3.min(d_sae);
     let embedding = spectral_embedding(d_sae, &full, dims, args.seed)?;
     let map: Vec<(f64, f64)> = (0..d_sae)

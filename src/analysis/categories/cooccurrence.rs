@@ -87,6 +87,12 @@ impl ChunkCounts {
     }
 }
 
+/// Rows per batch of the co-occurrence pass: a whole number of chunks, at least one, near
+/// `batch_rows`.
+pub fn chunk_batch_rows(chunk_rows: usize, batch_rows: usize) -> usize {
+    chunk_rows * (batch_rows / chunk_rows.max(1)).max(1)
+}
+
 /// Streams `shards` through `sae` and counts, per chunk of `chunking.chunk_rows` consecutive
 /// rows, which features fire; then for every feature and each of `pairs`, in how many chunks.
 /// Batches hold a whole number of chunks (at least one), so chunks never straddle two.
@@ -101,7 +107,7 @@ pub fn count_chunks(
 ) -> anyhow::Result<ChunkCounts> {
     let chunk_rows = chunking.chunk_rows;
     anyhow::ensure!(chunk_rows >= 1, "--chunk must be at least 1");
-    let batch = chunk_rows * (batch_rows / chunk_rows).max(1);
+    let batch = chunk_batch_rows(chunk_rows, batch_rows);
     let total_rows: u64 = shards.iter().map(|s| s.rows as u64).sum();
     let total_chunks = total_rows.div_ceil(chunk_rows as u64);
     // The GPU counters are u32; each counts chunks, so they cannot overflow below this.

@@ -174,18 +174,13 @@ impl KnnGraph {
         }
         out
     }
-
-    /// Undirected edges weighted by angular affinity, for neighbours whose cosine is at least
-    /// `min_cosine`: below it a neighbour is one by chance (random directions in d_in
-    /// dimensions have cosines of spread 1/√d_in), and such edges only blur the clustering.
-    pub fn edges(&self, min_cosine: f32) -> Edges {
-        self.pairs().edges(min_cosine, None)
-    }
 }
 
 impl KnnPairs {
     /// Weighted edges: (1 − w)·a_dec + w·a_other, where a_dec is the angular affinity of pairs
     /// with cosine ≥ `min_cosine` (else 0) and a_other the blend's; pairs of weight 0 drop out.
+    /// Below the floor a neighbour is one by chance (random directions in d_in dimensions have
+    /// cosines of spread 1/√d_in), and such edges only blur the clustering.
     pub fn edges(&self, min_cosine: f32, blend: Option<Blend<'_>>) -> Edges {
         let mut edges = Edges::default();
         for (e, (&pair, &c)) in self.pairs.iter().zip(&self.cosine).enumerate() {
