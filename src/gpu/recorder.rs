@@ -140,6 +140,15 @@ impl<'g> Recorder<'g> {
         Ok(())
     }
 
+    /// One invocation per item: `items` over workgroups of `workgroup`, folded within the
+    /// adapter's per-dimension limit (see [`Grid::linear`]).
+    pub fn threads_grid(&self, items: usize, workgroup: u32) -> Grid {
+        Grid::linear(
+            items.div_ceil(workgroup as usize) as u64,
+            self.gpu.limits.max_compute_workgroups_per_dimension,
+        )
+    }
+
     /// Zeroes a buffer (e.g. counters before an atomic pass).
     pub fn clear(&mut self, buffer: &GpuBuffer) {
         self.encoder.clear_buffer(&buffer.buffer, 0, None);

@@ -152,7 +152,7 @@ pub fn launch_loss_grad(
     if let Some(slot) = scale.factor_slot {
         params.scale_slot = dim(KERNEL, "stat slot", slot)?;
     }
-    let grid = grid(rec, n.div_ceil(WG as usize));
+    let grid = rec.threads_grid(n, WG);
     rec.launch(
         &key(KERNEL),
         &params,
@@ -176,7 +176,7 @@ pub fn launch_aux_residual(
         check_len(KERNEL, buffer, n)?;
     }
     let params = shape.params(KERNEL)?;
-    let grid = grid(rec, n.div_ceil(WG as usize));
+    let grid = rec.threads_grid(n, WG);
     rec.launch(
         &key(KERNEL),
         &params,
@@ -248,7 +248,7 @@ pub fn launch_reverse_index(
     let params = shape.params("mark_latents")?;
     rec.clear(&index.row_bits);
     rec.clear(&index.counts);
-    let per_entry = grid(rec, shape.entries().div_ceil(WG as usize));
+    let per_entry = rec.threads_grid(shape.entries(), WG);
     rec.launch(
         &key("mark_latents"),
         &params,

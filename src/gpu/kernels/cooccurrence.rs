@@ -2,7 +2,6 @@
 //! features, then chunk counts for a list of feature pairs and for every feature.
 
 use super::{check_len, dim};
-use crate::gpu::dispatch::Grid;
 use crate::gpu::error::{ensure, GpuResult};
 use crate::gpu::params::CooccurrenceParams;
 use crate::gpu::{GpuBuffer, PipelineKey, Recorder, Shader};
@@ -62,13 +61,6 @@ fn params(
     })
 }
 
-fn grid(rec: &Recorder<'_>, threads: usize) -> Grid {
-    Grid::linear(
-        threads.div_ceil(WG as usize) as u64,
-        rec.gpu().limits.max_compute_workgroups_per_dimension,
-    )
-}
-
 /// Sets bit `feature` of chunk `row / chunk_rows` in `presence` ([chunks, words] u32, cleared
 /// by the caller) for every entry of `top_idx`/`top_val` ([rows, k]) above `fires_above`.
 pub fn launch_mark_presence(
@@ -85,7 +77,7 @@ pub fn launch_mark_presence(
     check_len("mark_presence", presence, shape.presence_len())?;
     dim("mark_presence", "entries", entries)?;
     let params = params("mark_presence", shape, 0, fires_above)?;
-    let grid = grid(rec, entries);
+    let grid = rec.threads_grid(entries, WG);
     rec.launch(
         &key("mark_presence"),
         &params,
@@ -112,7 +104,7 @@ pub fn launch_count_chunks(
     check_len("count_chunks", feature_chunks, shape.d_sae)?;
     let params = params("count_chunks", shape, pairs, 0.0)?;
     if pairs > 0 {
-        let grid = grid(rec, pairs);
+        let grid = rec.threads_grid(pairs, WG);
         rec.launch(
             &key("count_pairs"),
             &params,
@@ -120,7 +112,7 @@ pub fn launch_count_chunks(
             grid,
         )?;
     }
-    let grid = grid(rec, shape.d_sae);
+    let grid = rec.threads_grid(shape.d_sae, WG);
     rec.launch(
         &key("count_features"),
         &params,

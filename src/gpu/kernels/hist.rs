@@ -3,7 +3,6 @@
 
 use super::backward::ReverseIndex;
 use super::{check_len, dim};
-use crate::gpu::dispatch::Grid;
 use crate::gpu::error::{ensure, GpuResult};
 use crate::gpu::params::HistParams;
 use crate::gpu::{GpuBuffer, PipelineKey, Recorder, Shader};
@@ -55,13 +54,6 @@ fn params(index: &ReverseIndex, bins: Option<LogBins>) -> GpuResult<HistParams> 
     })
 }
 
-fn per_latent(rec: &Recorder<'_>, d_sae: usize) -> Grid {
-    Grid::linear(
-        d_sae.div_ceil(WG as usize) as u64,
-        rec.gpu().limits.max_compute_workgroups_per_dimension,
-    )
-}
-
 /// `batch_stats[i] = (fires as u32 bits, Σv, Σv², max v)` over this batch (v > 0 only).
 pub fn launch_batch_stats(
     rec: &mut Recorder<'_>,
@@ -73,7 +65,7 @@ pub fn launch_batch_stats(
     check_len("batch_stats", top_val, s.entries())?;
     check_len("batch_stats", batch_stats, 4 * s.d_sae)?;
     let params = params(index, None)?;
-    let grid = per_latent(rec, s.d_sae);
+    let grid = rec.threads_grid(s.d_sae, WG);
     rec.launch(
         &key("batch_stats_per_latent", 1),
         &params,
@@ -106,10 +98,7 @@ pub fn launch_bin_counts(
     check_len("bin_counts", top_val, s.entries())?;
     check_len("bin_counts", bins, s.d_sae * log_bins.bins)?;
     let params = params(index, Some(log_bins))?;
-    let grid = Grid::linear(
-        s.entries().div_ceil(WG as usize) as u64,
-        rec.gpu().limits.max_compute_workgroups_per_dimension,
-    );
+    let grid = rec.threads_grid(s.entries(), WG);
     rec.launch(
         &key("bin_counts", 1),
         &params,
@@ -136,7 +125,7 @@ pub fn launch_top_rows(
     check_len("top_rows", best_val, s.d_sae * top_m)?;
     check_len("top_rows", best_origin, 3 * s.d_sae * top_m)?;
     let params = params(index, None)?;
-    let grid = per_latent(rec, s.d_sae);
+    let grid = rec.threads_grid(s.d_sae, WG);
     rec.launch(
         &key("top_rows", top_m),
         &params,
@@ -171,10 +160,7 @@ pub fn launch_cooccurrence(
     check_len("cooccurrence", pairs, tracked * tracked)?;
     let mut params = params(index, None)?;
     params.tracked = dim("cooccurrence", "tracked features", tracked)?;
-    let grid = Grid::linear(
-        s.rows.div_ceil(WG as usize) as u64,
-        rec.gpu().limits.max_compute_workgroups_per_dimension,
-    );
+    let grid = rec.threads_grid(s.rows, WG);
     rec.launch(
         &key("cooccurrence", 1),
         &params,

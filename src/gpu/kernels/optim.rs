@@ -65,10 +65,7 @@ pub fn launch_adam(
         one_minus_beta2: (1.0 - config.beta2) as f32,
         ..Default::default()
     };
-    let grid = Grid::linear(
-        n.div_ceil(WG as usize) as u64,
-        rec.gpu().limits.max_compute_workgroups_per_dimension,
-    );
+    let grid = rec.threads_grid(n, WG);
     rec.launch(
         &key(KERNEL),
         &params,

@@ -143,13 +143,8 @@ impl Reducer {
             cols: dim("column_mean", "cols", cols)?,
             ..Default::default()
         };
-        let max = rec.gpu().limits.max_compute_workgroups_per_dimension;
-        rec.launch(
-            &key("column_mean"),
-            &base,
-            &[(1, x), (5, col_mean)],
-            Grid::linear(cols.div_ceil(WG as usize) as u64, max),
-        )?;
+        let grid = rec.threads_grid(cols, WG);
+        rec.launch(&key("column_mean"), &base, &[(1, x), (5, col_mean)], grid)?;
         let inputs = [(1, x), (5, col_mean)];
         self.sum_of_squares(
             rec,
@@ -179,10 +174,7 @@ pub fn launch_row_l0(
         k: dim(KERNEL, "k", k)?,
         ..Default::default()
     };
-    let grid = Grid::linear(
-        rows.div_ceil(WG as usize) as u64,
-        rec.gpu().limits.max_compute_workgroups_per_dimension,
-    );
+    let grid = rec.threads_grid(rows, WG);
     rec.launch(&key(KERNEL), &params, &[(6, top_val), (8, row_l0)], grid)
 }
 
@@ -202,22 +194,12 @@ pub fn launch_fire_counts(
         n: dim(KERNEL, "entries", entries)?,
         ..Default::default()
     };
-    let grid = Grid::linear(
-        entries.div_ceil(WG as usize) as u64,
-        rec.gpu().limits.max_compute_workgroups_per_dimension,
-    );
+    let grid = rec.threads_grid(entries, WG);
     rec.launch(
         &key(KERNEL),
         &params,
         &[(6, top_val), (7, top_idx), (9, fire_counts)],
         grid,
-    )
-}
-
-fn per_latent_grid(rec: &Recorder<'_>, d_sae: usize) -> Grid {
-    Grid::linear(
-        d_sae.div_ceil(WG as usize) as u64,
-        rec.gpu().limits.max_compute_workgroups_per_dimension,
     )
 }
 
@@ -237,7 +219,7 @@ pub fn launch_update_dead(
         rows: dim(KERNEL, "rows", rows)?,
         ..Default::default()
     };
-    let grid = per_latent_grid(rec, d_sae);
+    let grid = rec.threads_grid(d_sae, WG);
     rec.launch(
         &key(KERNEL),
         &params,
@@ -265,7 +247,7 @@ pub fn launch_dead_mask(
         ..Default::default()
     };
     rec.clear(dead_count);
-    let grid = per_latent_grid(rec, d_sae);
+    let grid = rec.threads_grid(d_sae, WG);
     rec.launch(
         &key(KERNEL),
         &params,
