@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{gpu, random_vec, rng, temp_dir};
+use common::reference::{encode, RefSae};
+use common::{gpu, random_vec, rng, temp_dir, to_f64};
 use sae_wgpu::analysis::categories::cooccurrence::{count_chunks, Chunking};
 use sae_wgpu::analysis::categories::{knn_graph, unit_rows};
 use sae_wgpu::data::open_shards;
@@ -79,21 +80,12 @@ fn knn_graph_matches_cpu_reference() {
 /// Which latents of each row the CPU reference (f64 encode, ReLU, TopK) finds above
 /// `fires_above`.
 fn cpu_firing(params: &SaeParams, x: &[f32], k: usize, fires_above: f64) -> Vec<Vec<usize>> {
-    let (d_in, d_sae) = (params.d_in, params.d_sae);
-    x.chunks_exact(d_in)
+    let d_sae = params.d_sae;
+    let rows = x.len() / params.d_in;
+    let h = encode(&to_f64(x), rows, &RefSae::from_params(params));
+    h.chunks_exact(d_sae)
         .map(|row| {
-            let mut h: Vec<(f64, usize)> = (0..d_sae)
-                .map(|n| {
-                    let pre: f64 = f64::from(params.b_enc[n])
-                        + (0..d_in)
-                            .map(|c| {
-                                (f64::from(row[c]) - f64::from(params.b_dec[c]))
-                                    * f64::from(params.w_enc[c * d_sae + n])
-                            })
-                            .sum::<f64>();
-                    (pre.max(0.0), n)
-                })
-                .collect();
+            let mut h: Vec<(f64, usize)> = row.iter().map(|&v| v.max(0.0)).zip(0..).collect();
             h.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             h.iter()
                 .take(k)

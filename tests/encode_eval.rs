@@ -11,19 +11,8 @@ use common::reference::{encode, RefSae};
 use common::{random_sae, random_vec, rng, temp_dir, to_f64};
 use sae_wgpu::io::{write_safetensors, TensorOut};
 use sae_wgpu::sae::formats::{read_tensor_f32, save_saelens, save_sparsify};
-use sae_wgpu::sae::params::{Activation, SaeParams};
+use sae_wgpu::sae::params::Activation;
 use safetensors::SafeTensors;
-
-fn reference(p: &SaeParams) -> RefSae {
-    RefSae {
-        d_in: p.d_in,
-        d_sae: p.d_sae,
-        w_enc: to_f64(&p.w_enc),
-        b_enc: to_f64(&p.b_enc),
-        w_dec: to_f64(&p.w_dec),
-        b_dec: to_f64(&p.b_dec),
-    }
-}
 
 fn write_shard(path: &Path, rows: usize, d: usize, seed: u64) -> Vec<f32> {
     let x = random_vec(&mut rng(seed), rows * d, 1.5);
@@ -116,7 +105,7 @@ fn encode_topk_sparsify_layout_matches_reference() {
         "16",
     ]);
     let (idx, val, tokens) = read_codes(&dir.join("codes/acts.safetensors"), rows, k);
-    let h = encode(&to_f64(&x), rows, &reference(&params));
+    let h = encode(&to_f64(&x), rows, &RefSae::from_params(&params));
     let (codes, _, _) = reference_codes(&h, rows, d_sae, k, &|_| 0.0);
     for r in 0..rows {
         for (j, (i, v)) in codes[r].iter().enumerate() {
@@ -163,7 +152,7 @@ fn relu_and_jumprelu_saelens_sae_are_capped_and_counted() {
             Activation::JumpRelu { threshold } => f64::from(threshold[i]),
             _ => 0.0,
         };
-        let h = encode(&to_f64(&x), rows, &reference(&params));
+        let h = encode(&to_f64(&x), rows, &RefSae::from_params(&params));
         let (codes, active_total, dropped) = reference_codes(&h, rows, d_sae, cap, &threshold);
         assert!(dropped > 0, "{name}: the test should exercise the cap");
 

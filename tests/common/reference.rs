@@ -16,6 +16,20 @@ pub struct RefSae {
     pub b_dec: Vec<f64>,
 }
 
+impl RefSae {
+    /// The f64 copy of an SAE's parameters.
+    pub fn from_params(p: &sae_wgpu::sae::params::SaeParams) -> RefSae {
+        RefSae {
+            d_in: p.d_in,
+            d_sae: p.d_sae,
+            w_enc: super::to_f64(&p.w_enc),
+            b_enc: super::to_f64(&p.b_enc),
+            w_dec: super::to_f64(&p.w_dec),
+            b_dec: super::to_f64(&p.b_dec),
+        }
+    }
+}
+
 pub fn encode(x: &[f64], rows: usize, sae: &RefSae) -> Vec<f64> {
     let (d_in, d_sae) = (sae.d_in, sae.d_sae);
     let mut h = vec![0.0; rows * d_sae];
