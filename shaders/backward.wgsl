@@ -4,7 +4,8 @@
 //   loss_grad            g = scale · (x_hat − x) / stats[stat_slot] · stats[scale_slot]
 //                        (FVU: scale 2, slot = Σ‖x − x̄‖², no scale slot)
 //   aux_residual         d = e_hat − (x − x_hat), the AuxK error (the residual is a constant)
-//   code_grad            dh[e] = ⟨g[r], w_dec[i]⟩ · 1{top_val[e] > 0}   (ReLU's derivative)
+//   code_grad            dh[e] = ⟨g[r], w_dec[i]⟩ · 1{top_val[e] > 0}   (ReLU's derivative);
+//                        code_grad_narrow: the same, one invocation per entry (small d_in)
 //   mark_latents         which rows chose latent i (a bitmask per latent) and how many
 //   scan_counts          offsets[i] = Σ_{i' < i} count[i'], offsets[d_sae] = total
 //   scatter_entries      reverse_index[offsets[i] + rank] = e, rank = rows before r that chose i:
@@ -124,6 +125,31 @@ fn code_grad(
     if (lid == 0u) {
         code_grad_out[e] = select(0.0, partial[0], top_val[e] > 0.0);
     }
+}
+
+// Narrow rows (small d_in): one invocation per entry, the same dot product in one thread.
+// No workgroup reduction, so no barriers (which is where a workgroup per entry spends its time
+// when the dot product is this short).
+@compute @workgroup_size(WG)
+fn code_grad_narrow(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let e = linear_id(wg, nwg) * WG + lid;
+    if (e >= p.entries) {
+        return;
+    }
+    let r = e / p.k;
+    let local = top_idx[e] - p.latent_start;
+    if (local >= p.block_len) {
+        return;
+    }
+    var acc = 0.0;
+    for (var c = 0u; c < p.d_in; c++) {
+        acc = fma(grad_out[r * p.d_in + c], w_dec[local * p.d_in + c], acc);
+    }
+    code_grad_out[e] = select(0.0, acc, top_val[e] > 0.0);
 }
 
 @compute @workgroup_size(WG)

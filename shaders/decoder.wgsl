@@ -30,7 +30,7 @@ fn decode_sparse(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let tile = wg.x + wg.y * nwg.x;
+    let tile = linear_id(wg, nwg);
     let row = tile / p.col_tiles;
     let c = (tile % p.col_tiles) * WG + lid;
     if (row >= p.rows || c >= p.d_in) {

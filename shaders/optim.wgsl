@@ -1,7 +1,7 @@
 // Optimiser kernels: Adam (one dispatch per parameter tensor) and the unit-norm decoder
 // constraint (remove the gradient component parallel to each decoder row before the step,
 // renormalise the rows after it).
-// Generated header: WG.
+// Generated header: WG. Prelude: common.wgsl (linear_id, partial, reduce_partial_pair).
 
 struct Params {
     n: u32,
@@ -24,9 +24,6 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> exp_avg: array<f32>;
 @group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<f32>;
 
-var<workgroup> partial_a: array<f32, WG>;
-var<workgroup> partial_b: array<f32, WG>;
-
 // Adam with bias correction, in the same form as torch.optim.Adam:
 //   m ← m + (1 − β₁)(g − m);  v ← β₂v + (1 − β₂)g²;  p ← p − step_size · m / (√v / √(1 − β₂ᵗ) + ε)
 @compute @workgroup_size(WG)
@@ -35,7 +32,7 @@ fn adam_step(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let i = (wg.x + wg.y * nwg.x) * WG + lid;
+    let i = linear_id(wg, nwg) * WG + lid;
     if (i >= p.n) {
         return;
     }
@@ -47,17 +44,6 @@ fn adam_step(
     param[i] = param[i] - p.step_size * m / (sqrt(v) / p.bias2_sqrt + p.eps);
 }
 
-fn reduce_pair(lid: u32) {
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-        if (lid < stride) {
-            partial_a[lid] += partial_a[lid + stride];
-            partial_b[lid] += partial_b[lid + stride];
-        }
-        workgroupBarrier();
-    }
-}
-
 // One workgroup per decoder row: grad_i ← grad_i − (⟨grad_i, w_i⟩ / ‖w_i‖²) · w_i.
 @compute @workgroup_size(WG)
 fn remove_parallel_grad(
@@ -65,7 +51,7 @@ fn remove_parallel_grad(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let row = wg.x + wg.y * nwg.x;
+    let row = linear_id(wg, nwg);
     if (row >= p.rows) {
         return;
     }
@@ -77,10 +63,10 @@ fn remove_parallel_grad(
         dot = fma(grad[base + c], w, dot);
         norm_sq = fma(w, w, norm_sq);
     }
-    partial_a[lid] = dot;
+    partial[lid] = dot;
     partial_b[lid] = norm_sq;
-    reduce_pair(lid);
-    let coef = select(0.0, partial_a[0] / partial_b[0], partial_b[0] > 0.0);
+    reduce_partial_pair(lid);
+    let coef = select(0.0, partial[0] / partial_b[0], partial_b[0] > 0.0);
     for (var c = lid; c < p.cols; c += WG) {
         grad[base + c] = grad[base + c] - coef * param[base + c];
     }
@@ -93,7 +79,7 @@ fn normalize_rows(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let row = wg.x + wg.y * nwg.x;
+    let row = linear_id(wg, nwg);
     if (row >= p.rows) {
         return;
     }
@@ -103,11 +89,58 @@ fn normalize_rows(
         let w = param[base + c];
         norm_sq = fma(w, w, norm_sq);
     }
-    partial_a[lid] = norm_sq;
+    partial[lid] = norm_sq;
     partial_b[lid] = 0.0;
-    reduce_pair(lid);
-    let scale = 1.0 / (sqrt(partial_a[0]) + p.norm_eps);
+    reduce_partial_pair(lid);
+    let scale = 1.0 / (sqrt(partial[0]) + p.norm_eps);
     for (var c = lid; c < p.cols; c += WG) {
+        param[base + c] = param[base + c] * scale;
+    }
+}
+
+// Narrow rows (small cols): one invocation per row for both constraints, no barriers.
+@compute @workgroup_size(WG)
+fn remove_parallel_grad_narrow(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = linear_id(wg, nwg) * WG + lid;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.cols;
+    var dot = 0.0;
+    var norm_sq = 0.0;
+    for (var c = 0u; c < p.cols; c++) {
+        let w = param[base + c];
+        dot = fma(grad[base + c], w, dot);
+        norm_sq = fma(w, w, norm_sq);
+    }
+    let coef = select(0.0, dot / norm_sq, norm_sq > 0.0);
+    for (var c = 0u; c < p.cols; c++) {
+        grad[base + c] = grad[base + c] - coef * param[base + c];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn normalize_rows_narrow(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = linear_id(wg, nwg) * WG + lid;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.cols;
+    var norm_sq = 0.0;
+    for (var c = 0u; c < p.cols; c++) {
+        let w = param[base + c];
+        norm_sq = fma(w, w, norm_sq);
+    }
+    let scale = 1.0 / (sqrt(norm_sq) + p.norm_eps);
+    for (var c = 0u; c < p.cols; c++) {
         param[base + c] = param[base + c] * scale;
     }
 }

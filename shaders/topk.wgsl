@@ -7,7 +7,8 @@
 // With `masked` set, latents whose `eligible` word is 0 count as −∞ (AuxK over dead latents).
 // When fewer than k are eligible, the remaining slots hold ineligible latents with value 0,
 // which contribute nothing to a decode or a gradient: the same as taking only the eligible ones.
-// Generated header: MAX_K (largest k, a power of two). One thread per radix bin.
+// Generated header: MAX_K (largest k, a power of two), WG (= BINS: one thread per radix
+// bin), NARROW_K and NARROW_WG. Prelude: common.wgsl (linear_id).
 //
 // Split dictionaries (src/sae/blocks.rs) run this twice. Per block of latents, `h` is the
 // block's [rows, cols] pre-activations, `col_offset` the block's first latent id, and each
@@ -47,7 +48,8 @@ struct Params {
 
 const RADIX_BITS: u32 = 8u;
 const BINS: u32 = 1u << RADIX_BITS;
-const WG: u32 = BINS;
+// WG (the generated header, one thread per radix bin) equals BINS; src/gpu/kernels/topk.rs
+// sets it from the same number.
 const NEG_INF_KEY: u32 = 0x007fffffu; // key of −∞: below every finite value
 
 var<workgroup> hist: array<atomic<u32>, BINS>;
@@ -257,7 +259,7 @@ fn topk_rows(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let row = wg.x + wg.y * nwg.x;
+    let row = linear_id(wg, nwg);
     if (row >= p.rows) {
         return;
     }
@@ -272,7 +274,7 @@ fn count_active(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let row = wg.x + wg.y * nwg.x;
+    let row = linear_id(wg, nwg);
     if (row >= p.rows) {
         return;
     }
@@ -293,5 +295,50 @@ fn count_active(
             total += active_count[row];
         }
         active_count[row] = total;
+    }
+}
+
+// Narrow rows (at most NARROW_COLS latents, k ≤ NARROW_K): one invocation per row keeps its
+// best k in a private array by insertion while it walks the row once. No workgroup memory and
+// no barriers, which is what a row that small needs (the radix path spends its time in
+// barriers there). Same result, order and ties as the radix path: keys descending, equal
+// keys by lower index (walking in index order, a later equal key never passes a kept one).
+@compute @workgroup_size(NARROW_WG)
+fn topk_rows_narrow(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = linear_id(wg, nwg) * NARROW_WG + lid;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.cols;
+    var best_key: array<u32, NARROW_K>;
+    var best_idx: array<u32, NARROW_K>;
+    var kept = 0u;
+    for (var i = 0u; i < p.cols; i++) {
+        let key = row_key(base, i);
+        var j = kept;
+        if (kept == p.k) {
+            if (key <= best_key[p.k - 1u]) {
+                continue;
+            }
+            j = p.k - 1u;
+        } else {
+            kept += 1u;
+        }
+        while (j > 0u && best_key[j - 1u] < key) {
+            best_key[j] = best_key[j - 1u];
+            best_idx[j] = best_idx[j - 1u];
+            j -= 1u;
+        }
+        best_key[j] = key;
+        best_idx[j] = i;
+    }
+    for (var j = 0u; j < p.k; j++) {
+        let out = row * p.out_stride + p.out_offset + j;
+        top_idx[out] = latent_of(base, best_idx[j]);
+        top_val[out] = select(value_of(best_key[j]), 0.0, best_key[j] == NEG_INF_KEY);
     }
 }

@@ -234,13 +234,15 @@ fn read(gpu: &Gpu, b: &GpuBuffer) -> Vec<f32> {
 }
 
 // One row has zero centred variance (FVU undefined), so the smallest batch is two rows.
-const CASES: [(usize, usize, usize, usize); 6] = [
+// d_in ≤ 256 takes the one-invocation-per-entry code gradient, the last case the workgroup one.
+const CASES: [(usize, usize, usize, usize); 7] = [
     (2, 1, 1, 1),
     (7, 5, 9, 9),
     (33, 7, 65, 4),
     (37, 33, 129, 7),
     (65, 17, 577, 32),
     (3, 20, 40, 1),
+    (5, 301, 41, 3),
 ];
 
 #[test]

@@ -209,6 +209,7 @@ fn cooccurrence_finds_topics_that_decoder_geometry_cannot() {
     )
     .unwrap();
     let mut params = SaeParams {
+        input_norm: Default::default(),
         d_in,
         d_sae,
         activation: Activation::TopK { k: 6 },
@@ -471,6 +472,7 @@ fn planted_sae(dir: &Path) -> (PathBuf, Vec<PathBuf>, Vec<usize>) {
             .copy_from_slice(&truth[feature * d_in..(feature + 1) * d_in]);
     }
     let mut params = SaeParams {
+        input_norm: Default::default(),
         d_in,
         d_sae,
         activation: Activation::TopK { k: 4 },
@@ -662,6 +664,7 @@ fn check_report_renders(out: &Path) {
 fn tiny_inputs(dir: &Path, max_token: i32) -> (PathBuf, PathBuf) {
     let mut r = rng(2);
     let params = SaeParams {
+        input_norm: Default::default(),
         d_in: 4,
         d_sae: 6,
         activation: Activation::TopK { k: 2 },
@@ -820,6 +823,7 @@ fn across_matches_parents_children_and_novel_features() {
     let sae = |rows: Vec<Vec<f32>>| {
         let d_sae = rows.len();
         let mut params = SaeParams {
+            input_norm: Default::default(),
             d_in,
             d_sae,
             activation: Activation::TopK { k: 1 },

@@ -18,6 +18,7 @@ fn s(p: &Path) -> String {
 fn small_sae(dir: &Path, d_in: usize) -> PathBuf {
     let mut r = rng(1);
     let params = SaeParams {
+        input_norm: Default::default(),
         d_in,
         d_sae: 12,
         activation: Activation::TopK { k: 3 },
@@ -97,25 +98,25 @@ fn broken_sae_directories() {
     let sae = small_sae(&dir, 5);
 
     // Unknown SAELens architecture: named, with the known ones listed.
-    let gated = dir.join("gated");
-    std::fs::create_dir_all(&gated).unwrap();
+    let unknown = dir.join("matching_pursuit");
+    std::fs::create_dir_all(&unknown).unwrap();
     std::fs::write(
-        gated.join("cfg.json"),
-        r#"{"d_in": 5, "d_sae": 12, "architecture": "gated"}"#,
+        unknown.join("cfg.json"),
+        r#"{"d_in": 5, "d_sae": 12, "architecture": "matching_pursuit"}"#,
     )
     .unwrap();
     write_safetensors(
-        &gated.join("sae_weights.safetensors"),
+        &unknown.join("sae_weights.safetensors"),
         &[TensorOut::f32("W_enc", &[5, 12], &[0.0; 60])],
         None,
     )
     .unwrap();
     fails(
-        &args(&["eval", &s(&gated), &s(&acts)]),
+        &args(&["eval", &s(&unknown), &s(&acts)]),
         &[
             "cfg.json",
-            "unknown architecture \"gated\"",
-            "standard, topk, jumprelu",
+            "unknown architecture \"matching_pursuit\"",
+            "standard, topk, jumprelu, gated",
         ],
     );
 
@@ -158,7 +159,14 @@ fn broken_sae_directories() {
     );
 
     // Not an SAE at all.
-    fails(&args(&["eval", &s(&dir), &s(&acts)]), &["no SAE found"]);
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    fails(&args(&["eval", &s(&empty), &s(&acts)]), &["no SAE found"]);
+    // A directory of several SAEs (as sparsify saves hookpoints): one must be chosen.
+    fails(
+        &args(&["eval", &s(&dir), &s(&acts)]),
+        &["several hookpoints", "--hookpoint"],
+    );
 }
 
 #[test]
@@ -183,4 +191,24 @@ fn empty_shard_and_bad_hist_options() {
         &["need 0 < LO < HI"],
     );
     assert!(!dir.join("h/summary.json").exists());
+}
+
+#[test]
+fn a_headless_machine_gets_no_window_system_noise() {
+    if common::gpu().is_none() {
+        return;
+    }
+    // Without XDG_RUNTIME_DIR, Vulkan drivers' window-system probe used to print two
+    // "error: XDG_RUNTIME_DIR is invalid" lines before anything of ours.
+    let output = Command::new(env!("CARGO_BIN_EXE_sae"))
+        .arg("adapters")
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("XDG_RUNTIME_DIR"),
+        "driver noise: {stderr}"
+    );
 }

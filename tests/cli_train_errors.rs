@@ -88,7 +88,7 @@ fn missing_file_and_empty_directory() {
     fails(
         &[&s(&empty)],
         &dir.join("run2"),
-        &["empty", "no .safetensors shards"],
+        &["empty", "holds no shards (.safetensors, .npy, .npz"],
     );
 }
 

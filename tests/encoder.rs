@@ -87,16 +87,56 @@ fn encoder_gemm_f32_matches_reference() {
     }
 }
 
+/// Every tile shape `sae bench tune` may choose, at every shape, and bitwise equal to the
+/// default tiles (the k order of each sum is the same, so tuning never changes a result).
 #[test]
-fn encoder_gemm_large_tiles_match_reference() {
-    for (rows, d_in, d_sae) in SHAPES {
-        check(
-            rows,
-            d_in,
-            d_sae,
+fn every_tile_candidate_matches_reference_and_the_default_bitwise() {
+    let Some(gpu) = gpu() else { return };
+    for tiles in GemmTiles::CANDIDATES.iter().filter(|t| t.fits(&gpu.limits)) {
+        for (rows, d_in, d_sae) in SHAPES {
+            check(rows, d_in, d_sae, InputPrecision::F32, *tiles, 1e-5);
+        }
+    }
+    let (rows, d_in, d_sae) = (70, 19, 130);
+    let mut r = rng(7);
+    let x = gpu
+        .upload("x", &random_vec(&mut r, rows * d_in, 2.0))
+        .unwrap();
+    let w = gpu
+        .upload("w", &random_vec(&mut r, d_in * d_sae, 0.5))
+        .unwrap();
+    let b = gpu
+        .upload("b", &random_vec(&mut r, d_sae.max(d_in), 0.5))
+        .unwrap();
+    let run = |tiles: GemmTiles| -> Vec<f32> {
+        let h = gpu.storage::<f32>("h", rows * d_sae).unwrap();
+        let mut rec = Recorder::new(gpu, "test");
+        let shape = EncoderShape { rows, d_in, d_sae };
+        launch_encode_gemm(
+            &mut rec,
+            &x,
             InputPrecision::F32,
-            GemmTiles::LARGE,
-            1e-5,
+            &w,
+            &b,
+            &b,
+            &h,
+            shape,
+            tiles,
+        )
+        .unwrap();
+        rec.submit().unwrap();
+        gpu.read(&h).unwrap()
+    };
+    let reference: Vec<u32> = run(GemmTiles::default())
+        .iter()
+        .map(|v| v.to_bits())
+        .collect();
+    for tiles in GemmTiles::CANDIDATES.iter().filter(|t| t.fits(&gpu.limits)) {
+        let bits: Vec<u32> = run(*tiles).iter().map(|v| v.to_bits()).collect();
+        assert!(
+            bits == reference,
+            "tiles {} differ from the default",
+            tiles.label()
         );
     }
 }

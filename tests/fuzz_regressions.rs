@@ -1,10 +1,11 @@
 //! Every seed and every input the fuzzer ever crashed on (`fuzz/corpus/*`,
-//! `fuzz/regressions/*`) goes through the shard and checkpoint readers: an error or a value,
-//! never a panic. Runs in the normal test suite, without the fuzzer.
+//! `fuzz/regressions/*`) goes through the shard (safetensors, NumPy, Arrow) and checkpoint
+//! readers: an error or a value, never a panic. Runs in the normal test suite, without the
+//! fuzzer.
 
 use std::path::{Path, PathBuf};
 
-use sae_wgpu::data::ShardLayout;
+use sae_wgpu::data::fuzzing;
 use sae_wgpu::sae::checkpoint;
 
 fn inputs(target: &str) -> Vec<PathBuf> {
@@ -24,20 +25,28 @@ fn inputs(target: &str) -> Vec<PathBuf> {
     files
 }
 
+/// Runs `reader` on every kept input of `target`.
+fn replay(target: &str, reader: fn(&[u8])) {
+    let files = inputs(target);
+    assert!(!files.is_empty(), "the seed corpus of {target} is missing");
+    for path in files {
+        reader(&std::fs::read(&path).unwrap());
+    }
+}
+
 #[test]
 fn shard_reader_never_panics_on_kept_inputs() {
-    let files = inputs("shard_reader");
-    assert!(!files.is_empty(), "the seed corpus is missing");
-    for path in files {
-        let data = std::fs::read(&path).unwrap();
-        if let Ok(layout) = ShardLayout::parse(&data, "activations", &path) {
-            let mut row = vec![0.0f32; layout.d_in];
-            for r in 0..layout.rows {
-                layout.read_rows(&data, r, &mut row);
-                let _ = layout.token(&data, r);
-            }
-        }
-    }
+    replay("shard_reader", fuzzing::shard_reader);
+}
+
+#[test]
+fn npy_reader_never_panics_on_kept_inputs() {
+    replay("npy_reader", fuzzing::npy_reader);
+}
+
+#[test]
+fn arrow_reader_never_panics_on_kept_inputs() {
+    replay("arrow_reader", fuzzing::arrow_reader);
 }
 
 #[test]

@@ -58,6 +58,7 @@ fn write_shard(path: &Path, rows: usize, seed: u64, token_base: i32) {
 fn random_topk_sae(seed: u64) -> SaeParams {
     let mut r = rng(seed);
     SaeParams {
+        input_norm: Default::default(),
         d_in: D_IN,
         d_sae: D_SAE,
         activation: Activation::TopK { k: K },

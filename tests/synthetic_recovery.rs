@@ -34,6 +34,7 @@ fn training_recovers_a_planted_dictionary() {
         overwrite: false,
         quiet: true,
         stop_after: None,
+        tune: false,
     };
     let report = train(gpu, Some(config), &options).unwrap();
     let learned = load_sae(&dir.join("run")).unwrap().params;

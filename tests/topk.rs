@@ -1,14 +1,33 @@
-//! TopK against the reference: indices must match exactly (ties go to the lower index).
+//! TopK against the reference: indices must match exactly (ties go to the lower index). Every
+//! case runs both selection paths (radix select, and one invocation per row where k allows).
 
 mod common;
 
 use common::reference::topk;
 use common::{gpu, rng, POISON};
 use rand::Rng;
-use sae_wgpu::gpu::kernels::topk::{launch_topk, MAX_K};
+use sae_wgpu::gpu::kernels::topk::{force_path, launch_topk, TopKPath, MAX_K, NARROW_K};
 use sae_wgpu::gpu::Recorder;
 
 fn run(h: &[f32], rows: usize, cols: usize, k: usize, eligible: Option<&[u32]>) {
+    for path in [TopKPath::Radix, TopKPath::Narrow] {
+        if path == TopKPath::Narrow && k > NARROW_K {
+            continue;
+        }
+        force_path(path);
+        run_path(h, rows, cols, k, eligible, path);
+    }
+    force_path(TopKPath::Auto);
+}
+
+fn run_path(
+    h: &[f32],
+    rows: usize,
+    cols: usize,
+    k: usize,
+    eligible: Option<&[u32]>,
+    path: TopKPath,
+) {
     let Some(gpu) = gpu() else { return };
     let h_buf = gpu.upload("h", h).unwrap();
     let idx = gpu.storage::<u32>("top_idx", rows * k).unwrap();
@@ -26,7 +45,7 @@ fn run(h: &[f32], rows: usize, cols: usize, k: usize, eligible: Option<&[u32]>) 
         assert_eq!(
             (got_idx[e], got_val[e].to_bits()),
             (want_idx[e], want_val[e].to_bits()),
-            "rows {rows} cols {cols} k {k}: entry {e} (row {}, rank {}) gpu ({}, {}) vs reference ({}, {})",
+            "{path:?} rows {rows} cols {cols} k {k}: entry {e} (row {}, rank {}) gpu ({}, {}) vs reference ({}, {})",
             e / k,
             e % k,
             got_idx[e],

@@ -10,9 +10,8 @@ use safetensors::Dtype;
 use serde::Serialize;
 
 use crate::data::{BatchStream, Shard, StreamConfig};
-use crate::gpu::{Gpu, Recorder};
 use crate::io::stream_writer::{StreamTensor, StreamWriter};
-use crate::sae::{record_forward, ForwardBuffers, GpuSae};
+use crate::sae::pass::ForwardPass;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -33,14 +32,13 @@ pub struct EncodedShard {
 
 /// Encodes one shard into `out`; `on_rows` reports progress.
 pub fn encode_shard(
-    gpu: &Gpu,
-    sae: &GpuSae,
-    fw: &ForwardBuffers,
+    pass: &ForwardPass<'_, '_>,
     shard: Shard,
     out: &Path,
     value_dtype: ValueDtype,
     mut on_rows: impl FnMut(u64),
 ) -> anyhow::Result<EncodedShard> {
+    let sae = pass.sae;
     let (n, k) = (shard.rows, sae.k);
     let has_tokens = shard.has_tokens();
     let input = shard.path.display().to_string();
@@ -73,22 +71,18 @@ pub fn encode_shard(
     let mut writer = StreamWriter::create(out, &tensors, &metadata)?;
     let mut dropped: Option<u64> = sae.thresholds.as_ref().map(|_| 0);
     let result = (|| -> anyhow::Result<()> {
-        let stream =
-            BatchStream::start(Arc::new(vec![shard]), StreamConfig::sequential(fw.capacity))?;
+        let stream = BatchStream::start(
+            Arc::new(vec![shard]),
+            StreamConfig::sequential(pass.capacity()),
+        )?;
         let mut row = 0usize;
         for batch in stream {
             let batch = batch?;
-            gpu.write(&fw.x, &batch.x)?;
-            let mut rec = Recorder::new(gpu, "encode batch");
-            record_forward(&mut rec, sae, fw, batch.rows)?;
-            rec.submit()?;
-            let mut idx: Vec<u32> = gpu.read(&fw.top_idx)?;
-            let mut val: Vec<f32> = gpu.read(&fw.top_val)?;
-            idx.truncate(batch.rows * k);
-            val.truncate(batch.rows * k);
-            if let (Some(total), Some(active)) = (dropped.as_mut(), &fw.active) {
-                let counts: Vec<u32> = gpu.read(active)?;
-                *total += counts[..batch.rows]
+            pass.run(&batch.x, batch.rows, |_, _| Ok(()))?;
+            let (idx, val) = pass.codes(batch.rows)?;
+            if let (Some(total), Some(counts)) = (dropped.as_mut(), pass.active_counts(batch.rows)?)
+            {
+                *total += counts
                     .iter()
                     .map(|&a| u64::from(a).saturating_sub(k as u64))
                     .sum::<u64>();
@@ -127,10 +121,15 @@ pub fn encode_shard(
     })
 }
 
-/// Output path for `input` in `out_dir`: the same file name.
+/// Output path for `input` in `out_dir`: the same file name, with a `.safetensors`
+/// extension when the input was another format (`.npy`, `.npz`, `.arrow`).
 pub fn output_path(out_dir: &Path, input: &Path) -> anyhow::Result<PathBuf> {
     let name = input
         .file_name()
         .with_context(|| format!("{}: not a file name", input.display()))?;
-    Ok(out_dir.join(name))
+    let out = out_dir.join(name);
+    Ok(match input.extension().and_then(|e| e.to_str()) {
+        Some("npy" | "npz" | "arrow") => out.with_extension("safetensors"),
+        _ => out,
+    })
 }

@@ -6,8 +6,9 @@ use serde::Serialize;
 
 use crate::data::{Batch, DataError};
 use crate::gpu::kernels::reduce::launch_fire_counts;
-use crate::gpu::{Gpu, GpuBuffer, Recorder};
-use crate::sae::{record_forward, ForwardBuffers, GpuSae};
+use crate::gpu::{Gpu, GpuBuffer};
+use crate::sae::pass::{ForwardPass, PassDepth};
+use crate::sae::GpuSae;
 
 /// A latent firing on more than this fraction of tokens counts as dense.
 pub const DENSE_THRESHOLD: f64 = 0.1;
@@ -130,36 +131,29 @@ impl EvalAccumulator {
     }
 }
 
-/// GPU buffers for evaluating one batch at a time.
-pub struct Evaluator<'g> {
-    gpu: &'g Gpu,
-    fw: ForwardBuffers,
+/// A forward pass and the fire counter for evaluating one batch at a time.
+pub struct Evaluator<'g, 's> {
+    pass: ForwardPass<'g, 's>,
     fired: GpuBuffer,
 }
 
-impl<'g> Evaluator<'g> {
-    pub fn new(gpu: &'g Gpu, sae: &GpuSae, batch_rows: usize) -> anyhow::Result<Self> {
+impl<'g, 's> Evaluator<'g, 's> {
+    pub fn new(gpu: &'g Gpu, sae: &'s GpuSae, batch_rows: usize) -> anyhow::Result<Self> {
         Ok(Evaluator {
-            gpu,
-            fw: ForwardBuffers::new(gpu, sae, batch_rows)?,
+            pass: ForwardPass::new(gpu, sae, batch_rows, PassDepth::Reconstruct)?,
             fired: gpu.storage::<u32>("eval_fired", sae.d_sae)?,
         })
     }
 
-    /// Runs `batch` (inputs divided by `input_scale`) through `sae` and adds it to `acc`.
+    /// Runs `batch` (inputs divided by `input_scale`) through the SAE and adds it to `acc`.
     pub fn add_batch(
         &self,
-        sae: &GpuSae,
         batch: &Batch,
         input_scale: f32,
         acc: &mut EvalAccumulator,
     ) -> anyhow::Result<()> {
         let rows = batch.rows;
-        anyhow::ensure!(
-            rows <= self.fw.capacity,
-            "batch of {rows} rows exceeds the evaluator's {}",
-            self.fw.capacity
-        );
+        let sae = self.pass.sae;
         let scaled: Vec<f32>;
         let x: &[f32] = if input_scale == 1.0 {
             &batch.x
@@ -167,25 +161,14 @@ impl<'g> Evaluator<'g> {
             scaled = batch.x.iter().map(|v| v / input_scale).collect();
             &scaled
         };
-        self.gpu.write(&self.fw.x, x)?;
-        let mut rec = Recorder::new(self.gpu, "eval batch");
-        record_forward(&mut rec, sae, &self.fw, rows)?;
-        rec.clear(&self.fired);
-        launch_fire_counts(
-            &mut rec,
-            &self.fw.top_idx,
-            &self.fw.top_val,
-            rows * sae.k,
-            &self.fired,
-        )?;
-        rec.submit()?;
-        let mut x_hat: Vec<f32> = self.gpu.read(&self.fw.x_hat)?;
-        x_hat.truncate(rows * sae.d_in);
-        let fired: Vec<u32> = self.gpu.read(&self.fired)?;
+        self.pass.run(x, rows, |rec, fw| {
+            rec.clear(&self.fired);
+            launch_fire_counts(rec, &fw.top_idx, &fw.top_val, rows * sae.k, &self.fired)
+        })?;
+        let x_hat = self.pass.reconstructions(rows)?;
+        let fired: Vec<u32> = self.pass.gpu.read(&self.fired)?;
         acc.add(x, &x_hat, &fired);
-        if let Some(active) = &self.fw.active {
-            let mut counts: Vec<u32> = self.gpu.read(active)?;
-            counts.truncate(rows);
+        if let Some(counts) = self.pass.active_counts(rows)? {
             acc.add_active(&counts, sae.k);
         }
         Ok(())
@@ -194,15 +177,15 @@ impl<'g> Evaluator<'g> {
     /// Evaluates a whole stream.
     pub fn run(
         &self,
-        sae: &GpuSae,
         batches: impl Iterator<Item = Result<Batch, DataError>>,
         input_scale: f32,
         mut on_batch: impl FnMut(u64),
     ) -> anyhow::Result<EvalAccumulator> {
+        let sae = self.pass.sae;
         let mut acc = EvalAccumulator::new(sae.d_in, sae.d_sae);
         for batch in batches {
             let batch = batch?;
-            self.add_batch(sae, &batch, input_scale, &mut acc)?;
+            self.add_batch(&batch, input_scale, &mut acc)?;
             on_batch(batch.rows as u64);
         }
         Ok(acc)

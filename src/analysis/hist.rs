@@ -16,9 +16,10 @@ use crate::gpu::kernels::backward::{launch_reverse_index, BackwardShape, Reverse
 use crate::gpu::kernels::hist::{
     launch_batch_stats, launch_bin_counts, launch_cooccurrence, launch_top_rows, LogBins,
 };
-use crate::gpu::{Gpu, Recorder};
+use crate::gpu::{Gpu, LaunchCache, Recorder};
 use crate::io::{write_json_atomic, write_safetensors, TensorOut};
-use crate::sae::{record_forward, ForwardBuffers, GpuSae};
+use crate::sae::pass::{ForwardPass, PassDepth};
+use crate::sae::GpuSae;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ShardEntry {
@@ -131,7 +132,9 @@ pub fn compute(
             rows: s.rows,
         })
         .collect();
-    let fw = ForwardBuffers::new(gpu, sae, config.batch_size)?;
+    let pass = ForwardPass::new(gpu, sae, config.batch_size, PassDepth::Codes)?;
+    let fw = &pass.fw;
+    let stats_cache = LaunchCache::default();
     let shape = BackwardShape {
         rows: config.batch_size,
         d_in: sae.d_in,
@@ -156,7 +159,6 @@ pub fn compute(
         if index.shape.rows != rows {
             index = ReverseIndex::new(gpu, BackwardShape { rows, ..shape })?;
         }
-        gpu.write(&fw.x, &batch.x)?;
         let origin: Vec<u32> = batch
             .origin
             .iter()
@@ -170,10 +172,9 @@ pub fn compute(
             })
             .collect();
         gpu.write(&row_origin, &origin)?;
-        let mut rec = Recorder::new(gpu, "hist batch");
-        record_forward(&mut rec, sae, &fw, rows)?;
-        launch_reverse_index(&mut rec, &fw.top_idx, &index)?;
-        rec.submit()?;
+        pass.run(&batch.x, rows, |rec, fw| {
+            launch_reverse_index(rec, &fw.top_idx, &index)
+        })?;
 
         let hist = match out.as_mut() {
             Some(hist) => hist,
@@ -202,7 +203,7 @@ pub fn compute(
         let bins = bins_buffer
             .as_ref()
             .ok_or_else(|| anyhow!("histogram buffer missing"))?;
-        let mut rec = Recorder::new(gpu, "hist stats");
+        let mut rec = Recorder::cached(gpu, "hist stats", &stats_cache);
         launch_batch_stats(&mut rec, &index, &fw.top_val, &batch_stats)?;
         launch_bin_counts(&mut rec, &index, &fw.top_idx, &fw.top_val, hist.bins, bins)?;
         launch_top_rows(
@@ -231,7 +232,7 @@ pub fn compute(
             .iter()
             .map(|e| Shard::open(Path::new(&e.path), &tensor))
             .collect::<Result<_, _>>()?;
-        cooccurrence_pass(gpu, sae, &fw, shards, config, &mut hist, &mut on_rows)?;
+        cooccurrence_pass(&pass, shards, config, &mut hist, &mut on_rows)?;
     }
     hist.shards = entries;
     if let Some(bins) = &bins_buffer {
@@ -253,14 +254,13 @@ pub fn compute(
 
 /// Second pass: pair counts between the `config.cooccurrence` most frequent features.
 fn cooccurrence_pass(
-    gpu: &Gpu,
-    sae: &GpuSae,
-    fw: &ForwardBuffers,
+    pass: &ForwardPass<'_, '_>,
     shards: Vec<Shard>,
     config: HistConfig,
     hist: &mut Histograms,
     on_rows: &mut impl FnMut(u64),
 ) -> anyhow::Result<()> {
+    let (gpu, sae) = (pass.gpu, pass.sae);
     let d_sae = sae.d_sae;
     let mut order: Vec<usize> = (0..d_sae).collect();
     order.sort_by(|&a, &b| hist.fire_count[b].cmp(&hist.fire_count[a]).then(a.cmp(&b)));
@@ -293,19 +293,17 @@ fn cooccurrence_pass(
                 },
             )?;
         }
-        gpu.write(&fw.x, &batch.x)?;
-        let mut rec = Recorder::new(gpu, "cooccurrence batch");
-        record_forward(&mut rec, sae, fw, batch.rows)?;
-        launch_cooccurrence(
-            &mut rec,
-            &index,
-            &fw.top_idx,
-            &fw.top_val,
-            &slot_buffer,
-            n,
-            &pairs,
-        )?;
-        rec.submit()?;
+        pass.run(&batch.x, batch.rows, |rec, fw| {
+            launch_cooccurrence(
+                rec,
+                &index,
+                &fw.top_idx,
+                &fw.top_val,
+                &slot_buffer,
+                n,
+                &pairs,
+            )
+        })?;
         on_rows(batch.rows as u64);
     }
     let upper: Vec<u32> = gpu.read(&pairs)?;
@@ -327,6 +325,9 @@ fn cooccurrence_pass(
 struct Summary {
     format: String,
     sae: String,
+    /// What the SAE is (src/sae/formats.rs `Provenance`); absent in older outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    provenance: Option<serde_json::Value>,
     shards: Vec<ShardEntry>,
     rows: u64,
     d_sae: usize,
@@ -371,7 +372,12 @@ const HIST_FORMAT: &str = "sae-wgpu-hist-1";
 
 /// Writes `hist.safetensors`, `summary.json` and the PNGs into `dir` (each file atomically;
 /// `summary.json`, which marks the output complete, last).
-pub fn save(hist: &Histograms, sae: &str, dir: &Path) -> anyhow::Result<()> {
+pub fn save(
+    hist: &Histograms,
+    sae: &str,
+    provenance: Option<&serde_json::Value>,
+    dir: &Path,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let (n, b, m) = (hist.d_sae, hist.bins.bins, hist.top_m);
     let as_i64 = |v: &[u64]| v.iter().map(|&c| c as i64).collect::<Vec<i64>>();
@@ -420,6 +426,7 @@ pub fn save(hist: &Histograms, sae: &str, dir: &Path) -> anyhow::Result<()> {
         &Summary {
             format: HIST_FORMAT.into(),
             sae: sae.to_string(),
+            provenance: provenance.cloned(),
             shards: hist.shards.clone(),
             rows: hist.rows,
             d_sae: n,
@@ -457,8 +464,11 @@ fn tensor_bytes<'a>(
     Ok(view.data())
 }
 
+/// What a `sae hist` output says of its SAE: the path and, when recorded, its provenance.
+pub type SaeSource = (String, Option<serde_json::Value>);
+
 /// Reads a directory written by [`save`].
-pub fn load(dir: &Path) -> anyhow::Result<(Histograms, String)> {
+pub fn load(dir: &Path) -> anyhow::Result<(Histograms, SaeSource)> {
     let summary_path = dir.join("summary.json");
     let text = std::fs::read_to_string(&summary_path).with_context(|| {
         format!(
@@ -518,7 +528,7 @@ pub fn load(dir: &Path) -> anyhow::Result<(Histograms, String)> {
             .map(|v| v as u64)
             .collect();
     }
-    Ok((hist, summary.sae))
+    Ok((hist, (summary.sae, summary.provenance)))
 }
 
 /// Merges parts computed over disjoint shard subsets, in the order given: the result equals one

@@ -30,8 +30,9 @@ use crate::analysis::categories::{
 use crate::analysis::contexts::load_tokenizer;
 use crate::data::{expand_inputs, open_shards};
 use crate::io::{write_json_atomic, write_safetensors, TensorOut};
-use crate::sae::formats::load_sae;
-use crate::sae::forward::{ForwardBuffers, GpuSae, DEFAULT_CAP};
+use crate::sae::formats::{load_sae, load_sae_at};
+use crate::sae::forward::{GpuSae, DEFAULT_CAP};
+use crate::sae::pass::{ForwardPass, PassDepth};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Method {
@@ -53,6 +54,9 @@ pub struct CategoriesArgs {
     /// Output directory: categories.json, categories.safetensors, index.html, plots/.
     #[arg(long)]
     out: PathBuf,
+    /// A sparsify run saved for several hookpoints: the one to use (its subdirectory).
+    #[arg(long)]
+    hookpoint: Option<String>,
     /// Neighbours kept per feature in the decoder-cosine kNN graph.
     #[arg(long, default_value_t = 16)]
     neighbours: usize,
@@ -178,7 +182,7 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
     if args.rank_by == RankBy::Engels && args.shards.is_empty() {
         bail!("--rank-by engels needs shards: the indices are measured on reconstructions");
     }
-    let loaded = load_sae(&args.sae)?;
+    let loaded = load_sae_at(&args.sae, args.hookpoint.as_deref())?;
     let params = &loaded.params;
     let (d_in, d_sae) = (params.d_in, params.d_sae);
     anyhow::ensure!(
@@ -343,16 +347,14 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
         .collect();
     let mut rows_read: Option<u64> = None;
     if let Some(sae) = &sae {
-        let fw = ForwardBuffers::new(&gpu, sae, args.batch_size)?;
+        let pass = ForwardPass::new(&gpu, sae, args.batch_size, PassDepth::Codes)?;
         let samples: Vec<CategorySamples> = studied
             .iter()
             .map(|&i| CategorySamples::new(&found[i].members, &params.w_dec, d_in))
             .collect();
         let bar = progress(total_rows, args.quiet);
         let gathered = gather(
-            &gpu,
-            sae,
-            &fw,
+            &pass,
             Arc::clone(&shards),
             samples,
             Sampling {
@@ -434,11 +436,12 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
     let contexts = contexts.as_ref().unwrap_or(&no_contexts);
     let context_of = |f: usize| contexts.get(&f).cloned().unwrap_or_default();
     let sae_name = args.sae.display().to_string();
+    let sae_description = loaded.provenance.describe();
     write_report(
         &args.out,
         &found,
         &ReportInputs {
-            sae: &sae_name,
+            sae: &sae_description,
             d_in,
             d_sae,
             method: &method,
@@ -538,6 +541,7 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
         &args.out.join("categories.json"),
         &json!({
             "sae": sae_name,
+            "provenance": loaded.provenance,
             "d_in": d_in,
             "d_sae": d_sae,
             "method": method,

@@ -10,9 +10,9 @@ use super::GpuArgs;
 use crate::analysis::encode::{encode_shard, output_path, ValueDtype};
 use crate::data::{expand_inputs, open_shards};
 use crate::io::write_json_atomic;
-use crate::sae::formats::load_sae;
+use crate::sae::formats::load_sae_at;
 use crate::sae::forward::{GpuSae, DEFAULT_CAP};
-use crate::sae::ForwardBuffers;
+use crate::sae::pass::{ForwardPass, PassDepth};
 
 #[derive(Args, Debug)]
 pub struct EncodeArgs {
@@ -24,6 +24,9 @@ pub struct EncodeArgs {
     /// Output directory: one file per input shard, same name.
     #[arg(long)]
     out: PathBuf,
+    /// A sparsify run saved for several hookpoints: the one to use (its subdirectory).
+    #[arg(long)]
+    hookpoint: Option<String>,
     #[arg(long, default_value = "activations")]
     tensor: String,
     /// Type of the stored values.
@@ -42,7 +45,7 @@ pub struct EncodeArgs {
 
 pub fn run(args: EncodeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
-    let loaded = load_sae(&args.sae)?;
+    let loaded = load_sae_at(&args.sae, args.hookpoint.as_deref())?;
     let paths = expand_inputs(&args.shards)?;
     let shards = open_shards(&paths, &args.tensor, Some(loaded.params.d_in))?;
     let mut outputs = Vec::new();
@@ -60,25 +63,25 @@ pub fn run(args: EncodeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("{}: cannot create", args.out.display()))?;
     let gpu = args.gpu.open()?;
     let sae = GpuSae::upload_with_cap(&gpu, &loaded.params, args.cap, args.batch_size)?;
-    let fw = ForwardBuffers::new(&gpu, &sae, args.batch_size)?;
+    let pass = ForwardPass::new(&gpu, &sae, args.batch_size, PassDepth::Codes)?;
     let total: u64 = shards.iter().map(|s| s.rows as u64).sum();
     let bar = progress(total, args.quiet);
     let mut report = Vec::new();
     for (shard, out) in shards.into_iter().zip(outputs) {
-        report.push(encode_shard(
-            &gpu,
-            &sae,
-            &fw,
-            shard,
-            &out,
-            args.values,
-            |rows| bar.inc(rows),
-        )?);
+        report.push(encode_shard(&pass, shard, &out, args.values, |rows| {
+            bar.inc(rows)
+        })?);
     }
     bar.finish_and_clear();
     write_json_atomic(
         &args.out.join("encode.json"),
-        &serde_json::json!({"sae": loaded.dir.display().to_string(), "k": sae.k, "values": args.values, "shards": report}),
+        &serde_json::json!({
+            "sae": loaded.dir.display().to_string(),
+            "provenance": loaded.provenance,
+            "k": sae.k,
+            "values": args.values,
+            "shards": report,
+        }),
     )?;
     if !args.quiet {
         let dropped: u64 = report.iter().filter_map(|r| r.dropped_activations).sum();

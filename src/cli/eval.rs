@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::GpuArgs;
 use crate::analysis::eval::Evaluator;
 use crate::data::{expand_inputs, open_shards, BatchStream, StreamConfig};
-use crate::sae::formats::load_sae;
+use crate::sae::formats::load_sae_at;
 use crate::sae::forward::{GpuSae, DEFAULT_CAP};
 
 #[derive(Args, Debug)]
@@ -19,6 +19,9 @@ pub struct EvalArgs {
     /// Activation shards: files, directories or glob patterns.
     #[arg(required = true)]
     shards: Vec<PathBuf>,
+    /// A sparsify run saved for several hookpoints: the one to use (its subdirectory).
+    #[arg(long)]
+    hookpoint: Option<String>,
     /// Name of the activation tensor in the shards.
     #[arg(long, default_value = "activations")]
     tensor: String,
@@ -55,7 +58,7 @@ pub fn progress(total_rows: u64, hidden: bool) -> ProgressBar {
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
-    let loaded = load_sae(&args.sae)?;
+    let loaded = load_sae_at(&args.sae, args.hookpoint.as_deref())?;
     let params = loaded.params;
     let shards = open_shards(
         &expand_inputs(&args.shards)?,
@@ -70,19 +73,18 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     stream_cfg.skip_nonfinite = args.skip_nonfinite;
     let stream = BatchStream::start(Arc::new(shards), stream_cfg)?;
     let bar = progress(total, args.json);
-    let acc = evaluator.run(&sae, stream, 1.0, |rows| bar.inc(rows))?;
+    let acc = evaluator.run(stream, 1.0, |rows| bar.inc(rows))?;
     bar.finish_and_clear();
     let summary = acc.summary();
     if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        let mut value = serde_json::to_value(&summary)?;
+        value["sae"] = serde_json::to_value(&loaded.provenance)?;
+        println!("{}", serde_json::to_string(&value)?);
     } else {
-        println!(
-            "SAE: {} ({:?} layout, d_in {}, d_sae {})",
-            loaded.dir.display(),
-            loaded.layout,
-            params.d_in,
-            params.d_sae
-        );
+        println!("SAE: {}", loaded.provenance.describe());
+        for fold in &loaded.provenance.folded {
+            println!("     {fold}");
+        }
         println!("rows            {}", summary.rows);
         println!("FVU             {:.6}", summary.fvu);
         println!("MSE             {:.6}", summary.mse);

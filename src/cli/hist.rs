@@ -10,7 +10,7 @@ use super::GpuArgs;
 use crate::analysis::contexts::{load_tokenizer, write_top_examples};
 use crate::analysis::hist::{compute, load, merge, save, HistConfig};
 use crate::data::{expand_inputs, open_shards};
-use crate::sae::formats::load_sae;
+use crate::sae::formats::load_sae_at;
 use crate::sae::forward::{GpuSae, DEFAULT_CAP};
 
 #[derive(Args, Debug)]
@@ -25,6 +25,9 @@ pub struct HistArgs {
     /// Output directory.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// A sparsify run saved for several hookpoints: the one to use (its subdirectory).
+    #[arg(long)]
+    hookpoint: Option<String>,
     #[arg(long, default_value = "activations")]
     tensor: String,
     /// Log-spaced bins per feature.
@@ -95,7 +98,7 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
     {
         let tokenizer = tokenizer.as_deref().map(load_tokenizer).transpose()?;
         let mut loaded = Vec::new();
-        let mut sae = String::new();
+        let mut sae = (String::new(), None);
         for dir in &parts {
             let (hist, source) = load(dir)?;
             sae = source;
@@ -105,7 +108,7 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
         if let Some(tokenizer) = &tokenizer {
             write_top_examples(&out, &merged, &tensor, tokenizer, context)?;
         }
-        save(&merged, &sae, &out)?;
+        save(&merged, &sae.0, sae.1.as_ref(), &out)?;
         println!(
             "merged {} parts ({} rows) into {}",
             parts.len(),
@@ -121,7 +124,7 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
         bail!("no input shards given");
     }
     let tokenizer = args.tokenizer.as_deref().map(load_tokenizer).transpose()?;
-    let loaded = load_sae(&sae_dir)?;
+    let loaded = load_sae_at(&sae_dir, args.hookpoint.as_deref())?;
     let shards = open_shards(
         &expand_inputs(&args.shards)?,
         &args.tensor,
@@ -144,7 +147,13 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
     if let Some(tokenizer) = &tokenizer {
         write_top_examples(&out, &hist, &args.tensor, tokenizer, args.context)?;
     }
-    save(&hist, &loaded.dir.display().to_string(), &out)?;
+    let provenance = serde_json::to_value(&loaded.provenance)?;
+    save(
+        &hist,
+        &loaded.dir.display().to_string(),
+        Some(&provenance),
+        &out,
+    )?;
     if !args.quiet {
         let dead = hist.fire_count.iter().filter(|&&c| c == 0).count();
         println!(

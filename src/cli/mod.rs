@@ -92,7 +92,42 @@ fn init_tracing() {
         .try_init();
 }
 
+/// Vulkan drivers probe the window system when the instance is created; with no
+/// XDG_RUNTIME_DIR, libwayland prints "error: XDG_RUNTIME_DIR is invalid or not set" twice, which
+/// a newcomer reads as our failure. A compute-only tool has no window system to find, so point
+/// the probe at a private empty directory (only when the variable is unset or not a directory).
+fn quiet_window_system_probe() {
+    let usable = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .is_some_and(|dir| dir.is_dir());
+    if usable {
+        return;
+    }
+    let uid = std::fs::metadata("/proc/self").map_or(0, |m| {
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::MetadataExt::uid(&m)
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = m;
+            0
+        }
+    });
+    let dir = std::env::temp_dir().join(format!("sae-wgpu-runtime-{uid}"));
+    if std::fs::create_dir_all(&dir).is_ok() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        }
+        // Still one thread here: nothing else reads the environment concurrently.
+        std::env::set_var("XDG_RUNTIME_DIR", &dir);
+    }
+}
+
 pub fn main() -> ExitCode {
+    quiet_window_system_probe();
     init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {

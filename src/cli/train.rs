@@ -103,6 +103,10 @@ pub struct TrainArgs {
     /// No progress bar or summary.
     #[arg(long)]
     quiet: bool,
+    /// Do not time the encoder GEMM's tile shapes on a new adapter (use a cached choice or the
+    /// default; results are the same either way).
+    #[arg(long, env = "SAE_NO_TUNE")]
+    no_tune: bool,
     /// Checkpoint and stop after this many steps (continue later with --resume).
     #[arg(long, value_name = "STEPS")]
     stop_after: Option<u64>,
@@ -127,6 +131,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             overwrite: false,
             quiet: args.quiet,
             stop_after: args.stop_after,
+            tune: !args.no_tune,
         };
         let report = train(&gpu, None, &options)?;
         return print_report(&report, args.quiet);
@@ -139,6 +144,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         overwrite: args.overwrite,
         quiet: args.quiet,
         stop_after: args.stop_after,
+        tune: !args.no_tune,
     };
     let inputs = if quickstart {
         // Checked before the synthetic data is written into the directory.

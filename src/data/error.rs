@@ -12,8 +12,12 @@ pub enum DataError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}: not a valid safetensors file: {message}", path.display())]
-    Format { path: PathBuf, message: String },
+    #[error("{}: not a valid {kind} file: {message}", path.display())]
+    Format {
+        path: PathBuf,
+        kind: &'static str,
+        message: String,
+    },
     #[error("{}: {message}", path.display())]
     Tensor { path: PathBuf, message: String },
     #[error("{}: row {row} holds a non-finite value (NaN or Inf); pass --skip-nonfinite to skip such rows", path.display())]

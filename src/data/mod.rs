@@ -1,13 +1,20 @@
-//! Activation shards on disk: finding them, reading them (memory-mapped, validated), and
+//! Activation shards on disk (safetensors, NumPy, SAELens activation caches): finding them,
+//! reading them (memory-mapped, validated), and
 //! streaming shuffled batches from a background thread.
 
+pub mod arrow;
 pub mod error;
+pub mod fuzzing;
+mod guard;
+pub mod npy;
 pub mod shard;
 pub mod source;
 pub mod stream;
 pub mod synth;
 
+pub use arrow::ArrowLayout;
 pub use error::DataError;
-pub use shard::{ActDtype, Shard, ShardInfo, ShardLayout};
+pub use npy::NpyArray;
+pub use shard::{ActDtype, Shard, ShardFormat, ShardInfo, ShardLayout, DEFAULT_TENSOR};
 pub use source::{expand_inputs, open_shards};
 pub use stream::{Batch, BatchStream, RowRange, StreamConfig};

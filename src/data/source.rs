@@ -9,18 +9,88 @@ fn is_glob(arg: &str) -> bool {
     arg.contains(['*', '?', '['])
 }
 
-fn safetensors_in(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+/// Is this file an activation shard a directory or glob should yield? Sibling token files
+/// (`*.tokens.npy`) belong to their shard and are not shards themselves.
+fn is_shard_file(path: &Path) -> bool {
+    path.is_file()
+        && !is_token_file(path)
+        && matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("safetensors" | "npy" | "npz")
+        )
+}
+
+fn is_token_file(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".tokens.npy"))
+}
+
+/// Is `dir` a Hugging Face dataset saved to disk (a SAELens activation cache)?
+pub fn is_arrow_cache(dir: &Path) -> bool {
+    dir.join("state.json").is_file() && dir.join("dataset_info.json").is_file()
+}
+
+/// The Arrow files of a saved dataset, in the order `state.json` lists them (sorted
+/// `*.arrow` when it lists none).
+fn arrow_cache_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let state_path = dir.join("state.json");
+    let text = std::fs::read_to_string(&state_path).map_err(|e| DataError::io(&state_path, e))?;
+    let state: serde_json::Value = serde_json::from_str(&text).map_err(|e| DataError::Format {
+        path: state_path.clone(),
+        kind: "JSON",
+        message: e.to_string(),
+    })?;
+    let listed: Vec<PathBuf> = state
+        .get("_data_files")
+        .and_then(|v| v.as_array())
+        .map(|files| {
+            files
+                .iter()
+                .filter_map(|f| f.get("filename").and_then(|n| n.as_str()))
+                .map(|name| dir.join(name))
+                .collect()
+        })
+        .unwrap_or_default();
+    let files = if listed.is_empty() {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| DataError::io(dir, e))?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "arrow"))
+            .collect();
+        found.sort();
+        found
+    } else {
+        listed
+    };
+    if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+        return Err(DataError::Input(format!(
+            "{}: {} lists {}, which is missing",
+            dir.display(),
+            state_path.display(),
+            missing.display()
+        )));
+    }
+    Ok(files)
+}
+
+fn shards_in(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    if is_arrow_cache(dir) {
+        return arrow_cache_files(dir);
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| DataError::io(dir, e))?
         .filter_map(Result::ok)
         .map(|entry| entry.path())
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "safetensors"))
+        .filter(|p| is_shard_file(p))
         .collect();
     files.sort();
     Ok(files)
 }
 
-/// Files, directories (their `*.safetensors`, sorted) and glob patterns, in argument order.
+/// Files, directories (their `*.safetensors`, `*.npy` and `*.npz`, sorted; or the Arrow
+/// files of a SAELens activation cache) and glob patterns, in argument order.
 pub fn expand_inputs(args: &[PathBuf]) -> Result<Vec<PathBuf>, DataError> {
     let mut files = Vec::new();
     for arg in args {
@@ -30,7 +100,7 @@ pub fn expand_inputs(args: &[PathBuf]) -> Result<Vec<PathBuf>, DataError> {
                 .map_err(|e| DataError::Input(format!("{text}: bad glob pattern: {e}")))?;
             let mut matched: Vec<PathBuf> = pattern
                 .filter_map(Result::ok)
-                .filter(|p| p.is_file())
+                .filter(|p| p.is_file() && !is_token_file(p))
                 .collect();
             matched.sort();
             if matched.is_empty() {
@@ -40,10 +110,10 @@ pub fn expand_inputs(args: &[PathBuf]) -> Result<Vec<PathBuf>, DataError> {
             }
             files.extend(matched);
         } else if arg.is_dir() {
-            let found = safetensors_in(arg)?;
+            let found = shards_in(arg)?;
             if found.is_empty() {
                 return Err(DataError::Input(format!(
-                    "{}: directory holds no .safetensors shards",
+                    "{}: directory holds no shards (.safetensors, .npy, .npz, or a SAELens activation cache)",
                     arg.display()
                 )));
             }

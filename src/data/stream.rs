@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::error::DataError;
-use super::shard::Shard;
+use super::shard::{ActDtype, Shard};
 
 /// Which rows of every shard a stream reads: all, or a split into a head and a held-out tail.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -57,6 +57,8 @@ pub struct StreamConfig {
     /// Produce but do not deliver the first batches (resume).
     pub skip_batches: u64,
     pub range: RowRange,
+    /// Deliver rows as stored (16-bit) when every shard holds this dtype; see [`Batch::half`].
+    pub keep_16bit: bool,
 }
 
 impl StreamConfig {
@@ -74,6 +76,7 @@ impl StreamConfig {
             queue_depth: 2,
             skip_batches: 0,
             range: RowRange::All,
+            keep_16bit: false,
         }
     }
 }
@@ -81,7 +84,12 @@ impl StreamConfig {
 /// Rows ready for the GPU. `tokens` is empty when the shards have none.
 #[derive(Debug, Default)]
 pub struct Batch {
+    /// The rows as f32 `[rows, d_in]`; empty when they come as stored in `half`.
     pub x: Vec<f32>,
+    /// With [`StreamConfig::keep_16bit`] and 16-bit shards: the rows' bits as stored
+    /// (`half_dtype`), for the GPU to widen; `x` is then empty.
+    pub half: Vec<u16>,
+    pub half_dtype: Option<ActDtype>,
     pub tokens: Vec<i32>,
     /// (shard index, row) of every row, for tools that point back into the data.
     pub origin: Vec<(u32, u32)>,
@@ -123,12 +131,24 @@ impl BatchStream {
         // row, repeating rows within one pass.
         config.shuffle_rows = config.shuffle_rows.min(total);
         let (sender, receiver) = sync_channel(config.queue_depth.max(1));
+        // Rows stay 16-bit only when every shard stores the same 16-bit type.
+        let half = match shards[0].dtype {
+            dtype @ (ActDtype::F16 | ActDtype::Bf16)
+                if config.keep_16bit && shards.iter().all(|s| s.dtype == dtype) =>
+            {
+                Some(dtype)
+            }
+            _ => None,
+        };
         let handle = std::thread::Builder::new()
             .name("shard-reader".into())
             .spawn(move || {
-                let mut producer = Producer::new(&shards, config, sender);
-                if let Err(error) = producer.run() {
-                    let _ = producer.sender.send(Err(error));
+                let result = match half {
+                    Some(dtype) => Producer::<u16>::new(&shards, config, sender, dtype).run(),
+                    None => Producer::<f32>::new(&shards, config, sender, ActDtype::F32).run(),
+                };
+                if let Err((sender, error)) = result {
+                    let _ = sender.send(Err(error));
                 }
             })
             .map_err(|e| {
@@ -163,15 +183,60 @@ impl Drop for BatchStream {
 /// Signals that the consumer went away or the row budget is spent.
 struct Stop;
 
-struct Producer<'a> {
+/// What the producer moves rows as: f32 (converted from any dtype) or 16-bit values as
+/// stored (f16 or bf16 bits, widened on the GPU).
+trait Element: Copy + Default + Send + 'static {
+    fn read(shard: &Shard, start: usize, out: &mut [Self]);
+    fn finite(row: &[Self], dtype: ActDtype) -> bool;
+    fn into_batch(rows: Vec<Self>, dtype: ActDtype, batch: &mut Batch);
+}
+
+impl Element for f32 {
+    fn read(shard: &Shard, start: usize, out: &mut [f32]) {
+        shard.read_rows(start, out);
+    }
+
+    fn finite(row: &[f32], _: ActDtype) -> bool {
+        row.iter().all(|v| v.is_finite())
+    }
+
+    fn into_batch(rows: Vec<f32>, _: ActDtype, batch: &mut Batch) {
+        batch.x = rows;
+    }
+}
+
+impl Element for u16 {
+    fn read(shard: &Shard, start: usize, out: &mut [u16]) {
+        shard.read_raw16(start, out);
+    }
+
+    fn finite(row: &[u16], dtype: ActDtype) -> bool {
+        // All exponent bits set is Inf or NaN.
+        let exponent: u16 = if dtype == ActDtype::Bf16 {
+            0x7f80
+        } else {
+            0x7c00
+        };
+        row.iter().all(|v| v & exponent != exponent)
+    }
+
+    fn into_batch(rows: Vec<u16>, dtype: ActDtype, batch: &mut Batch) {
+        batch.half = rows;
+        batch.half_dtype = Some(dtype);
+    }
+}
+
+struct Producer<'a, E: Element> {
     shards: &'a [Shard],
     config: StreamConfig,
     sender: SyncSender<Result<Batch, DataError>>,
     d_in: usize,
+    dtype: ActDtype,
     rng: ChaCha8Rng,
-    pool: Vec<f32>,
+    pool: Vec<E>,
     pool_tokens: Vec<i32>,
     pool_origin: Vec<(u32, u32)>,
+    rows: Vec<E>,
     batch: Batch,
     batch_index: u64,
     emitted_rows: u64,
@@ -180,11 +245,12 @@ struct Producer<'a> {
     has_tokens: bool,
 }
 
-impl<'a> Producer<'a> {
+impl<'a, E: Element> Producer<'a, E> {
     fn new(
         shards: &'a [Shard],
         config: StreamConfig,
         sender: SyncSender<Result<Batch, DataError>>,
+        dtype: ActDtype,
     ) -> Self {
         let d_in = shards[0].d_in;
         let has_tokens = shards.iter().all(Shard::has_tokens);
@@ -194,10 +260,12 @@ impl<'a> Producer<'a> {
             pool: Vec::with_capacity(config.shuffle_rows * d_in),
             pool_tokens: Vec::new(),
             pool_origin: Vec::new(),
+            rows: Vec::new(),
             batch: Batch::default(),
             config,
             sender,
             d_in,
+            dtype,
             batch_index: 0,
             emitted_rows: 0,
             skipped: 0,
@@ -206,17 +274,19 @@ impl<'a> Producer<'a> {
         }
     }
 
-    fn run(&mut self) -> Result<(), DataError> {
+    /// Produces every batch; on an error, hands back the sender to report it with.
+    #[allow(clippy::result_large_err)]
+    fn run(mut self) -> Result<(), (SyncSender<Result<Batch, DataError>>, DataError)> {
         match self.produce() {
             Ok(()) | Err(Ok(Stop)) => Ok(()),
-            Err(Err(error)) => Err(error),
+            Err(Err(error)) => Err((self.sender, error)),
         }
     }
 
     fn produce(&mut self) -> Result<(), Result<Stop, DataError>> {
         const CHUNK_ROWS: usize = 1024;
         let d = self.d_in;
-        let mut chunk = vec![0.0f32; CHUNK_ROWS * d];
+        let mut chunk = vec![E::default(); CHUNK_ROWS * d];
         let mut order: Vec<usize> = (0..self.shards.len()).collect();
         loop {
             if self.config.epochs.is_some_and(|e| self.epoch >= e) {
@@ -231,11 +301,11 @@ impl<'a> Producer<'a> {
                 let mut start = range.start;
                 while start < range.end {
                     let count = CHUNK_ROWS.min(range.end - start);
-                    shard.read_rows(start, &mut chunk[..count * d]);
+                    E::read(shard, start, &mut chunk[..count * d]);
                     for r in 0..count {
                         let row = &chunk[r * d..(r + 1) * d];
                         let at = start + r;
-                        if !row.iter().all(|v| v.is_finite()) {
+                        if !E::finite(row, self.dtype) {
                             if self.config.skip_nonfinite {
                                 self.skipped += 1;
                                 continue;
@@ -272,7 +342,7 @@ impl<'a> Producer<'a> {
 
     fn push_row(
         &mut self,
-        row: &[f32],
+        row: &[E],
         token: i32,
         origin: (u32, u32),
     ) -> Result<(), Result<Stop, DataError>> {
@@ -290,7 +360,7 @@ impl<'a> Producer<'a> {
         }
         let j = self.rng.random_range(0..cap);
         // Emit the pooled row j, then put the new row in its place.
-        let out: Vec<f32> = self.pool[j * d..(j + 1) * d].to_vec();
+        let out: Vec<E> = self.pool[j * d..(j + 1) * d].to_vec();
         let (out_token, out_origin) = (self.pool_tokens[j], self.pool_origin[j]);
         self.pool[j * d..(j + 1) * d].copy_from_slice(row);
         self.pool_tokens[j] = token;
@@ -300,14 +370,14 @@ impl<'a> Producer<'a> {
 
     fn emit(
         &mut self,
-        row: &[f32],
+        row: &[E],
         token: i32,
         origin: (u32, u32),
     ) -> Result<(), Result<Stop, DataError>> {
         if self.batch.rows == 0 {
-            self.batch.x.reserve(self.config.batch_rows * self.d_in);
+            self.rows.reserve(self.config.batch_rows * self.d_in);
         }
-        self.batch.x.extend_from_slice(row);
+        self.rows.extend_from_slice(row);
         if self.has_tokens {
             self.batch.tokens.push(token);
         }
@@ -321,6 +391,7 @@ impl<'a> Producer<'a> {
 
     fn send_batch(&mut self) -> Result<(), Result<Stop, DataError>> {
         let mut batch = std::mem::take(&mut self.batch);
+        E::into_batch(std::mem::take(&mut self.rows), self.dtype, &mut batch);
         batch.index = self.batch_index;
         batch.epoch = self.epoch;
         batch.skipped_nonfinite = self.skipped;

@@ -5,6 +5,7 @@ use std::sync::mpsc;
 
 use bytemuck::Pod;
 
+use super::alloc::{LiveBytes, TrackedBuffer};
 use super::device::Gpu;
 use super::error::{first_line, GpuError, GpuResult};
 
@@ -14,6 +15,7 @@ pub struct GpuBuffer {
     pub len: usize,
     pub elem_bytes: usize,
     pub label: String,
+    _live: LiveBytes,
 }
 
 impl GpuBuffer {
@@ -42,7 +44,7 @@ impl Gpu {
         let elem_bytes = std::mem::size_of::<T>();
         let bytes = (len * elem_bytes) as u64;
         self.check_binding(label, bytes)?;
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+        let (buffer, live) = self.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: padded_size(bytes),
             usage: STORAGE_USAGE,
@@ -53,6 +55,7 @@ impl Gpu {
             len,
             elem_bytes,
             label: label.to_string(),
+            _live: live,
         })
     }
 
@@ -63,12 +66,13 @@ impl Gpu {
         self.check_binding(label, bytes)?;
         let mut contents = bytemuck::cast_slice::<T, u8>(data).to_vec();
         contents.resize(padded_size(bytes) as usize, 0);
-        let buffer = self.initialised_buffer(label, &contents, STORAGE_USAGE);
+        let (buffer, live) = self.initialised_buffer(label, &contents, STORAGE_USAGE);
         Ok(GpuBuffer {
             buffer,
             len: data.len(),
             elem_bytes,
             label: label.to_string(),
+            _live: live,
         })
     }
 
@@ -106,10 +110,17 @@ impl Gpu {
         );
     }
 
-    /// A small uniform buffer for a kernel's parameter struct.
-    pub fn uniform<T: Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+    /// A small uniform buffer holding a kernel's parameter struct (`bytes`, a multiple of 4).
+    pub fn uniform(&self, label: &str, bytes: &[u8]) -> TrackedBuffer {
         let usage = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST;
-        self.initialised_buffer(label, bytemuck::bytes_of(value), usage)
+        let (buffer, live) = self.initialised_buffer(label, bytes, usage);
+        TrackedBuffer::new(buffer, live)
+    }
+
+    /// Creates a buffer, counting it (see [`super::alloc`]).
+    pub fn create_buffer(&self, desc: &wgpu::BufferDescriptor<'_>) -> (wgpu::Buffer, LiveBytes) {
+        let live = self.allocations.buffer_created(desc.size);
+        (self.device.create_buffer(desc), live)
     }
 
     /// A buffer holding `contents` (a multiple of 4 bytes). Written through the queue rather
@@ -120,15 +131,15 @@ impl Gpu {
         label: &str,
         contents: &[u8],
         usage: wgpu::BufferUsages,
-    ) -> wgpu::Buffer {
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+    ) -> (wgpu::Buffer, LiveBytes) {
+        let (buffer, live) = self.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: contents.len() as u64,
             usage: usage | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         self.queue.write_buffer(&buffer, 0, contents);
-        buffer
+        (buffer, live)
     }
 
     /// Copies a whole buffer back to the host, waiting for all queued work first.
@@ -143,12 +154,13 @@ impl Gpu {
             message: "staging buffer lock poisoned".into(),
         })?;
         if staging_slot.as_ref().is_none_or(|b| b.size() < copy_bytes) {
-            *staging_slot = Some(self.device.create_buffer(&wgpu::BufferDescriptor {
+            let (buffer, live) = self.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("readback staging"),
                 size: copy_bytes.next_power_of_two(),
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
-            }));
+            });
+            *staging_slot = Some(TrackedBuffer::new(buffer, live));
         }
         let staging = staging_slot
             .as_ref()

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use super::alloc::{Allocations, TrackedBuffer};
 use super::error::{first_line, GpuError, GpuResult};
 use super::pipeline::PipelineCache;
 
@@ -254,7 +255,9 @@ pub struct Gpu {
     pub features: wgpu::Features,
     pub pipelines: PipelineCache,
     /// Reused by [`Gpu::read`]; grows to the largest readback.
-    pub(crate) staging: Mutex<Option<wgpu::Buffer>>,
+    pub(crate) staging: Mutex<Option<TrackedBuffer>>,
+    /// What the GPU layer has created (buffers, bind groups, live bytes).
+    pub allocations: Arc<Allocations>,
     /// The first error wgpu reported outside an error scope since the last check.
     uncaptured: Arc<Mutex<Option<GpuError>>>,
     /// Set when the device is lost; reported before `uncaptured` (whose errors it causes).
@@ -329,6 +332,7 @@ impl Gpu {
             features,
             pipelines: PipelineCache::default(),
             staging: Mutex::new(None),
+            allocations: Arc::default(),
             uncaptured,
             lost,
         })

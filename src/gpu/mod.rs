@@ -1,6 +1,7 @@
 //! The GPU layer: device and adapter choice, buffers, the shader registry and pipeline cache,
 //! and one thin launch wrapper per kernel (in `kernels/`).
 
+pub mod alloc;
 pub mod buffers;
 pub mod device;
 pub mod dispatch;
@@ -10,7 +11,9 @@ pub mod params;
 pub mod pipeline;
 pub mod recorder;
 pub mod shaders;
+pub mod tune;
 
+pub use alloc::AllocationCounts;
 pub use buffers::GpuBuffer;
 pub use device::{
     list_adapters, AdapterRequest, AdapterSummary, BackendChoice, Gpu, InjectedFault,
@@ -18,5 +21,5 @@ pub use device::{
 pub use dispatch::Grid;
 pub use error::{GpuError, GpuResult};
 pub use pipeline::PipelineKey;
-pub use recorder::Recorder;
+pub use recorder::{LaunchCache, Recorder};
 pub use shaders::{InputPrecision, Shader};

@@ -134,7 +134,41 @@ pub struct CooccurrenceParams {
     pub fires_above: f32,
 }
 
+/// shaders/input_norm.wgsl
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct InputNormParams {
+    pub rows: u32,
+    pub d_in: u32,
+    /// 1: constant_norm_rescale, 2: layer_norm.
+    pub mode: u32,
+    pub _pad: u32,
+}
+
+/// shaders/gated.wgsl
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct GatedParams {
+    pub rows: u32,
+    pub cols: u32,
+    pub _pad: [u32; 2],
+}
+
+/// shaders/widen.wgsl
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct WidenParams {
+    pub n: u32,
+    /// 0: f32, 1: f16, 2: bf16.
+    pub mode: u32,
+    pub scale: f32,
+    pub _pad: u32,
+}
+
 const _: () = {
+    assert!(std::mem::size_of::<WidenParams>() == 16);
+    assert!(std::mem::size_of::<InputNormParams>() == 16);
+    assert!(std::mem::size_of::<GatedParams>() == 16);
     assert!(std::mem::size_of::<GemmParams>() == 16);
     assert!(std::mem::size_of::<TopKParams>() == 48);
     assert!(std::mem::size_of::<DecoderParams>() == 32);

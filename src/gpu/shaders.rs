@@ -11,6 +11,9 @@ pub enum Shader {
     Reduce,
     Hist,
     Cooccurrence,
+    InputNorm,
+    Gated,
+    Widen,
 }
 
 impl Shader {
@@ -24,17 +27,15 @@ impl Shader {
             Shader::Reduce => "reduce",
             Shader::Hist => "hist",
             Shader::Cooccurrence => "cooccurrence",
+            Shader::InputNorm => "input_norm",
+            Shader::Gated => "gated",
+            Shader::Widen => "widen",
         }
     }
 
-    /// Shared helpers this shader's source relies on (shaders/common.wgsl), if any.
+    /// Shared helpers every shader's source may use (shaders/common.wgsl).
     pub fn prelude(self) -> &'static str {
-        match self {
-            Shader::Backward | Shader::Reduce | Shader::Hist | Shader::Cooccurrence => {
-                include_str!("../../shaders/common.wgsl")
-            }
-            _ => "",
-        }
+        include_str!("../../shaders/common.wgsl")
     }
 
     pub fn source(self) -> &'static str {
@@ -47,6 +48,9 @@ impl Shader {
             Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
             Shader::Hist => include_str!("../../shaders/hist.wgsl"),
             Shader::Cooccurrence => include_str!("../../shaders/cooccurrence.wgsl"),
+            Shader::InputNorm => include_str!("../../shaders/input_norm.wgsl"),
+            Shader::Gated => include_str!("../../shaders/gated.wgsl"),
+            Shader::Widen => include_str!("../../shaders/widen.wgsl"),
         }
     }
 }

@@ -110,6 +110,16 @@ impl TensorOut {
             bytes: bytemuck::cast_slice(&half).to_vec(),
         }
     }
+
+    pub fn bf16(name: &str, shape: &[usize], data: &[f32]) -> Self {
+        let half: Vec<half::bf16> = data.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        TensorOut {
+            name: name.to_string(),
+            dtype: Dtype::BF16,
+            shape: shape.to_vec(),
+            bytes: bytemuck::cast_slice(&half).to_vec(),
+        }
+    }
 }
 
 /// Serialises tensors (in the given order) with optional string metadata and writes the file

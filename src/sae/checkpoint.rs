@@ -195,6 +195,7 @@ pub fn parse(bytes: &[u8], path: &Path) -> anyhow::Result<Checkpoint> {
     let mut values = values.into_iter();
     let mut next = || values.next().unwrap_or_default();
     let params = SaeParams {
+        input_norm: Default::default(),
         d_in: d,
         d_sae: n,
         activation: Activation::TopK { k },

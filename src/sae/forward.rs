@@ -3,6 +3,8 @@
 
 use crate::gpu::kernels::decoder::launch_decode_sparse_block;
 use crate::gpu::kernels::encoder::{launch_encode_gemm, EncoderShape, GemmTiles};
+use crate::gpu::kernels::gated::{launch_gate, GateParams};
+use crate::gpu::kernels::input_norm::{launch_denormalize_rows, launch_normalize_rows, RowNorm};
 use crate::gpu::kernels::topk::{
     launch_count_active_block, launch_topk_block, launch_topk_merge, Thresholds, TopKOut, MAX_K,
 };
@@ -10,7 +12,7 @@ use crate::gpu::kernels::LatentRange;
 use crate::gpu::{Gpu, GpuBuffer, GpuError, GpuResult, InputPrecision, Recorder};
 
 use super::blocks::{LatentBlocks, LatentTensor};
-use super::params::{Activation, SaeParams};
+use super::params::{Activation, InputNorm, SaeParams};
 
 /// Latents kept per row for ReLU and JumpReLU SAEs unless the caller says otherwise.
 pub const DEFAULT_CAP: usize = 256;
@@ -24,6 +26,8 @@ pub struct LatentBlock {
     pub b_enc: GpuBuffer,
     /// [range.len, d_in]
     pub w_dec: GpuBuffer,
+    /// Gated SAEs: the block's `b_gate`, `exp(r_mag)` and `b_mag` ([range.len] each).
+    pub gate: Option<[GpuBuffer; 3]>,
 }
 
 /// The parameter tensors of an SAE, resident on the GPU.
@@ -34,6 +38,10 @@ pub struct GpuSae {
     pub k: usize,
     /// Per-latent thresholds of ReLU (0) and JumpReLU (θ) SAEs; `None` for TopK.
     pub thresholds: Option<GpuBuffer>,
+    /// SAELens' per-row input normalisation, applied around the forward pass.
+    pub input_norm: Option<RowNorm>,
+    /// Tile shape of the encoder GEMM (speed only: every shape gives the same bits).
+    pub gemm_tiles: GemmTiles,
     activation: Activation,
     pub layout: LatentBlocks,
     pub blocks: Vec<LatentBlock>,
@@ -84,6 +92,10 @@ impl GpuSae {
                 Some(gpu.upload("thresholds", &vec![0.0f32; params.d_sae])?),
             ),
             Activation::JumpRelu { threshold } => (cap, Some(gpu.upload("thresholds", threshold)?)),
+            Activation::Gated { .. } => (
+                cap,
+                Some(gpu.upload("thresholds", &vec![0.0f32; params.d_sae])?),
+            ),
         };
         if k == 0 || k > MAX_K || k > params.d_sae {
             return Err(GpuError::Shape {
@@ -106,6 +118,22 @@ impl GpuSae {
         let w_enc = layout.split(LatentTensor::Encoder, &params.w_enc);
         let b_enc = layout.split(LatentTensor::Vector, &params.b_enc);
         let w_dec = layout.split(LatentTensor::Decoder, &params.w_dec);
+        let gates = match &params.activation {
+            Activation::Gated {
+                b_gate,
+                r_mag,
+                b_mag,
+            } => {
+                let mag_scale: Vec<f32> =
+                    r_mag.iter().map(|r| f64::from(*r).exp() as f32).collect();
+                Some([
+                    layout.split(LatentTensor::Vector, b_gate),
+                    layout.split(LatentTensor::Vector, &mag_scale),
+                    layout.split(LatentTensor::Vector, b_mag),
+                ])
+            }
+            _ => None,
+        };
         let blocks = layout
             .ranges
             .iter()
@@ -117,6 +145,14 @@ impl GpuSae {
                     w_enc: gpu.upload(&name("W_enc"), &w_enc[b])?,
                     b_enc: gpu.upload(&name("b_enc"), &b_enc[b])?,
                     w_dec: gpu.upload(&name("W_dec"), &w_dec[b])?,
+                    gate: match &gates {
+                        Some([b_gate, mag_scale, b_mag]) => Some([
+                            gpu.upload(&name("b_gate"), &b_gate[b])?,
+                            gpu.upload(&name("mag_scale"), &mag_scale[b])?,
+                            gpu.upload(&name("b_mag"), &b_mag[b])?,
+                        ]),
+                        None => None,
+                    },
                 })
             })
             .collect::<GpuResult<Vec<_>>>()?;
@@ -125,6 +161,8 @@ impl GpuSae {
             d_sae: params.d_sae,
             k,
             thresholds,
+            input_norm: params.input_norm.row_norm(),
+            gemm_tiles: GemmTiles::default(),
             activation: params.activation.clone(),
             layout,
             blocks,
@@ -134,6 +172,11 @@ impl GpuSae {
 
     pub fn download(&self, gpu: &Gpu) -> GpuResult<SaeParams> {
         Ok(SaeParams {
+            input_norm: match self.input_norm {
+                None => InputNorm::None,
+                Some(RowNorm::ConstantNormRescale) => InputNorm::ConstantNormRescale,
+                Some(RowNorm::LayerNorm) => InputNorm::LayerNorm,
+            },
             d_in: self.d_in,
             d_sae: self.d_sae,
             activation: self.activation.clone(),
@@ -211,6 +254,8 @@ pub struct ForwardBuffers {
     /// [capacity] u32 non-zero latents per row, for thresholded SAEs.
     pub active: Option<GpuBuffer>,
     pub candidates: Option<Candidates>,
+    /// [capacity, 2] per-row statistics of the input normalisation, when the SAE has one.
+    pub row_stats: Option<GpuBuffer>,
 }
 
 impl ForwardBuffers {
@@ -236,6 +281,10 @@ impl ForwardBuffers {
                 None => None,
             },
             candidates: Candidates::new(gpu, &sae.layout, capacity, sae.k)?,
+            row_stats: match sae.input_norm {
+                Some(_) => Some(gpu.storage::<f32>("input_norm_row_stats", capacity * 2)?),
+                None => None,
+            },
         })
     }
 }
@@ -322,6 +371,7 @@ pub fn record_decode(
     x_hat: &GpuBuffer,
     rows: usize,
 ) -> GpuResult<()> {
+    rec.stage("decode");
     for block in &sae.blocks {
         launch_decode_sparse_block(
             rec,
@@ -340,7 +390,8 @@ pub fn record_decode(
 }
 
 /// Records encode → TopK (or capped threshold selection) → decode for the first `rows` rows
-/// of `fw.x`.
+/// of `fw.x`. An SAE with a per-row input normalisation normalises `fw.x` in place and writes
+/// `fw.x_hat` in the input's own units.
 pub fn record_forward(
     rec: &mut Recorder<'_>,
     sae: &GpuSae,
@@ -357,7 +408,11 @@ pub fn record_forward(
         &sae.b_dec,
         &fw.x_hat,
         rows,
-    )
+    )?;
+    if let (Some(norm), Some(stats)) = (sae.input_norm, &fw.row_stats) {
+        launch_denormalize_rows(rec, norm, &fw.x_hat, stats, rows, sae.d_in)?;
+    }
+    Ok(())
 }
 
 /// Records the encoder and the selection of each row's k latents (`fw.top_idx`/`top_val`,
@@ -368,6 +423,14 @@ pub fn record_encode_select(
     fw: &ForwardBuffers,
     rows: usize,
 ) -> GpuResult<()> {
+    rec.stage("encode");
+    if let Some(norm) = sae.input_norm {
+        let stats = fw.row_stats.as_ref().ok_or_else(|| GpuError::Shape {
+            kernel: "normalize_rows",
+            message: "forward buffers made for an SAE without input normalisation".into(),
+        })?;
+        launch_normalize_rows(rec, norm, &fw.x, stats, rows, sae.d_in)?;
+    }
     for (block, h) in sae.blocks.iter().zip(&fw.h) {
         let shape = EncoderShape {
             rows,
@@ -383,14 +446,23 @@ pub fn record_encode_select(
             &block.b_enc,
             h,
             shape,
-            GemmTiles::default(),
+            sae.gemm_tiles,
         )?;
+        if let Some([b_gate, mag_scale, b_mag]) = &block.gate {
+            let gate = GateParams {
+                b_gate,
+                mag_scale,
+                b_mag,
+            };
+            launch_gate(rec, h, rows, block.range.len, gate)?;
+        }
     }
     let selection = Selection {
         k: sae.k,
         idx: &fw.top_idx,
         val: &fw.top_val,
     };
+    rec.stage("select");
     record_topk(
         rec,
         sae,

@@ -7,6 +7,7 @@ pub mod formats;
 pub mod forward;
 pub mod init;
 pub mod params;
+pub mod pass;
 pub mod schedule;
 pub mod train;
 pub mod trainer;

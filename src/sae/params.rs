@@ -2,6 +2,8 @@
 //! W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in].
 
 use rand::{Rng, SeedableRng};
+
+use crate::gpu::kernels::input_norm::RowNorm;
 use rand_chacha::ChaCha8Rng;
 
 /// Which activation the SAE applies; all share the same weights layout.
@@ -13,10 +15,56 @@ pub enum Activation {
     Relu,
     /// f = h · 1{h > θ_i} (SAELens `jumprelu`).
     JumpRelu { threshold: Vec<f32> },
+    /// SAELens `gated`: with h = (x − b_dec)·W_enc (b_enc is zero), f = 1{h + b_gate > 0} ·
+    /// ReLU(exp(r_mag) ⊙ h + b_mag).
+    Gated {
+        b_gate: Vec<f32>,
+        r_mag: Vec<f32>,
+        b_mag: Vec<f32>,
+    },
+}
+
+impl Activation {
+    /// The SAELens architecture name of this activation.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Activation::TopK { .. } => "topk",
+            Activation::Relu => "standard",
+            Activation::JumpRelu { .. } => "jumprelu",
+            Activation::Gated { .. } => "gated",
+        }
+    }
+}
+
+/// A per-row normalisation of the input that the SAE applies at run time and undoes on its
+/// output (SAELens `normalize_activations`; sae_lens/saes/sae.py,
+/// `_setup_activation_normalization`). Constant scales and whitening are folded into the
+/// weights when an SAE is loaded instead.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputNorm {
+    #[default]
+    None,
+    /// x ← x·√d_in/‖x‖, x̂ ← x̂·‖x‖/√d_in.
+    ConstantNormRescale,
+    /// x ← (x − μ)/(σ + 10⁻⁵) with σ the unbiased standard deviation, x̂ ← x̂·σ + μ.
+    LayerNorm,
+}
+
+impl InputNorm {
+    /// The GPU kernel's mode, or `None` when there is nothing to do per row.
+    pub fn row_norm(self) -> Option<RowNorm> {
+        match self {
+            InputNorm::None => None,
+            InputNorm::ConstantNormRescale => Some(RowNorm::ConstantNormRescale),
+            InputNorm::LayerNorm => Some(RowNorm::LayerNorm),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct SaeParams {
+    pub input_norm: InputNorm,
     pub d_in: usize,
     pub d_sae: usize,
     pub activation: Activation,
@@ -54,6 +102,7 @@ impl SaeParams {
             }
         }
         SaeParams {
+            input_norm: Default::default(),
             d_in,
             d_sae,
             activation: Activation::TopK { k },
@@ -101,8 +150,13 @@ impl SaeParams {
     pub fn fold_input_scale(&mut self, scale: f32) {
         self.b_enc.iter_mut().for_each(|v| *v *= scale);
         self.b_dec.iter_mut().for_each(|v| *v *= scale);
-        if let Activation::JumpRelu { threshold } = &mut self.activation {
-            threshold.iter_mut().for_each(|v| *v *= scale);
+        match &mut self.activation {
+            Activation::JumpRelu { threshold } => threshold.iter_mut().for_each(|v| *v *= scale),
+            Activation::Gated { b_gate, b_mag, .. } => {
+                b_gate.iter_mut().for_each(|v| *v *= scale);
+                b_mag.iter_mut().for_each(|v| *v *= scale);
+            }
+            Activation::TopK { .. } | Activation::Relu => {}
         }
     }
 

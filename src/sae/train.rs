@@ -1,6 +1,7 @@
 //! The `sae train` job: streams shards through the GPU trainer, logs metrics, checkpoints
 //! atomically, evaluates on held-out data and exports sparsify and SAELens checkpoints.
 
+use std::collections::VecDeque;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,13 +19,15 @@ use super::formats::{save_saelens, save_sparsify};
 use super::init::{geometric_median, input_scale, mean_row};
 use super::params::SaeParams;
 use super::schedule::lr_at;
-use super::trainer::{AuxKConfig, Trainer};
+use super::trainer::{AuxKConfig, StepMetrics, Trainer};
 use crate::analysis::eval::{EvalAccumulator, EvalSummary, Evaluator};
 use crate::data::{
     expand_inputs, open_shards, BatchStream, RowRange, Shard, ShardInfo, StreamConfig,
 };
+use crate::gpu::kernels::encoder::EncoderShape;
 use crate::gpu::kernels::optim::AdamConfig;
 use crate::gpu::kernels::topk::MAX_K;
+use crate::gpu::tune::tiles_for;
 use crate::gpu::{Gpu, InjectedFault};
 use crate::io::{write_json_atomic, write_safetensors, TensorOut};
 
@@ -88,6 +91,9 @@ pub struct TrainReport {
     pub tokens_per_s: f64,
     pub heldout: Option<EvalSummary>,
     pub run_dir: PathBuf,
+    /// The most bytes of GPU buffers alive at once (what this process allocated; 0 when the
+    /// run stopped early).
+    pub peak_gpu_bytes: u64,
 }
 
 /// How the user asked to run.
@@ -99,6 +105,9 @@ pub struct RunOptions {
     /// Write a checkpoint and stop after this many steps, as an interrupted run would
     /// (for testing resume; the run's exports are not written).
     pub stop_after: Option<u64>,
+    /// Time the encoder GEMM's tile shapes for this adapter and shape when none are cached
+    /// (gpu::tune); otherwise the cached choice or the default. Never changes results.
+    pub tune: bool,
 }
 
 /// Everything a run writes into its directory (removed by --overwrite).
@@ -269,6 +278,8 @@ fn stream_config(
         queue_depth: 4,
         skip_batches,
         range,
+        // 16-bit shards go to the GPU as stored and are widened there.
+        keep_16bit: true,
     }
 }
 
@@ -303,7 +314,6 @@ fn evaluate(
     stream_cfg.skip_nonfinite = config.skip_nonfinite;
     let evaluator = Evaluator::new(gpu, &trainer.sae, config.batch_size)?;
     let acc: EvalAccumulator = evaluator.run(
-        &trainer.sae,
         BatchStream::start(data.eval.clone(), stream_cfg)?,
         scale,
         |_| {},
@@ -398,6 +408,67 @@ fn truncate_metrics(path: &Path, step: u64) -> anyhow::Result<()> {
 
 fn shard_infos(shards: &[Shard]) -> Vec<ShardInfo> {
     shards.iter().map(Shard::info).collect()
+}
+
+/// What the host knows of a logged step when it submits it; the GPU's figures join it later.
+struct LogContext {
+    step: u64,
+    tokens: u64,
+    lr: f64,
+    tokens_per_s: f64,
+    skipped_nonfinite: u64,
+}
+
+/// `metrics.jsonl` and the logged steps whose figures have not come back yet.
+struct MetricsLog {
+    file: std::fs::File,
+    path: PathBuf,
+    pending: VecDeque<LogContext>,
+    auxk_alpha: f32,
+    d_sae: usize,
+}
+
+impl MetricsLog {
+    /// Writes a line per step whose figures came back; a non-finite loss ends the run.
+    fn write(
+        &mut self,
+        ready: Vec<(u64, StepMetrics)>,
+        bar: &ProgressBar,
+        last_checkpoint: Option<&Path>,
+    ) -> anyhow::Result<()> {
+        for (step, m) in ready {
+            let Some(at) = self.pending.iter().position(|c| c.step == step) else {
+                continue;
+            };
+            let Some(context) = self.pending.remove(at) else {
+                continue;
+            };
+            let loss = m.fvu + f64::from(self.auxk_alpha) * m.auxk_loss;
+            if !loss.is_finite() {
+                bail!(
+                    "training diverged: the loss is {loss} at step {step}; last good checkpoint: {}",
+                    last_checkpoint.map_or("none".to_string(), |p| p.display().to_string())
+                );
+            }
+            let dead_frac = f64::from(m.dead) / self.d_sae as f64;
+            let line = json!({
+                "step": step, "tokens": context.tokens, "loss": loss, "fvu": m.fvu, "l0": m.l0,
+                "dead_frac": dead_frac, "auxk_loss": m.auxk_loss, "lr": context.lr,
+                "tokens_per_s": context.tokens_per_s,
+                "skipped_nonfinite": context.skipped_nonfinite,
+            });
+            writeln!(self.file, "{line}")
+                .with_context(|| format!("{}: cannot write", self.path.display()))?;
+            bar.set_message(format!(
+                "FVU {:.4}  L0 {:.1}  dead {:.1}%  {:.0} tok/s",
+                m.fvu,
+                m.l0,
+                100.0 * dead_frac,
+                context.tokens_per_s
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Runs (or resumes) training. `config` is ignored on resume: the run's own `config.json` wins.
@@ -566,6 +637,18 @@ pub fn train(
     if let Some((moments, since_fired)) = &moments {
         trainer.restore(moments, since_fired)?;
     }
+    let gemm = EncoderShape {
+        rows: config.batch_size,
+        d_in,
+        d_sae: trainer.sae.blocks[0].range.len,
+    };
+    trainer.sae.gemm_tiles = tiles_for(gpu, gemm, options.tune, || {
+        if !options.quiet {
+            eprintln!(
+                "timing the encoder GEMM's tile shapes on this adapter (once per adapter and shape; --no-tune skips)"
+            );
+        }
+    })?;
 
     let metrics_path = run_dir.join("metrics.jsonl");
     if options.resume {
@@ -573,7 +656,7 @@ pub fn train(
     } else {
         let _ = std::fs::remove_file(&metrics_path);
     }
-    let mut metrics_file = OpenOptions::new()
+    let metrics_file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&metrics_path)
@@ -610,6 +693,13 @@ pub fn train(
     };
 
     let fault = injected_fault()?;
+    let mut log = MetricsLog {
+        file: metrics_file,
+        path: metrics_path.clone(),
+        pending: VecDeque::new(),
+        auxk_alpha: config.auxk_alpha,
+        d_sae: config.d_sae,
+    };
     for batch in stream {
         if step >= config.steps {
             break;
@@ -619,52 +709,44 @@ pub fn train(
                 gpu.inject_fault(fault);
             }
         }
-        let mut batch = batch?;
-        if scale != 1.0 {
-            batch.x.iter_mut().for_each(|v| *v /= scale);
-        }
+        let batch = batch?;
         let lr = lr_at(config.lr, step, config.lr_warmup_steps, config.steps);
+        let logged = (step + 1) % config.log_every.max(1) == 0 || step + 1 == config.steps;
         trainer
-            .step(&batch.x, lr, step + 1)
+            .step_batch(&batch, scale, lr, step + 1, logged)
             .map_err(|e| interrupted(e.into(), step + 1, last_checkpoint.as_deref()))?;
         step += 1;
         tokens += batch.rows as u64;
         window_tokens += batch.rows as u64;
-
-        if step % config.log_every.max(1) == 0 || step == config.steps {
-            let m = trainer
-                .metrics()
-                .map_err(|e| interrupted(e.into(), step, last_checkpoint.as_deref()))?;
+        if logged {
             let elapsed = window_start.elapsed().as_secs_f64().max(1e-9);
-            let tokens_per_s = window_tokens as f64 / elapsed;
-            (window_start, window_tokens) = (Instant::now(), 0);
-            let loss = m.fvu + f64::from(config.auxk_alpha) * m.auxk_loss;
-            if !loss.is_finite() {
-                bail!(
-                    "training diverged: the loss is {loss} at step {step}; last good checkpoint: {}",
-                    last_checkpoint
-                        .as_ref()
-                        .map_or("none".to_string(), |p| p.display().to_string())
-                );
-            }
-            let dead_frac = f64::from(m.dead) / config.d_sae as f64;
-            let line = json!({
-                "step": step, "tokens": tokens, "loss": loss, "fvu": m.fvu, "l0": m.l0,
-                "dead_frac": dead_frac, "auxk_loss": m.auxk_loss, "lr": lr, "tokens_per_s": tokens_per_s,
-                "skipped_nonfinite": batch.skipped_nonfinite,
+            log.pending.push_back(LogContext {
+                step,
+                tokens,
+                lr,
+                tokens_per_s: window_tokens as f64 / elapsed,
+                skipped_nonfinite: batch.skipped_nonfinite,
             });
-            writeln!(metrics_file, "{line}")
-                .with_context(|| format!("{}: cannot write", metrics_path.display()))?;
-            bar.set_message(format!(
-                "FVU {:.4}  L0 {:.1}  dead {:.1}%  {:.0} tok/s",
-                m.fvu,
-                m.l0,
-                100.0 * dead_frac,
-                tokens_per_s
-            ));
+            (window_start, window_tokens) = (Instant::now(), 0);
         }
+        // Figures of earlier steps, as the GPU finishes them; never waits.
+        let ready = trainer
+            .ready_metrics(false)
+            .map_err(|e| interrupted(e.into(), step, last_checkpoint.as_deref()))?;
+        log.write(ready, &bar, last_checkpoint.as_deref())?;
         bar.set_position(step);
+        // Checkpoints and held-out evaluation are the synchronisation points.
+        let sync = |trainer: &mut Trainer<'_>,
+                    log: &mut MetricsLog,
+                    last: Option<&Path>|
+         -> anyhow::Result<()> {
+            let ready = trainer
+                .ready_metrics(true)
+                .map_err(|e| interrupted(e.into(), step, last))?;
+            log.write(ready, &bar, last)
+        };
         if options.stop_after == Some(step) && step < config.steps {
+            sync(&mut trainer, &mut log, last_checkpoint.as_deref())?;
             bar.finish_and_clear();
             save_checkpoint(&trainer, step, tokens, &mut fire_counts)?;
             return Ok(TrainReport {
@@ -674,21 +756,28 @@ pub fn train(
                 tokens_per_s: 0.0,
                 heldout: None,
                 run_dir: run_dir.clone(),
+                peak_gpu_bytes: 0,
             });
         }
         if config.checkpoint_every > 0 && step % config.checkpoint_every == 0 && step < config.steps
         {
+            sync(&mut trainer, &mut log, last_checkpoint.as_deref())?;
             let saved = save_checkpoint(&trainer, step, tokens, &mut fire_counts)
                 .map_err(|e| interrupted(e, step, last_checkpoint.as_deref()))?;
             last_checkpoint = Some(saved);
         }
         if config.eval_every > 0 && step % config.eval_every == 0 && step < config.steps {
+            sync(&mut trainer, &mut log, last_checkpoint.as_deref())?;
             if let Some(summary) = evaluate(gpu, &trainer, &data, &config, scale)? {
                 let line = json!({"step": step, "tokens": tokens, "eval": summary});
-                writeln!(metrics_file, "{line}")?;
+                writeln!(log.file, "{line}")?;
             }
         }
     }
+    let ready = trainer
+        .ready_metrics(true)
+        .map_err(|e| interrupted(e.into(), step, last_checkpoint.as_deref()))?;
+    log.write(ready, &bar, last_checkpoint.as_deref())?;
     bar.finish_and_clear();
     if step < config.steps {
         tracing::warn!("the data ran out after {step} of {} steps", config.steps);
@@ -734,6 +823,7 @@ pub fn train(
         tokens_per_s: (tokens - start_step * config.batch_size as u64) as f64 / seconds.max(1e-9),
         heldout,
         run_dir: run_dir.clone(),
+        peak_gpu_bytes: gpu.allocations.counts().peak_bytes,
     };
     write_json_atomic(&run_dir.join("summary.json"), &report)?;
     if let Err(error) =

@@ -1,7 +1,19 @@
-//! One training step of a TopK SAE, recorded as a single GPU submission: forward, FVU loss,
-//! backward without float atomics, optional AuxK, Adam and the unit-norm decoder constraint,
-//! then dead-latent bookkeeping. Nothing is read back except on request.
+//! One training step of a TopK SAE, recorded as a single GPU submission: the batch widened
+//! from its upload, forward, FVU loss, backward without float atomics, optional AuxK, Adam and
+//! the unit-norm decoder constraint, then dead-latent bookkeeping.
+//!
+//! Nothing is allocated and nothing waits in a steady-state step: the launches reuse their
+//! parameter buffers and bind groups (a [`LaunchCache`]), the batch goes into one of two
+//! upload buffers while the GPU works on the other, and the step's metrics are copied into a
+//! ring of mapped buffers that the host reads a few steps later ([`Trainer::ready_metrics`]).
+//! The host waits only when it is more than [`MAX_IN_FLIGHT`] steps ahead of the GPU.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use crate::data::{ActDtype, Batch};
+use crate::gpu::alloc::TrackedBuffer;
 use crate::gpu::kernels::backward::{
     launch_aux_residual, launch_bias_dec_grad_block, launch_code_grad_block,
     launch_decoder_weight_grad_block, launch_encoder_weight_grad_block, launch_loss_grad,
@@ -14,7 +26,9 @@ use crate::gpu::kernels::reduce::{
     launch_aux_scale, launch_dead_mask, launch_fire_counts, launch_update_dead, Reducer,
 };
 use crate::gpu::kernels::topk::MAX_K;
-use crate::gpu::{Gpu, GpuBuffer, GpuResult, Recorder};
+use crate::gpu::kernels::widen::{launch_widen, UploadDtype};
+use crate::gpu::recorder::Timings;
+use crate::gpu::{Gpu, GpuBuffer, GpuError, GpuResult, LaunchCache, Recorder};
 
 use super::blocks::LatentTensor;
 use super::forward::{
@@ -92,7 +106,13 @@ struct BlockState {
     w_dec: ParamState,
 }
 
-/// Figures of the last step, read back on request.
+/// Steps submitted but not known to be finished before the host waits for the oldest.
+pub const MAX_IN_FLIGHT: usize = 2;
+
+/// Metrics copies in flight at most; a further request waits for the oldest.
+const METRICS_RING: usize = 4;
+
+/// Figures of one step, read back on request.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StepMetrics {
     pub fvu: f64,
@@ -133,6 +153,26 @@ pub struct Trainer<'g> {
     eligible: GpuBuffer,
     dead_count: GpuBuffer,
     aux: Option<AuxBuffers>,
+    /// Parameter buffers and bind groups of the step's launches, built by the first step.
+    cache: LaunchCache,
+    /// Two upload buffers for raw batches (f32 words, or 16-bit values in pairs).
+    uploads: [GpuBuffer; 2],
+    next_upload: usize,
+    in_flight: VecDeque<wgpu::SubmissionIndex>,
+    metrics_ring: MetricsRing,
+    /// Time the host spent waiting for the GPU to catch up (more than [`MAX_IN_FLIGHT`]
+    /// steps behind), and inside `queue.submit` (which on CPU drivers such as lavapipe runs
+    /// the work itself); `sae bench train` reports host time per step without either.
+    pub waited: std::time::Duration,
+    pub submitting: std::time::Duration,
+}
+
+/// A batch written to one of the upload buffers.
+#[derive(Clone, Copy, Debug)]
+pub struct Upload {
+    slot: usize,
+    dtype: UploadDtype,
+    rows: usize,
 }
 
 impl<'g> Trainer<'g> {
@@ -205,6 +245,16 @@ impl<'g> Trainer<'g> {
             eligible: gpu.storage::<u32>("dead_latents", d_sae)?,
             dead_count: gpu.storage::<u32>("dead_count", 1)?,
             aux,
+            cache: LaunchCache::default(),
+            uploads: [
+                gpu.storage::<f32>("upload 0", batch_rows * sae.d_in)?,
+                gpu.storage::<f32>("upload 1", batch_rows * sae.d_in)?,
+            ],
+            next_upload: 0,
+            in_flight: VecDeque::new(),
+            metrics_ring: MetricsRing::new(gpu, d_sae)?,
+            waited: std::time::Duration::ZERO,
+            submitting: std::time::Duration::ZERO,
             sae,
             fw,
         };
@@ -223,18 +273,144 @@ impl<'g> Trainer<'g> {
         }
     }
 
-    /// Uploads `x` (exactly `batch_rows` rows) and records and submits one optimiser step with
+    /// Uploads `x` (exactly `batch_rows` f32 rows), records and submits one optimiser step with
     /// learning rate `lr`; `step` counts Adam steps from 1.
     pub fn step(&mut self, x: &[f32], lr: f64, step: u64) -> GpuResult<()> {
-        let gpu = self.gpu;
-        let s = self.shape();
-        self.gpu.write(&self.fw.x, x)?;
-        let mut rec = Recorder::new(gpu, "train step");
-        let (sae, fw) = (&self.sae, &self.fw);
+        let upload = self.upload_f32(x)?;
+        self.submit_step(upload, 1.0, lr, step, false, None)
+            .map(|_| ())
+    }
 
-        // Dead latents as of before this step (AuxK's candidates).
-        launch_dead_mask(
+    /// Writes a batch as streamed (f32, or 16-bit as stored) into the next upload buffer. The
+    /// write is queued: it reaches the GPU with the next submission, after the steps before.
+    pub fn upload(&mut self, batch: &Batch) -> GpuResult<Upload> {
+        match batch.half_dtype {
+            Some(dtype) => {
+                let dtype = match dtype {
+                    ActDtype::Bf16 => UploadDtype::Bf16,
+                    _ => UploadDtype::F16,
+                };
+                self.upload_raw(bytemuck::cast_slice(&batch.half), dtype, batch.rows)
+            }
+            None => self.upload_f32(&batch.x),
+        }
+    }
+
+    fn upload_f32(&mut self, x: &[f32]) -> GpuResult<Upload> {
+        let rows = x.len() / self.sae.d_in.max(1);
+        self.upload_raw(bytemuck::cast_slice(x), UploadDtype::F32, rows)
+    }
+
+    fn upload_raw(&mut self, bytes: &[u8], dtype: UploadDtype, rows: usize) -> GpuResult<Upload> {
+        if rows != self.batch_rows {
+            return Err(GpuError::Shape {
+                kernel: "train step",
+                message: format!(
+                    "a batch of {rows} rows for a trainer of {}",
+                    self.batch_rows
+                ),
+            });
+        }
+        let slot = self.next_upload;
+        self.next_upload = 1 - slot;
+        self.gpu.write(&self.uploads[slot], bytes)?;
+        Ok(Upload { slot, dtype, rows })
+    }
+
+    /// Uploads a streamed batch (divided by `scale` on the GPU) and submits one step. With
+    /// `with_metrics`, the step's figures are copied for [`Trainer::ready_metrics`].
+    pub fn step_batch(
+        &mut self,
+        batch: &Batch,
+        scale: f32,
+        lr: f64,
+        step: u64,
+        with_metrics: bool,
+    ) -> GpuResult<()> {
+        let upload = self.upload(batch)?;
+        self.submit_step(upload, scale, lr, step, with_metrics, None)
+            .map(|_| ())
+    }
+
+    /// As [`Trainer::step_batch`], with every dispatch timed (waits for the GPU).
+    pub fn step_batch_timed(
+        &mut self,
+        batch: &Batch,
+        scale: f32,
+        lr: f64,
+        step: u64,
+    ) -> GpuResult<Timings> {
+        let upload = self.upload(batch)?;
+        let timings = self.submit_step(upload, scale, lr, step, false, Some(256))?;
+        Ok(timings.unwrap_or_default())
+    }
+
+    fn submit_step(
+        &mut self,
+        upload: Upload,
+        scale: f32,
+        lr: f64,
+        step: u64,
+        with_metrics: bool,
+        timed: Option<u32>,
+    ) -> GpuResult<Option<Timings>> {
+        let gpu = self.gpu;
+        let metrics_slot = if with_metrics {
+            Some(self.metrics_ring.acquire(gpu, step)?)
+        } else {
+            None
+        };
+        let mut rec = match timed {
+            Some(dispatches) => Recorder::cached_timed(gpu, "train step", &self.cache, dispatches)?,
+            None => Recorder::cached(gpu, "train step", &self.cache),
+        };
+        rec.stage("input");
+        launch_widen(
             &mut rec,
+            &self.uploads[upload.slot],
+            upload.dtype,
+            scale,
+            &self.fw.x,
+            upload.rows * self.sae.d_in,
+        )?;
+        self.record_step(&mut rec, lr, step)?;
+        if let Some(slot) = metrics_slot {
+            self.metrics_ring.record_copy(&mut rec, slot, self)?;
+        }
+        if timed.is_some() {
+            let timings = rec.submit_timed()?;
+            return Ok(Some(timings));
+        }
+        let start = std::time::Instant::now();
+        let index = rec.submit()?;
+        self.submitting += start.elapsed();
+        if let Some(slot) = metrics_slot {
+            self.metrics_ring.map(slot);
+        }
+        self.in_flight.push_back(index);
+        while self.in_flight.len() > MAX_IN_FLIGHT {
+            if let Some(oldest) = self.in_flight.pop_front() {
+                let start = std::time::Instant::now();
+                gpu.device
+                    .poll(wgpu::PollType::Wait {
+                        submission_index: Some(oldest),
+                        timeout: None,
+                    })
+                    .map_err(|e| GpuError::DeviceLost(e.to_string()))?;
+                self.waited += start.elapsed();
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records one optimiser step on the batch in `self.fw.x`.
+    pub fn record_step(&self, rec: &mut Recorder<'_>, lr: f64, step: u64) -> GpuResult<()> {
+        let s = self.shape();
+        let (sae, fw) = (&self.sae, &self.fw);
+        // Dead latents as of before this step (AuxK's candidates).
+        rec.stage("other");
+        launch_dead_mask(
+            rec,
             &self.since_fired,
             &self.eligible,
             &self.dead_count,
@@ -242,7 +418,7 @@ impl<'g> Trainer<'g> {
             self.dead_tokens,
         )?;
         self.reducer.launch_centered_sq(
-            &mut rec,
+            rec,
             &fw.x,
             s.rows,
             s.d_in,
@@ -250,9 +426,10 @@ impl<'g> Trainer<'g> {
             &self.stats,
             slot::VARIANCE,
         )?;
-        record_forward(&mut rec, sae, fw, s.rows)?;
+        record_forward(rec, sae, fw, s.rows)?;
+        rec.stage("backward");
         self.reducer.launch_sum_sq_diff(
-            &mut rec,
+            rec,
             &fw.x_hat,
             &fw.x,
             s.rows * s.d_in,
@@ -262,7 +439,7 @@ impl<'g> Trainer<'g> {
 
         // Backward of FVU.
         launch_loss_grad(
-            &mut rec,
+            rec,
             &fw.x_hat,
             &fw.x,
             &self.stats,
@@ -277,24 +454,18 @@ impl<'g> Trainer<'g> {
             code_grad: &self.code_grad,
             index: &self.index,
         };
-        self.record_weight_grads(&mut rec, &main, false)?;
+        self.record_weight_grads(rec, &main, false)?;
 
         if let Some(aux) = &self.aux {
             let k_aux = aux.config.k_aux;
-            launch_aux_scale(
-                &mut rec,
-                &self.dead_count,
-                &self.stats,
-                slot::AUX_SCALE,
-                k_aux,
-            )?;
+            launch_aux_scale(rec, &self.dead_count, &self.stats, slot::AUX_SCALE, k_aux)?;
             let selection = Selection {
                 k: k_aux,
                 idx: &aux.aux_idx,
                 val: &aux.aux_val,
             };
             record_topk(
-                &mut rec,
+                rec,
                 sae,
                 &fw.h,
                 s.rows,
@@ -303,7 +474,7 @@ impl<'g> Trainer<'g> {
                 aux.candidates.as_ref(),
             )?;
             record_decode(
-                &mut rec,
+                rec,
                 sae,
                 &aux.aux_idx,
                 &aux.aux_val,
@@ -312,9 +483,10 @@ impl<'g> Trainer<'g> {
                 &aux.e_hat,
                 s.rows,
             )?;
-            launch_aux_residual(&mut rec, &aux.e_hat, &fw.x, &fw.x_hat, &aux.aux_diff, s)?;
+            rec.stage("backward");
+            launch_aux_residual(rec, &aux.e_hat, &fw.x, &fw.x_hat, &aux.aux_diff, s)?;
             self.reducer.launch_sum_sq(
-                &mut rec,
+                rec,
                 &aux.aux_diff,
                 s.rows * s.d_in,
                 &self.stats,
@@ -326,7 +498,7 @@ impl<'g> Trainer<'g> {
                 factor_slot: Some(slot::AUX_SCALE),
             };
             launch_loss_grad(
-                &mut rec,
+                rec,
                 &aux.aux_diff,
                 &aux.zeros_rows,
                 &self.stats,
@@ -341,11 +513,11 @@ impl<'g> Trainer<'g> {
                 code_grad: &aux.aux_code_grad,
                 index: &aux.index,
             };
-            self.record_weight_grads(&mut rec, &entries, true)?;
+            self.record_weight_grads(rec, &entries, true)?;
         }
         for (block, st) in sae.blocks.iter().zip(&self.blocks) {
             launch_bias_dec_grad_block(
-                &mut rec,
+                rec,
                 &self.grad_out,
                 &block.w_enc,
                 &st.b_enc.grad,
@@ -356,13 +528,14 @@ impl<'g> Trainer<'g> {
         }
 
         // Optimiser: unit-norm decoder constraint around Adam.
+        rec.stage("optimiser");
         for (block, st) in sae.blocks.iter().zip(&self.blocks) {
             let n = block.range.len;
-            launch_remove_parallel_grad(&mut rec, &block.w_dec, &st.w_dec.grad, n, s.d_in)?;
+            launch_remove_parallel_grad(rec, &block.w_dec, &st.w_dec.grad, n, s.d_in)?;
         }
         for (param, st) in sae.tensors().into_iter().zip(self.param_states()) {
             launch_adam(
-                &mut rec,
+                rec,
                 param,
                 &st.grad,
                 &st.exp_avg,
@@ -373,33 +546,28 @@ impl<'g> Trainer<'g> {
             )?;
         }
         for block in &sae.blocks {
-            launch_normalize_rows(&mut rec, &block.w_dec, block.range.len, s.d_in)?;
+            launch_normalize_rows(rec, &block.w_dec, block.range.len, s.d_in)?;
         }
 
         // Bookkeeping: which latents fired.
+        rec.stage("other");
         rec.clear(&self.batch_fired);
         launch_fire_counts(
-            &mut rec,
+            rec,
             &fw.top_idx,
             &fw.top_val,
             s.entries(),
             &self.batch_fired,
         )?;
         launch_fire_counts(
-            &mut rec,
+            rec,
             &fw.top_idx,
             &fw.top_val,
             s.entries(),
             &self.fire_window,
         )?;
-        launch_update_dead(
-            &mut rec,
-            &self.batch_fired,
-            &self.since_fired,
-            s.d_sae,
-            s.rows,
-        )?;
-        rec.submit()
+        launch_update_dead(rec, &self.batch_fired, &self.since_fired, s.d_sae, s.rows)?;
+        Ok(())
     }
 
     /// Parameter states in the order of [`GpuSae::tensors`].
@@ -462,18 +630,45 @@ impl<'g> Trainer<'g> {
         let stats: Vec<f32> = self.gpu.read(&self.stats)?;
         let fired: Vec<u32> = self.gpu.read(&self.batch_fired)?;
         let dead: Vec<u32> = self.gpu.read(&self.dead_count)?;
+        Ok(self.metrics_from(&stats, &fired, dead.first().copied().unwrap_or(0)))
+    }
+
+    /// The step figures from the `stats` slots, the batch's fire counts and the dead count.
+    fn metrics_from(&self, stats: &[f32], fired: &[u32], dead: u32) -> StepMetrics {
         let variance = f64::from(stats[slot::VARIANCE]).max(f64::MIN_POSITIVE);
         let auxk_loss = if self.aux.is_some() {
             f64::from(stats[slot::AUX_SCALE]) * f64::from(stats[slot::AUX_SSE]) / variance
         } else {
             0.0
         };
-        Ok(StepMetrics {
+        StepMetrics {
             fvu: f64::from(stats[slot::SSE]) / variance,
             auxk_loss,
             l0: fired.iter().map(|&c| f64::from(c)).sum::<f64>() / self.batch_rows as f64,
-            dead: dead.first().copied().unwrap_or(0),
-        })
+            dead,
+        }
+    }
+
+    /// Metrics of earlier [`Trainer::step_batch`] calls that asked for them, in step order:
+    /// those the GPU has finished, or (with `wait`) all of them.
+    pub fn ready_metrics(&mut self, wait: bool) -> GpuResult<Vec<(u64, StepMetrics)>> {
+        let poll = if wait {
+            wgpu::PollType::wait_indefinitely()
+        } else {
+            wgpu::PollType::Poll
+        };
+        if !self.metrics_ring.pending.is_empty() {
+            self.gpu
+                .device
+                .poll(poll)
+                .map_err(|e| GpuError::DeviceLost(e.to_string()))?;
+        }
+        self.gpu.take_error()?;
+        let mut out = Vec::new();
+        while let Some((step, stats, fired, dead)) = self.metrics_ring.next_ready()? {
+            out.push((step, self.metrics_from(&stats, &fired, dead)));
+        }
+        Ok(out)
     }
 
     /// Fire counts since the last call (then zeroed on the GPU).
@@ -546,4 +741,149 @@ struct Entries<'a> {
     grad_out: &'a GpuBuffer,
     code_grad: &'a GpuBuffer,
     index: &'a ReverseIndex,
+}
+
+/// Host-mapped copies of a step's `stats`, dead count and fire counts, read a few steps later.
+struct MetricsRing {
+    slots: Vec<MetricsSlot>,
+    /// Slots holding a requested copy, in step order.
+    pending: VecDeque<usize>,
+    /// Copies read early (when every slot was taken), not yet handed out.
+    done: VecDeque<RingRead>,
+    d_sae: usize,
+}
+
+/// A metrics copy read back: (step, stats, fire counts, dead count).
+type RingRead = (u64, Vec<f32>, Vec<u32>, u32);
+
+struct MetricsSlot {
+    buffer: TrackedBuffer,
+    step: u64,
+    /// 0: free or copying, 1: mapped, 2: mapping failed.
+    state: Arc<AtomicU8>,
+}
+
+/// Byte offsets in a slot: stats (16 bytes), dead count, fire counts.
+const DEAD_AT: u64 = 16;
+const FIRED_AT: u64 = 32;
+
+impl MetricsRing {
+    fn new(gpu: &Gpu, d_sae: usize) -> GpuResult<MetricsRing> {
+        let size = FIRED_AT + (4 * d_sae as u64).div_ceil(16) * 16;
+        let slots = (0..METRICS_RING)
+            .map(|i| {
+                let (buffer, live) = gpu.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("metrics ring {i}")),
+                    size,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                MetricsSlot {
+                    buffer: TrackedBuffer::new(buffer, live),
+                    step: 0,
+                    state: Arc::new(AtomicU8::new(0)),
+                }
+            })
+            .collect();
+        Ok(MetricsRing {
+            slots,
+            pending: VecDeque::new(),
+            done: VecDeque::new(),
+            d_sae,
+        })
+    }
+
+    /// A free slot for `step`'s metrics; waits for the oldest copy when all are in use.
+    fn acquire(&mut self, gpu: &Gpu, step: u64) -> GpuResult<usize> {
+        let free = (0..self.slots.len()).find(|i| !self.pending.contains(i));
+        let slot = match free {
+            Some(slot) => slot,
+            None => {
+                // Every slot holds an unread copy: wait for the oldest and keep its figures
+                // for the next ready_metrics.
+                gpu.device
+                    .poll(wgpu::PollType::wait_indefinitely())
+                    .map_err(|e| GpuError::DeviceLost(e.to_string()))?;
+                let oldest = self.pending.front().copied().unwrap_or(0);
+                if let Some(read) = self.take_ready()? {
+                    self.done.push_back(read);
+                }
+                oldest
+            }
+        };
+        self.slots[slot].step = step;
+        self.slots[slot].state.store(0, Ordering::Release);
+        Ok(slot)
+    }
+
+    /// Records the copies of the trainer's step figures into `slot`.
+    fn record_copy(
+        &self,
+        rec: &mut Recorder<'_>,
+        slot: usize,
+        trainer: &Trainer<'_>,
+    ) -> GpuResult<()> {
+        let target = &self.slots[slot].buffer;
+        rec.copy_range(&trainer.stats.buffer, target, 0, 16);
+        rec.copy_range(&trainer.dead_count.buffer, target, DEAD_AT, 16);
+        let fired_bytes = (4 * self.d_sae as u64).div_ceil(16) * 16;
+        rec.copy_range(&trainer.batch_fired.buffer, target, FIRED_AT, fired_bytes);
+        Ok(())
+    }
+
+    /// Asks for `slot` to be mapped once its submission is done.
+    fn map(&mut self, slot: usize) {
+        let state = self.slots[slot].state.clone();
+        self.slots[slot]
+            .buffer
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, move |result| {
+                state.store(if result.is_ok() { 1 } else { 2 }, Ordering::Release);
+            });
+        self.pending.push_back(slot);
+    }
+
+    /// The oldest copy read early, or the oldest pending one once it is mapped.
+    fn next_ready(&mut self) -> GpuResult<Option<RingRead>> {
+        match self.done.pop_front() {
+            Some(read) => Ok(Some(read)),
+            None => self.take_ready(),
+        }
+    }
+
+    /// The oldest pending copy, when it is mapped.
+    fn take_ready(&mut self) -> GpuResult<Option<RingRead>> {
+        let Some(&slot) = self.pending.front() else {
+            return Ok(None);
+        };
+        let entry = &self.slots[slot];
+        match entry.state.load(Ordering::Acquire) {
+            0 => return Ok(None),
+            1 => {}
+            _ => {
+                self.pending.pop_front();
+                return Err(GpuError::Map {
+                    label: "metrics ring".into(),
+                    message: "mapping the step metrics failed".into(),
+                });
+            }
+        }
+        let view = entry
+            .buffer
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| GpuError::Map {
+                label: "metrics ring".into(),
+                message: e.to_string(),
+            })?;
+        let stats: Vec<f32> = bytemuck::pod_collect_to_vec(&view[..16]);
+        let dead = u32::from_le_bytes([view[16], view[17], view[18], view[19]]);
+        let fired_end = FIRED_AT as usize + 4 * self.d_sae;
+        let fired: Vec<u32> = bytemuck::pod_collect_to_vec(&view[FIRED_AT as usize..fired_end]);
+        drop(view);
+        entry.buffer.unmap();
+        let step = entry.step;
+        self.pending.pop_front();
+        Ok(Some((step, stats, fired, dead)))
+    }
 }

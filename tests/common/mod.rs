@@ -125,6 +125,7 @@ pub fn random_sae(
 ) -> sae_wgpu::sae::params::SaeParams {
     let mut r = rng(seed);
     sae_wgpu::sae::params::SaeParams {
+        input_norm: Default::default(),
         d_in,
         d_sae,
         activation,
@@ -133,4 +134,62 @@ pub fn random_sae(
         w_dec: random_vec(&mut r, d_sae * d_in, 0.6),
         b_dec: random_vec(&mut r, d_in, 0.3),
     }
+}
+
+/// `tests/fixtures/NAME`: small inputs written by the Python tools themselves
+/// (scripts/make_input_fixtures.py).
+pub fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Runs the `sae` binary.
+pub fn run_sae<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sae"))
+        .args(args)
+        .output()
+        .expect("the sae binary runs")
+}
+
+/// Runs `sae ARGS`, which must succeed; returns its stdout.
+#[track_caller]
+pub fn sae_ok<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
+    let output = run_sae(args);
+    assert!(
+        output.status.success(),
+        "sae {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs `sae ARGS`, which must fail with exactly one `error: …` line (no panic) holding every
+/// string of `expect`; returns that line.
+#[track_caller]
+pub fn sae_fails<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
+    args: &[S],
+    expect: &[&str],
+) -> String {
+    let output = run_sae(args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "expected failure for {args:?}");
+    assert!(!stderr.contains("panicked"), "panic for {args:?}: {stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: ") && !l.contains("XDG_RUNTIME_DIR"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "want one error line for {args:?}, got: {stderr}"
+    );
+    for needle in expect {
+        assert!(
+            lines[0].contains(needle),
+            "error for {args:?} lacks '{needle}': {}",
+            lines[0]
+        );
+    }
+    lines[0].to_string()
 }

@@ -46,6 +46,7 @@ pub fn run_options(dir: &Path, resume: bool, stop_after: Option<u64>) -> RunOpti
         resume,
         overwrite: false,
         quiet: true,
+        tune: false,
         stop_after,
     }
 }

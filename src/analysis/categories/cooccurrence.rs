@@ -11,8 +11,8 @@ use serde::Serialize;
 use crate::data::{BatchStream, Shard, StreamConfig};
 use crate::gpu::kernels::cooccurrence::{launch_count_chunks, launch_mark_presence, ChunkShape};
 use crate::gpu::{Gpu, Recorder};
-use crate::sae::forward::record_encode_select;
-use crate::sae::{ForwardBuffers, GpuSae};
+use crate::sae::pass::{ForwardPass, PassDepth};
+use crate::sae::GpuSae;
 
 /// Which co-occurrence statistic becomes an affinity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -116,7 +116,7 @@ pub fn count_chunks(
         "{total_chunks} chunks of {chunk_rows} rows exceed the 32-bit chunk counters; use a larger --chunk"
     );
     let (d_sae, k) = (sae.d_sae, sae.k);
-    let fw = ForwardBuffers::new(gpu, sae, batch)?;
+    let pass = ForwardPass::new(gpu, sae, batch, PassDepth::Codes)?;
     let full = ChunkShape {
         rows: batch,
         k,
@@ -147,28 +147,26 @@ pub fn count_chunks(
             rows: b.rows,
             ..full
         };
-        gpu.write(&fw.x, &b.x)?;
-        let mut rec = Recorder::new(gpu, "co-occurrence: chunk counts");
-        record_encode_select(&mut rec, sae, &fw, b.rows)?;
-        rec.clear(&presence);
-        launch_mark_presence(
-            &mut rec,
-            shape,
-            &fw.top_idx,
-            &fw.top_val,
-            chunking.fires_above,
-            &presence,
-        )?;
-        launch_count_chunks(
-            &mut rec,
-            shape,
-            &presence,
-            &pair_features,
-            pairs.len(),
-            &pair_chunks,
-            &feature_chunks,
-        )?;
-        rec.submit()?;
+        pass.run(&b.x, b.rows, |rec, fw| {
+            rec.clear(&presence);
+            launch_mark_presence(
+                rec,
+                shape,
+                &fw.top_idx,
+                &fw.top_val,
+                chunking.fires_above,
+                &presence,
+            )?;
+            launch_count_chunks(
+                rec,
+                shape,
+                &presence,
+                &pair_features,
+                pairs.len(),
+                &pair_chunks,
+                &feature_chunks,
+            )
+        })?;
         chunks += shape.chunks() as u64;
         on_rows(b.rows as u64);
     }

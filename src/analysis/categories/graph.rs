@@ -8,9 +8,10 @@
 
 use std::collections::HashMap;
 
-use crate::gpu::{Gpu, GpuResult, Recorder};
-use crate::sae::forward::{record_encode_select, ForwardBuffers, GpuSae};
+use crate::gpu::{Gpu, GpuResult};
+use crate::sae::forward::GpuSae;
 use crate::sae::params::{Activation, SaeParams};
+use crate::sae::pass::{ForwardPass, PassDepth};
 
 /// Each feature's nearest neighbours by decoder cosine (itself excluded), best first.
 #[derive(Clone, Debug)]
@@ -66,6 +67,7 @@ pub fn nearest(
     let n = queries.len() / d_in;
     let k = k.min(n_keys);
     let mut gram = SaeParams {
+        input_norm: Default::default(),
         d_in,
         d_sae: n_keys,
         activation: Activation::TopK { k },
@@ -77,19 +79,19 @@ pub fn nearest(
     gram.w_enc = gram.w_dec_transposed();
     let batch_rows = batch_rows.clamp(1, n.max(1));
     let sae = GpuSae::upload(gpu, &gram, batch_rows)?;
-    let fw = ForwardBuffers::new(gpu, &sae, batch_rows)?;
+    let pass = ForwardPass::new(gpu, &sae, batch_rows, PassDepth::Codes)?;
     let mut index = Vec::with_capacity(n * k);
     let mut value = Vec::with_capacity(n * k);
     for start in (0..n).step_by(batch_rows) {
         let rows = batch_rows.min(n - start);
-        gpu.write(&fw.x, &queries[start * d_in..(start + rows) * d_in])?;
-        let mut rec = Recorder::new(gpu, "decoder cosine kNN");
-        record_encode_select(&mut rec, &sae, &fw, rows)?;
-        rec.submit()?;
-        let idx: Vec<u32> = gpu.read(&fw.top_idx)?;
-        let val: Vec<f32> = gpu.read(&fw.top_val)?;
-        index.extend_from_slice(&idx[..rows * k]);
-        value.extend_from_slice(&val[..rows * k]);
+        pass.run(
+            &queries[start * d_in..(start + rows) * d_in],
+            rows,
+            |_, _| Ok(()),
+        )?;
+        let (idx, val) = pass.codes(rows)?;
+        index.extend_from_slice(&idx);
+        value.extend_from_slice(&val);
     }
     Ok((index, value))
 }

@@ -17,8 +17,7 @@ use serde::Serialize;
 
 use super::shape::{member_gram, symmetric_eigen};
 use crate::data::{BatchStream, Shard, StreamConfig};
-use crate::gpu::{Gpu, Recorder};
-use crate::sae::{record_forward, ForwardBuffers, GpuSae};
+use crate::sae::pass::ForwardPass;
 
 /// Engels et al.'s ε for the mixture index.
 pub const MIXTURE_EPSILON: f64 = 0.1;
@@ -118,16 +117,14 @@ pub struct Sampling {
 /// Streams `shards` through `sae`, keeping up to `sampling.per_category` reconstructions per
 /// category (reservoir sampling, seeded) for each of `categories`.
 pub fn gather(
-    gpu: &Gpu,
-    sae: &GpuSae,
-    fw: &ForwardBuffers,
+    pass: &ForwardPass<'_, '_>,
     shards: Arc<Vec<Shard>>,
     mut categories: Vec<CategorySamples>,
     sampling: Sampling,
     mut on_rows: impl FnMut(u64),
 ) -> anyhow::Result<Gathered> {
     let samples = sampling.per_category;
-    let (d_sae, k) = (sae.d_sae, sae.k);
+    let (d_sae, k) = (pass.sae.d_sae, pass.sae.k);
     // feature → (category, member slot); a feature is in at most one category.
     let mut slot_of: HashMap<usize, (usize, usize)> = HashMap::new();
     for (c, cat) in categories.iter().enumerate() {
@@ -139,16 +136,12 @@ pub fn gather(
     let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
     let mut rows = 0u64;
     let mut max_token: Option<i32> = None;
-    let stream = BatchStream::start(shards, StreamConfig::sequential(fw.capacity))?;
+    let stream = BatchStream::start(shards, StreamConfig::sequential(pass.capacity()))?;
     let mut fired: HashMap<usize, Vec<(usize, f32)>> = HashMap::new();
     for batch in stream {
         let batch = batch?;
-        gpu.write(&fw.x, &batch.x)?;
-        let mut rec = Recorder::new(gpu, "categories: encode");
-        record_forward(&mut rec, sae, fw, batch.rows)?;
-        rec.submit()?;
-        let idx: Vec<u32> = gpu.read(&fw.top_idx)?;
-        let val: Vec<f32> = gpu.read(&fw.top_val)?;
+        pass.run(&batch.x, batch.rows, |_, _| Ok(()))?;
+        let (idx, val) = pass.codes(batch.rows)?;
         for r in 0..batch.rows {
             let token = batch.tokens.get(r).copied().unwrap_or(-1);
             if token >= 0 {

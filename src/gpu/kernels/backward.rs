@@ -8,6 +8,9 @@ use crate::gpu::params::BackwardParams;
 use crate::gpu::{Gpu, GpuBuffer, PipelineKey, Recorder, Shader};
 
 const WG: u32 = 64;
+
+/// Dot products of at most this length take `code_grad_narrow` (one invocation per entry).
+pub const NARROW_D_IN: usize = 256;
 /// `scale_slot` value meaning "no multiplier" (NO_SLOT in the shader).
 const NO_SLOT: u32 = u32::MAX;
 
@@ -221,9 +224,13 @@ pub fn launch_code_grad_block(
     check_len(KERNEL, w_dec, block.len * shape.d_in)?;
     check_len(KERNEL, code_grad, shape.entries())?;
     let params = shape.block_params(KERNEL, block)?;
-    let grid = grid(rec, shape.entries());
+    let (entry, grid) = if shape.d_in <= NARROW_D_IN {
+        ("code_grad_narrow", rec.threads_grid(shape.entries(), WG))
+    } else {
+        (KERNEL, grid(rec, shape.entries()))
+    };
     rec.launch(
-        &key(KERNEL),
+        &key(entry),
         &params,
         &[
             (4, grad_out),

@@ -42,6 +42,84 @@ impl GemmTiles {
         thread_n: 8,
     };
 
+    /// The configurations `sae bench tune` times at a run's shape (every one is covered by the
+    /// GEMM reference test). The accumulation order over k is the same in all of them, so the
+    /// choice changes speed only, never a bit of the result.
+    pub const CANDIDATES: [GemmTiles; 6] = [
+        GemmTiles {
+            tile_m: 64,
+            tile_n: 64,
+            tile_k: 16,
+            thread_m: 4,
+            thread_n: 4,
+        },
+        GemmTiles::LARGE,
+        GemmTiles {
+            tile_m: 32,
+            tile_n: 32,
+            tile_k: 32,
+            thread_m: 4,
+            thread_n: 4,
+        },
+        GemmTiles {
+            tile_m: 64,
+            tile_n: 64,
+            tile_k: 32,
+            thread_m: 8,
+            thread_n: 8,
+        },
+        GemmTiles {
+            tile_m: 128,
+            tile_n: 64,
+            tile_k: 16,
+            thread_m: 8,
+            thread_n: 4,
+        },
+        GemmTiles {
+            tile_m: 16,
+            tile_n: 64,
+            tile_k: 16,
+            thread_m: 2,
+            thread_n: 4,
+        },
+    ];
+
+    /// `TILE_MxTILE_NxTILE_K/THREAD_MxTHREAD_N`, e.g. `64x64x16/4x4`.
+    pub fn label(&self) -> String {
+        format!(
+            "{}x{}x{}/{}x{}",
+            self.tile_m, self.tile_n, self.tile_k, self.thread_m, self.thread_n
+        )
+    }
+
+    /// Parses [`GemmTiles::label`]'s form.
+    pub fn parse(text: &str) -> Option<GemmTiles> {
+        let (tile, thread) = text.split_once('/')?;
+        let tile: Vec<u32> = tile
+            .split('x')
+            .map(|v| v.parse().ok())
+            .collect::<Option<_>>()?;
+        let thread: Vec<u32> = thread
+            .split('x')
+            .map(|v| v.parse().ok())
+            .collect::<Option<_>>()?;
+        match (tile.as_slice(), thread.as_slice()) {
+            (&[tile_m, tile_n, tile_k], &[thread_m, thread_n]) => Some(GemmTiles {
+                tile_m,
+                tile_n,
+                tile_k,
+                thread_m,
+                thread_n,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether this adapter can run these tiles (threads and workgroup memory within limits).
+    pub fn fits(&self, limits: &wgpu::Limits) -> bool {
+        self.validate(limits).is_ok()
+    }
+
     pub fn threads(&self) -> u32 {
         (self.tile_m / self.thread_m) * (self.tile_n / self.thread_n)
     }
@@ -95,6 +173,7 @@ impl GemmTiles {
             .define("TILE_K", self.tile_k)
             .define("THREAD_M", self.thread_m)
             .define("THREAD_N", self.thread_n)
+            .define("WG", self.threads())
     }
 }
 

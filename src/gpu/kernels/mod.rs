@@ -5,10 +5,13 @@ pub mod backward;
 pub mod cooccurrence;
 pub mod decoder;
 pub mod encoder;
+pub mod gated;
 pub mod hist;
+pub mod input_norm;
 pub mod optim;
 pub mod reduce;
 pub mod topk;
+pub mod widen;
 
 use super::buffers::GpuBuffer;
 use super::error::{GpuError, GpuResult};

@@ -8,6 +8,26 @@ use crate::gpu::{GpuBuffer, PipelineKey, Recorder, Shader};
 
 const WG: u32 = 256;
 
+/// Rows of at most this many columns take the one-invocation-per-row entries.
+pub const NARROW_ROW: usize = 256;
+
+/// The entry and grid for `rows` rows of `cols`: a workgroup per row, or one invocation per
+/// row when rows are narrow.
+fn row_launch(
+    rec: &Recorder<'_>,
+    entry: &'static str,
+    narrow: &'static str,
+    rows: usize,
+    cols: usize,
+) -> (PipelineKey, Grid) {
+    if cols <= NARROW_ROW {
+        (key(narrow), rec.threads_grid(rows, WG))
+    } else {
+        let limit = rec.gpu().limits.max_compute_workgroups_per_dimension;
+        (key(entry), Grid::linear(rows as u64, limit))
+    }
+}
+
 /// Added to decoder row norms before dividing; f32 machine epsilon, as sparsify does.
 pub const NORM_EPS: f32 = f32::EPSILON;
 
@@ -95,11 +115,8 @@ pub fn launch_remove_parallel_grad(
     check_len(KERNEL, w_dec, rows * cols)?;
     check_len(KERNEL, grad_w_dec, rows * cols)?;
     let params = row_params(KERNEL, rows, cols)?;
-    let grid = Grid::linear(
-        rows as u64,
-        rec.gpu().limits.max_compute_workgroups_per_dimension,
-    );
-    rec.launch(&key(KERNEL), &params, &[(1, w_dec), (2, grad_w_dec)], grid)
+    let (key, grid) = row_launch(rec, KERNEL, "remove_parallel_grad_narrow", rows, cols);
+    rec.launch(&key, &params, &[(1, w_dec), (2, grad_w_dec)], grid)
 }
 
 /// Scales each decoder row to unit norm: `w ← w / (‖w‖ + ε)`.
@@ -112,9 +129,6 @@ pub fn launch_normalize_rows(
     const KERNEL: &str = "normalize_rows";
     check_len(KERNEL, w_dec, rows * cols)?;
     let params = row_params(KERNEL, rows, cols)?;
-    let grid = Grid::linear(
-        rows as u64,
-        rec.gpu().limits.max_compute_workgroups_per_dimension,
-    );
-    rec.launch(&key(KERNEL), &params, &[(1, w_dec)], grid)
+    let (key, grid) = row_launch(rec, KERNEL, "normalize_rows_narrow", rows, cols);
+    rec.launch(&key, &params, &[(1, w_dec)], grid)
 }

@@ -12,6 +12,40 @@ const KERNEL: &str = "topk_rows";
 /// The largest k the kernel sorts in workgroup memory (a power of two).
 pub const MAX_K: usize = 512;
 
+/// Rows of at most this many latents, with k ≤ [`NARROW_K`], take the one-invocation-per-row
+/// path (`topk_rows_narrow`); wider rows the radix select.
+pub const NARROW_COLS: usize = 1024;
+/// The largest k of the narrow path (its private arrays' length).
+pub const NARROW_K: usize = 64;
+/// Rows per workgroup on the narrow path.
+const NARROW_WG: u32 = 64;
+
+/// Which selection path runs; tests force each to compare them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopKPath {
+    /// Narrow rows one invocation each, wide rows by radix select.
+    Auto,
+    Radix,
+    Narrow,
+}
+
+fn narrow(path: TopKPath, cols: usize, k: usize) -> bool {
+    match path {
+        TopKPath::Auto => cols <= NARROW_COLS && k <= NARROW_K,
+        TopKPath::Radix => false,
+        TopKPath::Narrow => k <= NARROW_K,
+    }
+}
+
+thread_local! {
+    static FORCED_PATH: std::cell::Cell<TopKPath> = const { std::cell::Cell::new(TopKPath::Auto) };
+}
+
+/// Forces the selection path for launches recorded on this thread (tests compare the paths).
+pub fn force_path(path: TopKPath) {
+    FORCED_PATH.with(|p| p.set(path));
+}
+
 /// Per-latent thresholds for ReLU/JumpReLU SAEs: values ≤ θ_i count as zero.
 pub struct Thresholds<'a>(pub &'a GpuBuffer);
 
@@ -35,8 +69,26 @@ fn params(rows: usize, cols: usize, k: usize) -> GpuResult<TopKParams> {
     })
 }
 
+/// Threads of the radix path: one per bin of its 8-bit digits (RADIX_BITS in the shader).
+const RADIX_WG: u32 = 256;
+
 fn key(entry: &'static str) -> PipelineKey {
-    PipelineKey::new(Shader::TopK, entry).define("MAX_K", MAX_K as u32)
+    PipelineKey::new(Shader::TopK, entry)
+        .define("WG", RADIX_WG)
+        .define("MAX_K", MAX_K as u32)
+        .define("NARROW_K", NARROW_K as u32)
+        .define("NARROW_WG", NARROW_WG)
+}
+
+/// The selection entry point and grid for `rows` rows of `cols` latents.
+fn selection(rec: &Recorder<'_>, rows: usize, cols: usize, k: usize) -> (PipelineKey, Grid) {
+    let limit = rec.gpu().limits.max_compute_workgroups_per_dimension;
+    if narrow(FORCED_PATH.with(|p| p.get()), cols, k) {
+        let groups = rows.div_ceil(NARROW_WG as usize) as u64;
+        (key("topk_rows_narrow"), Grid::linear(groups, limit))
+    } else {
+        (key("topk_rows"), Grid::linear(rows as u64, limit))
+    }
 }
 
 fn check_k(k: usize, cols: usize) -> GpuResult<()> {
@@ -135,9 +187,9 @@ pub fn launch_topk_block(
     // Unused optional inputs bind h in their slot; the shader never reads them then.
     let mask = eligible.unwrap_or(h);
     let theta = thresholds.map_or(h, |t| t.0);
-    let grid = row_grid(rec, rows);
+    let (key, grid) = selection(rec, rows, block.len, k);
     rec.launch(
-        &key("topk_rows"),
+        &key,
         &params,
         &[
             (1, h),
@@ -175,9 +227,9 @@ pub fn launch_topk_merge(
     params.masked = u32::from(eligible.is_some());
     params.remap = 1;
     let mask = eligible.unwrap_or(cand_val);
-    let grid = row_grid(rec, rows);
+    let (key, grid) = selection(rec, rows, n_cand, k);
     rec.launch(
-        &key("topk_rows"),
+        &key,
         &params,
         &[
             (1, cand_val),
