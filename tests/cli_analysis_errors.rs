@@ -42,29 +42,7 @@ fn fails(args: &[String], expect: &[&str]) {
     if common::gpu().is_none() {
         return;
     }
-    let output = Command::new(env!("CARGO_BIN_EXE_sae"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "expected failure for {args:?}");
-    assert!(!stderr.contains("panicked"), "panic for {args:?}: {stderr}");
-    let lines: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("error: ") && !l.contains("XDG_RUNTIME_DIR"))
-        .collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "want one error line for {args:?}, got: {stderr}"
-    );
-    for needle in expect {
-        assert!(
-            lines[0].contains(needle),
-            "error for {args:?} lacks '{needle}': {}",
-            lines[0]
-        );
-    }
+    common::sae_fails(args, expect);
 }
 
 fn args(list: &[&str]) -> Vec<String> {

@@ -38,9 +38,11 @@ if nvidia-smi -L >/dev/null 2>&1; then
     nvidia-smi -L
 else
     MODE=cpu
-    echo "no NVIDIA GPU: our side only, at the small shape, on the adapter wgpu finds"
+    echo "no NVIDIA GPU: the small shape only, on the adapter wgpu finds"
+    # sparsify's Triton decoder needs a CUDA device; without one it uses its eager decoder.
+    export SPARSIFY_DISABLE_TRITON=1
 fi
-PY=python3
+PY="${PYTHON:-python3}"
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/sae-gpu-site .whl/*.whl \
         && export PYTHONPATH="/tmp/sae-gpu-site${PYTHONPATH:+:$PYTHONPATH}"
@@ -100,10 +102,13 @@ PY
     if [ "$HAVE_SPARSIFY" = 1 ]; then
         for precision in fp32 bf16; do
             [ "$MODE" = cpu ] && [ "$precision" = bf16 ] && continue
-            "$PY" scripts/gpu/sparsify_bench.py --train "$train" --eval "$eval" --k 32 --d-sae "$d_sae" \
-                --batch "$BATCH" --steps "$STEPS" --precision "$precision" \
-                | "$PY" -c "import json,sys; r=json.loads(sys.stdin.read()); r['data']='$name'; print(json.dumps(r))" \
-                >> "$OUT/side.jsonl"
+            if result=$("$PY" scripts/gpu/sparsify_bench.py --train "$train" --eval "$eval" --k 32 \
+                --d-sae "$d_sae" --batch "$BATCH" --steps "$STEPS" --precision "$precision"); then
+                echo "$result" | tail -n 1 | "$PY" -c "import json,sys; r=json.loads(sys.stdin.read()); r['data']='$name'; print(json.dumps(r))" \
+                    >> "$OUT/side.jsonl"
+            else
+                echo "sparsify ($precision) failed on $name" >&2
+            fi
         done
     fi
 }

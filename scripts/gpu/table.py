@@ -38,5 +38,5 @@ if kernels:
     print("\n| kernel | shape | ms | GFLOP/s |")
     print("| --- | --- | ---: | ---: |")
     for r in kernels:
-        g = f"{r['gflops']:.0f}" if r.get("gflops") else "-"
+        g = f"{r['gflops']:.2f}" if r.get("gflops") else "-"
         print(f"| {r['kernel']} | {r['shape']} | {r['ms_median']:.3f} | {g} |")
