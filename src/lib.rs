@@ -7,4 +7,5 @@ pub mod cli;
 pub mod data;
 pub mod gpu;
 pub mod io;
+pub mod run;
 pub mod sae;

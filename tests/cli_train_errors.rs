@@ -42,32 +42,12 @@ fn fails(args: &[&str], out: &Path, expect: &[&str]) -> String {
     if common::gpu().is_none() {
         return String::new();
     }
-    let output = sae()
-        .arg("train")
-        .args(args)
-        .arg("--out")
-        .arg(out)
-        .arg("--quiet")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "expected failure for {args:?}");
-    assert!(!stderr.contains("panicked"), "panic for {args:?}: {stderr}");
-    let lines = our_lines(&output);
-    assert_eq!(
-        lines.len(),
-        1,
-        "want one error line for {args:?}, got: {stderr}"
-    );
-    for needle in expect {
-        assert!(
-            lines[0].contains(needle),
-            "error for {args:?} lacks '{needle}': {}",
-            lines[0]
-        );
-    }
+    let mut full: Vec<&std::ffi::OsStr> = vec!["train".as_ref()];
+    full.extend(args.iter().map(std::ffi::OsStr::new));
+    full.extend(["--out".as_ref(), out.as_os_str(), "--quiet".as_ref()]);
+    let line = common::sae_fails(&full, expect);
     assert!(!out.join("sparsify").exists() && !out.join("summary.json").exists());
-    lines[0].clone()
+    line
 }
 
 fn s(p: &Path) -> String {

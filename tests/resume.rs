@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use common::gpu;
 use common::training::{run_options as options, tiny_config};
 use sae_wgpu::data::synth::{write_synthetic, SynthConfig};
+use sae_wgpu::run::train::train;
+use sae_wgpu::run::train::TrainConfig;
 use sae_wgpu::sae::formats::load_sae;
 use sae_wgpu::sae::params::SaeParams;
-use sae_wgpu::sae::train::train;
-use sae_wgpu::sae::train::TrainConfig;
 
 fn data(dir: &Path) -> Vec<PathBuf> {
     let synth = SynthConfig {

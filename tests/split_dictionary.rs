@@ -11,11 +11,11 @@ use common::training::run_options as options;
 use common::{gpu, random_sae, random_vec, rng, temp_dir, POISON};
 use sae_wgpu::data::synth::{write_synthetic, SynthConfig};
 use sae_wgpu::gpu::{AdapterRequest, Gpu, Recorder};
+use sae_wgpu::run::train::{train, TrainConfig};
 use sae_wgpu::sae::blocks::LatentBlocks;
 use sae_wgpu::sae::formats::load_sae;
 use sae_wgpu::sae::forward::{record_forward, ForwardBuffers, GpuSae};
 use sae_wgpu::sae::params::{Activation, SaeParams};
-use sae_wgpu::sae::train::{train, TrainConfig};
 
 struct Forward {
     idx: Vec<u32>,

@@ -6,8 +6,8 @@ mod common;
 use common::gpu;
 use common::training::tiny_config;
 use sae_wgpu::data::synth::{mmcs, write_synthetic, SynthConfig};
+use sae_wgpu::run::train::{train, RunOptions};
 use sae_wgpu::sae::formats::{load_sae, read_tensor_f32};
-use sae_wgpu::sae::train::{train, RunOptions};
 use safetensors::SafeTensors;
 
 #[test]

@@ -8,10 +8,10 @@ use clap::Args;
 use super::GpuArgs;
 use crate::data::synth::{write_synthetic, SynthConfig};
 use crate::data::{expand_inputs, open_shards, RowRange};
-use crate::sae::schedule::default_lr;
-use crate::sae::train::{
+use crate::run::train::{
     refuse_existing_run, train, BDecInit, ExportFormat, RunOptions, TrainConfig,
 };
+use crate::sae::schedule::default_lr;
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -236,7 +236,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     print_report(&report, args.quiet)
 }
 
-fn print_report(report: &crate::sae::train::TrainReport, quiet: bool) -> anyhow::Result<()> {
+fn print_report(report: &crate::run::train::TrainReport, quiet: bool) -> anyhow::Result<()> {
     if quiet {
         return Ok(());
     }

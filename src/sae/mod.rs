@@ -1,5 +1,6 @@
 //! The TopK SAE: host parameters and their file formats, GPU-resident weights and the forward
-//! pass, the training step, schedules, initialisation, checkpoints and the training loop.
+//! pass, the training step, schedules, initialisation and checkpoints. The training loop (a
+//! whole run) is in the job layer above, `run::train`.
 
 pub mod blocks;
 pub mod checkpoint;
@@ -9,7 +10,6 @@ pub mod init;
 pub mod params;
 pub mod pass;
 pub mod schedule;
-pub mod train;
 pub mod trainer;
 
 pub use forward::{record_forward, ForwardBuffers, GpuSae};

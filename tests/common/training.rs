@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use std::path::Path;
 
-use sae_wgpu::sae::train::{BDecInit, ExportFormat, RunOptions, TrainConfig};
+use sae_wgpu::run::train::{BDecInit, ExportFormat, RunOptions, TrainConfig};
 
 pub fn tiny_config(inputs: Vec<PathBuf>, d_sae: usize, k: usize, steps: u64) -> TrainConfig {
     TrainConfig {

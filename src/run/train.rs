@@ -13,13 +13,6 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::blocks::LatentBlocks;
-use super::checkpoint::{self, Checkpoint};
-use super::formats::{save_saelens, save_sparsify};
-use super::init::{geometric_median, input_scale, mean_row};
-use super::params::SaeParams;
-use super::schedule::lr_at;
-use super::trainer::{AuxKConfig, StepMetrics, Trainer};
 use crate::analysis::eval::{EvalAccumulator, EvalSummary, Evaluator};
 use crate::data::{
     expand_inputs, open_shards, BatchStream, RowRange, Shard, ShardInfo, StreamConfig,
@@ -30,6 +23,13 @@ use crate::gpu::kernels::topk::MAX_K;
 use crate::gpu::tune::tiles_for;
 use crate::gpu::{Gpu, InjectedFault};
 use crate::io::{write_json_atomic, write_safetensors, TensorOut};
+use crate::sae::blocks::LatentBlocks;
+use crate::sae::checkpoint::{self, Checkpoint};
+use crate::sae::formats::{save_saelens, save_sparsify};
+use crate::sae::init::{geometric_median, input_scale, mean_row};
+use crate::sae::params::SaeParams;
+use crate::sae::schedule::lr_at;
+use crate::sae::trainer::{AuxKConfig, StepMetrics, Trainer};
 
 /// Every hyperparameter of a run; saved in `config.json` and read back by `--resume`.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -1,0 +1,5 @@
+//! The job layer, above `sae` (the model and its training step) and `analysis` (metrics,
+//! histograms, plots): whole runs with their run directories, checkpoints, exports, plots and
+//! progress.
+
+pub mod train;
