@@ -2,7 +2,7 @@
 //! FVU (sparsify's definition, centred by the mean row of the evaluated set), MSE, L0, dead and
 //! dense fractions, mean cosine of x and x̂, and relative reconstruction bias.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::data::{Batch, DataError};
 use crate::gpu::kernels::reduce::launch_fire_counts;
@@ -35,7 +35,10 @@ pub struct EvalSummary {
     pub dropped_activations: Option<u64>,
 }
 
-/// Host-side f64 sums, fed one batch at a time.
+/// Host-side f64 sums, fed one batch at a time. They are the sufficient statistics of every
+/// figure in [`EvalSummary`], so `sae eval --json` records them and parts of a split job merge
+/// exactly ([`EvalAccumulator::merge`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EvalAccumulator {
     d_in: usize,
     rows: u64,
@@ -104,6 +107,39 @@ impl EvalAccumulator {
         for (total, &f) in self.fire_counts.iter_mut().zip(fired) {
             *total += u64::from(f);
         }
+    }
+
+    /// Adds another accumulator's rows (a later part of the same data).
+    pub fn merge(&mut self, other: &EvalAccumulator) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.d_in == other.d_in && self.fire_counts.len() == other.fire_counts.len(),
+            "d_in {} / d_sae {} differ from {} / {}",
+            other.d_in,
+            other.fire_counts.len(),
+            self.d_in,
+            self.fire_counts.len()
+        );
+        anyhow::ensure!(
+            self.active_total.is_some() == other.active_total.is_some(),
+            "one part counts capped activations and the other does not (different SAEs?)"
+        );
+        self.rows += other.rows;
+        self.sse += other.sse;
+        for (a, b) in self.sum_x.iter_mut().zip(&other.sum_x) {
+            *a += b;
+        }
+        self.sum_sq_x += other.sum_sq_x;
+        self.cosine_sum += other.cosine_sum;
+        self.x_hat_sq += other.x_hat_sq;
+        self.x_dot_x_hat += other.x_dot_x_hat;
+        for (a, b) in self.fire_counts.iter_mut().zip(&other.fire_counts) {
+            *a += b;
+        }
+        if let (Some(a), Some(b)) = (self.active_total.as_mut(), other.active_total) {
+            *a += b;
+        }
+        self.dropped += other.dropped;
+        Ok(())
     }
 
     pub fn summary(&self) -> EvalSummary {

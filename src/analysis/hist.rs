@@ -11,6 +11,7 @@ use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::eval::DENSE_THRESHOLD;
+use crate::data::parts::PartInfo;
 use crate::data::{BatchStream, Shard, StreamConfig};
 use crate::gpu::kernels::backward::{launch_reverse_index, BackwardShape, ReverseIndex};
 use crate::gpu::kernels::hist::{
@@ -48,6 +49,8 @@ pub struct Histograms {
     pub cooc_features: Vec<u32>,
     /// [n, n] rows on which both features fired; the diagonal holds their fire counts.
     pub cooc_counts: Vec<u64>,
+    /// The part of a split job these statistics cover (`sae hist --part I/N`).
+    pub part: Option<PartInfo>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -80,6 +83,7 @@ impl Histograms {
             top_tokens: vec![-1; d_sae * top_m],
             cooc_features: Vec::new(),
             cooc_counts: Vec::new(),
+            part: None,
         }
     }
 
@@ -328,6 +332,9 @@ struct Summary {
     /// What the SAE is (src/sae/formats.rs `Provenance`); absent in older outputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     provenance: Option<serde_json::Value>,
+    /// The part of a split job (`--part I/N`); absent for a whole pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    part: Option<PartInfo>,
     shards: Vec<ShardEntry>,
     rows: u64,
     d_sae: usize,
@@ -427,6 +434,7 @@ pub fn save(
             format: HIST_FORMAT.into(),
             sae: sae.to_string(),
             provenance: provenance.cloned(),
+            part: hist.part.clone(),
             shards: hist.shards.clone(),
             rows: hist.rows,
             d_sae: n,
@@ -515,6 +523,7 @@ pub fn load(dir: &Path) -> anyhow::Result<(Histograms, SaeSource)> {
         top_tokens: bytemuck::pod_collect_to_vec(tensor_bytes(&st, "top_tokens", &[n, m], &path)?),
         cooc_features: Vec::new(),
         cooc_counts: Vec::new(),
+        part: summary.part,
     };
     let c = summary.cooccurrence_features;
     let mut hist = hist;
@@ -536,88 +545,94 @@ pub fn load(dir: &Path) -> anyhow::Result<(Histograms, SaeSource)> {
 pub fn merge(parts: Vec<Histograms>) -> anyhow::Result<Histograms> {
     let mut parts = parts.into_iter();
     let mut acc = parts.next().ok_or_else(|| anyhow!("nothing to merge"))?;
+    acc.part = None;
     for (n, part) in parts.enumerate() {
-        let which = n + 2;
-        if part.d_sae != acc.d_sae || part.top_m != acc.top_m {
-            bail!(
-                "part {which}: d_sae {} / top-M {} differ from the first part's {} / {}",
-                part.d_sae,
-                part.top_m,
-                acc.d_sae,
-                acc.top_m
-            );
-        }
-        if part.bins != acc.bins {
-            bail!(
-                "part {which}: bin range {:?} differs from the first part's {:?}; run every part with the same --range LO,HI and --bins",
-                part.bins,
-                acc.bins
-            );
-        }
-        if part.cooc_features != acc.cooc_features {
-            bail!(
-                "part {which}: its co-occurrence features differ from the first part's; merge parts computed without --cooccurrence, or over the same feature set"
-            );
-        }
-        for (a, b) in acc.cooc_counts.iter_mut().zip(&part.cooc_counts) {
-            *a += b;
-        }
-        let shard_offset = acc.shards.len() as i32;
-        for i in 0..acc.d_sae {
-            acc.fire_count[i] += part.fire_count[i];
-            acc.act_sum[i] += part.act_sum[i];
-            acc.act_sumsq[i] += part.act_sumsq[i];
-            acc.act_max[i] = acc.act_max[i].max(part.act_max[i]);
-            // Stable merge of two lists sorted by value descending: ties keep the earlier
-            // part's rows first, as one pass would.
-            let m = acc.top_m;
-            let range = i * m..(i + 1) * m;
-            let a: Vec<usize> = range.clone().collect();
-            let (mut ia, mut ib) = (0, 0);
-            let mut merged = Vec::with_capacity(m);
-            while merged.len() < m {
-                let va = a.get(ia).map_or(-1.0, |&s| acc.top_values[s]);
-                let vb = if ib < m {
-                    part.top_values[i * m + ib]
-                } else {
-                    -1.0
-                };
-                if va < 0.0 && vb < 0.0 {
-                    break;
-                }
-                if vb > va {
-                    let s = i * m + ib;
-                    merged.push((
-                        part.top_values[s],
-                        part.top_shards[s] + shard_offset,
-                        part.top_rows[s],
-                        part.top_tokens[s],
-                    ));
-                    ib += 1;
-                } else {
-                    let s = a[ia];
-                    merged.push((
-                        acc.top_values[s],
-                        acc.top_shards[s],
-                        acc.top_rows[s],
-                        acc.top_tokens[s],
-                    ));
-                    ia += 1;
-                }
-            }
-            for (slot, s) in range.enumerate() {
-                let (v, sh, r, t) = merged.get(slot).copied().unwrap_or((-1.0, -1, -1, -1));
-                acc.top_values[s] = v;
-                acc.top_shards[s] = sh;
-                acc.top_rows[s] = r;
-                acc.top_tokens[s] = t;
-            }
-        }
-        for (a, b) in acc.bin_counts.iter_mut().zip(&part.bin_counts) {
-            *a += b;
-        }
-        acc.rows += part.rows;
-        acc.shards.extend(part.shards);
+        merge_into(&mut acc, part).with_context(|| format!("part {}", n + 2))?;
     }
     Ok(acc)
+}
+
+/// Appends `part` (computed over shards that follow `acc`'s) to `acc`.
+pub fn merge_into(acc: &mut Histograms, part: Histograms) -> anyhow::Result<()> {
+    if part.d_sae != acc.d_sae || part.top_m != acc.top_m {
+        bail!(
+            "d_sae {} / top-M {} differ from the first part's {} / {}",
+            part.d_sae,
+            part.top_m,
+            acc.d_sae,
+            acc.top_m
+        );
+    }
+    if part.bins != acc.bins {
+        bail!(
+            "bin range {:?} differs from the first part's {:?}; run every part with the same --range LO,HI and --bins",
+            part.bins,
+            acc.bins
+        );
+    }
+    if part.cooc_features != acc.cooc_features {
+        bail!(
+            "its co-occurrence features differ from the first part's; merge parts computed without --cooccurrence, or over the same feature set"
+        );
+    }
+    for (a, b) in acc.cooc_counts.iter_mut().zip(&part.cooc_counts) {
+        *a += b;
+    }
+    let shard_offset = acc.shards.len() as i32;
+    for i in 0..acc.d_sae {
+        acc.fire_count[i] += part.fire_count[i];
+        acc.act_sum[i] += part.act_sum[i];
+        acc.act_sumsq[i] += part.act_sumsq[i];
+        acc.act_max[i] = acc.act_max[i].max(part.act_max[i]);
+        // Stable merge of two lists sorted by value descending: ties keep the earlier
+        // part's rows first, as one pass would.
+        let m = acc.top_m;
+        let range = i * m..(i + 1) * m;
+        let a: Vec<usize> = range.clone().collect();
+        let (mut ia, mut ib) = (0, 0);
+        let mut merged = Vec::with_capacity(m);
+        while merged.len() < m {
+            let va = a.get(ia).map_or(-1.0, |&s| acc.top_values[s]);
+            let vb = if ib < m {
+                part.top_values[i * m + ib]
+            } else {
+                -1.0
+            };
+            if va < 0.0 && vb < 0.0 {
+                break;
+            }
+            if vb > va {
+                let s = i * m + ib;
+                merged.push((
+                    part.top_values[s],
+                    part.top_shards[s] + shard_offset,
+                    part.top_rows[s],
+                    part.top_tokens[s],
+                ));
+                ib += 1;
+            } else {
+                let s = a[ia];
+                merged.push((
+                    acc.top_values[s],
+                    acc.top_shards[s],
+                    acc.top_rows[s],
+                    acc.top_tokens[s],
+                ));
+                ia += 1;
+            }
+        }
+        for (slot, s) in range.enumerate() {
+            let (v, sh, r, t) = merged.get(slot).copied().unwrap_or((-1.0, -1, -1, -1));
+            acc.top_values[s] = v;
+            acc.top_shards[s] = sh;
+            acc.top_rows[s] = r;
+            acc.top_tokens[s] = t;
+        }
+    }
+    for (a, b) in acc.bin_counts.iter_mut().zip(&part.bin_counts) {
+        *a += b;
+    }
+    acc.rows += part.rows;
+    acc.shards.extend(part.shards);
+    Ok(())
 }

@@ -2,14 +2,16 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 
 use super::eval::progress;
 use super::GpuArgs;
 use crate::analysis::contexts::{load_tokenizer, write_top_examples};
-use crate::analysis::hist::{compute, load, merge, save, HistConfig};
+use crate::analysis::hist::{compute, save, HistConfig};
+use crate::data::parts::{split, Part};
 use crate::data::{expand_inputs, open_shards};
+use crate::run::parts::merge_hist;
 use crate::sae::formats::load_sae_at;
 use crate::sae::forward::{GpuSae, DEFAULT_CAP};
 
@@ -33,6 +35,10 @@ pub struct HistArgs {
     /// Log-spaced bins per feature.
     #[arg(long, default_value_t = 50)]
     bins: usize,
+    /// Process only part I of N (0-based) of the shards, sorted by path and split into N groups
+    /// of whole shards balanced by rows; `sae hist merge` the parts (needs --range).
+    #[arg(long, value_name = "I/N")]
+    part: Option<Part>,
     /// Histogram range LO,HI (default: from the first batch). Parts to be merged need the same.
     #[arg(long, value_name = "LO,HI", value_parser = parse_range)]
     range: Option<(f32, f32)>,
@@ -97,14 +103,7 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
     }) = args.merge
     {
         let tokenizer = tokenizer.as_deref().map(load_tokenizer).transpose()?;
-        let mut loaded = Vec::new();
-        let mut sae = (String::new(), None);
-        for dir in &parts {
-            let (hist, source) = load(dir)?;
-            sae = source;
-            loaded.push(hist);
-        }
-        let merged = merge(loaded).context("merging")?;
+        let (merged, sae) = merge_hist(&parts)?;
         if let Some(tokenizer) = &tokenizer {
             write_top_examples(&out, &merged, &tensor, tokenizer, context)?;
         }
@@ -125,11 +124,23 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
     }
     let tokenizer = args.tokenizer.as_deref().map(load_tokenizer).transpose()?;
     let loaded = load_sae_at(&sae_dir, args.hookpoint.as_deref())?;
-    let shards = open_shards(
+    let mut shards = open_shards(
         &expand_inputs(&args.shards)?,
         &args.tensor,
         Some(loaded.params.d_in),
     )?;
+    let mut part_info = None;
+    if let Some(part) = args.part {
+        if args.range.is_none() {
+            bail!("--part needs --range LO,HI: every part must bin its activations the same way");
+        }
+        if args.cooccurrence > 0 {
+            bail!("--part cannot count --cooccurrence: the tracked features come from the whole data's fire counts");
+        }
+        let (mine, info) = split(shards, part)?;
+        shards = mine;
+        part_info = Some(info);
+    }
     let passes: u64 = if args.cooccurrence > 0 { 2 } else { 1 };
     let total: u64 = passes * shards.iter().map(|s| s.rows as u64).sum::<u64>();
     let gpu = args.gpu.open()?;
@@ -142,7 +153,8 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
         top_m: args.top,
         cooccurrence: args.cooccurrence,
     };
-    let hist = compute(&gpu, &sae, shards, config, |rows| bar.inc(rows))?;
+    let mut hist = compute(&gpu, &sae, shards, config, |rows| bar.inc(rows))?;
+    hist.part = part_info;
     bar.finish_and_clear();
     if let Some(tokenizer) = &tokenizer {
         write_top_examples(&out, &hist, &args.tensor, tokenizer, args.context)?;

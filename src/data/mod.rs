@@ -7,6 +7,7 @@ pub mod error;
 pub mod fuzzing;
 mod guard;
 pub mod npy;
+pub mod parts;
 pub mod shard;
 pub mod source;
 pub mod stream;

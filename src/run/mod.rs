@@ -2,4 +2,5 @@
 //! histograms, plots): whole runs with their run directories, checkpoints, exports, plots and
 //! progress.
 
+pub mod parts;
 pub mod train;
