@@ -6,19 +6,13 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 
-use common::reference::{encode, RefSae};
-use common::{gpu, random_vec, rng, temp_dir, to_f64};
-use sae_wgpu::analysis::categories::cooccurrence::{count_chunks, Chunking};
+use common::{gpu, random_vec, rng, temp_dir};
 use sae_wgpu::analysis::categories::{knn_graph, unit_rows};
-use sae_wgpu::data::open_shards;
 use sae_wgpu::data::synth::{write_synthetic, PlantedCircle, SynthConfig, TRUE_DICTIONARY};
 use sae_wgpu::io::{write_safetensors, TensorOut};
 use sae_wgpu::sae::formats::{load_sae, read_tensor_f32, save_sparsify};
-use sae_wgpu::sae::forward::DEFAULT_CAP;
 use sae_wgpu::sae::params::{Activation, SaeParams};
-use sae_wgpu::sae::GpuSae;
 
 fn cpu_cosines(w_dec: &[f32], d_in: usize, i: usize) -> Vec<(usize, f64)> {
     let d_sae = w_dec.len() / d_in;
@@ -75,99 +69,6 @@ fn knn_graph_matches_cpu_reference() {
             }
         }
     }
-}
-
-/// Which latents of each row the CPU reference (f64 encode, ReLU, TopK) finds above
-/// `fires_above`.
-fn cpu_firing(params: &SaeParams, x: &[f32], k: usize, fires_above: f64) -> Vec<Vec<usize>> {
-    let d_sae = params.d_sae;
-    let rows = x.len() / params.d_in;
-    let h = encode(&to_f64(x), rows, &RefSae::from_params(params));
-    h.chunks_exact(d_sae)
-        .map(|row| {
-            let mut h: Vec<(f64, usize)> = row.iter().map(|&v| v.max(0.0)).zip(0..).collect();
-            h.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            h.iter()
-                .take(k)
-                .filter(|(v, _)| *v > fires_above)
-                .map(|&(_, n)| n)
-                .collect()
-        })
-        .collect()
-}
-
-#[test]
-fn chunk_cooccurrence_matches_cpu_reference() {
-    let Some(gpu) = gpu() else { return };
-    let dir = temp_dir("cooccurrence");
-    let (d_in, d_sae, k) = (13, 77, 5);
-    let params = common::random_sae(7, d_in, d_sae, Activation::TopK { k });
-    // Two shards of 300 and 277 rows: chunks straddle the shard boundary, and the last
-    // chunk and batch are partial.
-    let mut r = rng(8);
-    let x = random_vec(&mut r, 577 * d_in, 1.0);
-    let mut paths = Vec::new();
-    for (s, rows) in [(0usize, 0..300usize), (1, 300..577)] {
-        let path = dir.join(format!("shard{s}.safetensors"));
-        let data = &x[rows.start * d_in..rows.end * d_in];
-        write_safetensors(
-            &path,
-            &[TensorOut::f32("activations", &[rows.len(), d_in], data)],
-            None,
-        )
-        .unwrap();
-        paths.push(path);
-    }
-    // Every pair among the first 20 latents (some often together, most rarely), plus a few
-    // with the last latents.
-    let mut pairs: Vec<(usize, usize)> = (0..20)
-        .flat_map(|i| (i + 1..20).map(move |j| (i, j)))
-        .collect();
-    pairs.extend([(3, 76), (40, 75), (0, 64)]);
-    let sae = GpuSae::upload_with_cap(gpu, &params, DEFAULT_CAP, 64).unwrap();
-    // (chunk rows, batch rows, threshold): a batch of 33 holds 4 chunks of 7 (28 rows); a
-    // chunk larger than the batch becomes the batch; one-row chunks are row co-occurrence.
-    for (chunk_rows, batch, fires_above) in [(7, 33, 0.0f32), (40, 16, 0.0), (1, 64, 0.5)] {
-        let shards = Arc::new(open_shards(&paths, "activations", Some(d_in)).unwrap());
-        let counts = count_chunks(
-            gpu,
-            &sae,
-            shards,
-            pairs.clone(),
-            Chunking {
-                chunk_rows,
-                fires_above,
-            },
-            batch,
-            |_| {},
-        )
-        .unwrap();
-        let firing = cpu_firing(&params, &x, k, f64::from(fires_above));
-        let chunks: Vec<Vec<bool>> = firing
-            .chunks(chunk_rows)
-            .map(|rows| {
-                let mut present = vec![false; d_sae];
-                rows.iter().flatten().for_each(|&n| present[n] = true);
-                present
-            })
-            .collect();
-        let case = format!("chunk {chunk_rows}, batch {batch}, fires above {fires_above}");
-        assert_eq!(counts.chunks, chunks.len() as u64, "{case}");
-        let want: Vec<u32> = (0..d_sae)
-            .map(|n| chunks.iter().filter(|c| c[n]).count() as u32)
-            .collect();
-        assert_eq!(counts.feature_chunks, want, "{case}: feature chunk counts");
-        let want: Vec<u32> = pairs
-            .iter()
-            .map(|&(i, j)| chunks.iter().filter(|c| c[i] && c[j]).count() as u32)
-            .collect();
-        assert_eq!(counts.pair_chunks, want, "{case}: pair chunk counts");
-        assert!(
-            want.iter().any(|&n| n > 0) && counts.feature_chunks.iter().any(|&n| n > 0),
-            "{case}: the counts must not be trivially zero"
-        );
-    }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Features that share topics, not directions: 4 topics of 5 features each (feature f belongs
@@ -244,6 +145,8 @@ fn cooccurrence_finds_topics_that_decoder_geometry_cannot() {
         "0.7",
         "--resolution",
         "0.3",
+        "--cooccurrence-unit",
+        "chunk",
         "--chunk",
         "32",
     ];
@@ -269,7 +172,7 @@ fn cooccurrence_finds_topics_that_decoder_geometry_cannot() {
     }
     let report = read_json(&blended.join("categories.json"));
     assert_eq!(
-        report["cooccurrence"]["chunks"], 200,
+        report["cooccurrence"]["units"], 200,
         "{}",
         report["cooccurrence"]
     );
@@ -291,7 +194,7 @@ fn cooccurrence_finds_topics_that_decoder_geometry_cannot() {
     }
     // Decoder cosine alone finds none of them.
     let plain = dir.join("plain");
-    run(&plain, &[]);
+    run(&plain, &["--cooccurrence-weight", "0"]);
     let found = category_sets(&plain);
     for topic in &topics {
         assert!(
@@ -304,12 +207,12 @@ fn cooccurrence_finds_topics_that_decoder_geometry_cannot() {
         sae,
         "--out",
         plain.to_str().unwrap(),
-        "--cooccurrence-weight",
-        "0.5",
+        "--cooccurrence-unit",
+        "row",
     ]);
     assert!(!output.status.success());
     assert!(
-        String::from_utf8_lossy(&output.stderr).contains("--cooccurrence-weight needs shards"),
+        String::from_utf8_lossy(&output.stderr).contains("--cooccurrence-unit needs shards"),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );

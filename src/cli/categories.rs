@@ -1,49 +1,31 @@
 //! `sae categories SAE [SHARDS…] --out DIR`: from one feature to the category it belongs to and
-//! the structure that produces it. Clusters the decoder-cosine kNN graph, ranks the groups by
-//! how much lower-dimensional they are than their size, and (with shards, a model and a
-//! tokenizer) studies each top category's reconstructions, circle and writers. Writes
-//! categories.json, categories.safetensors, PNGs and a static HTML report.
+//! the structure that produces it. Flags become a [`CategoriesConfig`], the pipeline runs in
+//! `analysis::categories::pipeline`, the report module writes the files, and this prints.
 
-use std::collections::HashMap;
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context};
-use clap::{Args, ValueEnum};
-use serde_json::json;
+use anyhow::bail;
+use clap::Args;
 
 use super::eval::progress;
 use super::GpuArgs;
-use crate::analysis::categories::cluster::{parents, spectral_embedding, LeidenQuality};
+use crate::analysis::categories::cluster::LeidenQuality;
 use crate::analysis::categories::cooccurrence::{
-    chunk_batch_rows, count_chunks, ChunkCounts, Chunking, CooccurrenceMeasure,
+    CooccurrenceMeasure, CooccurrenceUnit, PartnerConfig,
 };
-use crate::analysis::categories::graph::{angular_affinity, match_across, Blend, Matching};
-use crate::analysis::categories::report::{write_report, ReportInputs};
-use crate::analysis::categories::structure::{analyse, gather, CategorySamples, Sampling};
-use crate::analysis::categories::writers::{load_model, writers, ModelWeights};
-use crate::analysis::categories::{
-    categories, engels_components, knn_graph, leiden, rank, spectral, unit_rows, Category, RankBy,
-    TokenCount,
+use crate::analysis::categories::pipeline::{
+    find_categories, shard_passes, CategoriesConfig, CategoriesInputs, CategoriesResult,
+    CooccurrenceConfig, Method,
 };
+use crate::analysis::categories::report::{
+    prepare_output_dir, read_contexts, write_outputs, OutputContext,
+};
+use crate::analysis::categories::writers::load_model;
+use crate::analysis::categories::RankBy;
 use crate::analysis::contexts::load_tokenizer;
 use crate::data::{expand_inputs, open_shards};
-use crate::io::{write_json_atomic, write_safetensors, TensorOut};
 use crate::sae::formats::{load_sae, load_sae_at};
-use crate::sae::forward::{GpuSae, DEFAULT_CAP};
-use crate::sae::pass::{ForwardPass, PassDepth};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Method {
-    /// Leiden communities of the kNN graph (modularity at each --resolution).
-    Leiden,
-    /// Engels et al.: each feature joined to its top --link-top neighbours with cosine above
-    /// --link-cosine; categories are connected components.
-    Engels,
-    /// Spectral clustering of the kNN graph into --n-clusters groups.
-    Spectral,
-}
 
 #[derive(Args, Debug)]
 pub struct CategoriesArgs {
@@ -82,23 +64,43 @@ pub struct CategoriesArgs {
     /// Spectral mode: the number of clusters.
     #[arg(long)]
     n_clusters: Option<usize>,
-    /// Weight of the co-occurrence affinity blended into the graph's edges (0: decoder
-    /// cosine alone; needs shards). Counted for the kNN graph's pairs only.
-    #[arg(long, default_value_t = 0.0)]
-    cooccurrence_weight: f64,
-    /// The co-occurrence statistic used as an affinity.
-    #[arg(long, value_enum, default_value_t = CooccurrenceMeasure::Phi)]
-    cooccurrence: CooccurrenceMeasure,
-    /// Consecutive rows per co-occurrence chunk (in file order, across shard boundaries).
-    #[arg(long, default_value_t = 256)]
-    chunk: usize,
-    /// A feature fires in a chunk when one of its activations there exceeds this.
-    #[arg(long, default_value_t = 0.0)]
-    fires_above: f32,
+    /// Weight of co-occurrence in the graph's edges, (1 − w)·decoder + w·co-occurrence, over
+    /// the union of the decoder kNN graph and the co-occurrence kNN graph (default: 0.5 with
+    /// shards, 0 without; 0 turns co-occurrence off).
+    #[arg(long)]
+    cooccurrence_weight: Option<f64>,
+    /// The co-occurrence statistic (default phi).
+    #[arg(long, value_enum)]
+    cooccurrence: Option<CooccurrenceMeasure>,
+    /// What counts as firing together: the same row (token; the default) or the same chunk
+    /// of --chunk consecutive rows.
+    #[arg(long, value_enum)]
+    cooccurrence_unit: Option<CooccurrenceUnit>,
+    /// Consecutive rows per co-occurrence chunk (in file order, across shard boundaries;
+    /// default 256).
+    #[arg(long)]
+    chunk: Option<usize>,
+    /// Co-occurrence partners kept per feature: the co-occurrence kNN graph (default 16).
+    #[arg(long)]
+    partners: Option<usize>,
+    /// Pairs seen together in fewer units get no co-occurrence affinity (default 3).
+    #[arg(long)]
+    min_joint: Option<u32>,
+    /// A feature fires in a unit when one of its activations there exceeds this (default 0).
+    #[arg(long)]
+    fires_above: Option<f32>,
+    /// GPU memory the co-occurrence counts may take at once, in MiB; a larger d_sae² is
+    /// counted in several passes over the shards.
+    #[arg(long, default_value_t = 1024)]
+    cooccurrence_memory: u64,
+    /// Random groups drawn per category size to test each category against chance.
+    #[arg(long, default_value_t = 200)]
+    null_draws: usize,
     /// Seed of Leiden, spectral k-means and the reservoir of samples.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Print this feature's category: members, cosines, fire counts, top tokens.
+    /// Print this feature's category: its members ranked by how strongly they tie to it
+    /// (decoder cosine, co-occurrence, the graph's blend), significance, structure, tokens.
     #[arg(long)]
     feature: Option<usize>,
     /// Match features with another SAE of the same d_in by maximum decoder cosine (parents,
@@ -111,7 +113,9 @@ pub struct CategoriesArgs {
     /// Categories studied on the shards and given a page of the report.
     #[arg(long, default_value_t = 20)]
     top: usize,
-    #[arg(long, value_enum, default_value_t = RankBy::Subspace)]
+    /// What ranks the categories: `null` (edge density against random groups of the same
+    /// size: z-score, significant ones first), `subspace` (members − PR) or `engels`.
+    #[arg(long, value_enum, default_value_t = RankBy::Null)]
     rank_by: RankBy,
     /// The model's residual-writing weights (Hugging Face names; config.json beside it).
     #[arg(long)]
@@ -134,15 +138,6 @@ pub struct CategoriesArgs {
     gpu: GpuArgs,
 }
 
-/// The outputs whose presence says "this report is complete"; removed before a run starts so a
-/// failed run never leaves an older one looking like its result.
-const FINAL_OUTPUTS: [&str; 4] = [
-    "categories.json",
-    "categories.safetensors",
-    "index.html",
-    "across.json",
-];
-
 pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     anyhow::ensure!(
@@ -161,24 +156,11 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
         args.resolution.iter().all(|r| r.is_finite() && *r > 0.0),
         "--resolution values must be positive"
     );
+    anyhow::ensure!(args.null_draws >= 10, "--null-draws must be at least 10");
     if args.method == Method::Spectral && args.n_clusters.is_none() {
         bail!("--method spectral needs --n-clusters");
     }
-    anyhow::ensure!(
-        (0.0..=1.0).contains(&args.cooccurrence_weight),
-        "--cooccurrence-weight must lie in [0, 1]"
-    );
-    anyhow::ensure!(args.chunk >= 1, "--chunk must be at least 1");
-    anyhow::ensure!(
-        args.fires_above.is_finite() && args.fires_above >= 0.0,
-        "--fires-above must be a non-negative number"
-    );
-    if args.cooccurrence_weight > 0.0 && args.method == Method::Engels {
-        bail!("--cooccurrence-weight blends the graph's affinities, which --method engels does not use (it links by decoder cosine alone)");
-    }
-    if args.cooccurrence_weight > 0.0 && args.shards.is_empty() {
-        bail!("--cooccurrence-weight needs shards: co-occurrence is counted on data");
-    }
+    let cooccurrence = cooccurrence_config(&args)?;
     if args.rank_by == RankBy::Engels && args.shards.is_empty() {
         bail!("--rank-by engels needs shards: the indices are measured on reconstructions");
     }
@@ -229,108 +211,26 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
         open_shards(&expand_inputs(&args.shards)?, &args.tensor, Some(d_in))?
     });
     let contexts = args.hist.as_deref().map(read_contexts).transpose()?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("{}: cannot create", args.out.display()))?;
-    for name in FINAL_OUTPUTS {
-        let path = args.out.join(name);
-        if path.exists() {
-            std::fs::remove_file(&path)
-                .with_context(|| format!("{}: cannot replace", path.display()))?;
-        }
-    }
+    prepare_output_dir(&args.out)?;
 
-    let gpu = args.gpu.open()?;
-    let neighbours = args.neighbours.min(d_sae - 1);
-    let unit = unit_rows(&params.w_dec, d_in);
-    let graph = knn_graph(&gpu, &unit, d_in, d_sae, neighbours, args.batch_size)?;
-    let min_cosine = args
-        .min_cosine
-        .unwrap_or(3.0 / (d_in as f32).sqrt())
-        .clamp(-1.0, 1.0);
-    let knn_pairs = graph.pairs();
-    let total_rows: u64 = shards.iter().map(|s| s.rows as u64).sum();
-    // One upload serves both passes over the shards.
-    let max_rows = args
-        .batch_size
-        .max(chunk_batch_rows(args.chunk, args.batch_size));
-    let sae = (!shards.is_empty())
-        .then(|| GpuSae::upload_with_cap(&gpu, params, DEFAULT_CAP, max_rows))
-        .transpose()?;
-    let cooccurrence = match &sae {
-        Some(sae) if args.cooccurrence_weight > 0.0 => {
-            let bar = progress(total_rows, args.quiet);
-            let counts = count_chunks(
-                &gpu,
-                sae,
-                Arc::clone(&shards),
-                knn_pairs.pairs.clone(),
-                Chunking {
-                    chunk_rows: args.chunk,
-                    fires_above: args.fires_above,
-                },
-                args.batch_size,
-                |rows| bar.inc(rows),
-            )?;
-            bar.finish_and_clear();
-            Some(counts)
-        }
-        _ => None,
+    let config = CategoriesConfig {
+        neighbours: args.neighbours,
+        min_cosine: args.min_cosine,
+        method: args.method,
+        quality: args.quality,
+        resolution: args.resolution.clone(),
+        link_top: args.link_top,
+        link_cosine: args.link_cosine,
+        n_clusters: args.n_clusters,
+        cooccurrence,
+        seed: args.seed,
+        feature: args.feature,
+        samples: args.samples,
+        top: args.top,
+        rank_by: args.rank_by,
+        null_draws: args.null_draws,
+        batch_size: args.batch_size,
     };
-    let cooc_affinity = cooccurrence.as_ref().map(|c| c.affinity(args.cooccurrence));
-    let edges = knn_pairs.edges(
-        min_cosine,
-        cooc_affinity.as_deref().map(|affinity| Blend {
-            affinity,
-            weight: args.cooccurrence_weight,
-        }),
-    );
-
-    // The clustering(s): the primary labels, and every level of a Leiden hierarchy.
-    let mut levels: Vec<(f64, Vec<usize>)> = Vec::new();
-    let (labels, method) = match args.method {
-        Method::Leiden => {
-            for &r in &args.resolution {
-                levels.push((r, leiden(d_sae, &edges, args.quality, r, args.seed)?));
-            }
-            (
-                levels[0].1.clone(),
-                format!(
-                    "Leiden ({:?}, resolution {}) on the {neighbours}-NN graph, edges of cosine ≥ {min_cosine:.3}",
-                    args.quality,
-                    args.resolution[0]
-                ),
-            )
-        }
-        Method::Engels => (
-            engels_components(&graph, args.link_top, args.link_cosine),
-            format!(
-                "Engels' graph: top {} neighbours with cosine > {}, connected components",
-                args.link_top, args.link_cosine
-            ),
-        ),
-        Method::Spectral => {
-            let n = args.n_clusters.unwrap_or(2);
-            (
-                spectral(d_sae, &edges, n, args.seed)?,
-                format!("spectral clustering into {n} clusters on the {neighbours}-NN graph"),
-            )
-        }
-    };
-    let method = match &cooccurrence {
-        Some(c) => format!(
-            "{method}; affinities blended {:.2} : {:.2} with chunk co-occurrence ({:?}, {} chunks of {} rows, fires above {})",
-            1.0 - args.cooccurrence_weight,
-            args.cooccurrence_weight,
-            args.cooccurrence,
-            c.chunks,
-            args.chunk,
-            args.fires_above
-        ),
-        None => method,
-    };
-    let mut found = categories(&labels, &unit, d_in);
-
-    // The structure of the top categories (and the asked-for feature's) on the shards.
     let token_text = |t: i32| -> String {
         match (&tokenizer, u32::try_from(t)) {
             (Some(tok), Ok(id)) => tok
@@ -339,347 +239,144 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
             _ => format!("#{t}"),
         }
     };
-    let studied: Vec<usize> = (0..found.len())
-        .filter(|&i| {
-            (i < args.top && found[i].size >= 3)
-                || args.feature.is_some_and(|f| found[i].members.contains(&f))
-        })
-        .collect();
-    let mut rows_read: Option<u64> = None;
-    if let Some(sae) = &sae {
-        let pass = ForwardPass::new(&gpu, sae, args.batch_size, PassDepth::Codes)?;
-        let samples: Vec<CategorySamples> = studied
-            .iter()
-            .map(|&i| CategorySamples::new(&found[i].members, &params.w_dec, d_in))
-            .collect();
-        let bar = progress(total_rows, args.quiet);
-        let gathered = gather(
-            &pass,
-            Arc::clone(&shards),
-            samples,
-            Sampling {
-                per_category: args.samples,
-                seed: args.seed,
-            },
-            |rows| bar.inc(rows),
-        )?;
-        bar.finish_and_clear();
-        if let (Some(tok), Some(max)) = (&tokenizer, gathered.max_token) {
-            let vocab = tok.get_vocab_size(true);
-            if max as usize >= vocab {
-                bail!(
-                    "{}: the shards hold token id {max} but the tokenizer's vocabulary has {vocab} ids",
-                    args.tokenizer.as_deref().unwrap_or(Path::new("")).display()
-                );
-            }
+    let gpu = args.gpu.open()?;
+    let total_rows: u64 = shards.iter().map(|s| s.rows as u64).sum();
+    let passes = if shards.is_empty() {
+        0
+    } else {
+        shard_passes(&config, d_sae, gpu.binding_limit())
+    };
+    let bar = progress(total_rows * passes, args.quiet || passes == 0);
+    let result = find_categories(
+        &gpu,
+        &CategoriesInputs {
+            params,
+            shards,
+            model: model.as_ref(),
+            vocab: tokenizer.as_ref().map(|t| {
+                (
+                    t.get_vocab_size(true),
+                    &token_text as &dyn Fn(i32) -> String,
+                )
+            }),
+            across: other.as_ref().map(|o| &o.params),
+        },
+        &config,
+        |rows| bar.inc(rows),
+    )
+    .map_err(|e| match &args.tokenizer {
+        Some(path) if e.to_string().contains("tokenizer's vocabulary") => {
+            anyhow::anyhow!("{}: {e}", path.display())
         }
-        for (&i, cat) in studied.iter().zip(&gathered.categories) {
-            let c = &mut found[i];
-            c.structure = analyse(cat, d_in);
-            let mut counts: HashMap<i32, usize> = HashMap::new();
-            for &t in cat.tokens.iter().filter(|&&t| t >= 0) {
-                *counts.entry(t).or_default() += 1;
-            }
-            let mut counts: Vec<(i32, usize)> = counts.into_iter().collect();
-            counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-            c.top_tokens = counts
-                .into_iter()
-                .take(20)
-                .map(|(token, count)| TokenCount {
-                    token,
-                    count,
-                    text: tokenizer.as_ref().map(|_| token_text(token)),
-                })
-                .collect();
-            if let Some(model) = &model {
-                c.writers = Some(category_writers(model, cat, c));
-            }
-        }
-        for c in found.iter_mut() {
-            c.fire_counts = Some(c.members.iter().map(|&m| gathered.fire_count[m]).collect());
-        }
-        rows_read = Some(gathered.rows);
-    } else if let Some(model) = &model {
-        for &i in &studied {
-            let cat = CategorySamples::new(&found[i].members, &params.w_dec, d_in);
-            let c = &mut found[i];
-            c.writers = Some(category_writers(model, &cat, c));
-        }
-    }
-    rank(&mut found, args.rank_by);
-
-    let matching = other
-        .as_ref()
-        .map(|o| -> anyhow::Result<Matching> {
-            let other_unit = unit_rows(&o.params.w_dec, d_in);
-            Ok(match_across(
-                &gpu,
-                &unit,
-                &other_unit,
-                d_in,
-                args.batch_size,
-            )?)
-        })
-        .transpose()?;
-
-    // Outputs: the report pages first, then the files whose presence marks a finished run.
-    let full = knn_pairs.edges(-1.0, None);
-    let dims = 3.min(d_sae);
-    let embedding = spectral_embedding(d_sae, &full, dims, args.seed)?;
-    let map: Vec<(f64, f64)> = (0..d_sae)
-        .map(|i| {
-            let at = |c: usize| embedding.get(i * dims + c).copied().unwrap_or(0.0);
-            (at(1), at(2))
-        })
-        .collect();
-    let no_contexts = HashMap::new();
-    let contexts = contexts.as_ref().unwrap_or(&no_contexts);
-    let context_of = |f: usize| contexts.get(&f).cloned().unwrap_or_default();
-    let sae_name = args.sae.display().to_string();
-    let sae_description = loaded.provenance.describe();
-    write_report(
+        _ => e,
+    })?;
+    bar.finish_and_clear();
+    write_outputs(
         &args.out,
-        &found,
-        &ReportInputs {
-            sae: &sae_description,
-            d_in,
-            d_sae,
-            method: &method,
-            rank_by: args.rank_by,
-            pages: args.top.min(found.len()),
-            map: &map,
-            unit: &unit,
+        &result,
+        &config,
+        &OutputContext {
+            sae: &args.sae,
+            provenance: serde_json::to_value(&loaded.provenance)?,
+            sae_description: &loaded.provenance.describe(),
+            across: other.as_ref().map(|o| (o.dir.as_path(), o.params.d_sae)),
             token_text: &token_text,
-            contexts: &context_of,
+            contexts: contexts.as_ref(),
         },
     )?;
-    if let (Some(matching), Some(o)) = (&matching, &other) {
-        write_json_atomic(
-            &args.out.join("across.json"),
-            &across_json(matching, &args.sae, &o.dir, d_sae, o.params.d_sae),
-        )?;
-    }
-    let mut rank_of = vec![0i32; d_sae];
-    for category in &found {
-        for &m in &category.members {
-            rank_of[m] = category.rank as i32;
-        }
-    }
-    let index: Vec<i32> = graph.index.iter().map(|&i| i as i32).collect();
-    let affinity: Vec<f32> = graph
-        .cosine
-        .iter()
-        .map(|&c| angular_affinity(c) as f32)
-        .collect();
-    if levels.is_empty() {
-        levels.push((0.0, labels.clone()));
-    }
-    let flat_labels: Vec<i32> = levels
-        .iter()
-        .flat_map(|(_, l)| l.iter().map(|&v| v as i32))
-        .collect();
-    let resolutions: Vec<f32> = levels.iter().map(|(r, _)| *r as f32).collect();
-    let knn_shape = [d_sae, graph.neighbours];
-    // Per kNN slot, the co-occurrence statistics of its pair (when counted).
-    let per_slot = |c: &ChunkCounts, stat: fn(&ChunkCounts, usize) -> f64| -> Vec<f32> {
-        knn_pairs
-            .slot_pair
-            .iter()
-            .map(|&e| stat(c, e) as f32)
-            .collect()
-    };
-    let cooc_tensors = cooccurrence.as_ref().map(|c| {
-        (
-            per_slot(c, ChunkCounts::phi),
-            per_slot(c, ChunkCounts::jaccard),
-        )
-    });
-    let mut tensors = vec![
-        TensorOut::i32("category", &[d_sae], &rank_of),
-        TensorOut::i32("labels", &[levels.len(), d_sae], &flat_labels),
-        TensorOut::f32("resolutions", &[levels.len()], &resolutions),
-        TensorOut::i32("knn_index", &knn_shape, &index),
-        TensorOut::f32("knn_cosine", &knn_shape, &graph.cosine),
-        TensorOut::f32("knn_affinity", &knn_shape, &affinity),
-    ];
-    if let Some((phi, jaccard)) = &cooc_tensors {
-        tensors.push(TensorOut::f32("knn_phi", &knn_shape, phi));
-        tensors.push(TensorOut::f32("knn_jaccard", &knn_shape, jaccard));
-    }
-    write_safetensors(&args.out.join("categories.safetensors"), &tensors, None)?;
-    // The hierarchy: levels ordered coarse (low resolution) to fine, each cluster's parent.
-    let mut order: Vec<usize> = (0..levels.len()).collect();
-    order.sort_by(|&a, &b| levels[a].0.total_cmp(&levels[b].0));
-    let hierarchy: Vec<serde_json::Value> = order
-        .iter()
-        .enumerate()
-        .map(|(pos, &l)| {
-            let (resolution, labels) = &levels[l];
-            let clusters = {
-                let mut sizes: HashMap<usize, usize> = HashMap::new();
-                for &v in labels {
-                    *sizes.entry(v).or_default() += 1;
-                }
-                sizes.values().filter(|&&s| s >= 2).count()
-            };
-            let parent = (pos > 0).then(|| {
-                let coarse = &levels[order[pos - 1]].1;
-                parents(coarse, labels)
-                    .into_iter()
-                    .map(|(f, c)| (f.to_string(), c))
-                    .collect::<std::collections::BTreeMap<_, _>>()
-            });
-            json!({
-                "resolution": resolution,
-                "tensor_row": l,
-                "clusters_of_2_or_more": clusters,
-                "parent": parent,
-            })
-        })
-        .collect();
-    write_json_atomic(
-        &args.out.join("categories.json"),
-        &json!({
-            "sae": sae_name,
-            "provenance": loaded.provenance,
-            "d_in": d_in,
-            "d_sae": d_sae,
-            "method": method,
-            "neighbours": graph.neighbours,
-            "min_cosine": min_cosine,
-            "rank_by": args.rank_by,
-            "rows": rows_read,
-            "cooccurrence": cooccurrence.as_ref().map(|c| json!({
-                "weight": args.cooccurrence_weight,
-                "measure": args.cooccurrence,
-                "chunk": args.chunk,
-                "fires_above": args.fires_above,
-                "chunks": c.chunks,
-            })),
-            "levels": if args.method == Method::Leiden { json!(hierarchy) } else { json!(null) },
-            "categories": found,
-        }),
-    )?;
     if !args.quiet {
-        print_summary(&args, &found, d_sae, &token_text);
+        print_summary(&args, &result, &token_text);
     }
     if let Some(feature) = args.feature {
-        print_feature(feature, &found, &unit, d_in, &token_text);
+        print_feature(feature, &result, &token_text);
     }
     Ok(())
 }
 
-fn category_writers(
-    model: &ModelWeights,
-    cat: &CategorySamples,
-    c: &Category,
-) -> crate::analysis::categories::writers::Writers {
-    // Logit-lens axes: the reconstructions' principal axes when measured, else the basis.
-    let axes: Vec<Vec<f64>> = match &c.structure {
-        Some(s) => s.axes.clone(),
-        None => cat
-            .basis
-            .chunks_exact(model.d_model)
-            .take(5)
-            .map(|r| r.to_vec())
-            .collect(),
-    };
-    writers(model, &cat.basis, &axes)
-}
-
-/// `sae hist`'s top_examples.jsonl: per feature, (activation, decoded context).
-fn read_contexts(dir: &Path) -> anyhow::Result<HashMap<usize, Vec<(f32, String)>>> {
-    let path = dir.join("top_examples.jsonl");
-    let file = std::fs::File::open(&path).with_context(|| {
-        format!(
-            "{}: cannot open (run `sae hist … --tokenizer` into that folder first)",
-            path.display()
-        )
-    })?;
-    let mut out = HashMap::new();
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("{}: cannot read", path.display()))?;
-        let value: serde_json::Value = serde_json::from_str(&line)
-            .with_context(|| format!("{}:{}: not JSON", path.display(), n + 1))?;
-        let feature = value["feature"]
-            .as_u64()
-            .ok_or_else(|| anyhow!("{}:{}: no 'feature'", path.display(), n + 1))?;
-        let examples = value["examples"]
-            .as_array()
-            .map(|list| {
-                list.iter()
-                    .map(|e| {
-                        (
-                            e["value"].as_f64().unwrap_or(0.0) as f32,
-                            e["context"].as_str().unwrap_or("").to_string(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.insert(feature as usize, examples);
+/// The co-occurrence half of the graph from the flags: on by default with shards (weight 0.5),
+/// off without; any co-occurrence flag without shards is an error.
+fn cooccurrence_config(args: &CategoriesArgs) -> anyhow::Result<Option<CooccurrenceConfig>> {
+    let given: Vec<&str> = [
+        ("--cooccurrence-weight", args.cooccurrence_weight.is_some()),
+        ("--cooccurrence", args.cooccurrence.is_some()),
+        ("--cooccurrence-unit", args.cooccurrence_unit.is_some()),
+        ("--chunk", args.chunk.is_some()),
+        ("--partners", args.partners.is_some()),
+        ("--min-joint", args.min_joint.is_some()),
+        ("--fires-above", args.fires_above.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, set)| set.then_some(flag))
+    .collect();
+    if let Some(w) = args.cooccurrence_weight {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&w),
+            "--cooccurrence-weight must lie in [0, 1]"
+        );
     }
-    Ok(out)
-}
-
-/// Parents, children and novel features between two dictionaries: a feature of the wider SAE
-/// whose best match in the narrower one has cosine ≥ 0.5 is that feature's child; features of
-/// either side with no match that close are novel.
-fn across_json(
-    m: &Matching,
-    ours: &Path,
-    other: &Path,
-    d_ours: usize,
-    d_other: usize,
-) -> serde_json::Value {
-    const MATCHED: f32 = 0.5;
-    let (narrow_to_wide, wide_to_narrow, narrow, wide) = if d_ours <= d_other {
-        (&m.ours_to_other, &m.other_to_ours, ours, other)
-    } else {
-        (&m.other_to_ours, &m.ours_to_other, other, ours)
-    };
-    let mut children: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
-    let mut novel_wide = Vec::new();
-    for (w, &(n, c)) in wide_to_narrow.iter().enumerate() {
-        if c >= MATCHED {
-            children.entry(n).or_default().push(w as u32);
-        } else {
-            novel_wide.push(w as u32);
+    if let Some(flag) = given.first() {
+        if args.shards.is_empty() && args.cooccurrence_weight != Some(0.0) {
+            bail!("{flag} needs shards: co-occurrence is counted on data");
         }
     }
-    let novel_narrow: Vec<u32> = narrow_to_wide
-        .iter()
-        .enumerate()
-        .filter(|(n, &(_, c))| c < MATCHED && !children.contains_key(&(*n as u32)))
-        .map(|(n, _)| n as u32)
-        .collect();
-    let split: Vec<serde_json::Value> = children
-        .iter()
-        .filter(|(_, kids)| kids.len() >= 2)
-        .map(|(p, kids)| json!({"parent": p, "children": kids}))
-        .collect();
-    json!({
-        "narrow": narrow.display().to_string(),
-        "wide": wide.display().to_string(),
-        "match_cosine": MATCHED,
-        "narrow_best_match": narrow_to_wide,
-        "wide_best_match": wide_to_narrow,
-        "split_parents": split,
-        "novel_in_wide": novel_wide,
-        "unmatched_in_narrow": novel_narrow,
-    })
+    anyhow::ensure!(
+        args.partners.is_none_or(|m| m >= 1),
+        "--partners must be at least 1"
+    );
+    anyhow::ensure!(
+        args.chunk.is_none_or(|c| c >= 1),
+        "--chunk must be at least 1"
+    );
+    if args.chunk.is_some() && args.cooccurrence_unit != Some(CooccurrenceUnit::Chunk) {
+        bail!("--chunk sets the chunk of --cooccurrence-unit chunk; add that flag");
+    }
+    let fires_above = args.fires_above.unwrap_or(0.0);
+    anyhow::ensure!(
+        fires_above.is_finite() && fires_above >= 0.0,
+        "--fires-above must be a non-negative number"
+    );
+    anyhow::ensure!(
+        args.cooccurrence_memory >= 1,
+        "--cooccurrence-memory must be at least 1 MiB"
+    );
+    if args.method == Method::Engels {
+        if args.cooccurrence_weight.is_some_and(|w| w > 0.0) {
+            bail!("--cooccurrence-weight blends the graph's affinities, which --method engels does not use (it links by decoder cosine alone)");
+        }
+        return Ok(None);
+    }
+    let weight = args
+        .cooccurrence_weight
+        .unwrap_or(if args.shards.is_empty() { 0.0 } else { 0.5 });
+    if weight == 0.0 {
+        return Ok(None);
+    }
+    Ok(Some(CooccurrenceConfig {
+        weight,
+        partners: PartnerConfig {
+            unit: args.cooccurrence_unit.unwrap_or(CooccurrenceUnit::Row),
+            chunk_rows: args.chunk.unwrap_or(256),
+            fires_above,
+            measure: args.cooccurrence.unwrap_or(CooccurrenceMeasure::Phi),
+            partners: args.partners.unwrap_or(16),
+            min_joint: args.min_joint.unwrap_or(3),
+            memory_bytes: args.cooccurrence_memory << 20,
+        },
+    }))
 }
 
 fn print_summary(
     args: &CategoriesArgs,
-    found: &[Category],
-    d_sae: usize,
+    result: &CategoriesResult,
     token_text: &dyn Fn(i32) -> String,
 ) {
+    let found = &result.categories;
     let ranked = found.iter().filter(|c| c.size >= 3).count();
+    let significant = found.iter().filter(|c| c.significant == Some(true)).count();
     println!(
-        "{} categories ({ranked} of ≥ 3 features) among {d_sae} features → {}",
+        "{} categories ({ranked} of ≥ 3 features, {significant} denser than chance) among {} features → {}",
         found.len(),
+        result.d_sae,
         args.out.join("index.html").display()
     );
     for c in found.iter().take(5) {
@@ -692,8 +389,20 @@ fn print_summary(
         let engels = c.structure.as_ref().map_or(String::new(), |s| {
             format!("  (1−M)·S {:.3}", s.engels_score)
         });
+        let null = c.null.map_or(String::new(), |n| {
+            format!(
+                "  z {:5.1} p {:.3}{}",
+                n.null_z,
+                n.null_p,
+                if c.significant == Some(true) {
+                    ""
+                } else {
+                    " (chance)"
+                }
+            )
+        });
         println!(
-            "  #{:<3} {:>4} features  score {:6.2}  PR {:5.2}  mean cos {:.3}{engels}  {}",
+            "  #{:<3} {:>4} features{null}  score {:6.2}  PR {:5.2}  mean cos {:.3}{engels}  {}",
             c.rank,
             c.size,
             c.shape.subspace_score,
@@ -704,33 +413,45 @@ fn print_summary(
     }
 }
 
-fn print_feature(
-    feature: usize,
-    found: &[Category],
-    unit: &[f32],
-    d_in: usize,
-    token_text: &dyn Fn(i32) -> String,
-) {
-    let dot = |a: usize, b: usize| -> f64 {
-        unit[a * d_in..(a + 1) * d_in]
-            .iter()
-            .zip(&unit[b * d_in..(b + 1) * d_in])
-            .map(|(x, y)| f64::from(*x) * f64::from(*y))
-            .sum()
-    };
-    let Some(c) = found.iter().find(|c| c.members.contains(&feature)) else {
-        println!("feature {feature} belongs to no category (no close neighbours)");
+/// The seed's question for one feature: its category, the members ranked by how strongly they
+/// tie to it, whether the category beats chance, its structure on data and its writers.
+fn print_feature(feature: usize, result: &CategoriesResult, token_text: &dyn Fn(i32) -> String) {
+    let Some(c) = result.category_of(feature) else {
+        println!("feature {feature} belongs to no category (no neighbours in the graph)");
         return;
     };
-    let order = c
-        .structure
-        .as_ref()
-        .map_or(&c.shape.cyclic_order, |s| &s.cyclic_order);
+    let significance = match (c.null, c.significant) {
+        (Some(n), Some(true)) => format!(
+            "denser than chance (z {:.1}, p {:.3} against {} random groups of {})",
+            n.null_z, n.null_p, n.null_draws, c.size
+        ),
+        (Some(n), _) => format!(
+            "NOT denser than chance (z {:.1}, p {:.3}): treat it as a loose group",
+            n.null_z, n.null_p
+        ),
+        _ => "too small to test against chance".into(),
+    };
     println!(
-        "feature {feature}: category #{} of {} features, score {:.2} (PR {:.2})",
-        c.rank, c.size, c.shape.subspace_score, c.shape.participation_ratio
+        "feature {feature}: category #{} of {} features, {significance}",
+        c.rank, c.size
     );
-    println!("  cyclic order: {order:?}");
+    println!(
+        "  shape: structure score {:.2} (PR {:.2}), mean decoder cosine {:.3}",
+        c.shape.subspace_score, c.shape.participation_ratio, c.shape.mean_pairwise_cosine
+    );
+    if let Some(s) = &c.structure {
+        println!(
+            "  on data: {} rows fired, PCA variance {:?}, (1−M)·S {:.3}, circle residual {:.3}",
+            s.rows_fired,
+            s.pca_variance
+                .iter()
+                .map(|v| format!("{v:.2}"))
+                .collect::<Vec<_>>(),
+            s.engels_score,
+            s.circle.relative_residual
+        );
+        println!("  cyclic order: {:?}", s.cyclic_order);
+    }
     if !c.top_tokens.is_empty() {
         let tokens: Vec<String> = c
             .top_tokens
@@ -740,11 +461,42 @@ fn print_feature(
             .collect();
         println!("  top tokens: {}", tokens.join(" "));
     }
-    for (i, &m) in c.members.iter().enumerate() {
+    if let Some(w) = &c.writers {
+        if let Ok(text) = serde_json::to_string(w) {
+            let short: String = text.chars().take(300).collect();
+            println!("  writers: {short}…");
+        }
+    }
+    // Members by their tie to the feature: the graph's blended edge, then co-occurrence, then
+    // decoder cosine.
+    let ties = result.ties(feature);
+    let co = result.cooccurrence_ties(feature);
+    let mut members: Vec<(usize, f64, Option<f64>, f64)> = c
+        .members
+        .iter()
+        .filter(|&&m| m != feature)
+        .map(|&m| {
+            (
+                m,
+                ties.get(&m).copied().unwrap_or(0.0),
+                co.get(&m).copied(),
+                result.cosine(feature, m),
+            )
+        })
+        .collect();
+    members.sort_by(|a, b| {
+        b.1.total_cmp(&a.1)
+            .then(b.2.unwrap_or(0.0).total_cmp(&a.2.unwrap_or(0.0)))
+            .then(b.3.total_cmp(&a.3))
+    });
+    println!("  members by tie to {feature}:   edge   co-occ.  decoder cos   fires");
+    for (m, edge, cooc, cos) in members {
+        let slot = c.members.iter().position(|&x| x == m).unwrap_or(0);
         let fires = c
             .fire_counts
             .as_ref()
-            .map_or(String::new(), |f| format!("  fires {}", f[i]));
-        println!("  {m:>8}  cos {:+.3}{fires}", dot(feature, m));
+            .map_or(String::new(), |f| f[slot].to_string());
+        let cooc = cooc.map_or("      –".to_string(), |v| format!("{v:7.3}"));
+        println!("  {m:>8}               {edge:6.3}  {cooc}     {cos:+.3}     {fires}");
     }
 }

@@ -120,18 +120,18 @@ pub struct HistParams {
     pub tracked: u32,
 }
 
-/// shaders/cooccurrence.wgsl
+/// shaders/cooccurrence_pairs.wgsl
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct CooccurrenceParams {
-    pub rows: u32,
-    pub k: u32,
-    pub chunk_rows: u32,
-    pub chunks: u32,
-    pub words: u32,
+pub struct PairCountParams {
+    pub entries: u32,
+    pub block_lo: u32,
+    pub block_rows: u32,
     pub d_sae: u32,
-    pub pairs: u32,
-    pub fires_above: f32,
+    pub measure: u32,
+    pub min_joint: u32,
+    pub units: f32,
+    pub _pad: u32,
 }
 
 /// shaders/input_norm.wgsl
@@ -176,5 +176,5 @@ const _: () = {
     assert!(std::mem::size_of::<OptimParams>() == 48);
     assert!(std::mem::size_of::<ReduceParams>() == 32);
     assert!(std::mem::size_of::<HistParams>() == 32);
-    assert!(std::mem::size_of::<CooccurrenceParams>() == 32);
+    assert!(std::mem::size_of::<PairCountParams>() == 32);
 };

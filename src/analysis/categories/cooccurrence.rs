@@ -1,7 +1,11 @@
 //! Co-occurrence affinities (Li, Michaud, Tegmark et al. 2024, "The Geometry of Concepts"):
-//! two features are related when they fire in the same chunks of consecutive rows (a chunk of
-//! 256 tokens is roughly a passage of text). Counted on the GPU for the kNN graph's pairs only,
-//! so the cost stays linear in d_sae: one streaming pass, one presence bitset per chunk.
+//! two features are related when they fire in the same unit of data: the same row (token), or
+//! the same chunk of consecutive rows (a chunk of 256 tokens is roughly a passage of text).
+//!
+//! [`partners`] counts every pair of features over all d_sae² pairs on the GPU (blocks of count
+//! rows within the binding limits, several passes over the shards when the whole matrix exceeds
+//! the memory given) and keeps each feature's top-M partners by a statistic: the co-occurrence
+//! kNN graph.
 
 use std::sync::Arc;
 
@@ -9,8 +13,11 @@ use clap::ValueEnum;
 use serde::Serialize;
 
 use crate::data::{BatchStream, Shard, StreamConfig};
-use crate::gpu::kernels::cooccurrence::{launch_count_chunks, launch_mark_presence, ChunkShape};
-use crate::gpu::{Gpu, Recorder};
+use crate::gpu::kernels::cooccurrence_pairs::{
+    launch_count_unit_pairs, launch_pair_scores, PairBlock, PairMeasure, UnitLists,
+};
+use crate::gpu::kernels::topk::{launch_topk, MAX_K};
+use crate::gpu::{Gpu, GpuBuffer, Recorder};
 use crate::sae::pass::{ForwardPass, PassDepth};
 use crate::sae::GpuSae;
 
@@ -20,165 +27,368 @@ use crate::sae::GpuSae;
 pub enum CooccurrenceMeasure {
     /// Phi coefficient (the correlation of two binary variables), negative values read as 0.
     Phi,
-    /// Jaccard index: chunks with both over chunks with either.
+    /// Jaccard index: units with both over units with either.
     Jaccard,
+    /// Normalised pointwise mutual information, ln(p₁₂ / p₁p₂) / −ln p₁₂: a lift that does not
+    /// favour rare pairs; negative values read as 0.
+    Npmi,
 }
 
-/// How chunks are formed and when a feature counts as firing in one.
+impl CooccurrenceMeasure {
+    fn kernel(self) -> PairMeasure {
+        match self {
+            CooccurrenceMeasure::Phi => PairMeasure::Phi,
+            CooccurrenceMeasure::Jaccard => PairMeasure::Jaccard,
+            CooccurrenceMeasure::Npmi => PairMeasure::Npmi,
+        }
+    }
+
+    /// The statistic of a pair seen together in `joint` of `units` units, the two alone in
+    /// `a` and `b` (f64; the GPU computes the same in f32).
+    pub fn score(self, joint: f64, a: f64, b: f64, units: f64) -> f64 {
+        let (pij, pi, pj) = (joint / units, a / units, b / units);
+        match self {
+            CooccurrenceMeasure::Phi => {
+                let spread = pi * (1.0 - pi) * pj * (1.0 - pj);
+                if spread > 0.0 {
+                    (pij - pi * pj) / spread.sqrt()
+                } else {
+                    0.0
+                }
+            }
+            CooccurrenceMeasure::Jaccard => {
+                let either = pi + pj - pij;
+                if either > 0.0 {
+                    pij / either
+                } else {
+                    0.0
+                }
+            }
+            CooccurrenceMeasure::Npmi => {
+                if pij > 0.0 && pij < 1.0 {
+                    (pij / (pi * pj)).ln() / -pij.ln()
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
+/// What one unit of co-occurrence is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CooccurrenceUnit {
+    /// The same row (token): features that fire on the same kind of token.
+    Row,
+    /// The same chunk of `--chunk` consecutive rows (in file order, across shard boundaries):
+    /// features of the same passage or topic.
+    Chunk,
+}
+
+/// How the co-occurrence kNN graph is counted and scored.
 #[derive(Clone, Copy, Debug, Serialize)]
-pub struct Chunking {
-    /// Consecutive rows per chunk (in file order, across shard boundaries).
+pub struct PartnerConfig {
+    pub unit: CooccurrenceUnit,
+    /// Rows per chunk with [`CooccurrenceUnit::Chunk`].
     pub chunk_rows: usize,
-    /// A feature fires in a chunk when one of its activations there exceeds this.
+    /// A feature fires in a unit when one of its activations there exceeds this.
     pub fires_above: f32,
+    pub measure: CooccurrenceMeasure,
+    /// Partners kept per feature (M).
+    pub partners: usize,
+    /// Pairs seen together in fewer units score 0 (a pair of rare features seen together once
+    /// is not evidence).
+    pub min_joint: u32,
+    /// GPU memory the joint counts may take at once (bytes); a matrix that needs more is
+    /// counted in several passes over the shards.
+    pub memory_bytes: u64,
 }
 
-/// Chunk counts over the shards: every feature's, and each pair's joint count.
+/// Each feature's strongest co-occurrence partners, and the counts behind them.
 #[derive(Clone, Debug)]
-pub struct ChunkCounts {
-    pub chunking: Chunking,
-    pub chunks: u64,
-    /// [d_sae] chunks in which each feature fires.
-    pub feature_chunks: Vec<u32>,
-    /// The pairs counted (i < j).
-    pub pairs: Vec<(usize, usize)>,
-    /// Per pair: chunks in which both fire.
-    pub pair_chunks: Vec<u32>,
+pub struct Partners {
+    pub config: PartnerConfig,
+    pub d_sae: usize,
+    /// M: slots per feature.
+    pub partners: usize,
+    /// [d_sae, M] partner ids, best first (slots with score 0 are empty).
+    pub index: Vec<u32>,
+    /// [d_sae, M] scores (> 0 for a partner).
+    pub score: Vec<f32>,
+    /// Units counted, and per feature the units in which it fires.
+    pub units: u64,
+    pub feature_units: Vec<u32>,
+    /// Joint counts of the extra pairs asked for (the decoder kNN graph's), in their order.
+    pub pair_joint: Vec<u32>,
+    /// Passes over the shards the counting took.
+    pub passes: usize,
 }
 
-impl ChunkCounts {
-    /// Phi coefficient of pair `e`: (N·n₁₁ − n₁·n₂) / √(n₁(N−n₁)·n₂(N−n₂)); 0 when a feature
-    /// fires in every chunk or in none (it says nothing then).
-    pub fn phi(&self, e: usize) -> f64 {
-        let (i, j) = self.pairs[e];
-        let n = self.chunks as f64;
-        let (a, b) = (
-            f64::from(self.feature_chunks[i]),
-            f64::from(self.feature_chunks[j]),
-        );
-        let both = f64::from(self.pair_chunks[e]);
-        let spread = a * (n - a) * b * (n - b);
-        if spread <= 0.0 {
+impl Partners {
+    /// Feature `f`'s partners with their scores, best first.
+    pub fn of(&self, f: usize) -> impl Iterator<Item = (usize, f32)> + '_ {
+        let at = f * self.partners;
+        self.index[at..at + self.partners]
+            .iter()
+            .zip(&self.score[at..at + self.partners])
+            .filter(|(_, &s)| s > 0.0)
+            .map(|(&j, &s)| (j as usize, s))
+    }
+
+    /// The statistic of a pair from its joint count, in [0, 1] (negative values read as 0).
+    pub fn affinity(&self, i: usize, j: usize, joint: u32) -> f64 {
+        if joint < self.config.min_joint.max(1) || i == j {
             return 0.0;
         }
-        (n * both - a * b) / spread.sqrt()
+        self.config
+            .measure
+            .score(
+                f64::from(joint),
+                f64::from(self.feature_units[i]),
+                f64::from(self.feature_units[j]),
+                self.units as f64,
+            )
+            .clamp(0.0, 1.0)
     }
+}
 
-    /// Jaccard index of pair `e`: n₁₁ / (n₁ + n₂ − n₁₁); 0 when neither fires.
-    pub fn jaccard(&self, e: usize) -> f64 {
-        let (i, j) = self.pairs[e];
-        let both = f64::from(self.pair_chunks[e]);
-        let either = f64::from(self.feature_chunks[i]) + f64::from(self.feature_chunks[j]) - both;
-        if either <= 0.0 {
-            0.0
-        } else {
-            both / either
+/// One batch's units as feature lists (CSR), built on the host from the sparse codes.
+#[derive(Default)]
+struct UnitBuilder {
+    entry_unit: Vec<u32>,
+    unit_start: Vec<u32>,
+    unit_features: Vec<u32>,
+    /// The unit being filled (a chunk may continue into the next batch).
+    open: Vec<u32>,
+    /// Per feature, the last unit it was added to (dedupes a chunk's features), +1.
+    stamp: Vec<u64>,
+    units_started: u64,
+}
+
+impl UnitBuilder {
+    fn new(d_sae: usize) -> Self {
+        UnitBuilder {
+            unit_start: vec![0],
+            stamp: vec![0; d_sae],
+            units_started: 1,
+            ..Default::default()
         }
     }
 
-    /// Each pair's affinity in [0, 1] by `measure`.
-    pub fn affinity(&self, measure: CooccurrenceMeasure) -> Vec<f64> {
-        (0..self.pairs.len())
-            .map(|e| match measure {
-                CooccurrenceMeasure::Phi => self.phi(e).clamp(0.0, 1.0),
-                CooccurrenceMeasure::Jaccard => self.jaccard(e),
-            })
-            .collect()
+    fn add(&mut self, feature: u32) {
+        let slot = &mut self.stamp[feature as usize];
+        if *slot != self.units_started {
+            *slot = self.units_started;
+            self.open.push(feature);
+        }
+    }
+
+    /// Closes the open unit into this batch's lists; returns its features.
+    fn close(&mut self, feature_units: &mut [u64]) {
+        let u = (self.unit_start.len() - 1) as u32;
+        for &f in &self.open {
+            self.entry_unit.push(u);
+            self.unit_features.push(f);
+            feature_units[f as usize] += 1;
+        }
+        self.unit_start.push(self.unit_features.len() as u32);
+        self.open.clear();
+        self.units_started += 1;
+    }
+
+    /// Takes this batch's closed units, leaving the open one.
+    fn take(&mut self) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+        (
+            std::mem::take(&mut self.entry_unit),
+            std::mem::replace(&mut self.unit_start, vec![0]),
+            std::mem::take(&mut self.unit_features),
+        )
     }
 }
 
-/// Rows per batch of the co-occurrence pass: a whole number of chunks, at least one, near
-/// `batch_rows`.
-pub fn chunk_batch_rows(chunk_rows: usize, batch_rows: usize) -> usize {
-    chunk_rows * (batch_rows / chunk_rows.max(1)).max(1)
+/// Rows of one count block, and the blocks one pass over the shards holds, for `d_sae` within
+/// the adapter's binding limit and `memory_bytes`.
+fn plan_blocks(gpu: &Gpu, d_sae: usize, memory_bytes: u64) -> (usize, usize) {
+    let row_bytes = 4 * d_sae as u64;
+    let binding = gpu.binding_limit().max(row_bytes);
+    let block_rows = ((binding / row_bytes) as usize).clamp(1, d_sae);
+    let per_pass = (memory_bytes / (row_bytes * block_rows as u64)).max(1) as usize;
+    (block_rows, per_pass)
 }
 
-/// Streams `shards` through `sae` and counts, per chunk of `chunking.chunk_rows` consecutive
-/// rows, which features fire; then for every feature and each of `pairs`, in how many chunks.
-/// Batches hold a whole number of chunks (at least one), so chunks never straddle two.
-pub fn count_chunks(
+/// Streams `shards` through `sae` and counts, for every two features, the units in which both
+/// fire; keeps each feature's `config.partners` best partners by `config.measure` (a GPU TopK
+/// over each row of scores) and the joint counts of `extra_pairs`.
+#[allow(clippy::too_many_arguments)]
+pub fn partners(
     gpu: &Gpu,
     sae: &GpuSae,
     shards: Arc<Vec<Shard>>,
-    pairs: Vec<(usize, usize)>,
-    chunking: Chunking,
+    config: PartnerConfig,
+    extra_pairs: &[(usize, usize)],
     batch_rows: usize,
     mut on_rows: impl FnMut(u64),
-) -> anyhow::Result<ChunkCounts> {
-    let chunk_rows = chunking.chunk_rows;
-    anyhow::ensure!(chunk_rows >= 1, "--chunk must be at least 1");
-    let batch = chunk_batch_rows(chunk_rows, batch_rows);
-    let total_rows: u64 = shards.iter().map(|s| s.rows as u64).sum();
-    let total_chunks = total_rows.div_ceil(chunk_rows as u64);
-    // The GPU counters are u32; each counts chunks, so they cannot overflow below this.
+) -> anyhow::Result<Partners> {
+    let d_sae = sae.d_sae;
+    anyhow::ensure!(config.partners >= 1, "--partners must be at least 1");
     anyhow::ensure!(
-        total_chunks <= u64::from(u32::MAX),
-        "{total_chunks} chunks of {chunk_rows} rows exceed the 32-bit chunk counters; use a larger --chunk"
+        config.unit == CooccurrenceUnit::Row || config.chunk_rows >= 1,
+        "--chunk must be at least 1"
     );
-    let (d_sae, k) = (sae.d_sae, sae.k);
-    let pass = ForwardPass::new(gpu, sae, batch, PassDepth::Codes)?;
-    let full = ChunkShape {
-        rows: batch,
-        k,
-        chunk_rows,
-        d_sae,
-    };
-    let presence = gpu.storage::<u32>("chunk_presence", full.presence_len())?;
-    let flat: Vec<u32> = pairs
-        .iter()
-        .flat_map(|&(i, j)| [i as u32, j as u32])
+    let m = config.partners.min(d_sae.saturating_sub(1)).clamp(1, MAX_K);
+    let (block_rows, per_pass) = plan_blocks(gpu, d_sae, config.memory_bytes);
+    let blocks: Vec<PairBlock> = (0..d_sae)
+        .step_by(block_rows)
+        .map(|lo| PairBlock {
+            lo,
+            rows: block_rows.min(d_sae - lo),
+            d_sae,
+        })
         .collect();
-    // Buffers cannot be empty: a pair-less graph still binds one slot.
-    let pair_features = gpu.upload(
-        "pair_features",
-        if flat.is_empty() { &[0, 0] } else { &flat },
-    )?;
-    let pair_chunks = gpu.storage::<u32>("pair_chunks", pairs.len().max(1))?;
-    let feature_chunks = gpu.storage::<u32>("feature_chunks", d_sae)?;
-    let mut rec = Recorder::new(gpu, "co-occurrence: clear counters");
-    rec.clear(&pair_chunks);
-    rec.clear(&feature_chunks);
-    rec.submit()?;
-    let mut chunks = 0u64;
-    let stream = BatchStream::start(shards, StreamConfig::sequential(batch))?;
-    for b in stream {
-        let b = b?;
-        let shape = ChunkShape {
-            rows: b.rows,
-            ..full
+    let pass = ForwardPass::new(gpu, sae, batch_rows, PassDepth::Codes)?;
+    let counts: Vec<GpuBuffer> = (0..per_pass.min(blocks.len()))
+        .map(|_| gpu.storage::<u32>("pair_counts", block_rows * d_sae))
+        .collect::<Result<_, _>>()?;
+    let scores = gpu.storage::<f32>("pair_scores", block_rows * d_sae)?;
+    let top_idx = gpu.storage::<u32>("partner_index", block_rows * m)?;
+    let top_val = gpu.storage::<f32>("partner_score", block_rows * m)?;
+
+    let mut feature_units = vec![0u64; d_sae];
+    let mut units = 0u64;
+    let mut index = vec![0u32; d_sae * m];
+    let mut score = vec![0f32; d_sae * m];
+    let mut pair_joint = vec![0u32; extra_pairs.len()];
+    let groups: Vec<&[PairBlock]> = blocks.chunks(per_pass).collect();
+    let feature_units_buf = gpu.storage::<u32>("feature_units", d_sae)?;
+    for (group_no, group) in groups.iter().enumerate() {
+        let first = group_no == 0;
+        let mut rec = Recorder::new(gpu, "co-occurrence: clear counts");
+        for c in &counts[..group.len()] {
+            rec.clear(c);
+        }
+        rec.submit()?;
+        // Units are rebuilt identically on every pass; the feature counts are kept from the
+        // first.
+        let mut tally = vec![0u64; d_sae];
+        let mut builder = UnitBuilder::new(d_sae);
+        let mut rows_in_chunk = 0usize;
+        let count_batch = |builder: &mut UnitBuilder| -> anyhow::Result<()> {
+            let (entry_unit, unit_start, unit_features) = builder.take();
+            if unit_features.is_empty() {
+                return Ok(());
+            }
+            let entry_unit = gpu.upload("entry_unit", &entry_unit)?;
+            let starts = unit_start.len() - 1;
+            let unit_start = gpu.upload("unit_start", &unit_start)?;
+            let entries = unit_features.len();
+            let unit_features = gpu.upload("unit_features", &unit_features)?;
+            let lists = UnitLists {
+                entry_unit: &entry_unit,
+                unit_start: &unit_start,
+                unit_features: &unit_features,
+                units: starts,
+                entries,
+            };
+            let mut rec = Recorder::new(gpu, "co-occurrence: count pairs");
+            for (block, c) in group.iter().zip(&counts) {
+                launch_count_unit_pairs(&mut rec, &lists, *block, c)?;
+            }
+            rec.submit()?;
+            Ok(())
         };
-        pass.run(&b.x, b.rows, |rec, fw| {
-            rec.clear(&presence);
-            launch_mark_presence(
-                rec,
-                shape,
-                &fw.top_idx,
-                &fw.top_val,
-                chunking.fires_above,
-                &presence,
+        let stream = BatchStream::start(Arc::clone(&shards), StreamConfig::sequential(batch_rows))?;
+        for b in stream {
+            let b = b?;
+            pass.run(&b.x, b.rows, |_, _| Ok(()))?;
+            let (idx, val) = pass.codes(b.rows)?;
+            let k = idx.len() / b.rows.max(1);
+            for (row_idx, row_val) in idx.chunks_exact(k).zip(val.chunks_exact(k)) {
+                for (&f, &v) in row_idx.iter().zip(row_val) {
+                    if v > config.fires_above {
+                        builder.add(f);
+                    }
+                }
+                rows_in_chunk += 1;
+                let unit_rows = match config.unit {
+                    CooccurrenceUnit::Row => 1,
+                    CooccurrenceUnit::Chunk => config.chunk_rows,
+                };
+                if rows_in_chunk == unit_rows {
+                    builder.close(&mut tally);
+                    rows_in_chunk = 0;
+                    if first {
+                        units += 1;
+                    }
+                }
+            }
+            count_batch(&mut builder)?;
+            if first {
+                on_rows(b.rows as u64);
+            }
+        }
+        if rows_in_chunk > 0 {
+            builder.close(&mut tally);
+            if first {
+                units += 1;
+            }
+            count_batch(&mut builder)?;
+        }
+        if first {
+            feature_units = tally;
+            anyhow::ensure!(
+                units <= u64::from(u32::MAX),
+                "{units} co-occurrence units exceed the 32-bit counters; use --cooccurrence-unit chunk"
+            );
+            let narrow: Vec<u32> = feature_units.iter().map(|&n| n as u32).collect();
+            gpu.write(&feature_units_buf, &narrow)?;
+        }
+        for (block, c) in group.iter().zip(&counts) {
+            let mut rec = Recorder::new(gpu, "co-occurrence: partners");
+            launch_pair_scores(
+                &mut rec,
+                *block,
+                c,
+                &feature_units_buf,
+                units,
+                config.measure.kernel(),
+                config.min_joint,
+                &scores,
             )?;
-            launch_count_chunks(
-                rec,
-                shape,
-                &presence,
-                &pair_features,
-                pairs.len(),
-                &pair_chunks,
-                &feature_chunks,
-            )
-        })?;
-        chunks += shape.chunks() as u64;
-        on_rows(b.rows as u64);
+            launch_topk(
+                &mut rec, &scores, block.rows, d_sae, m, &top_idx, &top_val, None,
+            )?;
+            rec.submit()?;
+            let idx: Vec<u32> = gpu.read(&top_idx)?;
+            let val: Vec<f32> = gpu.read(&top_val)?;
+            let range = block.lo * m..(block.lo + block.rows) * m;
+            index[range.clone()].copy_from_slice(&idx[..block.rows * m]);
+            score[range].copy_from_slice(&val[..block.rows * m]);
+            let wanted: Vec<usize> = (0..extra_pairs.len())
+                .filter(|&e| {
+                    let i = extra_pairs[e].0;
+                    i >= block.lo && i < block.lo + block.rows
+                })
+                .collect();
+            if !wanted.is_empty() {
+                let joint: Vec<u32> = gpu.read(c)?;
+                for e in wanted {
+                    let (i, j) = extra_pairs[e];
+                    pair_joint[e] = joint[(i - block.lo) * d_sae + j];
+                }
+            }
+        }
     }
-    let feature_chunks: Vec<u32> = gpu.read(&feature_chunks)?;
-    let mut pair_chunks: Vec<u32> = gpu.read(&pair_chunks)?;
-    pair_chunks.truncate(pairs.len());
-    Ok(ChunkCounts {
-        chunking,
-        chunks,
-        feature_chunks,
-        pairs,
-        pair_chunks,
+    Ok(Partners {
+        config,
+        d_sae,
+        partners: m,
+        index,
+        score,
+        units,
+        feature_units: feature_units.iter().map(|&n| n as u32).collect(),
+        pair_joint,
+        passes: groups.len(),
     })
 }
 
@@ -186,35 +396,23 @@ pub fn count_chunks(
 mod tests {
     use super::*;
 
-    fn counts(chunks: u64, features: Vec<u32>, both: u32) -> ChunkCounts {
-        ChunkCounts {
-            chunking: Chunking {
-                chunk_rows: 1,
-                fires_above: 0.0,
-            },
-            chunks,
-            feature_chunks: features,
-            pairs: vec![(0, 1)],
-            pair_chunks: vec![both],
-        }
-    }
-
     #[test]
-    fn phi_and_jaccard_follow_their_definitions() {
-        // Always together: phi 1, Jaccard 1.
-        let c = counts(10, vec![4, 4], 4);
-        assert!((c.phi(0) - 1.0).abs() < 1e-12);
-        assert!((c.jaccard(0) - 1.0).abs() < 1e-12);
-        // Never together, each in half the chunks: phi −1 (affinity 0), Jaccard 0.
-        let c = counts(10, vec![5, 5], 0);
-        assert!((c.phi(0) + 1.0).abs() < 1e-12);
-        assert_eq!(c.affinity(CooccurrenceMeasure::Phi), vec![0.0]);
-        assert_eq!(c.jaccard(0), 0.0);
-        // Independent (2 of 10 and 5 of 10, together in 1): phi 0, Jaccard 1/6.
-        let c = counts(10, vec![2, 5], 1);
-        assert!(c.phi(0).abs() < 1e-12);
-        assert!((c.jaccard(0) - 1.0 / 6.0).abs() < 1e-12);
-        // A feature firing in every chunk carries no information.
-        assert_eq!(counts(10, vec![10, 3], 3).phi(0), 0.0);
+    fn statistics_follow_their_definitions() {
+        let phi = |j, a, b| CooccurrenceMeasure::Phi.score(j, a, b, 10.0);
+        let jaccard = |j, a, b| CooccurrenceMeasure::Jaccard.score(j, a, b, 10.0);
+        let npmi = |j, a, b| CooccurrenceMeasure::Npmi.score(j, a, b, 10.0);
+        // Always together: phi 1, Jaccard 1, NPMI 1.
+        assert!((phi(4.0, 4.0, 4.0) - 1.0).abs() < 1e-12);
+        assert!((jaccard(4.0, 4.0, 4.0) - 1.0).abs() < 1e-12);
+        assert!((npmi(4.0, 4.0, 4.0) - 1.0).abs() < 1e-12);
+        // Never together, each in half the units: phi −1, Jaccard 0.
+        assert!((phi(0.0, 5.0, 5.0) + 1.0).abs() < 1e-12);
+        assert_eq!(jaccard(0.0, 5.0, 5.0), 0.0);
+        // Independent (2 of 10 and 5 of 10, together in 1): phi 0, Jaccard 1/6, NPMI 0.
+        assert!(phi(1.0, 2.0, 5.0).abs() < 1e-12);
+        assert!((jaccard(1.0, 2.0, 5.0) - 1.0 / 6.0).abs() < 1e-12);
+        assert!(npmi(1.0, 2.0, 5.0).abs() < 1e-12);
+        // A feature firing in every unit carries no information.
+        assert_eq!(phi(3.0, 10.0, 3.0), 0.0);
     }
 }

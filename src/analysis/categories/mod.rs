@@ -18,6 +18,8 @@
 pub mod cluster;
 pub mod cooccurrence;
 pub mod graph;
+pub mod null;
+pub mod pipeline;
 pub mod report;
 pub mod shape;
 pub mod structure;
@@ -40,6 +42,12 @@ pub struct Category {
     pub members: Vec<usize>,
     #[serde(flatten)]
     pub shape: CategoryShape,
+    /// Internal edge density against random connected groups of the same size.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub null: Option<null::NullScore>,
+    /// Denser than chance: null_p below [`SIGNIFICANT_P`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub significant: Option<bool>,
     /// Each member's fire count on the shards.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fire_counts: Option<Vec<u64>>,
@@ -60,10 +68,17 @@ pub struct TokenCount {
     pub text: Option<String>,
 }
 
+/// A category is marked significant when fewer than this fraction of random groups of its size
+/// are as dense (with the default 200 draws, at most 1 of them).
+pub const SIGNIFICANT_P: f64 = 0.01;
+
 /// What categories are ranked by (`--rank-by`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RankBy {
+    /// How far the category's internal edge density lies above that of random connected
+    /// groups of the same size drawn from the same graph (null_z); significant ones first.
+    Null,
     /// members − participation ratio of their unit decoder rows.
     Subspace,
     /// Engels et al.'s mean (1 − M)·S over consecutive principal-component pairs (needs
@@ -86,6 +101,8 @@ pub fn categories(labels: &[usize], unit: &[f32], d_in: usize) -> Vec<Category> 
             label: members[0],
             size: members.len(),
             shape: category_shape(unit, d_in, &members),
+            null: None,
+            significant: None,
             members,
             fire_counts: None,
             top_tokens: Vec::new(),
@@ -102,11 +119,14 @@ pub fn categories(labels: &[usize], unit: &[f32], d_in: usize) -> Vec<Category> 
 pub fn rank(found: &mut [Category], by: RankBy) {
     let engels = |c: &Category| match by {
         RankBy::Engels => c.structure.as_ref().map(|s| s.engels_score),
+        RankBy::Null => c.null.map(|n| n.null_z),
         RankBy::Subspace => None,
     };
+    let significant = |c: &Category| by == RankBy::Null && c.significant == Some(true);
     found.sort_by(|a, b| {
         (b.size >= 3)
             .cmp(&(a.size >= 3))
+            .then(significant(b).cmp(&significant(a)))
             .then(engels(b).is_some().cmp(&engels(a).is_some()))
             .then(
                 engels(b)

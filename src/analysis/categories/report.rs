@@ -3,13 +3,332 @@
 //! members, cyclic order, top contexts, writers and logit lens). Plain HTML and PNGs: it opens
 //! offline, from the file system, with no script.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::io::BufRead;
 use std::path::Path;
 
+use anyhow::{anyhow, Context};
+use serde_json::json;
+
+use super::cluster::{parents, spectral_embedding};
+use super::graph::{angular_affinity, Matching};
+use super::pipeline::{CategoriesConfig, CategoriesResult, Method};
 use super::shape::member_gram;
 use super::{Category, RankBy};
 use crate::analysis::plots::{heatmap, scatter};
-use crate::io::write_atomic;
+use crate::io::{write_atomic, write_json_atomic, write_safetensors, TensorOut};
+
+/// The outputs whose presence says "this report is complete"; removed before a run starts so a
+/// failed run never leaves an older one looking like its result.
+const FINAL_OUTPUTS: [&str; 4] = [
+    "categories.json",
+    "categories.safetensors",
+    "index.html",
+    "across.json",
+];
+
+/// Creates `out` and removes an earlier run's final outputs from it.
+pub fn prepare_output_dir(out: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    for name in FINAL_OUTPUTS {
+        let path = out.join(name);
+        if path.exists() {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("{}: cannot replace", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// What the written files say about where the categories came from.
+pub struct OutputContext<'a> {
+    /// The SAE as given, its provenance record and a one-line description.
+    pub sae: &'a Path,
+    pub provenance: serde_json::Value,
+    pub sae_description: &'a str,
+    /// The `--across` SAE's directory and width.
+    pub across: Option<(&'a Path, usize)>,
+    pub token_text: &'a dyn Fn(i32) -> String,
+    /// Top activating contexts per feature (`sae hist --tokenizer`), if given.
+    pub contexts: Option<&'a HashMap<usize, Vec<(f32, String)>>>,
+}
+
+/// Writes the report pages first, then the files whose presence marks a finished run:
+/// across.json, categories.safetensors, categories.json.
+pub fn write_outputs(
+    out: &Path,
+    result: &CategoriesResult,
+    config: &CategoriesConfig,
+    context: &OutputContext<'_>,
+) -> anyhow::Result<()> {
+    let d_sae = result.d_sae;
+    let full = result.knn_pairs.edges(-1.0, None);
+    let dims = 3.min(d_sae);
+    let embedding = spectral_embedding(d_sae, &full, dims, config.seed)?;
+    let map: Vec<(f64, f64)> = (0..d_sae)
+        .map(|i| {
+            let at = |c: usize| embedding.get(i * dims + c).copied().unwrap_or(0.0);
+            (at(1), at(2))
+        })
+        .collect();
+    let context_of = |f: usize| {
+        context
+            .contexts
+            .and_then(|c| c.get(&f).cloned())
+            .unwrap_or_default()
+    };
+    write_report(
+        out,
+        &result.categories,
+        &ReportInputs {
+            sae: context.sae_description,
+            d_in: result.d_in,
+            d_sae,
+            method: &result.method,
+            rank_by: config.rank_by,
+            pages: config.top.min(result.categories.len()),
+            map: &map,
+            unit: &result.unit,
+            token_text: context.token_text,
+            contexts: &context_of,
+        },
+    )?;
+    if let (Some(matching), Some((other, other_d_sae))) = (&result.matching, context.across) {
+        write_json_atomic(
+            &out.join("across.json"),
+            &across_json(matching, context.sae, other, d_sae, other_d_sae),
+        )?;
+    }
+    let graph = &result.graph;
+    let mut rank_of = vec![0i32; d_sae];
+    for category in &result.categories {
+        for &m in &category.members {
+            rank_of[m] = category.rank as i32;
+        }
+    }
+    let index: Vec<i32> = graph.index.iter().map(|&i| i as i32).collect();
+    let affinity: Vec<f32> = graph
+        .cosine
+        .iter()
+        .map(|&c| angular_affinity(c) as f32)
+        .collect();
+    let levels = &result.levels;
+    let flat_labels: Vec<i32> = levels
+        .iter()
+        .flat_map(|(_, l)| l.iter().map(|&v| v as i32))
+        .collect();
+    let resolutions: Vec<f32> = levels.iter().map(|(r, _)| *r as f32).collect();
+    let knn_shape = [d_sae, graph.neighbours];
+    let mut tensors = vec![
+        TensorOut::i32("category", &[d_sae], &rank_of),
+        TensorOut::i32("labels", &[levels.len(), d_sae], &flat_labels),
+        TensorOut::f32("resolutions", &[levels.len()], &resolutions),
+        TensorOut::i32("knn_index", &knn_shape, &index),
+        TensorOut::f32("knn_cosine", &knn_shape, &graph.cosine),
+        TensorOut::f32("knn_affinity", &knn_shape, &affinity),
+    ];
+    // Per decoder kNN slot, the co-occurrence statistics of its pair (when counted); the
+    // co-occurrence kNN graph itself.
+    let per_slot = |stat: &dyn Fn(usize) -> f64| -> Vec<f32> {
+        result
+            .knn_pairs
+            .slot_pair
+            .iter()
+            .map(|&e| stat(e) as f32)
+            .collect()
+    };
+    let mut cooc_tensors = None;
+    if let Some(p) = &result.partners {
+        let joint = |e: usize| {
+            let (i, j) = result.knn_pairs.pairs[e];
+            (i, j, p.pair_joint[e])
+        };
+        let with = |measure: super::cooccurrence::CooccurrenceMeasure| {
+            per_slot(&|e| {
+                let (i, j, n) = joint(e);
+                if n == 0 {
+                    return 0.0;
+                }
+                measure.score(
+                    f64::from(n),
+                    f64::from(p.feature_units[i]),
+                    f64::from(p.feature_units[j]),
+                    p.units as f64,
+                )
+            })
+        };
+        let partner_index: Vec<i32> = p.index.iter().map(|&i| i as i32).collect();
+        cooc_tensors = Some((
+            with(super::cooccurrence::CooccurrenceMeasure::Phi),
+            with(super::cooccurrence::CooccurrenceMeasure::Jaccard),
+            partner_index,
+            [d_sae, p.partners],
+        ));
+    }
+    if let (Some((phi, jaccard, partner_index, shape)), Some(p)) = (&cooc_tensors, &result.partners)
+    {
+        tensors.push(TensorOut::f32("knn_phi", &knn_shape, phi));
+        tensors.push(TensorOut::f32("knn_jaccard", &knn_shape, jaccard));
+        tensors.push(TensorOut::i32("cooc_index", shape, partner_index));
+        tensors.push(TensorOut::f32("cooc_score", shape, &p.score));
+    }
+    write_safetensors(&out.join("categories.safetensors"), &tensors, None)?;
+    // The hierarchy: levels ordered coarse (low resolution) to fine, each cluster's parent.
+    let mut order: Vec<usize> = (0..levels.len()).collect();
+    order.sort_by(|&a, &b| levels[a].0.total_cmp(&levels[b].0));
+    let hierarchy: Vec<serde_json::Value> = order
+        .iter()
+        .enumerate()
+        .map(|(pos, &l)| {
+            let (resolution, labels) = &levels[l];
+            let clusters = {
+                let mut sizes: HashMap<usize, usize> = HashMap::new();
+                for &v in labels {
+                    *sizes.entry(v).or_default() += 1;
+                }
+                sizes.values().filter(|&&s| s >= 2).count()
+            };
+            let parent = (pos > 0).then(|| {
+                let coarse = &levels[order[pos - 1]].1;
+                parents(coarse, labels)
+                    .into_iter()
+                    .map(|(f, c)| (f.to_string(), c))
+                    .collect::<std::collections::BTreeMap<_, _>>()
+            });
+            json!({
+                "resolution": resolution,
+                "tensor_row": l,
+                "clusters_of_2_or_more": clusters,
+                "parent": parent,
+            })
+        })
+        .collect();
+    let significant = result
+        .categories
+        .iter()
+        .filter(|c| c.significant == Some(true))
+        .count();
+    write_json_atomic(
+        &out.join("categories.json"),
+        &json!({
+            "sae": context.sae.display().to_string(),
+            "provenance": context.provenance,
+            "d_in": result.d_in,
+            "d_sae": d_sae,
+            "method": result.method,
+            "neighbours": graph.neighbours,
+            "min_cosine": result.min_cosine,
+            "rank_by": config.rank_by,
+            "significance": {
+                "statistic": "density: mean edge weight over all member pairs of the clustering graph",
+                "null": "random connected groups of the same size grown over the same graph",
+                "draws": config.null_draws,
+                "significant_below_p": super::SIGNIFICANT_P,
+                "significant_categories": significant,
+            },
+            "rows": result.rows_read,
+            "cooccurrence": result.partners.as_ref().map(|p| json!({
+                "weight": config.cooccurrence.map(|c| c.weight),
+                "unit": p.config.unit,
+                "chunk": p.config.chunk_rows,
+                "measure": p.config.measure,
+                "partners": p.partners,
+                "min_joint": p.config.min_joint,
+                "fires_above": p.config.fires_above,
+                "units": p.units,
+                "passes": p.passes,
+            })),
+            "graph_edges": result.edges.pairs.len(),
+            "levels": if config.method == Method::Leiden { json!(hierarchy) } else { json!(null) },
+            "categories": result.categories,
+        }),
+    )?;
+    Ok(())
+}
+
+/// `sae hist`'s top_examples.jsonl: per feature, (activation, decoded context).
+pub fn read_contexts(dir: &Path) -> anyhow::Result<HashMap<usize, Vec<(f32, String)>>> {
+    let path = dir.join("top_examples.jsonl");
+    let file = std::fs::File::open(&path).with_context(|| {
+        format!(
+            "{}: cannot open (run `sae hist … --tokenizer` into that folder first)",
+            path.display()
+        )
+    })?;
+    let mut out = HashMap::new();
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("{}: cannot read", path.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("{}:{}: not JSON", path.display(), n + 1))?;
+        let feature = value["feature"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("{}:{}: no 'feature'", path.display(), n + 1))?;
+        let examples = value["examples"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|e| {
+                        (
+                            e["value"].as_f64().unwrap_or(0.0) as f32,
+                            e["context"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.insert(feature as usize, examples);
+    }
+    Ok(out)
+}
+
+/// Parents, children and novel features between two dictionaries: a feature of the wider SAE
+/// whose best match in the narrower one has cosine ≥ 0.5 is that feature's child; features of
+/// either side with no match that close are novel.
+fn across_json(
+    m: &Matching,
+    ours: &Path,
+    other: &Path,
+    d_ours: usize,
+    d_other: usize,
+) -> serde_json::Value {
+    const MATCHED: f32 = 0.5;
+    let (narrow_to_wide, wide_to_narrow, narrow, wide) = if d_ours <= d_other {
+        (&m.ours_to_other, &m.other_to_ours, ours, other)
+    } else {
+        (&m.other_to_ours, &m.ours_to_other, other, ours)
+    };
+    let mut children: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
+    let mut novel_wide = Vec::new();
+    for (w, &(n, c)) in wide_to_narrow.iter().enumerate() {
+        if c >= MATCHED {
+            children.entry(n).or_default().push(w as u32);
+        } else {
+            novel_wide.push(w as u32);
+        }
+    }
+    let novel_narrow: Vec<u32> = narrow_to_wide
+        .iter()
+        .enumerate()
+        .filter(|(n, &(_, c))| c < MATCHED && !children.contains_key(&(*n as u32)))
+        .map(|(n, _)| n as u32)
+        .collect();
+    let split: Vec<serde_json::Value> = children
+        .iter()
+        .filter(|(_, kids)| kids.len() >= 2)
+        .map(|(p, kids)| json!({"parent": p, "children": kids}))
+        .collect();
+    json!({
+        "narrow": narrow.display().to_string(),
+        "wide": wide.display().to_string(),
+        "match_cosine": MATCHED,
+        "narrow_best_match": narrow_to_wide,
+        "wide_best_match": wide_to_narrow,
+        "split_parents": split,
+        "novel_in_wide": novel_wide,
+        "unmatched_in_narrow": novel_narrow,
+    })
+}
 
 /// Tokens coloured in a category's scatter plot (the rest are grey).
 const LEGEND_TOKENS: usize = 10;
@@ -167,14 +486,15 @@ fn index_page(categories: &[Category], inputs: &ReportInputs<'_>) -> String {
         "<h1>Feature categories</h1><p>SAE <code>{}</code>: {} features of width {}. \
          Clustering: {}. Ranked by {}. {} categories, {ranked} of ≥ 3 features.</p>\
          <p><img src=\"plots/dictionary-map.png\" alt=\"dictionary map\"></p>\
-         <table><tr><th>rank</th><th>size</th><th>structure score</th><th>PR</th>\
-         <th>mean cos</th><th>(1−M)·S</th><th>circle residual</th><th class=l>members</th>\
+         <table><tr><th>rank</th><th>size</th><th>density z vs chance</th><th>p</th>\
+         <th>structure score</th><th>PR</th><th>mean cos</th><th>(1−M)·S</th><th>circle residual</th><th class=l>members</th>\
          <th class=l>top tokens</th></tr>",
         escape(inputs.sae),
         inputs.d_sae,
         inputs.d_in,
         escape(inputs.method),
         match inputs.rank_by {
+            RankBy::Null => "edge density against random connected groups of the same size (z)",
             RankBy::Subspace => "structure score (members − participation ratio)",
             RankBy::Engels => "Engels' mean (1 − M)·S",
         },
@@ -197,9 +517,10 @@ fn index_page(categories: &[Category], inputs: &ReportInputs<'_>) -> String {
         let more = if c.size > 12 { " …" } else { "" };
         let _ = write!(
             body,
-            "<tr><td>{rank}</td><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.3}</td>\
+            "<tr><td>{rank}</td><td>{}</td>{}<td>{:.2}</td><td>{:.2}</td><td>{:.3}</td>\
              <td>{engels}</td><td>{residual}</td><td class=l>{}{more}</td><td class=l>{}</td></tr>",
             c.size,
+            null_cells(c),
             c.shape.subspace_score,
             c.shape.participation_ratio,
             c.shape.mean_pairwise_cosine,
@@ -209,6 +530,20 @@ fn index_page(categories: &[Category], inputs: &ReportInputs<'_>) -> String {
     }
     body.push_str("</table>");
     page("Feature categories", &body)
+}
+
+/// The z-score and p-value cells of a category (struck through when not significant).
+fn null_cells(c: &Category) -> String {
+    match c.null {
+        Some(n) if c.significant == Some(true) => {
+            format!("<td>{:.1}</td><td>{:.3}</td>", n.null_z, n.null_p)
+        }
+        Some(n) => format!(
+            "<td><s>{:.1}</s></td><td><s>{:.3}</s> (chance)</td>",
+            n.null_z, n.null_p
+        ),
+        None => "<td>–</td><td>–</td>".into(),
+    }
 }
 
 fn category_page(c: &Category, inputs: &ReportInputs<'_>) -> String {
@@ -230,6 +565,25 @@ fn category_page(c: &Category, inputs: &ReportInputs<'_>) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    if let Some(n) = c.null {
+        let _ = write!(
+            body,
+            "<p>Internal edge density {:.4} against {:.4} ± {:.4} for {} random connected groups \
+             of {} features drawn from the same graph: z = {:.1}, p = {:.3}{}.</p>",
+            n.density,
+            n.null_mean,
+            n.null_sd,
+            n.null_draws,
+            c.size,
+            n.null_z,
+            n.null_p,
+            if c.significant == Some(true) {
+                ""
+            } else {
+                " — <b>not better than chance</b>"
+            }
+        );
+    }
     if let Some(s) = &c.structure {
         let _ = write!(
             body,
