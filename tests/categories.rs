@@ -769,3 +769,149 @@ fn across_matches_parents_children_and_novel_features() {
     assert_eq!(ids(&across["unmatched_in_narrow"]), vec![2]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The planted variable: 7 value features that take turns (exactly one fires where the
+/// variable is present) and 3 features that fire for every value ("this is the variable"),
+/// among 2000 ordinary features; all 10 decoder rows random, so decoder geometry never links
+/// them, and each of the 10 also fires now and then on its own. With shards (co-occurrence on
+/// by default) the 10 must be one category of at most 16 members, significant against chance,
+/// and `--feature` on any of them must name it.
+#[test]
+fn a_planted_variable_is_one_significant_category() {
+    if gpu().is_none() {
+        return;
+    }
+    let dir = temp_dir("categories-variable");
+    let (d_in, ordinary, rows) = (384, 2000, 4000);
+    let d_sae = ordinary + 10;
+    let mut r = rng(21);
+    let w_dec = unit_rows(&random_vec(&mut r, d_sae * d_in, 1.0), d_in);
+    // The planted features sit at scattered ids.
+    let planted: Vec<usize> = (0..10).map(|i| 37 + i * 199).collect();
+    let (values, variable) = planted.split_at(7);
+    let is_planted = |f: usize| planted.contains(&f);
+    let ordinary_ids: Vec<usize> = (0..d_sae).filter(|&f| !is_planted(f)).collect();
+    let mut x = vec![0.0f32; rows * d_in];
+    let fire = |out: &mut [f32], f: usize, r: &mut rand_chacha::ChaCha8Rng| {
+        let a = 1.0 + 0.5 * rand::Rng::random::<f32>(r);
+        out.iter_mut()
+            .zip(&w_dec[f * d_in..(f + 1) * d_in])
+            .for_each(|(o, w)| *o += a * w);
+    };
+    for (row, out) in x.chunks_exact_mut(d_in).enumerate() {
+        for _ in 0..3 {
+            let f = ordinary_ids[rand::Rng::random_range(&mut r, 0..ordinary_ids.len())];
+            fire(out, f, &mut r);
+        }
+        if rand::Rng::random::<f64>(&mut r) < 0.3 {
+            fire(out, values[row % 7], &mut r);
+            for &f in variable {
+                fire(out, f, &mut r);
+            }
+        }
+        for &f in &planted {
+            if rand::Rng::random::<f64>(&mut r) < 0.01 {
+                fire(out, f, &mut r);
+            }
+        }
+    }
+    let shard = dir.join("variable.safetensors");
+    write_safetensors(
+        &shard,
+        &[TensorOut::f32("activations", &[rows, d_in], &x)],
+        None,
+    )
+    .unwrap();
+    let mut params = SaeParams {
+        input_norm: Default::default(),
+        d_in,
+        d_sae,
+        activation: Activation::TopK { k: 8 },
+        w_enc: Vec::new(),
+        b_enc: vec![0.0; d_sae],
+        w_dec,
+        b_dec: vec![0.0; d_in],
+    };
+    params.w_enc = params.w_dec_transposed();
+    let sae = dir.join("sae");
+    save_sparsify(&sae, &params).unwrap();
+    let out = dir.join("out");
+    let (sae, shard, out_s) = (
+        sae.to_str().unwrap(),
+        shard.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    // Activations of true features are 1–1.5 plus interference; interference alone (a true
+    // feature's activation times a cosine of at most ~0.25 with another row, plus the rest)
+    // stays below 0.7 in 384 dimensions.
+    let feature = values[3].to_string();
+    let output = run_categories(&[
+        sae,
+        shard,
+        "--out",
+        out_s,
+        "--fires-above",
+        "0.7",
+        "--feature",
+        &feature,
+        "--top",
+        "3",
+        "--samples",
+        "500",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = read_json(&out.join("categories.json"));
+    let categories = report["categories"].as_array().unwrap();
+    let of = |f: usize| {
+        categories
+            .iter()
+            .find(|c| ids(&c["members"]).contains(&f))
+            .unwrap_or_else(|| panic!("feature {f} is in no category"))
+    };
+    let category = of(planted[0]);
+    let members = ids(&category["members"]);
+    for &f in &planted {
+        assert_eq!(
+            of(f)["rank"],
+            category["rank"],
+            "feature {f} is not with the others: {members:?}"
+        );
+    }
+    assert!(members.len() <= 16, "too many members: {members:?}");
+    assert_eq!(category["significant"], true, "not significant: {category}");
+    let line = format!("feature {feature}: category #{} of", category["rank"]);
+    assert!(
+        stdout.contains(&line),
+        "--feature names another category: {stdout}"
+    );
+    // Decoder geometry alone does not find it.
+    let plain = dir.join("plain");
+    let output = run_categories(&[
+        sae,
+        shard,
+        "--out",
+        plain.to_str().unwrap(),
+        "--cooccurrence-weight",
+        "0",
+        "--top",
+        "1",
+        "--samples",
+        "100",
+    ]);
+    assert!(output.status.success());
+    let report = read_json(&plain.join("categories.json"));
+    let together = report["categories"].as_array().unwrap().iter().any(|c| {
+        let m = ids(&c["members"]);
+        planted.iter().filter(|f| m.contains(f)).count() >= 3
+    });
+    assert!(
+        !together,
+        "the decoder graph alone linked the planted features"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

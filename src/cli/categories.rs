@@ -42,7 +42,8 @@ pub struct CategoriesArgs {
     /// Neighbours kept per feature in the decoder-cosine kNN graph.
     #[arg(long, default_value_t = 16)]
     neighbours: usize,
-    /// Graph edges need at least this cosine (default 3/√d_in: chance level is 1/√d_in).
+    /// Decoder edges need at least this cosine (default: the larger of 3/√d_in and
+    /// √(2 ln d_sae / d_in), about the best cosine a feature has with random directions).
     #[arg(long)]
     min_cosine: Option<f32>,
     #[arg(long, value_enum, default_value_t = Method::Leiden)]
@@ -64,8 +65,8 @@ pub struct CategoriesArgs {
     /// Spectral mode: the number of clusters.
     #[arg(long)]
     n_clusters: Option<usize>,
-    /// Weight of co-occurrence in the graph's edges, (1 − w)·decoder + w·co-occurrence, over
-    /// the union of the decoder kNN graph and the co-occurrence kNN graph (default: 0.5 with
+    /// Weight w of co-occurrence in the graph's edges, 1 − (1 − decoder)·(1 − w·co-occurrence),
+    /// over the union of the decoder kNN graph and the co-occurrence kNN graph (default: 1 with
     /// shards, 0 without; 0 turns co-occurrence off).
     #[arg(long)]
     cooccurrence_weight: Option<f64>,
@@ -293,7 +294,7 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The co-occurrence half of the graph from the flags: on by default with shards (weight 0.5),
+/// The co-occurrence half of the graph from the flags: on by default with shards (weight 1),
 /// off without; any co-occurrence flag without shards is an error.
 fn cooccurrence_config(args: &CategoriesArgs) -> anyhow::Result<Option<CooccurrenceConfig>> {
     let given: Vec<&str> = [
@@ -347,7 +348,7 @@ fn cooccurrence_config(args: &CategoriesArgs) -> anyhow::Result<Option<Cooccurre
     }
     let weight = args
         .cooccurrence_weight
-        .unwrap_or(if args.shards.is_empty() { 0.0 } else { 0.5 });
+        .unwrap_or(if args.shards.is_empty() { 0.0 } else { 1.0 });
     if weight == 0.0 {
         return Ok(None);
     }

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::cluster::LeidenQuality;
 use super::cooccurrence::{partners, PartnerConfig, Partners};
-use super::graph::{angular_affinity, match_across, Edges, KnnPairs, Matching};
+use super::graph::{match_across, Edges, KnnPairs, Matching};
 use super::null::NullModel;
 use super::structure::{analyse, gather, CategorySamples, Sampling};
 use super::writers::{writers, ModelWeights, Writers};
@@ -42,7 +42,7 @@ pub enum Method {
 /// The co-occurrence half of the graph.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct CooccurrenceConfig {
-    /// Weight of the co-occurrence affinity in each edge: (1 − w)·decoder + w·co-occurrence.
+    /// Weight of the co-occurrence affinity a_co in each edge, 1 − (1 − a_dec)·(1 − w·a_co).
     pub weight: f64,
     pub partners: PartnerConfig,
 }
@@ -50,7 +50,7 @@ pub struct CooccurrenceConfig {
 #[derive(Clone, Debug)]
 pub struct CategoriesConfig {
     pub neighbours: usize,
-    /// Decoder edges need at least this cosine (None: 3/√d_in).
+    /// Decoder edges need at least this cosine (None: [`chance_floor`]).
     pub min_cosine: Option<f32>,
     pub method: Method,
     pub quality: LeidenQuality,
@@ -175,10 +175,33 @@ pub fn shard_passes(config: &CategoriesConfig, d_sae: usize, binding: u64) -> u6
     cooccurrence + 1
 }
 
-/// The union of the decoder kNN graph's pairs and the co-occurrence partners' pairs, each with
-/// (1 − w)·decoder affinity + w·co-occurrence affinity. The decoder affinity of any pair is its
-/// angular affinity when the cosine reaches `min_cosine` (else 0); the co-occurrence affinity
-/// is the statistic from the pair's joint count (decoder pairs) or its partner score.
+/// The decoder affinity of a pair with cosine `c`: the cosine itself when it reaches the chance
+/// floor, else 0. (The angular affinity 1 − arccos(c)/π is ½ for orthogonal rows, so a
+/// neighbour barely above chance would weigh more than a strong co-occurrence.)
+pub fn decoder_affinity(c: f32, floor: f32) -> f64 {
+    if c >= floor {
+        f64::from(c).clamp(0.0, 1.0)
+    } else {
+        0.0
+    }
+}
+
+/// The default decoder-cosine floor: the larger of 3/√d_in (three standard deviations of the
+/// cosine of two random directions) and √(2 ln d_sae / d_in), about the largest cosine a
+/// feature has with any of d_sae random directions. Among thousands of features the first
+/// alone is reached by chance a few times per feature (2000 random features in 256 dimensions:
+/// 2.7 per feature), and such chance neighbours outweigh real co-occurrence.
+pub fn chance_floor(d_in: usize, d_sae: usize) -> f32 {
+    let d = d_in.max(1) as f64;
+    (3.0 / d.sqrt()).max((2.0 * (d_sae.max(2) as f64).ln() / d).sqrt()) as f32
+}
+
+/// The union of the decoder kNN graph's pairs and the co-occurrence partners' pairs, each
+/// weighted 1 − (1 − a_dec)·(1 − w·a_co): either kind of evidence alone keeps its strength
+/// (features that take turns never co-occur, yet their decoder rows may be close; families of
+/// one token share firing, not directions), and w = 0 is the decoder graph alone. The decoder
+/// affinity is [`decoder_affinity`]; the co-occurrence affinity is the statistic from the
+/// pair's joint count (decoder pairs) or its partner score.
 fn union_edges(
     result_pairs: &KnnPairs,
     knn_cooccurrence: Option<&[f64]>,
@@ -197,11 +220,7 @@ fn union_edges(
         if pair.0 == pair.1 {
             continue;
         }
-        let decoder = if c >= min_cosine {
-            angular_affinity(c)
-        } else {
-            0.0
-        };
+        let decoder = decoder_affinity(c, min_cosine);
         let co = knn_cooccurrence.map_or(0.0, |a| a[e]);
         blended.insert(pair, (decoder, co));
     }
@@ -210,13 +229,10 @@ fn union_edges(
             for (j, s) in p.of(i) {
                 let key = (i.min(j), i.max(j));
                 let entry = blended.entry(key).or_insert_with(|| {
-                    let c = cosine(key.0, key.1) as f32;
-                    let decoder = if c >= min_cosine {
-                        angular_affinity(c)
-                    } else {
-                        0.0
-                    };
-                    (decoder, 0.0)
+                    (
+                        decoder_affinity(cosine(key.0, key.1) as f32, min_cosine),
+                        0.0,
+                    )
                 });
                 entry.1 = entry.1.max(f64::from(s).clamp(0.0, 1.0));
             }
@@ -224,7 +240,7 @@ fn union_edges(
     }
     let mut pairs: Vec<((usize, usize), f64)> = blended
         .into_iter()
-        .map(|(pair, (d, c))| (pair, (1.0 - weight) * d + weight * c))
+        .map(|(pair, (d, c))| (pair, 1.0 - (1.0 - d) * (1.0 - weight * c)))
         .filter(|&(_, w)| w > 0.0)
         .collect();
     pairs.sort_by_key(|&(pair, _)| pair);
@@ -253,7 +269,7 @@ pub fn find_categories(
     let graph = knn_graph(gpu, &unit, d_in, d_sae, neighbours, config.batch_size)?;
     let min_cosine = config
         .min_cosine
-        .unwrap_or(3.0 / (d_in as f32).sqrt())
+        .unwrap_or_else(|| chance_floor(d_in, d_sae))
         .clamp(-1.0, 1.0);
     let knn_pairs = graph.pairs();
     let sae = has_shards
@@ -302,7 +318,7 @@ pub fn find_categories(
     let mut levels: Vec<(f64, Vec<usize>)> = Vec::new();
     let graph_name = match &counted {
         Some(p) => format!(
-            "the union of the {neighbours}-NN decoder graph (cosine ≥ {min_cosine:.3}) and the {}-NN co-occurrence graph ({:?} per {:?}{}), weights {:.2} : {:.2}",
+            "the union of the {neighbours}-NN decoder graph (cosine ≥ {min_cosine:.3}) and the {}-NN co-occurrence graph ({:?} per {:?}{}), edges 1 − (1 − decoder)(1 − {:.2}·co-occurrence)",
             p.partners,
             p.config.measure,
             p.config.unit,
@@ -311,7 +327,6 @@ pub fn find_categories(
                     format!(" of {} rows", p.config.chunk_rows),
                 super::cooccurrence::CooccurrenceUnit::Row => String::new(),
             },
-            1.0 - weight,
             weight
         ),
         None => format!("the {neighbours}-NN decoder graph, edges of cosine ≥ {min_cosine:.3}"),
