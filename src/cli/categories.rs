@@ -14,6 +14,7 @@ use crate::analysis::categories::cluster::LeidenQuality;
 use crate::analysis::categories::cooccurrence::{
     CooccurrenceMeasure, CooccurrenceUnit, PartnerConfig,
 };
+use crate::analysis::categories::families::load_families;
 use crate::analysis::categories::pipeline::{
     find_categories, shard_passes, CategoriesConfig, CategoriesInputs, CategoriesResult,
     CooccurrenceConfig, Method,
@@ -127,6 +128,10 @@ pub struct CategoriesArgs {
     /// A `sae hist --tokenizer` output directory, for each member's top activating contexts.
     #[arg(long)]
     hist: Option<PathBuf>,
+    /// Token families to score the categories against: JSON, name → list of token strings or
+    /// {"regex": "…"}; writes families.json (needs --tokenizer and shards with tokens).
+    #[arg(long)]
+    families: Option<PathBuf>,
     /// Name of the activation tensor in the shards.
     #[arg(long, default_value = "activations")]
     tensor: String,
@@ -195,6 +200,24 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
         }
     }
     let tokenizer = args.tokenizer.as_deref().map(load_tokenizer).transpose()?;
+    let token_text = |t: i32| -> String {
+        match (&tokenizer, u32::try_from(t)) {
+            (Some(tok), Ok(id)) => tok
+                .decode(&[id], false)
+                .unwrap_or_else(|_| format!("#{id}")),
+            _ => format!("#{t}"),
+        }
+    };
+    let families = match (&args.families, &tokenizer) {
+        (None, _) => None,
+        (Some(_), None) => bail!("--families needs --tokenizer: families are sets of tokens"),
+        (Some(path), Some(tok)) => {
+            if args.shards.is_empty() {
+                bail!("--families needs shards: specific features are counted on data");
+            }
+            Some(load_families(path, tok.get_vocab_size(true), &token_text)?)
+        }
+    };
     let other = args.across.as_deref().map(load_sae).transpose()?;
     if let Some(other) = &other {
         if other.params.d_in != d_in {
@@ -232,14 +255,6 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
         null_draws: args.null_draws,
         batch_size: args.batch_size,
     };
-    let token_text = |t: i32| -> String {
-        match (&tokenizer, u32::try_from(t)) {
-            (Some(tok), Ok(id)) => tok
-                .decode(&[id], false)
-                .unwrap_or_else(|_| format!("#{id}")),
-            _ => format!("#{t}"),
-        }
-    };
     let gpu = args.gpu.open()?;
     let total_rows: u64 = shards.iter().map(|s| s.rows as u64).sum();
     let passes = if shards.is_empty() {
@@ -261,6 +276,7 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
                 )
             }),
             across: other.as_ref().map(|o| &o.params),
+            families: families.as_ref(),
         },
         &config,
         |rows| bar.inc(rows),
@@ -288,10 +304,37 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
     if !args.quiet {
         print_summary(&args, &result, &token_text);
     }
+    if !result.families.is_empty() {
+        print_families(&result);
+    }
     if let Some(feature) = args.feature {
         print_feature(feature, &result, &token_text);
     }
     Ok(())
+}
+
+fn print_families(result: &CategoriesResult) {
+    println!("token families: specific features → best category (precision, recall)");
+    for f in &result.families {
+        match (f.category_rank, f.category_size) {
+            (Some(rank), Some(size)) => println!(
+                "  {:<16} {:>5} tokens  {:>4} specific  → #{rank} ({size} features{}): {} of them, precision {:.2}, recall {:.2}",
+                f.family,
+                f.tokens,
+                f.specific.len(),
+                if f.significant == Some(true) { ", significant" } else { "" },
+                f.found,
+                f.precision,
+                f.recall
+            ),
+            _ => println!(
+                "  {:<16} {:>5} tokens  {:>4} specific  → no category holds one",
+                f.family,
+                f.tokens,
+                f.specific.len()
+            ),
+        }
+    }
 }
 
 /// The co-occurrence half of the graph from the flags: on by default with shards (weight 1),

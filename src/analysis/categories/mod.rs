@@ -17,6 +17,7 @@
 
 pub mod cluster;
 pub mod cooccurrence;
+pub mod families;
 pub mod graph;
 pub mod null;
 pub mod pipeline;

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::cluster::LeidenQuality;
 use super::cooccurrence::{partners, PartnerConfig, Partners};
+use super::families::{score_families, FamilyScore, TokenFamilies};
 use super::graph::{match_across, Edges, KnnPairs, Matching};
 use super::null::NullModel;
 use super::structure::{analyse, gather, CategorySamples, Sampling};
@@ -80,6 +81,8 @@ pub struct CategoriesInputs<'a> {
     pub vocab: Option<(usize, &'a dyn Fn(i32) -> String)>,
     /// Another SAE of the same d_in to match features with.
     pub across: Option<&'a SaeParams>,
+    /// Token families to score the categories against (needs shards with tokens).
+    pub families: Option<&'a TokenFamilies>,
 }
 
 /// Everything found, for the report and the printed summary.
@@ -104,6 +107,8 @@ pub struct CategoriesResult {
     pub matching: Option<Matching>,
     /// Unit decoder rows [d_sae, d_in].
     pub unit: Vec<f32>,
+    /// Each token family's best-matching category, with precision and recall.
+    pub families: Vec<FamilyScore>,
 }
 
 impl CategoriesResult {
@@ -385,6 +390,10 @@ pub fn find_categories(
         })
         .collect();
     let mut rows_read = None;
+    let mut family_counts = None;
+    if inputs.families.is_some() && sae.is_none() {
+        bail!("token families need shards: specific features are counted on data");
+    }
     if let Some(sae) = &sae {
         let pass = ForwardPass::new(gpu, sae, config.batch_size, PassDepth::Codes)?;
         let samples: Vec<CategorySamples> = studied
@@ -399,6 +408,7 @@ pub fn find_categories(
                 per_category: config.samples,
                 seed: config.seed,
             },
+            inputs.families,
             &mut on_rows,
         )?;
         if let (Some((vocab, _)), Some(max)) = (inputs.vocab, gathered.max_token) {
@@ -433,6 +443,12 @@ pub fn find_categories(
         for c in found.iter_mut() {
             c.fire_counts = Some(c.members.iter().map(|&m| gathered.fire_count[m]).collect());
         }
+        if let Some(f) = inputs.families {
+            if gathered.max_token.is_none() {
+                bail!("token families need shards with a `tokens` tensor: these have none");
+            }
+            family_counts = Some((f, gathered.fire_count.clone(), gathered.family_fires));
+        }
         rows_read = Some(gathered.rows);
     } else if let Some(model) = inputs.model {
         for &i in &studied {
@@ -444,6 +460,9 @@ pub fn find_categories(
     if config.rank_by == RankBy::Engels {
         rank(&mut found, config.rank_by);
     }
+    let family_scores = family_counts
+        .map(|(f, fires, family_fires)| score_families(f, &fires, &family_fires, &found))
+        .unwrap_or_default();
 
     let matching = inputs
         .across
@@ -473,6 +492,7 @@ pub fn find_categories(
         rows_read,
         matching,
         unit,
+        families: family_scores,
     })
 }
 

@@ -21,11 +21,12 @@ use crate::io::{write_atomic, write_json_atomic, write_safetensors, TensorOut};
 
 /// The outputs whose presence says "this report is complete"; removed before a run starts so a
 /// failed run never leaves an older one looking like its result.
-const FINAL_OUTPUTS: [&str; 4] = [
+const FINAL_OUTPUTS: [&str; 5] = [
     "categories.json",
     "categories.safetensors",
     "index.html",
     "across.json",
+    "families.json",
 ];
 
 /// Creates `out` and removes an earlier run's final outputs from it.
@@ -174,6 +175,19 @@ pub fn write_outputs(
         tensors.push(TensorOut::f32("cooc_score", shape, &p.score));
     }
     write_safetensors(&out.join("categories.safetensors"), &tensors, None)?;
+    if !result.families.is_empty() {
+        write_json_atomic(
+            &out.join("families.json"),
+            &json!({
+                "specific": format!(
+                    "a feature fired at least {} times, at least {} of them on the family's tokens",
+                    super::families::MIN_FIRES,
+                    super::families::SPECIFIC_SHARE
+                ),
+                "families": result.families,
+            }),
+        )?;
+    }
     // The hierarchy: levels ordered coarse (low resolution) to fine, each cluster's parent.
     let mut order: Vec<usize> = (0..levels.len()).collect();
     order.sort_by(|&a, &b| levels[a].0.total_cmp(&levels[b].0));

@@ -102,6 +102,8 @@ impl CategorySamples {
 pub struct Gathered {
     pub rows: u64,
     pub fire_count: Vec<u64>,
+    /// With token families: [families, d_sae] fires on each family's tokens.
+    pub family_fires: Vec<u64>,
     pub categories: Vec<CategorySamples>,
     /// Token ids seen in the shards (for checking a tokenizer covers them), if any.
     pub max_token: Option<i32>,
@@ -121,6 +123,7 @@ pub fn gather(
     shards: Arc<Vec<Shard>>,
     mut categories: Vec<CategorySamples>,
     sampling: Sampling,
+    families: Option<&super::families::TokenFamilies>,
     mut on_rows: impl FnMut(u64),
 ) -> anyhow::Result<Gathered> {
     let samples = sampling.per_category;
@@ -133,6 +136,8 @@ pub fn gather(
         }
     }
     let mut fire_count = vec![0u64; d_sae];
+    let mut family_fires = vec![0u64; families.map_or(0, |f| f.names.len()) * d_sae];
+    let no_families = Vec::new();
     let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
     let mut rows = 0u64;
     let mut max_token: Option<i32> = None;
@@ -148,12 +153,18 @@ pub fn gather(
                 max_token = Some(max_token.map_or(token, |t| t.max(token)));
             }
             fired.clear();
+            let token_families = families
+                .and_then(|f| f.of_token.get(&token))
+                .unwrap_or(&no_families);
             for e in r * k..(r + 1) * k {
                 if val[e] <= 0.0 {
                     continue;
                 }
                 let feature = idx[e] as usize;
                 fire_count[feature] += 1;
+                for &f in token_families {
+                    family_fires[f * d_sae + feature] += 1;
+                }
                 if let Some(&(c, s)) = slot_of.get(&feature) {
                     fired.entry(c).or_default().push((s, val[e]));
                 }
@@ -191,6 +202,7 @@ pub fn gather(
     Ok(Gathered {
         rows,
         fire_count,
+        family_fires,
         categories,
         max_token,
     })
