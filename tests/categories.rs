@@ -648,7 +648,19 @@ fn bad_inputs_are_one_line_and_leave_no_report() {
     );
     let good = tiny_model(&dir.join("good"), 4, "");
     let small_vocab = tiny_tokenizer(&dir, 5);
+    std::fs::create_dir_all(dir.join("full")).unwrap();
+    let full_vocab = tiny_tokenizer(&dir.join("full"), 10);
     let s = |p: &Path| p.to_str().unwrap().to_string();
+    let families = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        s(&path)
+    };
+    let with_tokenizer = |flags: &[String]| {
+        let mut v = vec!["--tokenizer".to_string(), s(&full_vocab)];
+        v.extend_from_slice(flags);
+        v
+    };
     // The tokenizer's coverage is found while streaming, after work has begun: it goes first,
     // so it also shows that the earlier run's report is gone, not left looking like this
     // run's. The others are refused before anything is touched.
@@ -672,6 +684,40 @@ fn bad_inputs_are_one_line_and_leave_no_report() {
         (
             vec!["--model".into(), s(&wide)],
             "d_in is 4 but the model's hidden size is 8",
+        ),
+        (
+            with_tokenizer(&["--families".into(), s(&dir.join("absent.json"))]),
+            "cannot read the families file",
+        ),
+        (
+            with_tokenizer(&["--families".into(), families("bad.json", "{not json")]),
+            "bad.json: not JSON",
+        ),
+        (
+            with_tokenizer(&[
+                "--families".into(),
+                families("none.json", r#"{"colours": ["red", "green"]}"#),
+            ]),
+            "family 'colours' names no token of the tokenizer",
+        ),
+        (
+            with_tokenizer(&[
+                "--families".into(),
+                families("regex.json", r#"{"w": {"regex": "w[0-"}}"#),
+            ]),
+            "family 'w': bad regex",
+        ),
+        (
+            vec!["--families".into(), families("ok.json", r#"{"w": ["w1"]}"#)],
+            "--families needs --tokenizer",
+        ),
+        (
+            vec!["--partners".into(), "0".into()],
+            "--partners must be at least 1",
+        ),
+        (
+            vec!["--chunk".into(), "64".into()],
+            "--chunk sets the chunk of --cooccurrence-unit chunk",
         ),
         (
             vec!["--model".into(), s(&missing)],
@@ -889,20 +935,9 @@ fn a_planted_variable_is_one_significant_category() {
         stdout.contains(&line),
         "--feature names another category: {stdout}"
     );
-    // Decoder geometry alone does not find it.
+    // Decoder geometry alone (no shards: the decoder graph, nothing counted) does not find it.
     let plain = dir.join("plain");
-    let output = run_categories(&[
-        sae,
-        shard,
-        "--out",
-        plain.to_str().unwrap(),
-        "--cooccurrence-weight",
-        "0",
-        "--top",
-        "1",
-        "--samples",
-        "100",
-    ]);
+    let output = run_categories(&[sae, "--out", plain.to_str().unwrap(), "--top", "1"]);
     assert!(output.status.success());
     let report = read_json(&plain.join("categories.json"));
     let together = report["categories"].as_array().unwrap().iter().any(|c| {

@@ -92,8 +92,20 @@ pub fn load_families(
                         path.display()
                     )
                 })?;
-                let re = regex::Regex::new(&format!("^(?:{pattern})$")).with_context(|| {
-                    format!("{}: family '{name}': bad regex", path.display())
+                let re = regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+                    // The regex crate's message spans lines (a caret diagram); keep its last.
+                    let text = e.to_string();
+                    let reason = text
+                        .lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or("")
+                        .trim_start_matches("error: ")
+                        .to_string();
+                    anyhow!(
+                        "{}: family '{name}': bad regex {pattern:?}: {reason}",
+                        path.display()
+                    )
                 })?;
                 Box::new(move |t: &str| re.is_match(t))
             }
@@ -205,4 +217,36 @@ pub fn score_families(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::categories::categories;
+
+    #[test]
+    fn precision_and_recall_of_the_best_category() {
+        // 6 features of width 2; categories {0, 1, 2} and {3, 4}; feature 5 alone.
+        let labels = vec![0, 0, 0, 3, 3, 5];
+        let unit = vec![
+            1.0f32, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0,
+        ];
+        let found = categories(&labels, &unit, 2);
+        let families = TokenFamilies {
+            names: vec!["f".into()],
+            tokens: vec![vec![7]],
+            of_token: HashMap::from([(7, vec![0])]),
+        };
+        // Specific: 0 and 1 (all firing on the family), 3 (6 of 10), 5; not 2 (4 of 10) nor 4
+        // (too few firings).
+        let fires = vec![10, 10, 10, 10, 4, 10];
+        let family = vec![10, 10, 4, 6, 4, 10];
+        let scores = score_families(&families, &fires, &family, &found);
+        let s = &scores[0];
+        assert_eq!(s.specific, vec![0, 1, 3, 5]);
+        assert_eq!(s.category_size, Some(3));
+        assert_eq!(s.found, 2);
+        assert!((s.precision - 2.0 / 3.0).abs() < 1e-12);
+        assert!((s.recall - 0.5).abs() < 1e-12);
+    }
 }
