@@ -716,6 +716,19 @@ fn bad_inputs_are_one_line_and_leave_no_report() {
             "--partners must be at least 1",
         ),
         (
+            vec![
+                "--cooccurrence-unit".into(),
+                "document".into(),
+                "--document-column".into(),
+                "window".into(),
+            ],
+            "no column named 'window' (found: ",
+        ),
+        (
+            vec!["--cooccurrence-unit".into(), "document".into()],
+            "--cooccurrence-unit document needs --document-column",
+        ),
+        (
             vec!["--chunk".into(), "64".into()],
             "--chunk sets the chunk of --cooccurrence-unit chunk",
         ),
@@ -935,6 +948,18 @@ fn a_planted_variable_is_one_significant_category() {
         stdout.contains(&line),
         "--feature names another category: {stdout}"
     );
+    // …and its page lists every other planted feature among the members.
+    let page = std::fs::read_to_string(out.join(format!("feature-{feature}.html"))).unwrap();
+    assert!(
+        page.contains(&format!("#{}</a>", category["rank"])),
+        "{page}"
+    );
+    for f in planted.iter().filter(|f| f.to_string() != feature) {
+        assert!(
+            page.contains(&format!("<tr><td>{f}</td>")),
+            "feature {f} not on the page"
+        );
+    }
     // Decoder geometry alone (no shards: the decoder graph, nothing counted) does not find it.
     let plain = dir.join("plain");
     let output = run_categories(&[sae, "--out", plain.to_str().unwrap(), "--top", "1"]);

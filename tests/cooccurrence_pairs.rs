@@ -13,6 +13,7 @@ use rand::Rng;
 use sae_wgpu::analysis::categories::cooccurrence::{
     partners, CooccurrenceMeasure, CooccurrenceUnit, PartnerConfig,
 };
+use sae_wgpu::data::column::RowColumn;
 use sae_wgpu::data::open_shards;
 use sae_wgpu::gpu::kernels::cooccurrence_pairs::{
     launch_count_unit_pairs, launch_pair_scores, PairBlock, PairMeasure, UnitLists,
@@ -174,7 +175,23 @@ fn pair_kernels_match_cpu_reference() {
     }
 }
 
-/// Rows 0..577 of a 13-dimensional random dataset in two shards, and a random TopK SAE.
+/// The document of global row `r`: documents of 1 to 41 rows, one spanning the shard boundary
+/// at row 300 (it counts as two units, one per shard).
+fn document_of(r: usize) -> i64 {
+    let mut start = 0;
+    let mut doc = 0;
+    loop {
+        let len = 1 + (doc * 17 + 5) % 41;
+        if r < start + len {
+            return doc as i64;
+        }
+        start += len;
+        doc += 1;
+    }
+}
+
+/// Rows 0..577 of a 13-dimensional random dataset in two shards with a per-row `doc` column,
+/// and a random TopK SAE.
 fn data(dir: &std::path::Path) -> (SaeParams, Vec<f32>, Vec<std::path::PathBuf>) {
     let (d_in, d_sae, k) = (13, 77, 5);
     let params = common::random_sae(7, d_in, d_sae, Activation::TopK { k });
@@ -182,13 +199,17 @@ fn data(dir: &std::path::Path) -> (SaeParams, Vec<f32>, Vec<std::path::PathBuf>)
     let mut paths = Vec::new();
     for (s, rows) in [(0usize, 0..300usize), (1, 300..577)] {
         let path = dir.join(format!("shard{s}.safetensors"));
+        let doc: Vec<i64> = rows.clone().map(document_of).collect();
         write_safetensors(
             &path,
-            &[TensorOut::f32(
-                "activations",
-                &[rows.len(), d_in],
-                &x[rows.start * d_in..rows.end * d_in],
-            )],
+            &[
+                TensorOut::f32(
+                    "activations",
+                    &[rows.len(), d_in],
+                    &x[rows.start * d_in..rows.end * d_in],
+                ),
+                TensorOut::i64("doc", &[rows.len()], &doc),
+            ],
             None,
         )
         .unwrap();
@@ -278,6 +299,17 @@ fn partners_over_all_pairs_match_cpu_reference() {
             &split_gpu,
             3 * 3080,
         ),
+        (
+            CooccurrenceUnit::Document,
+            1,
+            0.0,
+            CooccurrenceMeasure::Jaccard,
+            6,
+            1,
+            33,
+            whole_gpu,
+            1 << 30,
+        ),
     ];
     for (unit, chunk_rows, fires_above, measure, m, min_joint, batch, gpu, memory) in cases {
         let case = format!("{unit:?} {chunk_rows}, above {fires_above}, {measure:?}, M {m}");
@@ -292,17 +324,41 @@ fn partners_over_all_pairs_match_cpu_reference() {
             min_joint,
             memory_bytes: memory,
         };
-        let got = partners(gpu, &sae, shards, config, &extra, batch, |_| {}).unwrap();
+        let column =
+            (unit == CooccurrenceUnit::Document).then(|| RowColumn::open(&shards, "doc").unwrap());
+        let got = partners(
+            gpu,
+            &sae,
+            shards,
+            config,
+            column.as_ref(),
+            &extra,
+            batch,
+            |_| {},
+        )
+        .unwrap();
         let rows = firing(&params, &x, 5, f64::from(fires_above));
-        let units: Vec<Vec<usize>> = rows
-            .chunks(chunk_rows)
-            .map(|c| {
-                let mut u: Vec<usize> = c.iter().flatten().copied().collect();
-                u.sort_unstable();
-                u.dedup();
-                u
-            })
-            .collect();
+        // Each row's unit key: its row, chunk, or (shard, document).
+        let key = |r: usize| -> (usize, i64) {
+            match unit {
+                CooccurrenceUnit::Row => (r, 0),
+                CooccurrenceUnit::Chunk => (r / chunk_rows, 0),
+                CooccurrenceUnit::Document => (usize::from(r >= 300), document_of(r)),
+            }
+        };
+        let mut units: Vec<Vec<usize>> = Vec::new();
+        for (r, fired) in rows.iter().enumerate() {
+            if r == 0 || key(r) != key(r - 1) {
+                units.push(Vec::new());
+            }
+            if let Some(u) = units.last_mut() {
+                u.extend(fired);
+            }
+        }
+        for u in &mut units {
+            u.sort_unstable();
+            u.dedup();
+        }
         let counts = reference_counts(&units, d_sae);
         let n = units.len() as u64;
         assert_eq!(got.units, n, "{case}: units");

@@ -25,6 +25,7 @@ use crate::analysis::categories::report::{
 use crate::analysis::categories::writers::load_model;
 use crate::analysis::categories::RankBy;
 use crate::analysis::contexts::load_tokenizer;
+use crate::data::column::RowColumn;
 use crate::data::{expand_inputs, open_shards};
 use crate::sae::formats::{load_sae, load_sae_at};
 
@@ -74,14 +75,18 @@ pub struct CategoriesArgs {
     /// The co-occurrence statistic (default phi).
     #[arg(long, value_enum)]
     cooccurrence: Option<CooccurrenceMeasure>,
-    /// What counts as firing together: the same row (token; the default) or the same chunk
-    /// of --chunk consecutive rows.
+    /// What counts as firing together: the same row (token; the default), the same chunk of
+    /// --chunk consecutive rows, or the same document (--document-column).
     #[arg(long, value_enum)]
     cooccurrence_unit: Option<CooccurrenceUnit>,
     /// Consecutive rows per co-occurrence chunk (in file order, across shard boundaries;
     /// default 256).
     #[arg(long)]
     chunk: Option<usize>,
+    /// With --cooccurrence-unit document: the shards' per-row integer tensor saying which
+    /// document (or context window) each row belongs to.
+    #[arg(long)]
+    document_column: Option<String>,
     /// Co-occurrence partners kept per feature: the co-occurrence kNN graph (default 16).
     #[arg(long)]
     partners: Option<usize>,
@@ -234,6 +239,10 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
     } else {
         open_shards(&expand_inputs(&args.shards)?, &args.tensor, Some(d_in))?
     });
+    let documents = match (&cooccurrence, &args.document_column) {
+        (Some(_), Some(name)) => Some(RowColumn::open(&shards, name)?),
+        _ => None,
+    };
     let contexts = args.hist.as_deref().map(read_contexts).transpose()?;
     prepare_output_dir(&args.out)?;
 
@@ -277,6 +286,7 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
             }),
             across: other.as_ref().map(|o| &o.params),
             families: families.as_ref(),
+            documents: documents.as_ref(),
         },
         &config,
         |rows| bar.inc(rows),
@@ -308,7 +318,7 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
         print_families(&result);
     }
     if let Some(feature) = args.feature {
-        print_feature(feature, &result, &token_text);
+        print_feature(feature, &result, &args.out, &token_text);
     }
     Ok(())
 }
@@ -345,6 +355,7 @@ fn cooccurrence_config(args: &CategoriesArgs) -> anyhow::Result<Option<Cooccurre
         ("--cooccurrence", args.cooccurrence.is_some()),
         ("--cooccurrence-unit", args.cooccurrence_unit.is_some()),
         ("--chunk", args.chunk.is_some()),
+        ("--document-column", args.document_column.is_some()),
         ("--partners", args.partners.is_some()),
         ("--min-joint", args.min_joint.is_some()),
         ("--fires-above", args.fires_above.is_some()),
@@ -373,6 +384,15 @@ fn cooccurrence_config(args: &CategoriesArgs) -> anyhow::Result<Option<Cooccurre
     );
     if args.chunk.is_some() && args.cooccurrence_unit != Some(CooccurrenceUnit::Chunk) {
         bail!("--chunk sets the chunk of --cooccurrence-unit chunk; add that flag");
+    }
+    match (args.cooccurrence_unit, &args.document_column) {
+        (Some(CooccurrenceUnit::Document), None) => {
+            bail!("--cooccurrence-unit document needs --document-column NAME (the shards' per-row document id)")
+        }
+        (unit, Some(_)) if unit != Some(CooccurrenceUnit::Document) => {
+            bail!("--document-column is read with --cooccurrence-unit document; add that flag")
+        }
+        _ => {}
     }
     let fires_above = args.fires_above.unwrap_or(0.0);
     anyhow::ensure!(
@@ -459,7 +479,12 @@ fn print_summary(
 
 /// The seed's question for one feature: its category, the members ranked by how strongly they
 /// tie to it, whether the category beats chance, its structure on data and its writers.
-fn print_feature(feature: usize, result: &CategoriesResult, token_text: &dyn Fn(i32) -> String) {
+fn print_feature(
+    feature: usize,
+    result: &CategoriesResult,
+    out: &std::path::Path,
+    token_text: &dyn Fn(i32) -> String,
+) {
     let Some(c) = result.category_of(feature) else {
         println!("feature {feature} belongs to no category (no neighbours in the graph)");
         return;
@@ -511,36 +536,19 @@ fn print_feature(feature: usize, result: &CategoriesResult, token_text: &dyn Fn(
             println!("  writers: {short}…");
         }
     }
-    // Members by their tie to the feature: the graph's blended edge, then co-occurrence, then
-    // decoder cosine.
-    let ties = result.ties(feature);
-    let co = result.cooccurrence_ties(feature);
-    let mut members: Vec<(usize, f64, Option<f64>, f64)> = c
-        .members
-        .iter()
-        .filter(|&&m| m != feature)
-        .map(|&m| {
-            (
-                m,
-                ties.get(&m).copied().unwrap_or(0.0),
-                co.get(&m).copied(),
-                result.cosine(feature, m),
-            )
-        })
-        .collect();
-    members.sort_by(|a, b| {
-        b.1.total_cmp(&a.1)
-            .then(b.2.unwrap_or(0.0).total_cmp(&a.2.unwrap_or(0.0)))
-            .then(b.3.total_cmp(&a.3))
-    });
     println!("  members by tie to {feature}:   edge   co-occ.  decoder cos   fires");
-    for (m, edge, cooc, cos) in members {
-        let slot = c.members.iter().position(|&x| x == m).unwrap_or(0);
-        let fires = c
-            .fire_counts
-            .as_ref()
-            .map_or(String::new(), |f| f[slot].to_string());
-        let cooc = cooc.map_or("      –".to_string(), |v| format!("{v:7.3}"));
-        println!("  {m:>8}               {edge:6.3}  {cooc}     {cos:+.3}     {fires}");
+    for t in result.member_ties(feature) {
+        let cooc = t
+            .cooccurrence
+            .map_or("      –".to_string(), |v| format!("{v:7.3}"));
+        let fires = t.fires.map_or(String::new(), |f| f.to_string());
+        println!(
+            "  {:>8}               {:6.3}  {cooc}     {:+.3}     {fires}",
+            t.feature, t.edge, t.decoder_cosine
+        );
     }
+    println!(
+        "  report page: {}",
+        out.join(format!("feature-{feature}.html")).display()
+    );
 }

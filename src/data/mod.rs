@@ -3,6 +3,7 @@
 //! streaming shuffled batches from a background thread.
 
 pub mod arrow;
+pub mod column;
 pub mod error;
 pub mod fuzzing;
 mod guard;

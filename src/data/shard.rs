@@ -252,7 +252,7 @@ pub struct Shard {
 pub const DEFAULT_TENSOR: &str = "activations";
 
 /// Memory-maps a whole file, refusing one too short to hold anything.
-fn map_file(path: &Path, at_least: u64) -> Result<Mmap, DataError> {
+pub(crate) fn map_file(path: &Path, at_least: u64) -> Result<Mmap, DataError> {
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
     let len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
     if len < at_least {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use clap::ValueEnum;
 use serde::Serialize;
 
+use crate::data::column::RowColumn;
 use crate::data::{BatchStream, Shard, StreamConfig};
 use crate::gpu::kernels::cooccurrence_pairs::{
     launch_count_unit_pairs, launch_pair_scores, PairBlock, PairMeasure, UnitLists,
@@ -84,6 +85,9 @@ pub enum CooccurrenceUnit {
     /// The same chunk of `--chunk` consecutive rows (in file order, across shard boundaries):
     /// features of the same passage or topic.
     Chunk,
+    /// The same document: consecutive rows with the same value of the shards'
+    /// `--document-column` (a new unit also starts with each shard).
+    Document,
 }
 
 /// How the co-occurrence kNN graph is counted and scored.
@@ -226,11 +230,16 @@ pub fn partners(
     sae: &GpuSae,
     shards: Arc<Vec<Shard>>,
     config: PartnerConfig,
+    documents: Option<&RowColumn>,
     extra_pairs: &[(usize, usize)],
     batch_rows: usize,
     mut on_rows: impl FnMut(u64),
 ) -> anyhow::Result<Partners> {
     let d_sae = sae.d_sae;
+    anyhow::ensure!(
+        (config.unit == CooccurrenceUnit::Document) == documents.is_some(),
+        "document units need a document column, and only they"
+    );
     anyhow::ensure!(config.partners >= 1, "--partners must be at least 1");
     anyhow::ensure!(
         config.unit == CooccurrenceUnit::Row || config.chunk_rows >= 1,
@@ -272,7 +281,8 @@ pub fn partners(
         // first.
         let mut tally = vec![0u64; d_sae];
         let mut builder = UnitBuilder::new(d_sae);
-        let mut rows_in_chunk = 0usize;
+        let mut rows_in_unit = 0usize;
+        let mut document: Option<(u32, i64)> = None;
         let count_batch = |builder: &mut UnitBuilder| -> anyhow::Result<()> {
             let (entry_unit, unit_start, unit_features) = builder.take();
             if unit_features.is_empty() {
@@ -303,20 +313,35 @@ pub fn partners(
             pass.run(&b.x, b.rows, |_, _| Ok(()))?;
             let (idx, val) = pass.codes(b.rows)?;
             let k = idx.len() / b.rows.max(1);
-            for (row_idx, row_val) in idx.chunks_exact(k).zip(val.chunks_exact(k)) {
+            for (r, (row_idx, row_val)) in idx.chunks_exact(k).zip(val.chunks_exact(k)).enumerate()
+            {
+                // A document unit closes before the first row of the next document.
+                if let Some(column) = documents {
+                    let (shard, row) = b.origin[r];
+                    let key = (shard, column.value(shard as usize, row as usize));
+                    if document.is_some_and(|d| d != key) && rows_in_unit > 0 {
+                        builder.close(&mut tally);
+                        rows_in_unit = 0;
+                        if first {
+                            units += 1;
+                        }
+                    }
+                    document = Some(key);
+                }
                 for (&f, &v) in row_idx.iter().zip(row_val) {
                     if v > config.fires_above {
                         builder.add(f);
                     }
                 }
-                rows_in_chunk += 1;
+                rows_in_unit += 1;
                 let unit_rows = match config.unit {
                     CooccurrenceUnit::Row => 1,
                     CooccurrenceUnit::Chunk => config.chunk_rows,
+                    CooccurrenceUnit::Document => usize::MAX,
                 };
-                if rows_in_chunk == unit_rows {
+                if rows_in_unit == unit_rows {
                     builder.close(&mut tally);
-                    rows_in_chunk = 0;
+                    rows_in_unit = 0;
                     if first {
                         units += 1;
                     }
@@ -327,7 +352,7 @@ pub fn partners(
                 on_rows(b.rows as u64);
             }
         }
-        if rows_in_chunk > 0 {
+        if rows_in_unit > 0 {
             builder.close(&mut tally);
             if first {
                 units += 1;

@@ -22,6 +22,7 @@ use super::{
     categories, engels_components, knn_graph, leiden, rank, spectral, unit_rows, Category,
     KnnGraph, RankBy, TokenCount, SIGNIFICANT_P,
 };
+use crate::data::column::RowColumn;
 use crate::data::Shard;
 use crate::gpu::Gpu;
 use crate::sae::forward::{GpuSae, DEFAULT_CAP};
@@ -83,6 +84,8 @@ pub struct CategoriesInputs<'a> {
     pub across: Option<&'a SaeParams>,
     /// Token families to score the categories against (needs shards with tokens).
     pub families: Option<&'a TokenFamilies>,
+    /// The shards' document column, for co-occurrence per document.
+    pub documents: Option<&'a RowColumn>,
 }
 
 /// Everything found, for the report and the printed summary.
@@ -111,7 +114,53 @@ pub struct CategoriesResult {
     pub families: Vec<FamilyScore>,
 }
 
+/// How one member of a category ties to a given feature.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct MemberTie {
+    pub feature: usize,
+    /// The clustering graph's edge weight (0 when there is no edge).
+    pub edge: f64,
+    /// The co-occurrence score, when the pair was counted and scored above 0.
+    pub cooccurrence: Option<f64>,
+    pub decoder_cosine: f64,
+    pub fires: Option<u64>,
+}
+
 impl CategoriesResult {
+    /// The other members of `feature`'s category, strongest tie first (the blended edge, then
+    /// co-occurrence, then decoder cosine).
+    pub fn member_ties(&self, feature: usize) -> Vec<MemberTie> {
+        let Some(c) = self.category_of(feature) else {
+            return Vec::new();
+        };
+        let ties = self.ties(feature);
+        let co = self.cooccurrence_ties(feature);
+        let mut members: Vec<MemberTie> = c
+            .members
+            .iter()
+            .enumerate()
+            .filter(|&(_, &m)| m != feature)
+            .map(|(slot, &m)| MemberTie {
+                feature: m,
+                edge: ties.get(&m).copied().unwrap_or(0.0),
+                cooccurrence: co.get(&m).copied(),
+                decoder_cosine: self.cosine(feature, m),
+                fires: c.fire_counts.as_ref().map(|f| f[slot]),
+            })
+            .collect();
+        members.sort_by(|a, b| {
+            b.edge
+                .total_cmp(&a.edge)
+                .then(
+                    b.cooccurrence
+                        .unwrap_or(0.0)
+                        .total_cmp(&a.cooccurrence.unwrap_or(0.0)),
+                )
+                .then(b.decoder_cosine.total_cmp(&a.decoder_cosine))
+        });
+        members
+    }
+
     pub fn category_of(&self, feature: usize) -> Option<&Category> {
         self.categories
             .iter()
@@ -288,6 +337,7 @@ pub fn find_categories(
             sae,
             Arc::clone(&inputs.shards),
             c.partners,
+            inputs.documents,
             &knn_pairs.pairs,
             config.batch_size,
             &mut on_rows,
@@ -330,7 +380,8 @@ pub fn find_categories(
             match p.config.unit {
                 super::cooccurrence::CooccurrenceUnit::Chunk =>
                     format!(" of {} rows", p.config.chunk_rows),
-                super::cooccurrence::CooccurrenceUnit::Row => String::new(),
+                super::cooccurrence::CooccurrenceUnit::Row
+                | super::cooccurrence::CooccurrenceUnit::Document => String::new(),
             },
             weight
         ),

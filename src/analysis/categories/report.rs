@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::cluster::{parents, spectral_embedding};
 use super::graph::{angular_affinity, Matching};
-use super::pipeline::{CategoriesConfig, CategoriesResult, Method};
+use super::pipeline::{CategoriesConfig, CategoriesResult, MemberTie, Method};
 use super::shape::member_gram;
 use super::{Category, RankBy};
 use crate::analysis::plots::{heatmap, scatter};
@@ -29,11 +29,29 @@ const FINAL_OUTPUTS: [&str; 5] = [
     "families.json",
 ];
 
+/// `feature-N.html` pages of earlier runs are removed too (their names vary).
+fn is_feature_page(name: &str) -> bool {
+    name.starts_with("feature-") && name.ends_with(".html")
+}
+
 /// Creates `out` and removes an earlier run's final outputs from it.
 pub fn prepare_output_dir(out: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
-    for name in FINAL_OUTPUTS {
-        let path = out.join(name);
+    let mut stale: Vec<std::path::PathBuf> =
+        FINAL_OUTPUTS.iter().map(|name| out.join(name)).collect();
+    if let Ok(entries) = std::fs::read_dir(out) {
+        stale.extend(
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(is_feature_page)
+                }),
+        );
+    }
+    for path in stale {
         if path.exists() {
             std::fs::remove_file(&path)
                 .with_context(|| format!("{}: cannot replace", path.display()))?;
@@ -93,6 +111,7 @@ pub fn write_outputs(
             unit: &result.unit,
             token_text: context.token_text,
             contexts: &context_of,
+            feature: config.feature.map(|f| (f, result.member_ties(f))),
         },
     )?;
     if let (Some(matching), Some((other, other_d_sae))) = (&result.matching, context.across) {
@@ -364,6 +383,8 @@ pub struct ReportInputs<'a> {
     pub token_text: &'a dyn Fn(i32) -> String,
     /// Top activating contexts per feature (from `sae hist`'s top_examples.jsonl), if given.
     pub contexts: &'a dyn Fn(usize) -> Vec<(f32, String)>,
+    /// `--feature N`: the feature and its category's members by their tie to it.
+    pub feature: Option<(usize, Vec<MemberTie>)>,
 }
 
 fn escape(text: &str) -> String {
@@ -406,9 +427,24 @@ pub fn write_report(
 ) -> anyhow::Result<()> {
     let plots = out.join("plots");
     std::fs::create_dir_all(&plots)?;
-    for c in categories.iter().take(inputs.pages) {
+    // The top categories' pages, and that of `--feature`'s category wherever it ranks.
+    let feature_category = inputs
+        .feature
+        .as_ref()
+        .and_then(|(f, _)| categories.iter().find(|c| c.members.contains(f)));
+    for c in categories
+        .iter()
+        .take(inputs.pages)
+        .chain(feature_category.filter(|c| c.rank > inputs.pages))
+    {
         category_plots(&plots, c, inputs)?;
         write_atomic(&out.join(page_name(c)), category_page(c, inputs).as_bytes())?;
+    }
+    if let (Some((feature, ties)), Some(c)) = (&inputs.feature, feature_category) {
+        write_atomic(
+            &out.join(format!("feature-{feature}.html")),
+            feature_page(*feature, ties, c, inputs).as_bytes(),
+        )?;
     }
     // The dictionary map, coloured by the top categories.
     let mut group = vec![None; inputs.d_sae];
@@ -544,6 +580,63 @@ fn index_page(categories: &[Category], inputs: &ReportInputs<'_>) -> String {
     }
     body.push_str("</table>");
     page("Feature categories", &body)
+}
+
+/// `--feature N`'s page: its category in one line, the members by their tie to N, and a link to
+/// the category's own page (structure, writers, contexts).
+fn feature_page(
+    feature: usize,
+    ties: &[MemberTie],
+    c: &Category,
+    inputs: &ReportInputs<'_>,
+) -> String {
+    let mut body = String::new();
+    let significance = match (c.null, c.significant) {
+        (Some(n), Some(true)) => format!(
+            "denser than chance (z = {:.1}, p = {:.3} against {} random groups of {})",
+            n.null_z, n.null_p, n.null_draws, c.size
+        ),
+        (Some(n), _) => format!(
+            "<b>not denser than chance</b> (z = {:.1}, p = {:.3}): a loose group",
+            n.null_z, n.null_p
+        ),
+        _ => "too small to test against chance".into(),
+    };
+    let _ = write!(
+        body,
+        "<p><a href=\"index.html\">← all categories</a></p><h1>Feature {feature}</h1>\
+         <p>Category <a href=\"{}\">#{}</a> of {} features, {significance}. Structure score {:.2} \
+         (PR {:.2}), mean decoder cosine {:.3}. Top tokens: {}.</p>\
+         <h2>Members by their tie to feature {feature}</h2>\
+         <table><tr><th>feature</th><th>graph edge</th><th>co-occurrence</th>\
+         <th>decoder cosine</th><th>fires</th><th class=l>top contexts</th></tr>",
+        page_name(c),
+        c.rank,
+        c.size,
+        c.shape.subspace_score,
+        c.shape.participation_ratio,
+        c.shape.mean_pairwise_cosine,
+        fmt_tokens(c, inputs, 10)
+    );
+    for t in ties {
+        let contexts: Vec<String> = (inputs.contexts)(t.feature)
+            .iter()
+            .take(2)
+            .map(|(_, text)| escape(text))
+            .collect();
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{:.3}</td><td>{}</td><td>{:+.3}</td><td>{}</td><td class=ctx>{}</td></tr>",
+            t.feature,
+            t.edge,
+            t.cooccurrence.map_or("–".into(), |v| format!("{v:.3}")),
+            t.decoder_cosine,
+            t.fires.map_or("–".into(), |f| f.to_string()),
+            contexts.join("<br>")
+        );
+    }
+    body.push_str("</table>");
+    page(&format!("Feature {feature}"), &body)
 }
 
 /// The z-score and p-value cells of a category (struck through when not significant).
