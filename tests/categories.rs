@@ -109,17 +109,7 @@ fn cooccurrence_finds_topics_that_decoder_geometry_cannot() {
         None,
     )
     .unwrap();
-    let mut params = SaeParams {
-        input_norm: Default::default(),
-        d_in,
-        d_sae,
-        activation: Activation::TopK { k: 6 },
-        w_enc: Vec::new(),
-        b_enc: vec![0.0; d_sae],
-        w_dec,
-        b_dec: vec![0.0; d_in],
-    };
-    params.w_enc = params.w_dec_transposed();
+    let params = dictionary_sae(w_dec, d_in, 6);
     let sae = dir.join("sae");
     save_sparsify(&sae, &params).unwrap();
     let topics: Vec<Vec<usize>> = (0..4)
@@ -374,20 +364,28 @@ fn planted_sae(dir: &Path) -> (PathBuf, Vec<PathBuf>, Vec<usize>) {
         w_dec[slot * d_in..(slot + 1) * d_in]
             .copy_from_slice(&truth[feature * d_in..(feature + 1) * d_in]);
     }
+    let params = dictionary_sae(w_dec, d_in, 4);
+    let sae_dir = dir.join("sae");
+    save_sparsify(&sae_dir, &params).unwrap();
+    (sae_dir, shards, permutation)
+}
+
+/// A TopK SAE whose dictionary is `w_dec` ([d_sae, d_in]) and whose encoder is its transpose,
+/// biases zero: the planted truth as an SAE.
+fn dictionary_sae(w_dec: Vec<f32>, d_in: usize, k: usize) -> SaeParams {
+    let d_sae = w_dec.len() / d_in;
     let mut params = SaeParams {
         input_norm: Default::default(),
         d_in,
         d_sae,
-        activation: Activation::TopK { k: 4 },
+        activation: Activation::TopK { k },
         w_enc: Vec::new(),
         b_enc: vec![0.0; d_sae],
         w_dec,
         b_dec: vec![0.0; d_in],
     };
     params.w_enc = params.w_dec_transposed();
-    let sae_dir = dir.join("sae");
-    save_sparsify(&sae_dir, &params).unwrap();
-    (sae_dir, shards, permutation)
+    params
 }
 
 fn run_categories(args: &[&str]) -> std::process::Output {
@@ -782,21 +780,7 @@ fn across_matches_parents_children_and_novel_features() {
     let d_in = 16;
     let basis =
         |i: usize| -> Vec<f32> { (0..d_in).map(|j| if j == i { 1.0 } else { 0.0 }).collect() };
-    let sae = |rows: Vec<Vec<f32>>| {
-        let d_sae = rows.len();
-        let mut params = SaeParams {
-            input_norm: Default::default(),
-            d_in,
-            d_sae,
-            activation: Activation::TopK { k: 1 },
-            w_enc: Vec::new(),
-            b_enc: vec![0.0; d_sae],
-            w_dec: rows.concat(),
-            b_dec: vec![0.0; d_in],
-        };
-        params.w_enc = params.w_dec_transposed();
-        params
-    };
+    let sae = |rows: Vec<Vec<f32>>| dictionary_sae(rows.concat(), d_in, 1);
     // Narrow: e0, e1, e2. Wide: e0 split in two (e0 ± 0.3·e5), e1, and a novel e9.
     let narrow = sae(vec![basis(0), basis(1), basis(2)]);
     let mut split_a = basis(0);
@@ -881,17 +865,7 @@ fn a_planted_variable_is_one_significant_category() {
         None,
     )
     .unwrap();
-    let mut params = SaeParams {
-        input_norm: Default::default(),
-        d_in,
-        d_sae,
-        activation: Activation::TopK { k: 8 },
-        w_enc: Vec::new(),
-        b_enc: vec![0.0; d_sae],
-        w_dec,
-        b_dec: vec![0.0; d_in],
-    };
-    params.w_enc = params.w_dec_transposed();
+    let params = dictionary_sae(w_dec, d_in, 8);
     let sae = dir.join("sae");
     save_sparsify(&sae, &params).unwrap();
     let out = dir.join("out");

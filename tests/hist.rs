@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{random_vec, rng};
-use sae_wgpu::analysis::hist::{load, Histograms};
+use sae_wgpu::analysis::hist::load;
 use sae_wgpu::io::{write_safetensors, TensorOut};
 use sae_wgpu::sae::formats::{read_tensor_f32, save_sparsify};
 use sae_wgpu::sae::params::{Activation, SaeParams};
@@ -202,7 +202,7 @@ fn hist_matches_reference_and_merges_exactly() {
     );
 
     let (merged, _) = load(&dir.join("merged")).unwrap();
-    assert_same(&all, &merged);
+    common::assert_hist_equal(&all, &merged, 1e-6);
 
     // Co-occurrence between the 6 most frequent features (ties: lower index first).
     let mut args = hist_args(&sae, &[&a, &b], &dir.join("cooc"));
@@ -235,26 +235,6 @@ fn hist_matches_reference_and_merges_exactly() {
     assert_eq!(cooc.fire_count, all.fire_count);
     assert!(dir.join("all/density.png").is_file() && dir.join("all/features.png").is_file());
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn assert_same(one_pass: &Histograms, merged: &Histograms) {
-    assert_eq!(one_pass.shards, merged.shards);
-    assert_eq!(one_pass.rows, merged.rows);
-    assert_eq!(one_pass.fire_count, merged.fire_count);
-    assert_eq!(one_pass.bin_counts, merged.bin_counts);
-    assert_eq!(one_pass.act_max, merged.act_max);
-    assert_eq!(one_pass.top_values, merged.top_values);
-    assert_eq!(one_pass.top_shards, merged.top_shards);
-    assert_eq!(one_pass.top_rows, merged.top_rows);
-    assert_eq!(one_pass.top_tokens, merged.top_tokens);
-    for (x, y) in one_pass
-        .act_sum
-        .iter()
-        .zip(&merged.act_sum)
-        .chain(one_pass.act_sumsq.iter().zip(&merged.act_sumsq))
-    {
-        assert!((x - y).abs() <= 1e-6 * x.abs().max(1e-12), "{x} vs {y}");
-    }
 }
 
 #[test]

@@ -489,17 +489,7 @@ fn print_feature(
         println!("feature {feature} belongs to no category (no neighbours in the graph)");
         return;
     };
-    let significance = match (c.null, c.significant) {
-        (Some(n), Some(true)) => format!(
-            "denser than chance (z {:.1}, p {:.3} against {} random groups of {})",
-            n.null_z, n.null_p, n.null_draws, c.size
-        ),
-        (Some(n), _) => format!(
-            "NOT denser than chance (z {:.1}, p {:.3}): treat it as a loose group",
-            n.null_z, n.null_p
-        ),
-        _ => "too small to test against chance".into(),
-    };
+    let significance = c.significance();
     println!(
         "feature {feature}: category #{} of {} features, {significance}",
         c.rank, c.size

@@ -193,3 +193,33 @@ pub fn sae_fails<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
     }
     lines[0].to_string()
 }
+
+/// A merged `sae hist` output equals one pass: counts, bins, maxima and top rows exactly, sums
+/// to `sum_tol` relative (each batch's sum is f32 on the GPU; batches are added in f64).
+#[track_caller]
+pub fn assert_hist_equal(
+    one_pass: &sae_wgpu::analysis::hist::Histograms,
+    merged: &sae_wgpu::analysis::hist::Histograms,
+    sum_tol: f64,
+) {
+    assert_eq!(one_pass.shards, merged.shards);
+    assert_eq!(one_pass.rows, merged.rows);
+    assert_eq!(one_pass.fire_count, merged.fire_count);
+    assert_eq!(one_pass.bin_counts, merged.bin_counts);
+    assert_eq!(one_pass.act_max, merged.act_max);
+    assert_eq!(one_pass.top_values, merged.top_values);
+    assert_eq!(one_pass.top_shards, merged.top_shards);
+    assert_eq!(one_pass.top_rows, merged.top_rows);
+    assert_eq!(one_pass.top_tokens, merged.top_tokens);
+    for (x, y) in one_pass
+        .act_sum
+        .iter()
+        .zip(&merged.act_sum)
+        .chain(one_pass.act_sumsq.iter().zip(&merged.act_sumsq))
+    {
+        assert!(
+            (x - y).abs() <= sum_tol * x.abs().max(y.abs()).max(1e-12),
+            "{x} vs {y}"
+        );
+    }
+}

@@ -61,6 +61,23 @@ pub struct Category {
     pub writers: Option<writers::Writers>,
 }
 
+impl Category {
+    /// Whether the category is denser than chance, in one phrase with its z and p.
+    pub fn significance(&self) -> String {
+        match (self.null, self.significant) {
+            (Some(n), Some(true)) => format!(
+                "denser than chance (z {:.1}, p {:.3} against {} random groups of {})",
+                n.null_z, n.null_p, n.null_draws, self.size
+            ),
+            (Some(n), _) => format!(
+                "NOT denser than chance (z {:.1}, p {:.3}): treat it as a loose group",
+                n.null_z, n.null_p
+            ),
+            _ => "too small to test against chance".into(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct TokenCount {
     pub token: i32,

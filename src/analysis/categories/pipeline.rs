@@ -191,12 +191,19 @@ impl CategoriesResult {
             .collect()
     }
 
-    /// The co-occurrence score of `feature` with each of its partners.
+    /// The co-occurrence score of `feature` with every feature it is a partner of, or that is
+    /// one of its partners, or that is its decoder neighbour with a counted affinity.
     pub fn cooccurrence_ties(&self, feature: usize) -> HashMap<usize, f64> {
         let mut ties: HashMap<usize, f64> = HashMap::new();
         if let Some(p) = &self.partners {
+            // Both directions: j among the feature's partners, or the feature among j's.
             for (j, s) in p.of(feature) {
                 ties.insert(j, f64::from(s));
+            }
+            for j in 0..p.d_sae {
+                if let Some((_, s)) = p.of(j).find(|&(f, _)| f == feature) {
+                    ties.entry(j).or_insert(f64::from(s));
+                }
             }
         }
         if let Some(affinity) = &self.knn_cooccurrence {

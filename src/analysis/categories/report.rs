@@ -591,17 +591,7 @@ fn feature_page(
     inputs: &ReportInputs<'_>,
 ) -> String {
     let mut body = String::new();
-    let significance = match (c.null, c.significant) {
-        (Some(n), Some(true)) => format!(
-            "denser than chance (z = {:.1}, p = {:.3} against {} random groups of {})",
-            n.null_z, n.null_p, n.null_draws, c.size
-        ),
-        (Some(n), _) => format!(
-            "<b>not denser than chance</b> (z = {:.1}, p = {:.3}): a loose group",
-            n.null_z, n.null_p
-        ),
-        _ => "too small to test against chance".into(),
-    };
+    let significance = c.significance();
     let _ = write!(
         body,
         "<p><a href=\"index.html\">← all categories</a></p><h1>Feature {feature}</h1>\
