@@ -227,3 +227,31 @@ impl<'g, 's> Evaluator<'g, 's> {
         Ok(acc)
     }
 }
+
+/// How `sae eval` evaluates an SAE over shards; `sae frontier` uses the same, so its figures
+/// are exactly `sae eval`'s.
+#[derive(Clone, Copy, Debug)]
+pub struct EvalOptions {
+    pub batch_rows: usize,
+    /// ReLU / JumpReLU SAEs: latents kept per row.
+    pub cap: usize,
+    pub skip_nonfinite: bool,
+}
+
+/// Every row of `shards` once, in file order, through `params` on the GPU: the sums behind
+/// every figure, and the cap the SAE ran with.
+pub fn evaluate(
+    gpu: &Gpu,
+    params: &crate::sae::params::SaeParams,
+    shards: std::sync::Arc<Vec<crate::data::Shard>>,
+    options: EvalOptions,
+    on_rows: impl FnMut(u64),
+) -> anyhow::Result<(EvalAccumulator, usize)> {
+    let sae = GpuSae::upload_with_cap(gpu, params, options.cap, options.batch_rows)?;
+    let evaluator = Evaluator::new(gpu, &sae, options.batch_rows)?;
+    let mut stream_cfg = crate::data::StreamConfig::sequential(options.batch_rows);
+    stream_cfg.skip_nonfinite = options.skip_nonfinite;
+    let stream = crate::data::BatchStream::start(shards, stream_cfg)?;
+    let acc = evaluator.run(stream, 1.0, on_rows)?;
+    Ok((acc, sae.k))
+}

@@ -369,3 +369,69 @@ pub fn heatmap(path: &Path, title: &str, values: &[f64], labels: &[String]) -> a
         Ok(())
     })
 }
+
+/// The sparsity–fidelity frontier: FVU against L0 (log x axis), one colour and marker per
+/// architecture, each architecture's points joined in order of L0.
+pub fn frontier(path: &Path, series: &[(String, Vec<(f64, f64)>)]) -> anyhow::Result<()> {
+    let points: Vec<(f64, f64)> = series.iter().flat_map(|(_, p)| p.clone()).collect();
+    if points.is_empty() {
+        return Ok(());
+    }
+    let fold = |f: fn(&(f64, f64)) -> f64| {
+        points
+            .iter()
+            .map(f)
+            .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)))
+    };
+    let (x_lo, x_hi) = fold(|p| p.0);
+    let (y_lo, y_hi) = fold(|p| p.1);
+    let x_lo = (x_lo * 0.8).max(1e-3);
+    let x_hi = (x_hi * 1.25).max(x_lo * 2.0);
+    let pad = ((y_hi - y_lo) * 0.08).max(1e-3);
+    draw_png(path, (900, 620), |root| {
+        let mut chart = ChartBuilder::on(&root)
+            .caption("Sparsity–fidelity frontier", ("sans-serif", 24))
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(64)
+            .build_cartesian_2d((x_lo..x_hi).log_scale(), (y_lo - pad).max(0.0)..y_hi + pad)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("L0 (active latents per row, log scale)")
+            .y_desc("held-out FVU")
+            .label_style(("sans-serif", 15))
+            .draw()
+            .map_err(plot_err)?;
+        for (g, (name, pts)) in series.iter().enumerate() {
+            let colour = group_colour(Some(g));
+            let mut pts = pts.clone();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), colour.stroke_width(2)))
+                .map_err(plot_err)?;
+            let marker = g % 3;
+            chart
+                .draw_series(pts.iter().map(move |&(x, y)| {
+                    let shape: DynElement<'static, BitMapBackend, (f64, f64)> = match marker {
+                        0 => Circle::new((x, y), 5, colour.filled()).into_dyn(),
+                        1 => TriangleMarker::new((x, y), 7, colour.filled()).into_dyn(),
+                        _ => Cross::new((x, y), 6, colour.stroke_width(2)).into_dyn(),
+                    };
+                    shape
+                }))
+                .map_err(plot_err)?
+                .label(name.as_str())
+                .legend(move |(x, y)| Circle::new((x, y), 5, colour.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(plot_err)?;
+        Ok(())
+    })
+}

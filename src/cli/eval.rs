@@ -10,12 +10,12 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use super::GpuArgs;
-use crate::analysis::eval::{EvalSummary, Evaluator};
+use crate::analysis::eval::{evaluate, EvalOptions, EvalSummary};
 use crate::data::parts::{split, Part, PartInfo};
-use crate::data::{expand_inputs, open_shards, BatchStream, StreamConfig};
+use crate::data::{expand_inputs, open_shards};
 use crate::run::parts::merge_eval;
 use crate::sae::formats::load_sae_at;
-use crate::sae::forward::{GpuSae, DEFAULT_CAP};
+use crate::sae::forward::DEFAULT_CAP;
 
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -117,19 +117,24 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
     let total: u64 = shards.iter().map(|s| s.rows as u64).sum();
     let gpu = args.gpu.open()?;
-    let sae = GpuSae::upload_with_cap(&gpu, &params, args.cap, args.batch_size)?;
-    let evaluator = Evaluator::new(&gpu, &sae, args.batch_size)?;
-    let mut stream_cfg = StreamConfig::sequential(args.batch_size);
-    stream_cfg.skip_nonfinite = args.skip_nonfinite;
-    let stream = BatchStream::start(Arc::new(shards), stream_cfg)?;
     let bar = progress(total, args.json);
-    let acc = evaluator.run(stream, 1.0, |rows| bar.inc(rows))?;
+    let (acc, cap) = evaluate(
+        &gpu,
+        &params,
+        Arc::new(shards),
+        EvalOptions {
+            batch_rows: args.batch_size,
+            cap: args.cap,
+            skip_nonfinite: args.skip_nonfinite,
+        },
+        |rows| bar.inc(rows),
+    )?;
     bar.finish_and_clear();
     let summary = acc.summary();
     if args.json {
         let mut value = serde_json::to_value(&summary)?;
         value["sae"] = serde_json::to_value(&loaded.provenance)?;
-        value["cap"] = json!(sae.k);
+        value["cap"] = json!(cap);
         value["stats"] = serde_json::to_value(&acc)?;
         if let Some(info) = &part_info {
             value["part"] = serde_json::to_value(info)?;
@@ -151,7 +156,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
                 info.total_rows
             );
         }
-        print_summary(&summary, sae.k);
+        print_summary(&summary, cap);
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ mod bench;
 mod categories;
 mod encode;
 mod eval;
+mod frontier;
 mod hist;
 mod synth;
 mod train;
@@ -42,6 +43,9 @@ enum Command {
     /// Groups of features that belong together (decoder-cosine kNN graph, Engels' clustering),
     /// ranked by how much lower-dimensional they are than their size.
     Categories(Box<categories::CategoriesArgs>),
+    /// Held-out FVU against L0 for several SAEs (a sweep counts as its members): frontier.json
+    /// and frontier.png.
+    Frontier(frontier::FrontierArgs),
     /// Write synthetic activation shards from a known dictionary.
     Synth(synth::SynthArgs),
     /// Benchmarks (JSON lines with --json).
@@ -136,6 +140,7 @@ pub fn main() -> ExitCode {
         Command::Synth(args) => synth::run(args),
         Command::Categories(args) => categories::run(*args),
         Command::Eval(args) => eval::run(args),
+        Command::Frontier(args) => frontier::run(args),
         Command::Encode(args) => encode::run(args),
         Command::Hist(args) => hist::run(*args),
         Command::Bench(command) => bench::run(command),

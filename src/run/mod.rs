@@ -2,5 +2,6 @@
 //! histograms, plots): whole runs with their run directories, checkpoints, exports, plots and
 //! progress.
 
+pub mod frontier;
 pub mod parts;
 pub mod train;

@@ -1,0 +1,109 @@
+//! `sae frontier`: several SAEs on the same held-out shards, FVU against L0. A directory with a
+//! `sweep.json` counts as its members (its `runs[].dir`, relative to it); any other directory
+//! is one SAE (a `sae train` run, sparsify or SAELens). Each is evaluated exactly as `sae eval`
+//! evaluates it (the same function, defaults and cap), so a point's figures are `sae eval`'s.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+use crate::analysis::eval::{evaluate, EvalOptions};
+use crate::analysis::plots;
+use crate::data::Shard;
+use crate::gpu::Gpu;
+use crate::io::write_json_atomic;
+use crate::sae::formats::load_sae_at;
+
+/// One point of the frontier.
+#[derive(Clone, Debug, Serialize)]
+pub struct FrontierRun {
+    pub dir: String,
+    pub architecture: String,
+    pub l0: f64,
+    pub fvu: f64,
+    pub dead_frac: f64,
+    pub d_sae: usize,
+}
+
+/// The SAE directories `inputs` name: sweep directories expanded into their members.
+pub fn expand_runs(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut runs = Vec::new();
+    for dir in inputs {
+        if !dir.is_dir() {
+            bail!(
+                "{}: not a directory (an SAE, a run or a sweep)",
+                dir.display()
+            );
+        }
+        let sweep = dir.join("sweep.json");
+        if !sweep.exists() {
+            runs.push(dir.clone());
+            continue;
+        }
+        let text = std::fs::read_to_string(&sweep)
+            .with_context(|| format!("{}: cannot read", sweep.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not JSON", sweep.display()))?;
+        let members = value["runs"]
+            .as_array()
+            .with_context(|| format!("{}: no \"runs\" list", sweep.display()))?;
+        for (n, member) in members.iter().enumerate() {
+            let name = member["dir"]
+                .as_str()
+                .with_context(|| format!("{}: runs[{n}] has no \"dir\"", sweep.display()))?;
+            runs.push(dir.join(name));
+        }
+    }
+    Ok(runs)
+}
+
+/// Evaluates every SAE of `runs` on `shards` and writes `out/frontier.json` and
+/// `out/frontier.png`. `on_rows` sees every batch of every evaluation.
+pub fn frontier(
+    gpu: &Gpu,
+    runs: &[PathBuf],
+    shards: Arc<Vec<Shard>>,
+    options: EvalOptions,
+    out: &Path,
+    mut on_rows: impl FnMut(u64),
+) -> anyhow::Result<Vec<FrontierRun>> {
+    // Every SAE is loaded (and so checked) before any evaluation.
+    let mut loaded = Vec::with_capacity(runs.len());
+    for dir in runs {
+        loaded.push((dir, load_sae_at(dir, None)?));
+    }
+    let mut points = Vec::with_capacity(loaded.len());
+    for (dir, sae) in &loaded {
+        let (acc, _) = evaluate(gpu, &sae.params, Arc::clone(&shards), options, &mut on_rows)
+            .with_context(|| format!("evaluating {}", dir.display()))?;
+        let summary = acc.summary();
+        points.push(FrontierRun {
+            dir: dir.display().to_string(),
+            architecture: sae.provenance.architecture.to_string(),
+            l0: summary.l0,
+            fvu: summary.fvu,
+            dead_frac: summary.dead_frac,
+            d_sae: sae.params.d_sae,
+        });
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for p in &points {
+        series
+            .entry(p.architecture.clone())
+            .or_default()
+            .push((p.l0.max(1e-3), p.fvu));
+    }
+    plots::frontier(
+        &out.join("frontier.png"),
+        &series.into_iter().collect::<Vec<_>>(),
+    )?;
+    write_json_atomic(
+        &out.join("frontier.json"),
+        &serde_json::json!({ "runs": points }),
+    )?;
+    Ok(points)
+}
