@@ -11,7 +11,7 @@ use common::reference::{encode, RefSae};
 use common::{gpu, random_vec, rng, temp_dir, to_f64};
 use rand::Rng;
 use sae_wgpu::analysis::categories::cooccurrence::{
-    partners, CooccurrenceMeasure, CooccurrenceUnit, PartnerConfig,
+    pair_counts, partners, CooccurrenceMeasure, CooccurrenceUnit, CountSource, PartnerConfig,
 };
 use sae_wgpu::data::column::RowColumn;
 use sae_wgpu::data::open_shards;
@@ -328,15 +328,43 @@ fn partners_over_all_pairs_match_cpu_reference() {
             (unit == CooccurrenceUnit::Document).then(|| RowColumn::open(&shards, "doc").unwrap());
         let got = partners(
             gpu,
-            &sae,
-            shards,
+            CountSource::Shards {
+                sae: &sae,
+                shards: Arc::clone(&shards),
+                documents: column.as_ref(),
+                batch_rows: batch,
+            },
             config,
-            column.as_ref(),
             &extra,
-            batch,
             |_| {},
         )
         .unwrap();
+        // Counted in two parts (one shard each) and summed: the same partners, bit for bit,
+        // where units do not straddle the shards (rows, documents).
+        if unit != CooccurrenceUnit::Chunk {
+            let mut sum: Option<sae_wgpu::analysis::categories::cooccurrence::SparseCounts> = None;
+            for path in &paths {
+                let part = Arc::new(open_shards(&[path.clone()], "activations", Some(13)).unwrap());
+                let column = (unit == CooccurrenceUnit::Document)
+                    .then(|| RowColumn::open(&part, "doc").unwrap());
+                let counts =
+                    pair_counts(gpu, &sae, part, config, column.as_ref(), batch, |_| {}).unwrap();
+                match &mut sum {
+                    None => sum = Some(counts),
+                    Some(total) => total.add(&counts).unwrap(),
+                }
+            }
+            let sum = sum.unwrap();
+            let merged = partners(gpu, CountSource::Merged(&sum), config, &extra, |_| {}).unwrap();
+            assert_eq!(merged.units, got.units, "{case}: merged units");
+            assert_eq!(
+                merged.feature_units, got.feature_units,
+                "{case}: merged counts"
+            );
+            assert_eq!(merged.pair_joint, got.pair_joint, "{case}: merged pairs");
+            assert_eq!(merged.index, got.index, "{case}: merged partners");
+            assert_eq!(merged.score, got.score, "{case}: merged scores");
+        }
         let rows = firing(&params, &x, 5, f64::from(fires_above));
         // Each row's unit key: its row, chunk, or (shard, document).
         let key = |r: usize| -> (usize, i64) {

@@ -2,7 +2,9 @@
 //! job array would run it (here N processes one after another): `sae eval` (FVU to 1e-9
 //! relative, every other sum to 1e-12, counts exactly), `sae encode` (every code file byte for
 //! byte, one combined encode.json), `sae hist` (counts, bins, maxima and top rows exactly, sums
-//! to 1e-6 relative: each batch's sum is f32 on the GPU). Merges refuse parts that do not fit together, naming the files, and write
+//! to 1e-6 relative: each batch's sum is f32 on the GPU), `sae categories` (the co-occurrence
+//! count in parts, summed by `--cooccurrence-from`: categories.json and .safetensors byte for
+//! byte). Merges refuse parts that do not fit together, naming the files, and write
 //! nothing.
 
 mod common;
@@ -260,6 +262,70 @@ fn split_jobs_merge_into_one_pass() {
     // round differently.
     common::assert_hist_equal(&one, &merged, 1e-6);
 
+    // categories: the co-occurrence count split in parts, summed by the finishing run.
+    let categories = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "categories",
+            &s(&sae),
+            &s(&shard_dir),
+            "--out",
+            &s(out),
+            "--quiet",
+            "--top",
+            "3",
+            "--samples",
+            "200",
+            "--batch-size",
+            "16",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend(extra.iter().map(|e| e.to_string()));
+        a
+    };
+    sae_ok(&categories(&dir.join("cat-one"), &[]));
+    let cat_part = |i: usize| dir.join(format!("cat-part-{i}"));
+    for i in 0..PARTS {
+        sae_ok(&categories(&cat_part(i), &["--part", &part(i)]));
+    }
+    let parts_args: Vec<String> = (0..PARTS).map(|i| s(&cat_part(i))).collect();
+    let mut from = vec!["--cooccurrence-from"];
+    from.extend(parts_args.iter().map(String::as_str));
+    sae_ok(&categories(&dir.join("cat-merged"), &from));
+    for file in ["categories.json", "categories.safetensors"] {
+        let (a, b) = (
+            std::fs::read(dir.join("cat-one").join(file)).unwrap(),
+            std::fs::read(dir.join("cat-merged").join(file)).unwrap(),
+        );
+        assert!(a == b, "{file}: the merged categories differ from one pass");
+    }
+    // A part counted with other flags, a missing part: refused, naming the file.
+    sae_ok(&categories(
+        &dir.join("cat-other"),
+        &["--part", "2/3", "--fires-above", "0.5"],
+    ));
+    let refused_cat = dir.join("cat-refused");
+    sae_fails(
+        &categories(
+            &refused_cat,
+            &[
+                "--cooccurrence-from",
+                &parts_args[0],
+                &parts_args[1],
+                &s(&dir.join("cat-other")),
+            ],
+        ),
+        &["cat-other", "was counted with"],
+    );
+    sae_fails(
+        &categories(
+            &refused_cat,
+            &["--cooccurrence-from", &parts_args[0], &parts_args[1]],
+        ),
+        &["parts 2/3 are missing"],
+    );
+    assert!(!refused_cat.join("categories.json").exists());
+
     // The Slurm recipe (examples/slurm/submit.sh), with a stand-in sbatch that runs the array's
     // tasks one after another and then the merge: the same results as one pass.
     let fake_bin = dir.join("bin");
@@ -268,7 +334,7 @@ fn split_jobs_merge_into_one_pass() {
     std::fs::write(&sbatch, FAKE_SBATCH).unwrap();
     std::fs::set_permissions(&sbatch, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let submit = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/slurm/submit.sh");
-    for job in ["hist", "eval", "encode"] {
+    for job in ["hist", "eval", "encode", "categories"] {
         let out = dir.join(format!("slurm-{job}"));
         let status = std::process::Command::new("bash")
             .arg(&submit)
@@ -284,10 +350,10 @@ fn split_jobs_merge_into_one_pass() {
             .env("RANGE", "0.01,5")
             .env(
                 "SAE_ARGS",
-                if job == "hist" {
-                    "--bins 9 --top 4"
-                } else {
-                    "--batch-size 16"
+                match job {
+                    "hist" => "--bins 9 --top 4",
+                    "categories" => "--top 3 --samples 200 --batch-size 16",
+                    _ => "--batch-size 16",
                 },
             )
             .env("SAE_BIN", env!("CARGO_BIN_EXE_sae"))
@@ -309,6 +375,16 @@ fn split_jobs_merge_into_one_pass() {
         merged_eval["stats"]["fire_counts"]
     );
     assert_eq!(slurm_eval["fvu"], merged_eval["fvu"]);
+    for file in ["categories.json", "categories.safetensors"] {
+        let (a, b) = (
+            std::fs::read(dir.join("cat-one").join(file)).unwrap(),
+            std::fs::read(dir.join("slurm-categories/categories").join(file)).unwrap(),
+        );
+        assert!(
+            a == b,
+            "{file}: the Slurm recipe's categories differ from one pass"
+        );
+    }
     let slurm_codes = dir.join("slurm-encode/codes");
     assert_eq!(
         entries(&read(slurm_codes.join("encode.json")), &s(&slurm_codes)),

@@ -8,7 +8,7 @@
 # SBATCH_OPTS="--partition=gpu --account=lab".
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-: "${JOB:?set JOB to hist, eval or encode}" "${SAE_DIR:?}" "${SHARDS:?}" "${OUT:?}"
+: "${JOB:?set JOB to hist, eval, encode or categories}" "${SAE_DIR:?}" "${SHARDS:?}" "${OUT:?}"
 N="${N:-8}"
 export JOB SAE_DIR SHARDS OUT
 # shellcheck disable=SC2086 # SBATCH_OPTS is a list of options

@@ -11,6 +11,7 @@ use clap::Args;
 use super::eval::progress;
 use super::GpuArgs;
 use crate::analysis::categories::cluster::LeidenQuality;
+use crate::analysis::categories::cooccurrence::pair_counts;
 use crate::analysis::categories::cooccurrence::{
     CooccurrenceMeasure, CooccurrenceUnit, PartnerConfig,
 };
@@ -26,8 +27,12 @@ use crate::analysis::categories::writers::load_model;
 use crate::analysis::categories::RankBy;
 use crate::analysis::contexts::load_tokenizer;
 use crate::data::column::RowColumn;
+use crate::data::parts::{split, Part};
 use crate::data::{expand_inputs, open_shards};
+use crate::run::parts::{merge_cooccurrence_parts, save_cooccurrence_part};
 use crate::sae::formats::{load_sae, load_sae_at};
+use crate::sae::forward::{GpuSae, DEFAULT_CAP};
+use crate::sae::params::SaeParams;
 
 #[derive(Args, Debug)]
 pub struct CategoriesArgs {
@@ -133,6 +138,15 @@ pub struct CategoriesArgs {
     /// A `sae hist --tokenizer` output directory, for each member's top activating contexts.
     #[arg(long)]
     hist: Option<PathBuf>,
+    /// Count only the co-occurrence of part I of N (0-based) of the shards (sorted by path,
+    /// split into N groups of whole shards balanced by rows) into --out; a later run with
+    /// --cooccurrence-from sums the parts and finishes the categories.
+    #[arg(long, value_name = "I/N")]
+    part: Option<Part>,
+    /// Directories of `--part I/N` runs: use the sum of their co-occurrence counts instead of
+    /// counting on the shards (the same SAE and co-occurrence flags as the parts).
+    #[arg(long, num_args = 1.., value_name = "PART_DIRS")]
+    cooccurrence_from: Vec<PathBuf>,
     /// Token families to score the categories against: JSON, name → list of token strings or
     /// {"regex": "…"}; writes families.json (needs --tokenizer and shards with tokens).
     #[arg(long)]
@@ -239,8 +253,30 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
     } else {
         open_shards(&expand_inputs(&args.shards)?, &args.tensor, Some(d_in))?
     });
-    let documents = match (&cooccurrence, &args.document_column) {
-        (Some(_), Some(name)) => Some(RowColumn::open(&shards, name)?),
+    if let Some(part) = args.part {
+        return count_part(&args, part, cooccurrence, &loaded, shards);
+    }
+    let merged = match (&cooccurrence, args.cooccurrence_from.is_empty()) {
+        (_, true) => None,
+        (None, false) => {
+            bail!("--cooccurrence-from needs co-occurrence on (a --cooccurrence-weight above 0)")
+        }
+        (Some(c), false) => {
+            let (counts, rows) = merge_cooccurrence_parts(
+                &args.cooccurrence_from,
+                &part_settings(&loaded.params, c),
+            )?;
+            let here: u64 = shards.iter().map(|s| s.rows as u64).sum();
+            if !shards.is_empty() && here != rows {
+                bail!(
+                    "the parts in --cooccurrence-from split {rows} rows but the shards given hold {here}: give the same shards"
+                );
+            }
+            Some(counts)
+        }
+    };
+    let documents = match (&cooccurrence, &args.document_column, &merged) {
+        (Some(_), Some(name), None) => Some(RowColumn::open(&shards, name)?),
         _ => None,
     };
     let contexts = args.hist.as_deref().map(read_contexts).transpose()?;
@@ -287,6 +323,7 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
             across: other.as_ref().map(|o| &o.params),
             families: families.as_ref(),
             documents: documents.as_ref(),
+            counts: merged.as_ref(),
         },
         &config,
         |rows| bar.inc(rows),
@@ -345,6 +382,95 @@ fn print_families(result: &CategoriesResult) {
             ),
         }
     }
+}
+
+/// What the parts of a split co-occurrence count must share: the SAE (its decoder, by a
+/// fingerprint, since machines may see it at different paths) and the counting flags.
+fn part_settings(params: &SaeParams, c: &CooccurrenceConfig) -> serde_json::Value {
+    // FNV-1a over the decoder's bytes.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytemuck::cast_slice::<f32, u8>(&params.w_dec) {
+        hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let p = &c.partners;
+    serde_json::json!({
+        "d_sae": params.d_sae,
+        "decoder_fnv1a": format!("{hash:016x}"),
+        "unit": p.unit,
+        "chunk": (p.unit == CooccurrenceUnit::Chunk).then_some(p.chunk_rows),
+        "fires_above": p.fires_above,
+    })
+}
+
+/// `--part I/N`: the co-occurrence counts of this part's shards, written into --out.
+fn count_part(
+    args: &CategoriesArgs,
+    part: Part,
+    cooccurrence: Option<CooccurrenceConfig>,
+    loaded: &crate::sae::formats::LoadedSae,
+    shards: Arc<Vec<crate::data::Shard>>,
+) -> anyhow::Result<()> {
+    let Some(c) = cooccurrence else {
+        bail!("--part splits the co-occurrence count: it needs shards and co-occurrence on (a --cooccurrence-weight above 0)");
+    };
+    if !args.cooccurrence_from.is_empty() {
+        bail!("--part counts one part; --cooccurrence-from merges parts: use one of them");
+    }
+    // The run has not shared the list yet.
+    let mut sorted = Arc::try_unwrap(shards)
+        .map_err(|_| anyhow::anyhow!("the shard list is in use elsewhere"))?;
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    if c.partners.unit == CooccurrenceUnit::Chunk {
+        // Chunks run across shard boundaries; a split between whole shards is exact only
+        // where no chunk straddles one.
+        if let Some(s) = sorted[..sorted.len() - 1]
+            .iter()
+            .find(|s| s.rows % c.partners.chunk_rows != 0)
+        {
+            bail!(
+                "{}: {} rows is not a multiple of --chunk {}, so a chunk would straddle two parts; use --cooccurrence-unit row or document, or a --chunk dividing every shard",
+                s.path.display(),
+                s.rows,
+                c.partners.chunk_rows
+            );
+        }
+    }
+    let (mine, info) = split(sorted, part)?;
+    let mine = Arc::new(mine);
+    let documents = args
+        .document_column
+        .as_ref()
+        .map(|name| RowColumn::open(&mine, name))
+        .transpose()?;
+    prepare_output_dir(&args.out)?;
+    let gpu = args.gpu.open()?;
+    let sae = GpuSae::upload_with_cap(&gpu, &loaded.params, DEFAULT_CAP, args.batch_size)?;
+    let bar = progress(info.rows, args.quiet);
+    let counts = pair_counts(
+        &gpu,
+        &sae,
+        Arc::clone(&mine),
+        c.partners,
+        documents.as_ref(),
+        args.batch_size,
+        |rows| bar.inc(rows),
+    )?;
+    bar.finish_and_clear();
+    save_cooccurrence_part(&args.out, &counts, &info, part_settings(&loaded.params, &c))?;
+    if !args.quiet {
+        println!(
+            "part {}/{}: {} of {} shards, {} rows, {} units, {} pairs seen together → {}",
+            info.index,
+            info.count,
+            info.shards.len(),
+            info.total_shards,
+            info.rows,
+            counts.units,
+            counts.i.len(),
+            args.out.display()
+        );
+    }
+    Ok(())
 }
 
 /// The co-occurrence half of the graph from the flags: on by default with shards (weight 1),

@@ -231,3 +231,124 @@ pub fn merge_hist(dirs: &[PathBuf]) -> anyhow::Result<(Histograms, SaeSource)> {
     }
     Ok((acc, source))
 }
+
+/// The files one part of `sae categories --part I/N` writes into its directory.
+pub const COOCCURRENCE_PART: &str = "cooccurrence-part.json";
+const COOCCURRENCE_COUNTS: &str = "cooccurrence-part.safetensors";
+
+/// Writes one part's joint counts with what they were counted with (`settings`: the SAE, the
+/// unit and threshold), the tensors first and the JSON that marks the part complete last.
+pub fn save_cooccurrence_part(
+    dir: &Path,
+    counts: &crate::analysis::categories::cooccurrence::SparseCounts,
+    part: &PartInfo,
+    settings: Value,
+) -> anyhow::Result<()> {
+    use crate::io::{write_safetensors, TensorOut};
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let own: Vec<u64> = counts.feature_units.clone();
+    let n = counts.i.len();
+    write_safetensors(
+        &dir.join(COOCCURRENCE_COUNTS),
+        &[
+            TensorOut::u32("pair_i", &[n], &counts.i),
+            TensorOut::u32("pair_j", &[n], &counts.j),
+            TensorOut::u32("pair_count", &[n], &counts.count),
+            TensorOut::i64(
+                "feature_units",
+                &[counts.d_sae],
+                &own.iter().map(|&v| v as i64).collect::<Vec<_>>(),
+            ),
+        ],
+        None,
+    )?;
+    write_json_atomic(
+        &dir.join(COOCCURRENCE_PART),
+        &json!({
+            "part": part,
+            "d_sae": counts.d_sae,
+            "units": counts.units,
+            "pairs": n,
+            "settings": settings,
+        }),
+    )
+}
+
+/// Reads the parts of `sae categories --part I/N` in `dirs`, checks they are every part of one
+/// split counted with the same settings (`settings`, as the merging run would count), and sums
+/// them; also returns the rows the split covered.
+pub fn merge_cooccurrence_parts(
+    dirs: &[PathBuf],
+    settings: &Value,
+) -> anyhow::Result<(crate::analysis::categories::cooccurrence::SparseCounts, u64)> {
+    use crate::analysis::categories::cooccurrence::SparseCounts;
+    let mut parts = Vec::with_capacity(dirs.len());
+    for dir in dirs {
+        let path = dir.join(COOCCURRENCE_PART);
+        let value = read_json(&path, "the record of a `sae categories --part` part")?;
+        let info = part_of(&value, &path, "sae categories")?;
+        parts.push((info, (path, value)));
+    }
+    let parts = complete(parts, |(p, _)| p)?;
+    let (first_path, _) = &parts[0].1;
+    let mut sum: Option<SparseCounts> = None;
+    for (_, (path, value)) in &parts {
+        if &value["settings"] != settings {
+            bail!(
+                "{} was counted with {} but this run counts with {}: parts and merge use one SAE and the same co-occurrence flags",
+                path.display(),
+                value["settings"],
+                settings
+            );
+        }
+        let tensors = path.with_file_name(COOCCURRENCE_COUNTS);
+        let bytes = std::fs::read(&tensors)
+            .with_context(|| format!("{}: cannot read", tensors.display()))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .with_context(|| format!("{}: not safetensors", tensors.display()))?;
+        let d_sae = value["d_sae"].as_u64().unwrap_or(0) as usize;
+        let get = |name: &str, elem: usize| -> anyhow::Result<Vec<u8>> {
+            let t = st
+                .tensor(name)
+                .with_context(|| format!("{}: no tensor '{name}'", tensors.display()))?;
+            let n = t.shape().iter().product::<usize>();
+            anyhow::ensure!(
+                t.data().len() == n * elem,
+                "{}: tensor '{name}' has the wrong size",
+                tensors.display()
+            );
+            Ok(t.data().to_vec())
+        };
+        let part = SparseCounts {
+            d_sae,
+            units: value["units"].as_u64().unwrap_or(0),
+            feature_units: bytemuck::pod_collect_to_vec::<u8, i64>(&get("feature_units", 8)?)
+                .into_iter()
+                .map(|v| v.max(0) as u64)
+                .collect(),
+            i: bytemuck::pod_collect_to_vec(&get("pair_i", 4)?),
+            j: bytemuck::pod_collect_to_vec(&get("pair_j", 4)?),
+            count: bytemuck::pod_collect_to_vec(&get("pair_count", 4)?),
+        };
+        anyhow::ensure!(
+            part.feature_units.len() == d_sae
+                && part.i.len() == part.count.len()
+                && part.j.len() == part.count.len()
+                && part
+                    .i
+                    .iter()
+                    .zip(&part.j)
+                    .all(|(&i, &j)| i < j && (j as usize) < d_sae),
+            "{}: damaged counts (shapes or pair ids out of range)",
+            tensors.display()
+        );
+        match &mut sum {
+            None => sum = Some(part),
+            Some(total) => total.add(&part).with_context(|| {
+                format!("{} (merged after {})", path.display(), first_path.display())
+            })?,
+        }
+    }
+    let rows = parts[0].0.total_rows;
+    Ok((sum.unwrap_or_default(), rows))
+}

@@ -221,21 +221,67 @@ fn plan_blocks(gpu: &Gpu, d_sae: usize, memory_bytes: u64) -> (usize, usize) {
     (block_rows, per_pass)
 }
 
-/// Streams `shards` through `sae` and counts, for every two features, the units in which both
-/// fire; keeps each feature's `config.partners` best partners by `config.measure` (a GPU TopK
-/// over each row of scores) and the joint counts of `extra_pairs`.
-#[allow(clippy::too_many_arguments)]
-pub fn partners(
-    gpu: &Gpu,
-    sae: &GpuSae,
-    shards: Arc<Vec<Shard>>,
-    config: PartnerConfig,
-    documents: Option<&RowColumn>,
-    extra_pairs: &[(usize, usize)],
-    batch_rows: usize,
-    mut on_rows: impl FnMut(u64),
-) -> anyhow::Result<Partners> {
-    let d_sae = sae.d_sae;
+/// Joint counts of every pair of features (i < j, non-zero only) and each feature's own count:
+/// what one part of a split job writes, and what the parts sum to.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SparseCounts {
+    pub d_sae: usize,
+    pub units: u64,
+    pub feature_units: Vec<u64>,
+    pub i: Vec<u32>,
+    pub j: Vec<u32>,
+    pub count: Vec<u32>,
+}
+
+impl SparseCounts {
+    /// Adds another part's counts (the same features, other units).
+    pub fn add(&mut self, other: &SparseCounts) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.d_sae == other.d_sae,
+            "d_sae {} differs from {}",
+            other.d_sae,
+            self.d_sae
+        );
+        self.units += other.units;
+        for (a, b) in self.feature_units.iter_mut().zip(&other.feature_units) {
+            *a += b;
+        }
+        let mut merged: std::collections::BTreeMap<(u32, u32), u64> = Default::default();
+        for n in 0..self.i.len() {
+            *merged.entry((self.i[n], self.j[n])).or_default() += u64::from(self.count[n]);
+        }
+        for n in 0..other.i.len() {
+            *merged.entry((other.i[n], other.j[n])).or_default() += u64::from(other.count[n]);
+        }
+        self.i.clear();
+        self.j.clear();
+        self.count.clear();
+        for ((i, j), c) in merged {
+            self.i.push(i);
+            self.j.push(j);
+            self.count.push(
+                u32::try_from(c)
+                    .map_err(|_| anyhow::anyhow!("a joint count exceeds the 32-bit counters"))?,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Where the joint counts come from.
+pub enum CountSource<'a> {
+    /// Streaming shards through an SAE.
+    Shards {
+        sae: &'a GpuSae,
+        shards: Arc<Vec<Shard>>,
+        documents: Option<&'a RowColumn>,
+        batch_rows: usize,
+    },
+    /// The summed counts of the parts of a split job.
+    Merged(&'a SparseCounts),
+}
+
+fn check_config(config: &PartnerConfig, documents: Option<&RowColumn>) -> anyhow::Result<()> {
     anyhow::ensure!(
         (config.unit == CooccurrenceUnit::Document) == documents.is_some(),
         "document units need a document column, and only they"
@@ -245,9 +291,13 @@ pub fn partners(
         config.unit == CooccurrenceUnit::Row || config.chunk_rows >= 1,
         "--chunk must be at least 1"
     );
-    let m = config.partners.min(d_sae.saturating_sub(1)).clamp(1, MAX_K);
-    let (block_rows, per_pass) = plan_blocks(gpu, d_sae, config.memory_bytes);
-    let blocks: Vec<PairBlock> = (0..d_sae)
+    Ok(())
+}
+
+/// Count blocks of `d_sae` rows for `gpu` and `memory_bytes`, grouped by pass.
+fn blocks(gpu: &Gpu, d_sae: usize, memory_bytes: u64) -> (usize, Vec<Vec<PairBlock>>) {
+    let (block_rows, per_pass) = plan_blocks(gpu, d_sae, memory_bytes);
+    let all: Vec<PairBlock> = (0..d_sae)
         .step_by(block_rows)
         .map(|lo| PairBlock {
             lo,
@@ -255,117 +305,259 @@ pub fn partners(
             d_sae,
         })
         .collect();
+    (
+        block_rows,
+        all.chunks(per_pass).map(<[_]>::to_vec).collect(),
+    )
+}
+
+/// One pass over the shards: adds the joint counts of `group`'s features into `counts` (one
+/// buffer per block, cleared here) and returns the units and each feature's unit count.
+#[allow(clippy::too_many_arguments)]
+fn count_group(
+    gpu: &Gpu,
+    pass: &ForwardPass<'_, '_>,
+    shards: &Arc<Vec<Shard>>,
+    config: &PartnerConfig,
+    documents: Option<&RowColumn>,
+    group: &[PairBlock],
+    counts: &[GpuBuffer],
+    on_rows: &mut dyn FnMut(u64),
+) -> anyhow::Result<(u64, Vec<u64>)> {
+    let d_sae = pass.sae.d_sae;
+    let mut rec = Recorder::new(gpu, "co-occurrence: clear counts");
+    for c in &counts[..group.len()] {
+        rec.clear(c);
+    }
+    rec.submit()?;
+    let mut units = 0u64;
+    let mut tally = vec![0u64; d_sae];
+    let mut builder = UnitBuilder::new(d_sae);
+    let mut rows_in_unit = 0usize;
+    let mut document: Option<(u32, i64)> = None;
+    let count_batch = |builder: &mut UnitBuilder| -> anyhow::Result<()> {
+        let (entry_unit, unit_start, unit_features) = builder.take();
+        if unit_features.is_empty() {
+            return Ok(());
+        }
+        let entry_unit = gpu.upload("entry_unit", &entry_unit)?;
+        let starts = unit_start.len() - 1;
+        let unit_start = gpu.upload("unit_start", &unit_start)?;
+        let entries = unit_features.len();
+        let unit_features = gpu.upload("unit_features", &unit_features)?;
+        let lists = UnitLists {
+            entry_unit: &entry_unit,
+            unit_start: &unit_start,
+            unit_features: &unit_features,
+            units: starts,
+            entries,
+        };
+        let mut rec = Recorder::new(gpu, "co-occurrence: count pairs");
+        for (block, c) in group.iter().zip(counts) {
+            launch_count_unit_pairs(&mut rec, &lists, *block, c)?;
+        }
+        rec.submit()?;
+        Ok(())
+    };
+    let unit_rows = match config.unit {
+        CooccurrenceUnit::Row => 1,
+        CooccurrenceUnit::Chunk => config.chunk_rows,
+        CooccurrenceUnit::Document => usize::MAX,
+    };
+    let stream = BatchStream::start(
+        Arc::clone(shards),
+        StreamConfig::sequential(pass.capacity()),
+    )?;
+    for b in stream {
+        let b = b?;
+        pass.run(&b.x, b.rows, |_, _| Ok(()))?;
+        let (idx, val) = pass.codes(b.rows)?;
+        let k = idx.len() / b.rows.max(1);
+        for (r, (row_idx, row_val)) in idx.chunks_exact(k).zip(val.chunks_exact(k)).enumerate() {
+            // A document unit closes before the first row of the next document.
+            if let Some(column) = documents {
+                let (shard, row) = b.origin[r];
+                let key = (shard, column.value(shard as usize, row as usize));
+                if document.is_some_and(|d| d != key) && rows_in_unit > 0 {
+                    builder.close(&mut tally);
+                    rows_in_unit = 0;
+                    units += 1;
+                }
+                document = Some(key);
+            }
+            for (&f, &v) in row_idx.iter().zip(row_val) {
+                if v > config.fires_above {
+                    builder.add(f);
+                }
+            }
+            rows_in_unit += 1;
+            if rows_in_unit == unit_rows {
+                builder.close(&mut tally);
+                rows_in_unit = 0;
+                units += 1;
+            }
+        }
+        count_batch(&mut builder)?;
+        on_rows(b.rows as u64);
+    }
+    if rows_in_unit > 0 {
+        builder.close(&mut tally);
+        units += 1;
+        count_batch(&mut builder)?;
+    }
+    anyhow::ensure!(
+        units <= u64::from(u32::MAX),
+        "{units} co-occurrence units exceed the 32-bit counters; use --cooccurrence-unit chunk"
+    );
+    Ok((units, tally))
+}
+
+/// The joint counts of every pair over `shards`, read back as [`SparseCounts`]: one part of a
+/// split job (`sae categories --part I/N`).
+pub fn pair_counts(
+    gpu: &Gpu,
+    sae: &GpuSae,
+    shards: Arc<Vec<Shard>>,
+    config: PartnerConfig,
+    documents: Option<&RowColumn>,
+    batch_rows: usize,
+    mut on_rows: impl FnMut(u64),
+) -> anyhow::Result<SparseCounts> {
+    check_config(&config, documents)?;
+    let d_sae = sae.d_sae;
+    let (block_rows, groups) = blocks(gpu, d_sae, config.memory_bytes);
     let pass = ForwardPass::new(gpu, sae, batch_rows, PassDepth::Codes)?;
-    let counts: Vec<GpuBuffer> = (0..per_pass.min(blocks.len()))
+    let counts: Vec<GpuBuffer> = (0..groups[0].len())
+        .map(|_| gpu.storage::<u32>("pair_counts", block_rows * d_sae))
+        .collect::<Result<_, _>>()?;
+    let mut out = SparseCounts {
+        d_sae,
+        ..Default::default()
+    };
+    for (n, group) in groups.iter().enumerate() {
+        let (units, tally) = count_group(
+            gpu,
+            &pass,
+            &shards,
+            &config,
+            documents,
+            group,
+            &counts,
+            &mut on_rows,
+        )?;
+        if n == 0 {
+            out.units = units;
+            out.feature_units = tally;
+        }
+        for (block, c) in group.iter().zip(&counts) {
+            let joint: Vec<u32> = gpu.read(c)?;
+            for r in 0..block.rows {
+                let i = block.lo + r;
+                for j in i + 1..d_sae {
+                    let v = joint[r * d_sae + j];
+                    if v > 0 {
+                        out.i.push(i as u32);
+                        out.j.push(j as u32);
+                        out.count.push(v);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Each feature's `config.partners` best partners by `config.measure` (a GPU TopK over each
+/// row of scores) from the joint counts of every pair, counted on shards or summed from the
+/// parts of a split job, and the joint counts of `extra_pairs`.
+pub fn partners(
+    gpu: &Gpu,
+    source: CountSource<'_>,
+    config: PartnerConfig,
+    extra_pairs: &[(usize, usize)],
+    mut on_rows: impl FnMut(u64),
+) -> anyhow::Result<Partners> {
+    let d_sae = match &source {
+        CountSource::Shards { sae, documents, .. } => {
+            check_config(&config, *documents)?;
+            sae.d_sae
+        }
+        CountSource::Merged(c) => c.d_sae,
+    };
+    let m = config.partners.min(d_sae.saturating_sub(1)).clamp(1, MAX_K);
+    let (block_rows, groups) = blocks(gpu, d_sae, config.memory_bytes);
+    let pass = match &source {
+        CountSource::Shards {
+            sae, batch_rows, ..
+        } => Some(ForwardPass::new(gpu, sae, *batch_rows, PassDepth::Codes)?),
+        CountSource::Merged(_) => None,
+    };
+    let counts: Vec<GpuBuffer> = (0..groups[0].len())
         .map(|_| gpu.storage::<u32>("pair_counts", block_rows * d_sae))
         .collect::<Result<_, _>>()?;
     let scores = gpu.storage::<f32>("pair_scores", block_rows * d_sae)?;
     let top_idx = gpu.storage::<u32>("partner_index", block_rows * m)?;
     let top_val = gpu.storage::<f32>("partner_score", block_rows * m)?;
+    let feature_units_buf = gpu.storage::<u32>("feature_units", d_sae)?;
 
     let mut feature_units = vec![0u64; d_sae];
     let mut units = 0u64;
     let mut index = vec![0u32; d_sae * m];
     let mut score = vec![0f32; d_sae * m];
     let mut pair_joint = vec![0u32; extra_pairs.len()];
-    let groups: Vec<&[PairBlock]> = blocks.chunks(per_pass).collect();
-    let feature_units_buf = gpu.storage::<u32>("feature_units", d_sae)?;
     for (group_no, group) in groups.iter().enumerate() {
-        let first = group_no == 0;
-        let mut rec = Recorder::new(gpu, "co-occurrence: clear counts");
-        for c in &counts[..group.len()] {
-            rec.clear(c);
-        }
-        rec.submit()?;
-        // Units are rebuilt identically on every pass; the feature counts are kept from the
-        // first.
-        let mut tally = vec![0u64; d_sae];
-        let mut builder = UnitBuilder::new(d_sae);
-        let mut rows_in_unit = 0usize;
-        let mut document: Option<(u32, i64)> = None;
-        let count_batch = |builder: &mut UnitBuilder| -> anyhow::Result<()> {
-            let (entry_unit, unit_start, unit_features) = builder.take();
-            if unit_features.is_empty() {
-                return Ok(());
+        match (&source, &pass) {
+            (
+                CountSource::Shards {
+                    shards, documents, ..
+                },
+                Some(pass),
+            ) => {
+                // Units are rebuilt identically on every pass; the feature counts are kept
+                // from the first (and so is the progress).
+                let mut quiet = |_| {};
+                let progress: &mut dyn FnMut(u64) = if group_no == 0 {
+                    &mut on_rows
+                } else {
+                    &mut quiet
+                };
+                let (n, tally) = count_group(
+                    gpu, pass, shards, &config, *documents, group, &counts, progress,
+                )?;
+                if group_no == 0 {
+                    units = n;
+                    feature_units = tally;
+                }
             }
-            let entry_unit = gpu.upload("entry_unit", &entry_unit)?;
-            let starts = unit_start.len() - 1;
-            let unit_start = gpu.upload("unit_start", &unit_start)?;
-            let entries = unit_features.len();
-            let unit_features = gpu.upload("unit_features", &unit_features)?;
-            let lists = UnitLists {
-                entry_unit: &entry_unit,
-                unit_start: &unit_start,
-                unit_features: &unit_features,
-                units: starts,
-                entries,
-            };
-            let mut rec = Recorder::new(gpu, "co-occurrence: count pairs");
-            for (block, c) in group.iter().zip(&counts) {
-                launch_count_unit_pairs(&mut rec, &lists, *block, c)?;
-            }
-            rec.submit()?;
-            Ok(())
-        };
-        let stream = BatchStream::start(Arc::clone(&shards), StreamConfig::sequential(batch_rows))?;
-        for b in stream {
-            let b = b?;
-            pass.run(&b.x, b.rows, |_, _| Ok(()))?;
-            let (idx, val) = pass.codes(b.rows)?;
-            let k = idx.len() / b.rows.max(1);
-            for (r, (row_idx, row_val)) in idx.chunks_exact(k).zip(val.chunks_exact(k)).enumerate()
-            {
-                // A document unit closes before the first row of the next document.
-                if let Some(column) = documents {
-                    let (shard, row) = b.origin[r];
-                    let key = (shard, column.value(shard as usize, row as usize));
-                    if document.is_some_and(|d| d != key) && rows_in_unit > 0 {
-                        builder.close(&mut tally);
-                        rows_in_unit = 0;
-                        if first {
-                            units += 1;
+            (CountSource::Merged(c), _) => {
+                if group_no == 0 {
+                    units = c.units;
+                    feature_units = c.feature_units.clone();
+                }
+                for (block, buffer) in group.iter().zip(&counts) {
+                    let mut dense = vec![0u32; block.len()];
+                    let inside =
+                        |f: u32| (f as usize) >= block.lo && (f as usize) < block.lo + block.rows;
+                    for n in 0..c.i.len() {
+                        let (i, j) = (c.i[n], c.j[n]);
+                        if inside(i) {
+                            dense[(i as usize - block.lo) * d_sae + j as usize] = c.count[n];
+                        }
+                        if inside(j) {
+                            dense[(j as usize - block.lo) * d_sae + i as usize] = c.count[n];
                         }
                     }
-                    document = Some(key);
-                }
-                for (&f, &v) in row_idx.iter().zip(row_val) {
-                    if v > config.fires_above {
-                        builder.add(f);
-                    }
-                }
-                rows_in_unit += 1;
-                let unit_rows = match config.unit {
-                    CooccurrenceUnit::Row => 1,
-                    CooccurrenceUnit::Chunk => config.chunk_rows,
-                    CooccurrenceUnit::Document => usize::MAX,
-                };
-                if rows_in_unit == unit_rows {
-                    builder.close(&mut tally);
-                    rows_in_unit = 0;
-                    if first {
-                        units += 1;
-                    }
+                    gpu.write(buffer, &dense)?;
                 }
             }
-            count_batch(&mut builder)?;
-            if first {
-                on_rows(b.rows as u64);
-            }
+            (CountSource::Shards { .. }, None) => unreachable!("a shard source has a pass"),
         }
-        if rows_in_unit > 0 {
-            builder.close(&mut tally);
-            if first {
-                units += 1;
-            }
-            count_batch(&mut builder)?;
-        }
-        if first {
-            feature_units = tally;
-            anyhow::ensure!(
-                units <= u64::from(u32::MAX),
-                "{units} co-occurrence units exceed the 32-bit counters; use --cooccurrence-unit chunk"
-            );
-            let narrow: Vec<u32> = feature_units.iter().map(|&n| n as u32).collect();
+        if group_no == 0 {
+            let narrow: Vec<u32> = feature_units
+                .iter()
+                .map(|&n| u32::try_from(n))
+                .collect::<Result<_, _>>()
+                .map_err(|_| anyhow::anyhow!("a feature's unit count exceeds 32 bits"))?;
             gpu.write(&feature_units_buf, &narrow)?;
         }
         for (block, c) in group.iter().zip(&counts) {

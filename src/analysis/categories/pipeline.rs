@@ -12,7 +12,7 @@ use clap::ValueEnum;
 use serde::Serialize;
 
 use super::cluster::LeidenQuality;
-use super::cooccurrence::{partners, PartnerConfig, Partners};
+use super::cooccurrence::{partners, CountSource, PartnerConfig, Partners, SparseCounts};
 use super::families::{score_families, FamilyScore, TokenFamilies};
 use super::graph::{match_across, Edges, KnnPairs, Matching};
 use super::null::NullModel;
@@ -86,6 +86,9 @@ pub struct CategoriesInputs<'a> {
     pub families: Option<&'a TokenFamilies>,
     /// The shards' document column, for co-occurrence per document.
     pub documents: Option<&'a RowColumn>,
+    /// Joint counts summed from the parts of a split job, used instead of counting on the
+    /// shards (`--cooccurrence-from`).
+    pub counts: Option<&'a SparseCounts>,
 }
 
 /// Everything found, for the report and the printed summary.
@@ -322,7 +325,7 @@ pub fn find_categories(
     let params = inputs.params;
     let (d_in, d_sae) = (params.d_in, params.d_sae);
     let has_shards = !inputs.shards.is_empty();
-    if config.cooccurrence.is_some() && !has_shards {
+    if config.cooccurrence.is_some() && !has_shards && inputs.counts.is_none() {
         bail!("co-occurrence needs shards: it is counted on data");
     }
     let neighbours = config.neighbours.min(d_sae - 1);
@@ -338,15 +341,31 @@ pub fn find_categories(
         .transpose()?;
 
     // The co-occurrence kNN graph over all pairs, and the decoder pairs' joint counts.
-    let counted = match (&sae, config.cooccurrence) {
-        (Some(sae), Some(c)) => Some(partners(
+    let counted = match (config.cooccurrence, inputs.counts, &sae) {
+        (Some(c), Some(merged), _) => {
+            anyhow::ensure!(
+                merged.d_sae == d_sae,
+                "the co-occurrence parts count {} features but the SAE has {d_sae}",
+                merged.d_sae
+            );
+            Some(partners(
+                gpu,
+                CountSource::Merged(merged),
+                c.partners,
+                &knn_pairs.pairs,
+                &mut on_rows,
+            )?)
+        }
+        (Some(c), None, Some(sae)) => Some(partners(
             gpu,
-            sae,
-            Arc::clone(&inputs.shards),
+            CountSource::Shards {
+                sae,
+                shards: Arc::clone(&inputs.shards),
+                documents: inputs.documents,
+                batch_rows: config.batch_size,
+            },
             c.partners,
-            inputs.documents,
             &knn_pairs.pairs,
-            config.batch_size,
             &mut on_rows,
         )?),
         _ => None,
