@@ -344,7 +344,9 @@ fn partners_over_all_pairs_match_cpu_reference() {
         if unit != CooccurrenceUnit::Chunk {
             let mut sum: Option<sae_wgpu::analysis::categories::cooccurrence::SparseCounts> = None;
             for path in &paths {
-                let part = Arc::new(open_shards(&[path.clone()], "activations", Some(13)).unwrap());
+                let part = Arc::new(
+                    open_shards(std::slice::from_ref(path), "activations", Some(13)).unwrap(),
+                );
                 let column = (unit == CooccurrenceUnit::Document)
                     .then(|| RowColumn::open(&part, "doc").unwrap());
                 let counts =
