@@ -29,15 +29,8 @@ pub struct EvalArgs {
     /// A sparsify run saved for several hookpoints: the one to use (its subdirectory).
     #[arg(long)]
     hookpoint: Option<String>,
-    /// Name of the activation tensor in the shards.
-    #[arg(long, default_value = "activations")]
-    tensor: String,
-    /// Rows per GPU batch.
-    #[arg(long, default_value_t = 4096)]
-    batch_size: usize,
-    /// ReLU / JumpReLU SAEs: latents kept per row (the rest are counted as dropped).
-    #[arg(long, default_value_t = DEFAULT_CAP)]
-    cap: usize,
+    #[command(flatten)]
+    options: EvalFlags,
     /// Skip (and count) rows holding NaN or Inf instead of stopping.
     #[arg(long)]
     skip_nonfinite: bool,
@@ -50,6 +43,21 @@ pub struct EvalArgs {
     json: bool,
     #[command(flatten)]
     gpu: GpuArgs,
+}
+
+/// How SAEs are run over shards for their figures, shared by `sae eval` and `sae frontier`
+/// so both give the same numbers.
+#[derive(Args, Debug)]
+pub struct EvalFlags {
+    /// Name of the activation tensor in the shards.
+    #[arg(long, default_value = "activations")]
+    pub tensor: String,
+    /// Rows per GPU batch.
+    #[arg(long, default_value_t = 4096)]
+    pub batch_size: usize,
+    /// ReLU / JumpReLU SAEs: latents kept per row (the rest are counted as dropped).
+    #[arg(long, default_value_t = DEFAULT_CAP)]
+    pub cap: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -101,12 +109,15 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         bail!("usage: sae eval SAE SHARDS… (or sae eval merge PART_JSONS…)");
     };
     anyhow::ensure!(!args.shards.is_empty(), "no input shards given");
-    anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
+    anyhow::ensure!(
+        args.options.batch_size > 0,
+        "--batch-size must be at least 1"
+    );
     let loaded = load_sae_at(&sae_dir, args.hookpoint.as_deref())?;
     let params = loaded.params;
     let mut shards = open_shards(
         &expand_inputs(&args.shards)?,
-        &args.tensor,
+        &args.options.tensor,
         Some(params.d_in),
     )?;
     let mut part_info: Option<PartInfo> = None;
@@ -123,8 +134,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         &params,
         Arc::new(shards),
         EvalOptions {
-            batch_rows: args.batch_size,
-            cap: args.cap,
+            batch_rows: args.options.batch_size,
+            cap: args.options.cap,
             skip_nonfinite: args.skip_nonfinite,
         },
         |rows| bar.inc(rows),

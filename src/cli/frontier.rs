@@ -6,12 +6,11 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use super::eval::progress;
+use super::eval::{progress, EvalFlags};
 use super::GpuArgs;
 use crate::analysis::eval::EvalOptions;
 use crate::data::{expand_inputs, open_shards};
 use crate::run::frontier::{expand_runs, frontier};
-use crate::sae::forward::DEFAULT_CAP;
 
 #[derive(Args, Debug)]
 pub struct FrontierArgs {
@@ -25,15 +24,8 @@ pub struct FrontierArgs {
     /// Output directory: frontier.json and frontier.png.
     #[arg(long)]
     out: PathBuf,
-    /// Name of the activation tensor in the shards.
-    #[arg(long, default_value = "activations")]
-    tensor: String,
-    /// Rows per GPU batch (as `sae eval`).
-    #[arg(long, default_value_t = 4096)]
-    batch_size: usize,
-    /// ReLU / JumpReLU SAEs: latents kept per row (as `sae eval`).
-    #[arg(long, default_value_t = DEFAULT_CAP)]
-    cap: usize,
+    #[command(flatten)]
+    options: EvalFlags,
     #[arg(long)]
     quiet: bool,
     #[command(flatten)]
@@ -41,9 +33,12 @@ pub struct FrontierArgs {
 }
 
 pub fn run(args: FrontierArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
+    anyhow::ensure!(
+        args.options.batch_size > 0,
+        "--batch-size must be at least 1"
+    );
     let runs = expand_runs(&args.runs)?;
-    let shards = open_shards(&expand_inputs(&args.eval)?, &args.tensor, None)?;
+    let shards = open_shards(&expand_inputs(&args.eval)?, &args.options.tensor, None)?;
     let total: u64 = shards.iter().map(|s| s.rows as u64).sum::<u64>() * runs.len() as u64;
     let gpu = args.gpu.open()?;
     let bar = progress(total, args.quiet);
@@ -52,8 +47,8 @@ pub fn run(args: FrontierArgs) -> anyhow::Result<()> {
         &runs,
         Arc::new(shards),
         EvalOptions {
-            batch_rows: args.batch_size,
-            cap: args.cap,
+            batch_rows: args.options.batch_size,
+            cap: args.options.cap,
             skip_nonfinite: false,
         },
         &args.out,
