@@ -305,7 +305,7 @@ pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
     let passes = if shards.is_empty() {
         0
     } else {
-        shard_passes(&config, d_sae, gpu.binding_limit())
+        shard_passes(&config, d_sae, gpu.binding_limit(), merged.is_some())
     };
     let bar = progress(total_rows * passes, args.quiet || passes == 0);
     let result = find_categories(

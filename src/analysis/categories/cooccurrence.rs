@@ -188,7 +188,7 @@ impl UnitBuilder {
         }
     }
 
-    /// Closes the open unit into this batch's lists; returns its features.
+    /// Closes the open unit into this batch's lists, counting it for each of its features.
     fn close(&mut self, feature_units: &mut [u64]) {
         let u = (self.unit_start.len() - 1) as u32;
         for &f in &self.open {
@@ -212,13 +212,20 @@ impl UnitBuilder {
 }
 
 /// Rows of one count block, and the blocks one pass over the shards holds, for `d_sae` within
-/// the adapter's binding limit and `memory_bytes`.
-fn plan_blocks(gpu: &Gpu, d_sae: usize, memory_bytes: u64) -> (usize, usize) {
+/// the adapter's `binding` limit (bytes) and `memory_bytes`.
+fn plan_blocks(binding: u64, d_sae: usize, memory_bytes: u64) -> (usize, usize) {
     let row_bytes = 4 * d_sae as u64;
-    let binding = gpu.binding_limit().max(row_bytes);
+    let binding = binding.max(row_bytes);
     let block_rows = ((binding / row_bytes) as usize).clamp(1, d_sae);
     let per_pass = (memory_bytes / (row_bytes * block_rows as u64)).max(1) as usize;
     (block_rows, per_pass)
+}
+
+/// Passes over the shards counting co-occurrence takes for `d_sae` features within `binding`
+/// bytes per buffer and `memory_bytes` in all.
+pub fn count_passes(binding: u64, d_sae: usize, memory_bytes: u64) -> usize {
+    let (block_rows, per_pass) = plan_blocks(binding, d_sae, memory_bytes);
+    d_sae.div_ceil(block_rows).div_ceil(per_pass)
 }
 
 /// Joint counts of every pair of features (i < j, non-zero only) and each feature's own count:
@@ -296,7 +303,7 @@ fn check_config(config: &PartnerConfig, documents: Option<&RowColumn>) -> anyhow
 
 /// Count blocks of `d_sae` rows for `gpu` and `memory_bytes`, grouped by pass.
 fn blocks(gpu: &Gpu, d_sae: usize, memory_bytes: u64) -> (usize, Vec<Vec<PairBlock>>) {
-    let (block_rows, per_pass) = plan_blocks(gpu, d_sae, memory_bytes);
+    let (block_rows, per_pass) = plan_blocks(gpu.binding_limit(), d_sae, memory_bytes);
     let all: Vec<PairBlock> = (0..d_sae)
         .step_by(block_rows)
         .map(|lo| PairBlock {
@@ -514,15 +521,16 @@ pub fn partners(
                 Some(pass),
             ) => {
                 // Units are rebuilt identically on every pass; the feature counts are kept
-                // from the first (and so is the progress).
-                let mut quiet = |_| {};
-                let progress: &mut dyn FnMut(u64) = if group_no == 0 {
-                    &mut on_rows
-                } else {
-                    &mut quiet
-                };
+                // from the first.
                 let (n, tally) = count_group(
-                    gpu, pass, shards, &config, *documents, group, &counts, progress,
+                    gpu,
+                    pass,
+                    shards,
+                    &config,
+                    *documents,
+                    group,
+                    &counts,
+                    &mut on_rows,
                 )?;
                 if group_no == 0 {
                     units = n;

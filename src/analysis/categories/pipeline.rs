@@ -12,7 +12,9 @@ use clap::ValueEnum;
 use serde::Serialize;
 
 use super::cluster::LeidenQuality;
-use super::cooccurrence::{partners, CountSource, PartnerConfig, Partners, SparseCounts};
+use super::cooccurrence::{
+    count_passes, partners, CountSource, PartnerConfig, Partners, SparseCounts,
+};
 use super::families::{score_families, FamilyScore, TokenFamilies};
 use super::graph::{match_across, Edges, KnnPairs, Matching};
 use super::null::NullModel;
@@ -227,15 +229,14 @@ impl CategoriesResult {
     }
 }
 
-/// Passes over the shards the pipeline makes (for a progress bar): the co-occurrence count
-/// (one per group of count blocks) and the structure pass.
-pub fn shard_passes(config: &CategoriesConfig, d_sae: usize, binding: u64) -> u64 {
-    let cooccurrence = config.cooccurrence.map_or(0, |c| {
-        let row = 4 * d_sae as u64;
-        let block_rows = (binding / row).clamp(1, d_sae as u64);
-        let per_pass = (c.partners.memory_bytes / (row * block_rows)).max(1);
-        (d_sae as u64).div_ceil(block_rows).div_ceil(per_pass)
-    });
+/// Passes over the shards the pipeline makes (for a progress bar): the co-occurrence count (one
+/// per group of count blocks; none when the counts come from `--cooccurrence-from` parts) and
+/// the structure pass.
+pub fn shard_passes(config: &CategoriesConfig, d_sae: usize, binding: u64, merged: bool) -> u64 {
+    let cooccurrence = match config.cooccurrence {
+        Some(c) if !merged => count_passes(binding, d_sae, c.partners.memory_bytes) as u64,
+        _ => 0,
+    };
     cooccurrence + 1
 }
 
