@@ -84,31 +84,24 @@ fn frontier_points_are_sae_eval_figures() {
     assert!(std::fs::metadata(out.join("frontier.png")).unwrap().len() > 10_000);
 
     // A damaged sweep.json: one line naming it, nothing written.
-    std::fs::write(sweep.join("sweep.json"), r#"{"runs": [{"k": 2}]}"#).unwrap();
     let refused = dir.join("refused");
-    sae_fails(
-        &[
-            "frontier",
-            &s(&sweep),
-            "--eval",
-            &s(&shard),
-            "--out",
-            &s(&refused),
-        ],
-        &["sweep.json", "runs[0] has no \"dir\""],
-    );
-    std::fs::write(sweep.join("sweep.json"), "{").unwrap();
-    sae_fails(
-        &[
-            "frontier",
-            &s(&sweep),
-            "--eval",
-            &s(&shard),
-            "--out",
-            &s(&refused),
-        ],
-        &["sweep.json: not JSON"],
-    );
+    for (damaged, expect) in [
+        (r#"{"runs": [{"k": 2}]}"#, "runs[0] has no \"dir\""),
+        ("{", "sweep.json: not JSON"),
+    ] {
+        std::fs::write(sweep.join("sweep.json"), damaged).unwrap();
+        sae_fails(
+            &[
+                "frontier",
+                &s(&sweep),
+                "--eval",
+                &s(&shard),
+                "--out",
+                &s(&refused),
+            ],
+            &["sweep.json", expect],
+        );
+    }
     assert!(!refused.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
