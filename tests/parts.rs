@@ -24,30 +24,6 @@ const D_SAE: usize = 33;
 const SHARD_ROWS: [usize; 6] = [23, 41, 7, 33, 19, 50];
 const PARTS: usize = 3;
 
-/// Stands in for Slurm's `sbatch` in the recipe's test: runs the script at once (an array's
-/// tasks one after another, with the variables Slurm sets), its output to $FAKE_SLURM_LOG, and
-/// prints a job id as `--parsable` does.
-const FAKE_SBATCH: &str = r#"#!/usr/bin/env bash
-set -euo pipefail
-array="" script=""
-for arg in "$@"; do
-    case "$arg" in
-    --array=*) array="${arg#--array=}" ;;
-    -*) ;;
-    *) script="$arg" ;;
-    esac
-done
-if [ -n "$array" ]; then
-    lo="${array%-*}" hi="${array#*-}"
-    for i in $(seq "$lo" "$hi"); do
-        SLURM_ARRAY_TASK_ID=$i SLURM_ARRAY_TASK_COUNT=$((hi - lo + 1)) bash "$script" >>"$FAKE_SLURM_LOG" 2>&1
-    done
-else
-    bash "$script" >>"$FAKE_SLURM_LOG" 2>&1
-fi
-echo "$RANDOM"
-"#;
-
 fn s(p: &Path) -> String {
     p.display().to_string()
 }
@@ -328,11 +304,7 @@ fn split_jobs_merge_into_one_pass() {
 
     // The Slurm recipe (examples/slurm/submit.sh), with a stand-in sbatch that runs the array's
     // tasks one after another and then the merge: the same results as one pass.
-    let fake_bin = dir.join("bin");
-    std::fs::create_dir_all(&fake_bin).unwrap();
-    let sbatch = fake_bin.join("sbatch");
-    std::fs::write(&sbatch, FAKE_SBATCH).unwrap();
-    std::fs::set_permissions(&sbatch, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let fake_bin = common::fake_slurm_bin(&dir);
     let submit = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/slurm/submit.sh");
     for job in ["hist", "eval", "encode", "categories"] {
         let out = dir.join(format!("slurm-{job}"));

@@ -9,6 +9,7 @@ use common::{gpu, random_sae, random_vec, rng};
 use sae_wgpu::data::{ActDtype, Batch};
 use sae_wgpu::gpu::kernels::optim::AdamConfig;
 use sae_wgpu::gpu::AllocationCounts;
+use sae_wgpu::sae::feed::{Feed, MemberStep};
 use sae_wgpu::sae::forward::GpuSae;
 use sae_wgpu::sae::params::{Activation, SaeParams};
 use sae_wgpu::sae::pass::{ForwardPass, PassDepth};
@@ -61,8 +62,9 @@ fn steady_state_steps_and_batches_allocate_nothing() {
     };
     let mut trainer =
         Trainer::new(gpu, &params, rows, AdamConfig::default(), 50, Some(auxk)).unwrap();
+    let mut feed = Feed::new(gpu, rows, d_in).unwrap();
     let mut step = 0u64;
-    let mut run = |trainer: &mut Trainer<'_>, n: usize| {
+    let mut run = |trainer: &mut Trainer<'static>, n: usize| {
         for _ in 0..n {
             step += 1;
             let x = random_vec(&mut r, rows * d_in, 1.0);
@@ -71,9 +73,13 @@ fn steady_state_steps_and_batches_allocate_nothing() {
             } else {
                 f32_batch(x, rows)
             };
-            trainer
-                .step_batch(&batch, 1.5, 1e-3, step, step.is_multiple_of(2))
-                .unwrap();
+            let args = MemberStep {
+                scale: 1.5,
+                lr: 1e-3,
+                step,
+                with_metrics: step.is_multiple_of(2),
+            };
+            feed.step(&batch, [(&mut *trainer, args)]).unwrap();
             trainer.ready_metrics(false).unwrap();
         }
     };

@@ -6,6 +6,7 @@ mod common;
 use common::reference::{adam, encode, fvu_grads, topk, RefSae};
 use common::{assert_close, gpu, random_vec, rng, to_f64};
 use sae_wgpu::gpu::kernels::optim::{AdamConfig, NORM_EPS};
+use sae_wgpu::sae::feed::{Feed, MemberStep};
 use sae_wgpu::sae::params::{Activation, SaeParams};
 use sae_wgpu::sae::trainer::Trainer;
 
@@ -90,10 +91,17 @@ fn gpu_training_steps_match_cpu_reference() {
     ];
     let mut trainer =
         Trainer::new(gpu, &params, rows, AdamConfig::default(), 10_000_000, None).unwrap();
+    let mut feed = Feed::new(gpu, rows, d_in).unwrap();
     for step in 1..=4u64 {
         let x = random_vec(&mut r, rows * d_in, 1.5);
         let lr = 1e-2;
-        trainer.step(&x, lr, step).unwrap();
+        let args = MemberStep {
+            scale: 1.0,
+            lr,
+            step,
+            with_metrics: false,
+        };
+        feed.step_rows(&x, &mut trainer, args).unwrap();
         reference_step(&mut reference, &mut moments, &to_f64(&x), rows, k, lr, step);
     }
     let got = trainer.sae.download(gpu).unwrap();

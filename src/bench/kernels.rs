@@ -14,6 +14,7 @@ use crate::gpu::kernels::encoder::{EncoderShape, GemmTiles};
 use crate::gpu::kernels::optim::AdamConfig;
 use crate::gpu::tune::time_gemm;
 use crate::gpu::{Gpu, GpuResult};
+use crate::sae::feed::{Feed, MemberStep};
 use crate::sae::params::SaeParams;
 use crate::sae::trainer::Trainer;
 
@@ -131,6 +132,13 @@ pub fn bench_kernels(
     let mut params = SaeParams::init_topk(d_in, d_sae, k, 0);
     params.b_dec = vec![0.0; d_in];
     let mut trainer = Trainer::new(gpu, &params, batch, AdamConfig::default(), 10_000_000, None)?;
+    let mut feed = Feed::new(gpu, batch, d_in)?;
+    let args = |step: u64| MemberStep {
+        scale: 1.0,
+        lr: 1e-4,
+        step,
+        with_metrics: false,
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let batch_of = |rng: &mut ChaCha8Rng| Batch {
         x: (0..batch * d_in)
@@ -139,7 +147,7 @@ pub fn bench_kernels(
         rows: batch,
         ..Batch::default()
     };
-    trainer.step_batch(&batch_of(&mut rng), 1.0, 1e-4, 1, false)?;
+    feed.step(&batch_of(&mut rng), [(&mut trainer, args(1))])?;
     gpu.wait()?;
     let timing_method = if gpu.has_timestamps() {
         "gpu_timestamps"
@@ -149,7 +157,7 @@ pub fn bench_kernels(
     // kernel → per-repetition milliseconds, and dispatches per step.
     let mut per_kernel: BTreeMap<String, (Vec<f64>, usize)> = BTreeMap::new();
     for rep in 0..reps {
-        let timings = trainer.step_batch_timed(&batch_of(&mut rng), 1.0, 1e-4, rep as u64 + 2)?;
+        let timings = feed.step_timed(&batch_of(&mut rng), &mut trainer, args(rep as u64 + 2))?;
         let mut this_rep: BTreeMap<String, (f64, usize)> = BTreeMap::new();
         for (_, label, ms) in timings {
             let entry = label.rsplit("::").next().unwrap_or(&label).to_string();

@@ -20,6 +20,7 @@ use crate::gpu::kernels::optim::AdamConfig;
 use crate::gpu::tune::tiles_for;
 use crate::gpu::Gpu;
 use crate::io::{write_safetensors, TensorOut};
+use crate::sae::feed::{Feed, MemberStep};
 use crate::sae::params::SaeParams;
 use crate::sae::trainer::{AuxKConfig, Trainer};
 
@@ -177,6 +178,13 @@ fn run(
     };
     trainer.sae.gemm_tiles = tiles_for(gpu, gemm, false, || {})?;
     let log_every = bench.log_every.max(1);
+    let mut feed = Feed::new(gpu, batch, d_in)?;
+    let args = |step: u64| MemberStep {
+        scale: 1.0,
+        lr: 1e-4,
+        step,
+        with_metrics: step.is_multiple_of(log_every as u64),
+    };
     let mut stream = stream.peekable();
     let mut step = 0u64;
     let mut next = |data_wait: &mut Duration| -> anyhow::Result<crate::data::Batch> {
@@ -191,13 +199,13 @@ fn run(
     for _ in 0..bench.warmup {
         let b = next(&mut ignored)?;
         step += 1;
-        trainer.step_batch(&b, 1.0, 1e-4, step, step.is_multiple_of(log_every as u64))?;
+        feed.step(&b, [(&mut trainer, args(step))])?;
         trainer.ready_metrics(false)?;
     }
     trainer.ready_metrics(true)?;
 
     let before = gpu.allocations.counts();
-    let (waited_before, submit_before) = (trainer.waited, trainer.submitting);
+    let (waited_before, submit_before) = (feed.waited, feed.submitting);
     let mut data_wait = Duration::ZERO;
     let mut host = Duration::ZERO;
     let started = Instant::now();
@@ -205,15 +213,15 @@ fn run(
         let b = next(&mut data_wait)?;
         step += 1;
         let t = Instant::now();
-        trainer.step_batch(&b, 1.0, 1e-4, step, step.is_multiple_of(log_every as u64))?;
+        feed.step(&b, [(&mut trainer, args(step))])?;
         trainer.ready_metrics(false)?;
         host += t.elapsed();
     }
     trainer.ready_metrics(true)?;
     let wall = started.elapsed();
     let after = gpu.allocations.counts();
-    let waited = trainer.waited - waited_before;
-    let submitting = trainer.submitting - submit_before;
+    let waited = feed.waited - waited_before;
+    let submitting = feed.submitting - submit_before;
     let host = host.saturating_sub(waited + submitting);
 
     let mut stage_ms: BTreeMap<String, f64> = BTreeMap::new();
@@ -221,7 +229,7 @@ fn run(
     for _ in 0..bench.timed_steps {
         let b = next(&mut ignored)?;
         step += 1;
-        for (stage, label, ms) in trainer.step_batch_timed(&b, 1.0, 1e-4, step)? {
+        for (stage, label, ms) in feed.step_timed(&b, &mut trainer, args(step))? {
             let share = ms / bench.timed_steps as f64;
             *stage_ms.entry(stage.to_string()).or_default() += share;
             let kernel = label.rsplit("::").next().unwrap_or(&label);

@@ -2,15 +2,19 @@
 
 use std::path::PathBuf;
 
-use anyhow::bail;
+use anyhow::{anyhow, bail};
 use clap::Args;
 
 use super::GpuArgs;
+use crate::data::parts::Part;
 use crate::data::synth::{write_synthetic, SynthConfig};
 use crate::data::{expand_inputs, open_shards, RowRange};
+use crate::run::sweep::{plan, train_sweep, SweepAxes, SweepReport};
 use crate::run::train::{
-    refuse_existing_run, train, BDecInit, ExportFormat, RunOptions, TrainConfig,
+    default_format, refuse_existing_run, train, validate, BDecInit, ExportFormat, RunOptions,
+    TrainConfig,
 };
+use crate::sae::architecture::Architecture;
 use crate::sae::schedule::default_lr;
 
 #[derive(Args, Debug)]
@@ -30,12 +34,19 @@ pub struct TrainArgs {
     /// Name of the activation tensor in the shards.
     #[arg(long, default_value = "activations")]
     tensor: String,
-    /// Latents kept per token (default 32; 8 for the synthetic quick start).
-    #[arg(long)]
-    k: Option<usize>,
+    /// What to train: topk (per token) or batchtopk (k·B over each batch of B tokens,
+    /// exported as SAELens jumprelu with the learned threshold).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    architecture: Vec<Architecture>,
+    /// Latents kept per token (default 32; 8 for the synthetic quick start). Several,
+    /// comma-separated, sweep them (as do several values of --expansion-factor, --lr and
+    /// --seed): every combination trains from one pass over the data, into OUT/<member>/, with
+    /// OUT/sweep.json listing them.
+    #[arg(long, value_delimiter = ',')]
+    k: Vec<usize>,
     /// d_sae = expansion factor × d_in (default 8; 4 for the quick start).
-    #[arg(long, conflicts_with = "d_sae")]
-    expansion_factor: Option<usize>,
+    #[arg(long, conflicts_with = "d_sae", value_delimiter = ',')]
+    expansion_factor: Vec<usize>,
     /// Dictionary size.
     #[arg(long)]
     d_sae: Option<usize>,
@@ -43,8 +54,8 @@ pub struct TrainArgs {
     #[arg(long)]
     batch_size: Option<usize>,
     /// Peak learning rate (default 2e-4·√(2¹⁴ / d_sae); 4e-3 for the short quick start).
-    #[arg(long)]
-    lr: Option<f64>,
+    #[arg(long, value_delimiter = ',')]
+    lr: Vec<f64>,
     /// Linear warmup steps (default: 10% of the steps, at most 1000).
     #[arg(long)]
     lr_warmup_steps: Option<u64>,
@@ -54,8 +65,17 @@ pub struct TrainArgs {
     /// Passes over the training data (default 1; 2 for the quick start).
     #[arg(long)]
     epochs: Option<u64>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seed of the initial weights (and, without --data-seed, of the data order).
+    #[arg(long, value_delimiter = ',')]
+    seed: Vec<u64>,
+    /// Seed of the data order (shard order and shuffle); default: the (first) --seed. A
+    /// sweep's members all see the data in this order.
+    #[arg(long)]
+    data_seed: Option<u64>,
+    /// Train only part I of N of the sweep (members I, I + N, … in sweep.json order), into
+    /// the shared --out; run N processes (one per GPU or machine) with I = 0 … N − 1.
+    #[arg(long, value_name = "I/N", value_parser = parse_sweep_part)]
+    sweep_part: Option<Part>,
     /// Write a checkpoint every N steps (0: only at the end).
     #[arg(long, default_value_t = 1000)]
     checkpoint_every: u64,
@@ -97,9 +117,10 @@ pub struct TrainArgs {
     adam_beta2: f64,
     #[arg(long, default_value_t = 1e-8)]
     adam_eps: f64,
-    /// Checkpoint layouts to export at the end.
-    #[arg(long, value_enum, default_value_t = ExportFormat::Both)]
-    format: ExportFormat,
+    /// Checkpoint layouts to export at the end (default: both for topk, saelens for the other
+    /// architectures, which sparsify cannot run).
+    #[arg(long, value_enum)]
+    format: Option<ExportFormat>,
     /// No progress bar or summary.
     #[arg(long)]
     quiet: bool,
@@ -122,17 +143,39 @@ fn default_run_dir() -> PathBuf {
     PathBuf::from("runs").join(format!("run-{secs}"))
 }
 
+fn parse_sweep_part(text: &str) -> Result<Part, String> {
+    text.parse::<Part>()
+        .map_err(|e| e.replace("--part", "--sweep-part"))
+}
+
+/// One value of a flag that takes several only in a sweep.
+fn one<T: Copy>(values: &[T], default: T) -> T {
+    values.first().copied().unwrap_or(default)
+}
+
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let gpu = args.gpu.open()?;
     if let Some(run_dir) = args.resume.clone() {
         let options = RunOptions {
-            run_dir,
+            run_dir: run_dir.clone(),
             resume: true,
             overwrite: false,
             quiet: args.quiet,
             stop_after: args.stop_after,
             tune: !args.no_tune,
         };
+        if run_dir.join("sweep.json").exists()
+            || !run_dir.join("config.json").exists() && holds_runs(&run_dir)
+        {
+            let report = train_sweep(&gpu, None, &run_dir, args.sweep_part, &options)?;
+            return print_sweep(&report, args.quiet);
+        }
+        if args.sweep_part.is_some() {
+            bail!(
+                "--sweep-part: {} is not a sweep (no sweep.json)",
+                run_dir.display()
+            );
+        }
         let report = train(&gpu, None, &options)?;
         return print_report(&report, args.quiet);
     }
@@ -165,11 +208,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     let shards = open_shards(&expand_inputs(&inputs)?, &args.tensor, None)?;
     let d_in = shards[0].d_in;
-    let d_sae = args.d_sae.unwrap_or(
-        d_in * args
-            .expansion_factor
-            .unwrap_or(if quickstart { 4 } else { 8 }),
-    );
+    let expansion_default = if quickstart { 4 } else { 8 };
+    let sizes: Vec<usize> = match args.d_sae {
+        Some(d_sae) => vec![d_sae],
+        None if args.expansion_factor.is_empty() => vec![d_in * expansion_default],
+        None => args.expansion_factor.iter().map(|e| d_in * e).collect(),
+    };
+    let d_sae = sizes[0];
     let batch_size = args
         .batch_size
         .unwrap_or(if quickstart { 512 } else { 4096 });
@@ -201,24 +246,25 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             args.tokens.map_or(String::new(), |t| format!(", --tokens {t}"))
         );
     }
+    let lr_for = |d_sae: usize| if quickstart { 4e-3 } else { default_lr(d_sae) };
     let config = TrainConfig {
         inputs,
         tensor: args.tensor.clone(),
         eval_inputs: args.eval.clone(),
         eval_fraction,
         eval_every: args.eval_every,
-        k: args.k.unwrap_or(if quickstart { 8 } else { 32 }),
+        architecture: one(&args.architecture, Architecture::TopK),
+        k: one(&args.k, if quickstart { 8 } else { 32 }),
         d_sae,
         batch_size,
-        lr: args
-            .lr
-            .unwrap_or_else(|| if quickstart { 4e-3 } else { default_lr(d_sae) }),
+        lr: one(&args.lr, lr_for(d_sae)),
         lr_warmup_steps: args.lr_warmup_steps.unwrap_or((steps / 10).min(1000)),
         steps,
         adam_beta1: args.adam_beta1,
         adam_beta2: args.adam_beta2,
         adam_eps: args.adam_eps,
-        seed: args.seed,
+        seed: one(&args.seed, 0),
+        data_seed: args.data_seed,
         shuffle_buffer: args.shuffle_buffer,
         b_dec_init: args.b_dec_init,
         normalize_activations: args.normalize_activations,
@@ -228,12 +274,65 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         checkpoint_every: args.checkpoint_every,
         log_every: args.log_every,
         skip_nonfinite: args.skip_nonfinite,
-        format: args.format,
+        format: args
+            .format
+            .unwrap_or(default_format(one(&args.architecture, Architecture::TopK))),
         init_sample_rows: 32768,
     };
     drop(shards);
+    let axes = SweepAxes {
+        architecture: args.architecture.clone(),
+        format: args.format,
+        k: args.k.clone(),
+        d_sae: sizes,
+        lr: args.lr.clone(),
+        seed: args.seed.clone(),
+    };
+    if axes.is_sweep() || args.sweep_part.is_some() {
+        let sweep = plan(&config, d_in, &axes, lr_for)?;
+        for run in &sweep.runs {
+            validate(&run.config, d_in).map_err(|e| anyhow!("sweep member {}: {e}", run.dir))?;
+        }
+        let report = train_sweep(&gpu, Some(sweep), &run_dir, args.sweep_part, &options)?;
+        return print_sweep(&report, args.quiet);
+    }
     let report = train(&gpu, Some(config), &options)?;
     print_report(&report, args.quiet)
+}
+
+/// A directory of run directories (a sweep whose sweep.json is gone).
+fn holds_runs(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .any(|entry| entry.path().join("config.json").exists())
+}
+
+fn print_sweep(report: &SweepReport, quiet: bool) -> anyhow::Result<()> {
+    if quiet {
+        return Ok(());
+    }
+    for run in &report.file.runs {
+        match (run.fvu, run.l0, run.dead_frac) {
+            (Some(fvu), Some(l0), Some(dead)) => println!(
+                "{:<24} held-out FVU {fvu:.4}, L0 {l0:.2}, dead {:.2}%",
+                run.dir,
+                100.0 * dead
+            ),
+            _ => println!("{:<24} not finished (another part, or stopped)", run.dir),
+        }
+    }
+    if let Some(first) = report.reports.first() {
+        println!(
+            "trained {} members for {} steps in {:.1} s",
+            report.reports.len(),
+            first.steps,
+            first.seconds
+        );
+    }
+    println!("sweep directory: {}", report.dir.display());
+    Ok(())
 }
 
 fn print_report(report: &crate::run::train::TrainReport, quiet: bool) -> anyhow::Result<()> {

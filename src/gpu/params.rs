@@ -165,7 +165,21 @@ pub struct WidenParams {
     pub _pad: u32,
 }
 
+/// shaders/batch_topk.wgsl
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct BatchTopKParams {
+    /// Candidate entries (rows × cap).
+    pub n: u32,
+    /// Entries kept over the batch (k × rows).
+    pub keep: u32,
+    /// θ's moving-average weight.
+    pub beta: f32,
+    pub _pad: u32,
+}
+
 const _: () = {
+    assert!(std::mem::size_of::<BatchTopKParams>() == 16);
     assert!(std::mem::size_of::<WidenParams>() == 16);
     assert!(std::mem::size_of::<InputNormParams>() == 16);
     assert!(std::mem::size_of::<GatedParams>() == 16);

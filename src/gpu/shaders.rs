@@ -14,6 +14,7 @@ pub enum Shader {
     InputNorm,
     Gated,
     Widen,
+    BatchTopK,
 }
 
 impl Shader {
@@ -30,6 +31,7 @@ impl Shader {
             Shader::InputNorm => "input_norm",
             Shader::Gated => "gated",
             Shader::Widen => "widen",
+            Shader::BatchTopK => "batch_topk",
         }
     }
 
@@ -51,6 +53,7 @@ impl Shader {
             Shader::InputNorm => include_str!("../../shaders/input_norm.wgsl"),
             Shader::Gated => include_str!("../../shaders/gated.wgsl"),
             Shader::Widen => include_str!("../../shaders/widen.wgsl"),
+            Shader::BatchTopK => include_str!("../../shaders/batch_topk.wgsl"),
         }
     }
 }

@@ -4,4 +4,5 @@
 
 pub mod frontier;
 pub mod parts;
+pub mod sweep;
 pub mod train;

@@ -23,13 +23,16 @@ use crate::gpu::kernels::topk::MAX_K;
 use crate::gpu::tune::tiles_for;
 use crate::gpu::{Gpu, InjectedFault};
 use crate::io::{write_json_atomic, write_safetensors, TensorOut};
+use crate::sae::architecture::Architecture;
 use crate::sae::blocks::LatentBlocks;
 use crate::sae::checkpoint::{self, Checkpoint};
+use crate::sae::feed::{Feed, MemberStep};
 use crate::sae::formats::{save_saelens, save_sparsify};
 use crate::sae::init::{geometric_median, input_scale, mean_row};
-use crate::sae::params::SaeParams;
+use crate::sae::params::{Activation, SaeParams};
 use crate::sae::schedule::lr_at;
 use crate::sae::trainer::{AuxKConfig, StepMetrics, Trainer};
+use crate::sae::GpuSae;
 
 /// Every hyperparameter of a run; saved in `config.json` and read back by `--resume`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -40,6 +43,9 @@ pub struct TrainConfig {
     /// Fraction of each training shard held out for evaluation (when no eval shards).
     pub eval_fraction: f64,
     pub eval_every: u64,
+    /// `topk` for runs written before architectures were recorded.
+    #[serde(default)]
+    pub architecture: Architecture,
     pub k: usize,
     pub d_sae: usize,
     pub batch_size: usize,
@@ -50,6 +56,10 @@ pub struct TrainConfig {
     pub adam_beta2: f64,
     pub adam_eps: f64,
     pub seed: u64,
+    /// Seed of the data order (shard order and shuffle); `None`: `seed`. A sweep gives every
+    /// member the same one, so its members see the same batches.
+    #[serde(default)]
+    pub data_seed: Option<u64>,
     pub shuffle_buffer: usize,
     pub b_dec_init: BDecInit,
     pub normalize_activations: bool,
@@ -62,6 +72,36 @@ pub struct TrainConfig {
     pub format: ExportFormat,
     /// Rows used to estimate b_dec's geometric median and the input scale.
     pub init_sample_rows: usize,
+}
+
+impl TrainConfig {
+    /// The seed of the data order.
+    pub fn data_seed(&self) -> u64 {
+        self.data_seed.unwrap_or(self.seed)
+    }
+
+    /// Names the first setting that must be shared by runs trained on the same batches and
+    /// differs between `self` and `other`.
+    pub fn data_mismatch(&self, other: &TrainConfig) -> Option<&'static str> {
+        let same = [
+            ("inputs", self.inputs == other.inputs),
+            ("tensor", self.tensor == other.tensor),
+            ("eval inputs", self.eval_inputs == other.eval_inputs),
+            ("eval fraction", self.eval_fraction == other.eval_fraction),
+            ("batch size", self.batch_size == other.batch_size),
+            ("steps", self.steps == other.steps),
+            (
+                "shuffle buffer",
+                self.shuffle_buffer == other.shuffle_buffer,
+            ),
+            ("data seed", self.data_seed() == other.data_seed()),
+            (
+                "skip_nonfinite",
+                self.skip_nonfinite == other.skip_nonfinite,
+            ),
+        ];
+        same.into_iter().find(|(_, s)| !s).map(|(name, _)| name)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -80,6 +120,15 @@ pub enum ExportFormat {
     Sparsify,
     Saelens,
     Both,
+}
+
+/// The layouts a run exports unless told otherwise: both for TopK; SAELens alone for the
+/// other architectures, which sparsify cannot run.
+pub fn default_format(architecture: Architecture) -> ExportFormat {
+    match architecture {
+        Architecture::TopK => ExportFormat::Both,
+        _ => ExportFormat::Saelens,
+    }
 }
 
 /// What a finished run reports.
@@ -190,6 +239,18 @@ pub fn validate(config: &TrainConfig, d_in: usize) -> anyhow::Result<()> {
     if config.k > MAX_K {
         bail!("--k {} exceeds the largest supported k ({MAX_K})", config.k);
     }
+    if config.architecture != Architecture::TopK
+        && matches!(config.format, ExportFormat::Sparsify | ExportFormat::Both)
+    {
+        bail!(
+            "--format {}: sparsify has no inference path for --architecture {}; use --format saelens (its default)",
+            match config.format {
+                ExportFormat::Both => "both",
+                _ => "sparsify",
+            },
+            config.architecture.name()
+        );
+    }
     if config.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -270,7 +331,7 @@ fn stream_config(
         batch_rows: config.batch_size,
         shuffle_rows: config.shuffle_buffer,
         shuffle_shards: true,
-        seed: config.seed,
+        seed: config.data_seed(),
         epochs: None,
         max_rows: Some(max_rows),
         drop_last: true,
@@ -297,28 +358,6 @@ fn init_sample(data: &Data, config: &TrainConfig, rows: usize) -> anyhow::Result
     }
     sample.truncate(rows * data.d_in);
     Ok(sample)
-}
-
-fn evaluate(
-    gpu: &Gpu,
-    trainer: &Trainer<'_>,
-    data: &Data,
-    config: &TrainConfig,
-    scale: f32,
-) -> anyhow::Result<Option<EvalSummary>> {
-    if data.eval.is_empty() {
-        return Ok(None);
-    }
-    let mut stream_cfg = StreamConfig::sequential(config.batch_size);
-    stream_cfg.range = data.eval_range;
-    stream_cfg.skip_nonfinite = config.skip_nonfinite;
-    let evaluator = Evaluator::new(gpu, &trainer.sae, config.batch_size)?;
-    let acc: EvalAccumulator = evaluator.run(
-        BatchStream::start(data.eval.clone(), stream_cfg)?,
-        scale,
-        |_| {},
-    )?;
-    Ok(Some(acc.summary()))
 }
 
 fn progress_bar(steps: u64, start: u64, quiet: bool) -> ProgressBar {
@@ -471,146 +510,500 @@ impl MetricsLog {
     }
 }
 
+/// One run of a group trained on the same batches (a sweep, or a single run as a group of
+/// one): its directory, configuration and training state.
+struct Member<'g> {
+    run_dir: PathBuf,
+    config: TrainConfig,
+    trainer: Trainer<'g>,
+    /// The factor inputs are divided by (1 when not scaling).
+    scale: f32,
+    tokens: u64,
+    /// Fires per latent over all training tokens so far.
+    fire_counts: Vec<u64>,
+    log: MetricsLog,
+    last_checkpoint: Option<PathBuf>,
+}
+
+/// A run directory with its configuration: the one given, or on resume the run's own.
+pub struct MemberSpec {
+    pub run_dir: PathBuf,
+    /// `None` on resume: the run's `config.json` is read.
+    pub config: Option<TrainConfig>,
+}
+
+/// Reads a run's `config.json`: its configuration and the shards it was trained on.
+fn read_run_config(run_dir: &Path) -> anyhow::Result<(TrainConfig, Option<serde_json::Value>)> {
+    let config_path = run_dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("{}: cannot read", config_path.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", config_path.display()))?;
+    let config = serde_json::from_value(value["config"].clone())
+        .with_context(|| format!("{}: bad \"config\"", config_path.display()))?;
+    Ok((config, value.get("data").cloned()))
+}
+
+/// The newest step at which every run of the group has a checkpoint that loads, and those
+/// checkpoints. A group killed while writing one step's checkpoints resumes from the step
+/// before, which every run still keeps.
+fn common_checkpoint(run_dirs: &[PathBuf]) -> Option<Vec<(PathBuf, Checkpoint)>> {
+    let first = run_dirs.first()?;
+    let steps: Vec<u64> = checkpoint::steps_in(&first.join("checkpoints"))
+        .into_iter()
+        .map(|(step, _)| step)
+        .collect();
+    'steps: for &step in steps.iter().rev() {
+        let mut found = Vec::with_capacity(run_dirs.len());
+        for dir in run_dirs {
+            let path = checkpoint::path_for(&dir.join("checkpoints"), step);
+            if !path.exists() {
+                continue 'steps;
+            }
+            match checkpoint::load(&path) {
+                Ok(ckpt) => found.push((path, ckpt)),
+                Err(error) => {
+                    tracing::warn!("skipping unreadable checkpoint: {error:#}");
+                    continue 'steps;
+                }
+            }
+        }
+        return Some(found);
+    }
+    None
+}
+
+/// GPU memory of the whole group, checked up front; the message names the first run that
+/// does not fit beside the ones before it.
+fn check_group_memory(gpu: &Gpu, members: &[(String, u64)], feed: u64) -> anyhow::Result<()> {
+    let mut total = feed;
+    for (name, needed) in members {
+        total += needed;
+        if members.len() > 1 {
+            gpu.check_memory(
+                &format!("sweep member {name} (with the members before it)"),
+                total,
+            )?;
+        } else {
+            gpu.check_memory("the run", total)?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs (or resumes) training. `config` is ignored on resume: the run's own `config.json` wins.
 pub fn train(
     gpu: &Gpu,
     config: Option<TrainConfig>,
     options: &RunOptions,
 ) -> anyhow::Result<TrainReport> {
-    let given = config
-        .iter()
-        .flat_map(|c| c.inputs.iter().chain(&c.eval_inputs));
-    check_utf8_paths(
-        given
+    let spec = MemberSpec {
+        run_dir: options.run_dir.clone(),
+        config,
+    };
+    let mut reports = train_group(gpu, vec![spec], options, &mut || Ok(()))?;
+    reports
+        .pop()
+        .ok_or_else(|| anyhow!("training produced no report"))
+}
+
+/// Trains several runs on the same batches: every batch is read, shuffled and uploaded once
+/// and each run steps on it, in one submission. Each run is an ordinary run directory; a
+/// run ends bit-identical to the same configuration trained alone. `options.run_dir` is
+/// ignored (each spec names its own); the other options apply to every run. `checked` runs
+/// once every run is checked against the data and the GPU, before any run's files are written.
+///
+/// On resume a run without `config.json` (a sweep member killed before it was written) starts
+/// from its given configuration, and so does the whole group: the group resumes from the
+/// newest step at which every run has a checkpoint.
+pub fn train_group(
+    gpu: &Gpu,
+    specs: Vec<MemberSpec>,
+    options: &RunOptions,
+    checked: &mut dyn FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<TrainReport>> {
+    if specs.is_empty() {
+        bail!("no runs to train");
+    }
+    let given = specs.iter().flat_map(|s| {
+        s.config
+            .iter()
+            .flat_map(|c| c.inputs.iter().chain(&c.eval_inputs))
             .map(PathBuf::as_path)
-            .chain([options.run_dir.as_path()]),
-    )?;
-    prepare_run_dir(options)?;
-    let run_dir = &options.run_dir;
-    let config_path = run_dir.join("config.json");
-    let checkpoints_dir = run_dir.join("checkpoints");
-    let resumed = if options.resume {
-        match checkpoint::latest(&checkpoints_dir)? {
-            Some(found) => Some(found),
-            None if config_path.exists() => {
-                tracing::warn!(
-                    "no usable checkpoint in {}; starting the run over",
-                    checkpoints_dir.display()
-                );
-                None
-            }
-            None => bail!("{}: nothing to resume (no config.json)", run_dir.display()),
+            .chain([s.run_dir.as_path()])
+    });
+    check_utf8_paths(given)?;
+    let mut configs = Vec::with_capacity(specs.len());
+    let mut run_dirs = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let member_options = RunOptions {
+            run_dir: spec.run_dir.clone(),
+            ..*options
+        };
+        prepare_run_dir(&member_options)?;
+        let has_config = spec.run_dir.join("config.json").exists();
+        let (config, recorded) = match spec.config {
+            _ if options.resume && has_config => read_run_config(&spec.run_dir)?,
+            Some(config) => (config, None),
+            None if options.resume => bail!(
+                "{}: nothing to resume (no config.json)",
+                spec.run_dir.display()
+            ),
+            None => bail!("no training configuration given"),
+        };
+        configs.push((config, recorded));
+        run_dirs.push(spec.run_dir);
+    }
+    let first = configs[0].0.clone();
+    for ((config, _), dir) in configs.iter().zip(&run_dirs).skip(1) {
+        if let Some(setting) = first.data_mismatch(config) {
+            bail!(
+                "{}: its {setting} differs from {}'s; runs trained on the same batches must share it",
+                dir.display(),
+                run_dirs[0].display()
+            );
         }
+    }
+
+    let data = open_data(&first)?;
+    let d_in = data.d_in;
+    let mut needs = Vec::with_capacity(configs.len());
+    for ((config, recorded), dir) in configs.iter().zip(&run_dirs) {
+        if let Some(recorded) = recorded {
+            check_same_data(recorded, &shard_infos(&data.train))?;
+        }
+        validate(config, d_in)?;
+        let k_aux = if config.auxk_alpha > 0.0 {
+            config.auxk_k
+        } else {
+            0
+        };
+        let candidates = config.architecture.row_candidates(config.k, config.d_sae);
+        let needed = gpu_bytes_needed(d_in, config.d_sae, candidates, config.batch_size, k_aux);
+        // Per-latent tensors larger than one storage binding are split into blocks of latents;
+        // this fails only when a single latent's column cannot be bound, before anything is
+        // allocated.
+        let suggestion = "use a smaller dictionary or --batch-size";
+        LatentBlocks::plan(d_in, config.d_sae, config.batch_size, gpu.binding_limit()).map_err(
+            |e| {
+                anyhow!(
+                    "{}: {e}; the run needs about {} MiB of GPU memory in all; {suggestion}",
+                    dir.display(),
+                    needed >> 20
+                )
+            },
+        )?;
+        let name = dir.file_name().map_or_else(
+            || dir.display().to_string(),
+            |n| n.to_string_lossy().to_string(),
+        );
+        needs.push((name, needed));
+    }
+    let feed_bytes = Feed::bytes(first.batch_size, d_in);
+    let total: u64 = needs.iter().map(|(_, n)| n).sum::<u64>() + feed_bytes;
+    tracing::info!("training needs about {} MiB of GPU memory", total >> 20);
+    check_group_memory(gpu, &needs, feed_bytes)?;
+    checked()?;
+
+    for ((config, _), (dir, (_, needed))) in configs.iter().zip(run_dirs.iter().zip(&needs)) {
+        let config_path = dir.join("config.json");
+        if !options.resume || !config_path.exists() {
+            let config_value =
+                serde_json::to_value(config).context("recording the configuration")?;
+            write_json_atomic(
+                &config_path,
+                &json!({
+                    "config": config_value,
+                    "d_in": d_in,
+                    "data": shard_infos(&data.train),
+                    "eval_data": shard_infos(&data.eval),
+                    "adapter": gpu.summary,
+                    "sae_wgpu_version": env!("CARGO_PKG_VERSION"),
+                    "estimated_gpu_bytes": needed,
+                }),
+            )?;
+        }
+    }
+
+    let resumed = if options.resume {
+        let found = common_checkpoint(&run_dirs);
+        if found.is_none() {
+            tracing::warn!(
+                "no usable checkpoint common to {}; starting over",
+                run_dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        found
     } else {
         None
     };
-    let (config, recorded_data): (TrainConfig, Option<serde_json::Value>) = if options.resume {
-        let text = std::fs::read_to_string(&config_path)
-            .with_context(|| format!("{}: cannot read", config_path.display()))?;
-        let value: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not valid JSON", config_path.display()))?;
-        let config = serde_json::from_value(value["config"].clone())
-            .with_context(|| format!("{}: bad \"config\"", config_path.display()))?;
-        (config, value.get("data").cloned())
-    } else {
-        (
-            config.ok_or_else(|| anyhow!("no training configuration given"))?,
-            None,
-        )
-    };
-
-    let data = open_data(&config)?;
-    if let Some(recorded) = recorded_data {
-        check_same_data(&recorded, &shard_infos(&data.train))?;
+    let start_step = resumed
+        .as_ref()
+        .and_then(|found| found.first())
+        .map_or(0, |(_, c)| c.step);
+    if let (Some(found), false) = (&resumed, options.quiet) {
+        if let Some((path, _)) = found.first() {
+            eprintln!(
+                "resuming from {} (step {start_step} of {})",
+                if found.len() > 1 {
+                    format!("step {start_step} of {} runs", found.len())
+                } else {
+                    path.display().to_string()
+                },
+                first.steps
+            );
+        }
     }
-    validate(&config, data.d_in)?;
-    let d_in = data.d_in;
-    let k_aux = if config.auxk_alpha > 0.0 {
-        config.auxk_k
-    } else {
-        0
-    };
-    let needed = gpu_bytes_needed(d_in, config.d_sae, config.k, config.batch_size, k_aux);
-    tracing::info!("training needs about {} MiB of GPU memory", needed >> 20);
-    // Per-latent tensors larger than one storage binding are split into blocks of latents;
-    // this fails only when a single latent's column cannot be bound, before anything is
-    // allocated.
-    gpu.check_memory("the run", needed)?;
-    let suggestion = "use a smaller dictionary or --batch-size";
-    LatentBlocks::plan(d_in, config.d_sae, config.batch_size, gpu.binding_limit()).map_err(
-        |e| {
-            anyhow!(
-                "{e}; the run needs about {} MiB of GPU memory in all; {suggestion}",
-                needed >> 20
-            )
-        },
+    let mut resumed = resumed.map(Vec::into_iter);
+    // Runs that start from the same sample share its b_dec and input scale.
+    let mut init_cache: Vec<(InitKey, (f32, Vec<f32>))> = Vec::new();
+    let mut members: Vec<Member<'_>> = Vec::with_capacity(configs.len());
+    for ((config, _), (run_dir, (_, needed))) in
+        configs.into_iter().zip(run_dirs.into_iter().zip(needs))
+    {
+        let from_checkpoint = resumed.as_mut().and_then(Iterator::next);
+        let (params, scale, tokens, fire_counts, restored) = match from_checkpoint {
+            Some((_, ckpt)) => (
+                ckpt.snapshot.params,
+                ckpt.input_scale,
+                ckpt.tokens,
+                ckpt.fire_counts,
+                Some(Restored {
+                    moments: ckpt.snapshot.moments,
+                    since_fired: ckpt.snapshot.since_fired,
+                    theta: ckpt.snapshot.theta,
+                }),
+            ),
+            None => {
+                let candidates = config.architecture.row_candidates(config.k, config.d_sae);
+                let mut params = SaeParams::init_topk(d_in, config.d_sae, candidates, config.seed);
+                let sample_rows = match config.b_dec_init {
+                    BDecInit::Mean => config.batch_size,
+                    _ => config.init_sample_rows,
+                }
+                .max(1);
+                let key = (sample_rows, config.b_dec_init, config.normalize_activations);
+                let (scale, b_dec) = match init_cache.iter().find(|(k, _)| *k == key) {
+                    Some((_, found)) => found.clone(),
+                    None => {
+                        let found = initial_b_dec(&data, &config, sample_rows)?;
+                        init_cache.push((key, found.clone()));
+                        found
+                    }
+                };
+                params.b_dec = b_dec;
+                (params, scale, 0, vec![0u64; config.d_sae], None)
+            }
+        };
+        members.push(open_member(
+            gpu,
+            run_dir,
+            config,
+            params,
+            scale,
+            tokens,
+            fire_counts,
+            restored,
+            needed,
+            options,
+            start_step,
+        )?);
+    }
+
+    let mut feed = Feed::new(gpu, first.batch_size, d_in)?;
+    let max_rows = first.steps * first.batch_size as u64;
+    let stream = BatchStream::start(
+        data.train.clone(),
+        stream_config(&first, data.train_range, max_rows, start_step),
     )?;
-
-    if !options.resume || !config_path.exists() {
-        let config_value = serde_json::to_value(&config).context("recording the configuration")?;
-        write_json_atomic(
-            &config_path,
-            &json!({
-                "config": config_value,
-                "d_in": d_in,
-                "data": shard_infos(&data.train),
-                "eval_data": shard_infos(&data.eval),
-                "adapter": gpu.summary,
-                "sae_wgpu_version": env!("CARGO_PKG_VERSION"),
-                "estimated_gpu_bytes": needed,
-            }),
-        )?;
-    }
-
-    let (mut params, scale, start_step, mut tokens, mut fire_counts, moments) = match resumed {
-        Some((path, ckpt)) => {
-            let Checkpoint {
-                step,
-                tokens,
-                input_scale,
-                snapshot,
-                fire_counts,
-            } = ckpt;
-            if !options.quiet {
-                eprintln!(
-                    "resuming from {} (step {step} of {})",
-                    path.display(),
-                    config.steps
+    let bar = progress_bar(first.steps, start_step, options.quiet);
+    let started = Instant::now();
+    let (mut window_start, mut window_tokens) = (Instant::now(), 0u64);
+    let mut step = start_step;
+    let fault = injected_fault()?;
+    // A GPU failure names the checkpoint to resume from (the group's oldest last one).
+    let last_of = |members: &[Member<'_>]| -> Option<PathBuf> {
+        members.first().and_then(|m| m.last_checkpoint.clone())
+    };
+    for batch in stream {
+        if step >= first.steps {
+            break;
+        }
+        if let Some((fault, at)) = fault {
+            if at == step + 1 {
+                gpu.inject_fault(fault);
+            }
+        }
+        let batch = batch?;
+        let logged = (step + 1) % first.log_every.max(1) == 0 || step + 1 == first.steps;
+        let steps: Vec<MemberStep> = members
+            .iter()
+            .map(|m| MemberStep {
+                scale: m.scale,
+                lr: lr_at(m.config.lr, step, m.config.lr_warmup_steps, m.config.steps),
+                step: step + 1,
+                with_metrics: logged,
+            })
+            .collect();
+        feed.step(
+            &batch,
+            members
+                .iter_mut()
+                .map(|m| &mut m.trainer)
+                .zip(steps.iter().copied()),
+        )
+        .map_err(|e| interrupted(e.into(), step + 1, last_of(&members).as_deref()))?;
+        step += 1;
+        window_tokens += batch.rows as u64;
+        let tokens_per_s = if logged {
+            let elapsed = window_start.elapsed().as_secs_f64().max(1e-9);
+            let rate = window_tokens as f64 / elapsed;
+            (window_start, window_tokens) = (Instant::now(), 0);
+            rate
+        } else {
+            0.0
+        };
+        for (member, args) in members.iter_mut().zip(&steps) {
+            member.tokens += batch.rows as u64;
+            if logged {
+                member.log.pending.push_back(LogContext {
+                    step,
+                    tokens: member.tokens,
+                    lr: args.lr,
+                    tokens_per_s,
+                    skipped_nonfinite: batch.skipped_nonfinite,
+                });
+            }
+            // Figures of earlier steps, as the GPU finishes them; never waits.
+            member.drain_metrics(false, step, &bar)?;
+        }
+        bar.set_position(step);
+        // Checkpoints and held-out evaluation are the synchronisation points.
+        if options.stop_after == Some(step) && step < first.steps {
+            bar.finish_and_clear();
+            let mut reports = Vec::with_capacity(members.len());
+            for member in &mut members {
+                member.drain_metrics(true, step, &bar)?;
+                member.save_checkpoint(step)?;
+                reports.push(TrainReport {
+                    steps: step,
+                    tokens: member.tokens,
+                    seconds: started.elapsed().as_secs_f64(),
+                    tokens_per_s: 0.0,
+                    heldout: None,
+                    run_dir: member.run_dir.clone(),
+                    peak_gpu_bytes: 0,
+                });
+            }
+            return Ok(reports);
+        }
+        if first.checkpoint_every > 0 && step % first.checkpoint_every == 0 && step < first.steps {
+            for member in &mut members {
+                member.drain_metrics(true, step, &bar)?;
+            }
+            // Every run's checkpoint of this step is written before any is recorded as the
+            // last: a failure names a step that every run can resume from.
+            let mut saved = Vec::with_capacity(members.len());
+            for member in &mut members {
+                let last = member.last_checkpoint.clone();
+                saved.push(
+                    member
+                        .save_checkpoint(step)
+                        .map_err(|e| interrupted(e, step, last.as_deref()))?,
                 );
             }
-            (
-                snapshot.params,
-                input_scale,
-                step,
-                tokens,
-                fire_counts,
-                Some((snapshot.moments, snapshot.since_fired)),
-            )
-        }
-        None => {
-            let mut params = SaeParams::init_topk(d_in, config.d_sae, config.k, config.seed);
-            let sample_rows = match config.b_dec_init {
-                BDecInit::Mean => config.batch_size,
-                _ => config.init_sample_rows,
-            };
-            let mut sample = init_sample(&data, &config, sample_rows.max(1))?;
-            let scale = if config.normalize_activations {
-                input_scale(&sample, d_in)
-            } else {
-                1.0
-            };
-            if scale != 1.0 {
-                sample.iter_mut().for_each(|v| *v /= scale);
+            for (member, path) in members.iter_mut().zip(saved) {
+                member.last_checkpoint = Some(path);
             }
-            params.b_dec = match config.b_dec_init {
-                BDecInit::GeometricMedian => geometric_median(&sample, d_in, 100, 1e-5),
-                BDecInit::Mean => mean_row(&sample, d_in),
-                BDecInit::Zeros => vec![0.0; d_in],
-            };
-            (params, scale, 0, 0, vec![0u64; config.d_sae], None)
         }
-    };
+        if first.eval_every > 0 && step % first.eval_every == 0 && step < first.steps {
+            for member in &mut members {
+                member.drain_metrics(true, step, &bar)?;
+                if let Some(summary) = evaluate(gpu, member, &data)? {
+                    let line = json!({"step": step, "tokens": member.tokens, "eval": summary});
+                    writeln!(member.log.file, "{line}")?;
+                }
+            }
+        }
+    }
+    for member in &mut members {
+        member.drain_metrics(true, step, &bar)?;
+    }
+    bar.finish_and_clear();
+    if step < first.steps {
+        tracing::warn!("the data ran out after {step} of {} steps", first.steps);
+    }
+    let mut finals = Vec::with_capacity(members.len());
+    for member in &mut members {
+        finals.push(member.save_checkpoint(step)?);
+    }
+    for path in &finals {
+        tracing::info!("final checkpoint {}", path.display());
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let mut reports = Vec::with_capacity(members.len());
+    for member in &members {
+        reports.push(finish_member(
+            gpu, member, &data, step, start_step, seconds,
+        )?);
+    }
+    Ok(reports)
+}
 
+/// What a run's initial b_dec and input scale depend on besides the data order: sample rows,
+/// method, whether inputs are scaled.
+type InitKey = (usize, BDecInit, bool);
+
+/// The input scale and b_dec a new run starts from, estimated on its first training rows.
+fn initial_b_dec(
+    data: &Data,
+    config: &TrainConfig,
+    sample_rows: usize,
+) -> anyhow::Result<(f32, Vec<f32>)> {
+    let d_in = data.d_in;
+    let mut sample = init_sample(data, config, sample_rows)?;
+    let scale = if config.normalize_activations {
+        input_scale(&sample, d_in)
+    } else {
+        1.0
+    };
+    if scale != 1.0 {
+        sample.iter_mut().for_each(|v| *v /= scale);
+    }
+    let b_dec = match config.b_dec_init {
+        BDecInit::GeometricMedian => geometric_median(&sample, d_in, 100, 1e-5),
+        BDecInit::Mean => mean_row(&sample, d_in),
+        BDecInit::Zeros => vec![0.0; d_in],
+    };
+    Ok((scale, b_dec))
+}
+
+/// What a checkpoint restores beyond the weights.
+struct Restored {
+    moments: Vec<(Vec<f32>, Vec<f32>)>,
+    since_fired: Vec<u32>,
+    theta: Option<f32>,
+}
+
+/// A run's trainer on the GPU, with its moments restored on resume and its metrics log open.
+#[allow(clippy::too_many_arguments)]
+fn open_member<'g>(
+    gpu: &'g Gpu,
+    run_dir: PathBuf,
+    config: TrainConfig,
+    params: SaeParams,
+    scale: f32,
+    tokens: u64,
+    fire_counts: Vec<u64>,
+    restored: Option<Restored>,
+    needed_bytes: u64,
+    options: &RunOptions,
+    start_step: u64,
+) -> anyhow::Result<Member<'g>> {
     let adam = AdamConfig {
         beta1: config.adam_beta1,
         beta2: config.adam_beta2,
@@ -620,6 +1013,13 @@ pub fn train(
         alpha: config.auxk_alpha,
         k_aux: config.auxk_k,
     });
+    let out_of_memory = |e| {
+        anyhow!(
+            "{}: {e} (the run needs about {} MiB of GPU memory)",
+            run_dir.display(),
+            needed_bytes >> 20
+        )
+    };
     let mut trainer = Trainer::new(
         gpu,
         &params,
@@ -628,18 +1028,19 @@ pub fn train(
         config.dead_tokens,
         auxk,
     )
-    .map_err(|e| {
-        anyhow!(
-            "{e} (the run needs about {} MiB of GPU memory)",
-            needed >> 20
-        )
-    })?;
-    if let Some((moments, since_fired)) = &moments {
-        trainer.restore(moments, since_fired)?;
+    .map_err(out_of_memory)?;
+    if config.architecture == Architecture::BatchTopK {
+        let theta = restored.as_ref().and_then(|r| r.theta).unwrap_or(0.0);
+        trainer = trainer
+            .with_batch_topk(config.k, theta)
+            .map_err(out_of_memory)?;
+    }
+    if let Some(restored) = &restored {
+        trainer.restore(&restored.moments, &restored.since_fired)?;
     }
     let gemm = EncoderShape {
         rows: config.batch_size,
-        d_in,
+        d_in: params.d_in,
         d_sae: trainer.sae.blocks[0].range.len,
     };
     trainer.sae.gemm_tiles = tiles_for(gpu, gemm, options.tune, || {
@@ -649,149 +1050,129 @@ pub fn train(
             );
         }
     })?;
-
     let metrics_path = run_dir.join("metrics.jsonl");
     if options.resume {
         truncate_metrics(&metrics_path, start_step)?;
     } else {
         let _ = std::fs::remove_file(&metrics_path);
     }
-    let metrics_file = OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&metrics_path)
         .with_context(|| format!("{}: cannot open", metrics_path.display()))?;
-
-    let max_rows = config.steps * config.batch_size as u64;
-    let stream = BatchStream::start(
-        data.train.clone(),
-        stream_config(&config, data.train_range, max_rows, start_step),
-    )?;
-    let bar = progress_bar(config.steps, start_step, options.quiet);
-    let started = Instant::now();
-    let (mut window_start, mut window_tokens) = (Instant::now(), 0u64);
-    let mut last_checkpoint: Option<PathBuf> = None;
-    let mut step = start_step;
-    let save_checkpoint = |trainer: &Trainer<'_>,
-                           step: u64,
-                           tokens: u64,
-                           fire_counts: &mut Vec<u64>|
-     -> anyhow::Result<PathBuf> {
-        for (total, c) in fire_counts.iter_mut().zip(trainer.take_fire_counts()?) {
-            *total += u64::from(c);
-        }
-        checkpoint::save(
-            &checkpoints_dir,
-            &Checkpoint {
-                step,
-                tokens,
-                input_scale: scale,
-                snapshot: trainer.snapshot()?,
-                fire_counts: fire_counts.clone(),
-            },
-        )
-    };
-
-    let fault = injected_fault()?;
-    let mut log = MetricsLog {
-        file: metrics_file,
-        path: metrics_path.clone(),
+    let log = MetricsLog {
+        file,
+        path: metrics_path,
         pending: VecDeque::new(),
         auxk_alpha: config.auxk_alpha,
         d_sae: config.d_sae,
     };
-    for batch in stream {
-        if step >= config.steps {
-            break;
-        }
-        if let Some((fault, at)) = fault {
-            if at == step + 1 {
-                gpu.inject_fault(fault);
-            }
-        }
-        let batch = batch?;
-        let lr = lr_at(config.lr, step, config.lr_warmup_steps, config.steps);
-        let logged = (step + 1) % config.log_every.max(1) == 0 || step + 1 == config.steps;
-        trainer
-            .step_batch(&batch, scale, lr, step + 1, logged)
-            .map_err(|e| interrupted(e.into(), step + 1, last_checkpoint.as_deref()))?;
-        step += 1;
-        tokens += batch.rows as u64;
-        window_tokens += batch.rows as u64;
-        if logged {
-            let elapsed = window_start.elapsed().as_secs_f64().max(1e-9);
-            log.pending.push_back(LogContext {
-                step,
-                tokens,
-                lr,
-                tokens_per_s: window_tokens as f64 / elapsed,
-                skipped_nonfinite: batch.skipped_nonfinite,
-            });
-            (window_start, window_tokens) = (Instant::now(), 0);
-        }
-        // Figures of earlier steps, as the GPU finishes them; never waits.
-        let ready = trainer
-            .ready_metrics(false)
-            .map_err(|e| interrupted(e.into(), step, last_checkpoint.as_deref()))?;
-        log.write(ready, &bar, last_checkpoint.as_deref())?;
-        bar.set_position(step);
-        // Checkpoints and held-out evaluation are the synchronisation points.
-        let sync = |trainer: &mut Trainer<'_>,
-                    log: &mut MetricsLog,
-                    last: Option<&Path>|
-         -> anyhow::Result<()> {
-            let ready = trainer
-                .ready_metrics(true)
-                .map_err(|e| interrupted(e.into(), step, last))?;
-            log.write(ready, &bar, last)
-        };
-        if options.stop_after == Some(step) && step < config.steps {
-            sync(&mut trainer, &mut log, last_checkpoint.as_deref())?;
-            bar.finish_and_clear();
-            save_checkpoint(&trainer, step, tokens, &mut fire_counts)?;
-            return Ok(TrainReport {
-                steps: step,
-                tokens,
-                seconds: started.elapsed().as_secs_f64(),
-                tokens_per_s: 0.0,
-                heldout: None,
-                run_dir: run_dir.clone(),
-                peak_gpu_bytes: 0,
-            });
-        }
-        if config.checkpoint_every > 0 && step % config.checkpoint_every == 0 && step < config.steps
-        {
-            sync(&mut trainer, &mut log, last_checkpoint.as_deref())?;
-            let saved = save_checkpoint(&trainer, step, tokens, &mut fire_counts)
-                .map_err(|e| interrupted(e, step, last_checkpoint.as_deref()))?;
-            last_checkpoint = Some(saved);
-        }
-        if config.eval_every > 0 && step % config.eval_every == 0 && step < config.steps {
-            sync(&mut trainer, &mut log, last_checkpoint.as_deref())?;
-            if let Some(summary) = evaluate(gpu, &trainer, &data, &config, scale)? {
-                let line = json!({"step": step, "tokens": tokens, "eval": summary});
-                writeln!(log.file, "{line}")?;
-            }
-        }
-    }
-    let ready = trainer
-        .ready_metrics(true)
-        .map_err(|e| interrupted(e.into(), step, last_checkpoint.as_deref()))?;
-    log.write(ready, &bar, last_checkpoint.as_deref())?;
-    bar.finish_and_clear();
-    if step < config.steps {
-        tracing::warn!("the data ran out after {step} of {} steps", config.steps);
-    }
-    let final_checkpoint = save_checkpoint(&trainer, step, tokens, &mut fire_counts)?;
-    tracing::info!("final checkpoint {}", final_checkpoint.display());
-    let seconds = started.elapsed().as_secs_f64();
+    Ok(Member {
+        run_dir,
+        config,
+        trainer,
+        scale,
+        tokens,
+        fire_counts,
+        log,
+        last_checkpoint: None,
+    })
+}
 
-    let heldout = evaluate(gpu, &trainer, &data, &config, scale)?;
-    params = trainer.snapshot()?.params;
-    params.fold_input_scale(scale);
+impl Member<'_> {
+    /// Writes the metrics lines of the steps whose figures came back (with `wait`, of every
+    /// step submitted); `step` names where a failure happened.
+    fn drain_metrics(&mut self, wait: bool, step: u64, bar: &ProgressBar) -> anyhow::Result<()> {
+        let last = self.last_checkpoint.as_deref();
+        let ready = self
+            .trainer
+            .ready_metrics(wait)
+            .map_err(|e| interrupted(e.into(), step, last))?;
+        self.log.write(ready, bar, last)
+    }
+
+    /// Adds the fire counts since the last checkpoint to the totals and writes a checkpoint.
+    fn save_checkpoint(&mut self, step: u64) -> anyhow::Result<PathBuf> {
+        for (total, c) in self
+            .fire_counts
+            .iter_mut()
+            .zip(self.trainer.take_fire_counts()?)
+        {
+            *total += u64::from(c);
+        }
+        checkpoint::save(
+            &self.run_dir.join("checkpoints"),
+            &Checkpoint {
+                step,
+                tokens: self.tokens,
+                input_scale: self.scale,
+                snapshot: self.trainer.snapshot()?,
+                fire_counts: self.fire_counts.clone(),
+            },
+        )
+    }
+}
+
+/// A run's SAE as it is used after training (and exported), on the trainer's input scale:
+/// for BatchTopK, JumpReLU with θ for every latent; for TopK, the trained SAE itself.
+fn inference_params(member: &Member<'_>) -> anyhow::Result<SaeParams> {
+    let snapshot = member.trainer.snapshot()?;
+    let mut params = snapshot.params;
+    if member.config.architecture == Architecture::BatchTopK {
+        let theta = snapshot
+            .theta
+            .ok_or_else(|| anyhow!("a BatchTopK trainer without θ"))?;
+        params.activation = Activation::JumpRelu {
+            threshold: vec![theta; params.d_sae],
+        };
+    }
+    Ok(params)
+}
+
+/// Held-out figures of a run, or `None` without held-out data: of the SAE as it is used after
+/// training ([`inference_params`]), as `sae eval` computes them.
+fn evaluate(gpu: &Gpu, member: &Member<'_>, data: &Data) -> anyhow::Result<Option<EvalSummary>> {
+    if data.eval.is_empty() {
+        return Ok(None);
+    }
+    let config = &member.config;
+    let mut stream_cfg = StreamConfig::sequential(config.batch_size);
+    stream_cfg.range = data.eval_range;
+    stream_cfg.skip_nonfinite = config.skip_nonfinite;
+    let inference;
+    let sae = match config.architecture {
+        Architecture::TopK => &member.trainer.sae,
+        _ => {
+            inference = GpuSae::upload(gpu, &inference_params(member)?, config.batch_size)?;
+            &inference
+        }
+    };
+    let evaluator = Evaluator::new(gpu, sae, config.batch_size)?;
+    let acc: EvalAccumulator = evaluator.run(
+        BatchStream::start(data.eval.clone(), stream_cfg)?,
+        member.scale,
+        |_| {},
+    )?;
+    Ok(Some(acc.summary()))
+}
+
+/// A finished run's held-out figures, density, exports, summary and plots.
+fn finish_member(
+    gpu: &Gpu,
+    member: &Member<'_>,
+    data: &Data,
+    step: u64,
+    start_step: u64,
+    seconds: f64,
+) -> anyhow::Result<TrainReport> {
+    let (config, run_dir, tokens) = (&member.config, &member.run_dir, member.tokens);
+    let heldout = evaluate(gpu, member, data)?;
+    let mut params = inference_params(member)?;
+    params.fold_input_scale(member.scale);
 
     // Feature density over the training tokens.
-    let log10_density = crate::analysis::hist::log10_density(&fire_counts, tokens);
+    let log10_density = crate::analysis::hist::log10_density(&member.fire_counts, tokens);
     write_safetensors(
         &run_dir.join("sparsity.safetensors"),
         &[TensorOut::f32("sparsity", &[config.d_sae], &log10_density)],
@@ -816,19 +1197,22 @@ pub fn train(
             metadata,
         )?;
     }
+    let trained = step.saturating_sub(start_step) * config.batch_size as u64;
     let report = TrainReport {
         steps: step,
         tokens,
         seconds,
-        tokens_per_s: (tokens - start_step * config.batch_size as u64) as f64 / seconds.max(1e-9),
+        tokens_per_s: trained as f64 / seconds.max(1e-9),
         heldout,
         run_dir: run_dir.clone(),
         peak_gpu_bytes: gpu.allocations.counts().peak_bytes,
     };
     write_json_atomic(&run_dir.join("summary.json"), &report)?;
-    if let Err(error) =
-        crate::analysis::plots::training_plots(run_dir, &metrics_path, &log10_density)
-    {
+    if let Err(error) = crate::analysis::plots::training_plots(
+        run_dir,
+        &run_dir.join("metrics.jsonl"),
+        &log10_density,
+    ) {
         tracing::warn!("could not draw the plots: {error:#}");
     }
     Ok(report)

@@ -31,7 +31,7 @@ pub fn path_for(dir: &Path, step: u64) -> PathBuf {
     dir.join(format!("{PREFIX}{step:09}{SUFFIX}"))
 }
 
-fn steps_in(dir: &Path) -> Vec<(u64, PathBuf)> {
+pub fn steps_in(dir: &Path) -> Vec<(u64, PathBuf)> {
     let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -86,7 +86,7 @@ pub fn save(dir: &Path, checkpoint: &Checkpoint) -> anyhow::Result<PathBuf> {
     ));
     let counts: Vec<i64> = checkpoint.fire_counts.iter().map(|&c| c as i64).collect();
     tensors.push(TensorOut::i64("fire_counts", &[n], &counts));
-    let metadata = HashMap::from([
+    let mut metadata = HashMap::from([
         ("format".to_string(), "sae-wgpu-checkpoint-1".to_string()),
         ("step".to_string(), checkpoint.step.to_string()),
         ("tokens".to_string(), checkpoint.tokens.to_string()),
@@ -96,6 +96,9 @@ pub fn save(dir: &Path, checkpoint: &Checkpoint) -> anyhow::Result<PathBuf> {
             checkpoint.input_scale.to_string(),
         ),
     ]);
+    if let Some(theta) = checkpoint.snapshot.theta {
+        metadata.insert("theta".to_string(), theta.to_string());
+    }
     let path = path_for(dir, checkpoint.step);
     write_safetensors(&path, &tensors, Some(metadata))?;
     let all = steps_in(dir);
@@ -212,6 +215,7 @@ pub fn parse(bytes: &[u8], path: &Path) -> anyhow::Result<Checkpoint> {
             params,
             moments,
             since_fired,
+            theta: metadata.get("theta").and_then(|t| t.parse().ok()),
         },
         fire_counts,
     })

@@ -2,23 +2,24 @@
 //! from its upload, forward, FVU loss, backward without float atomics, optional AuxK, Adam and
 //! the unit-norm decoder constraint, then dead-latent bookkeeping.
 //!
-//! Nothing is allocated and nothing waits in a steady-state step: the launches reuse their
-//! parameter buffers and bind groups (a [`LaunchCache`]), the batch goes into one of two
-//! upload buffers while the GPU works on the other, and the step's metrics are copied into a
-//! ring of mapped buffers that the host reads a few steps later ([`Trainer::ready_metrics`]).
-//! The host waits only when it is more than [`MAX_IN_FLIGHT`] steps ahead of the GPU.
+//! A step is recorded into a caller's recorder ([`Trainer::record_batch_step`]): a
+//! [`Feed`](super::feed::Feed) uploads each batch once and submits the steps of every trainer
+//! that shares it (a sweep) together. Nothing is allocated and nothing waits in a
+//! steady-state step: the launches reuse their parameter buffers and bind groups (the feed's
+//! `LaunchCache`), and the step's metrics are copied into a ring of mapped buffers that the
+//! host reads a few steps later ([`Trainer::ready_metrics`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use crate::data::{ActDtype, Batch};
 use crate::gpu::alloc::TrackedBuffer;
 use crate::gpu::kernels::backward::{
     launch_aux_residual, launch_bias_dec_grad_block, launch_code_grad_block,
     launch_decoder_weight_grad_block, launch_encoder_weight_grad_block, launch_loss_grad,
     launch_reverse_index, BackwardShape, LossScale, ReverseIndex,
 };
+use crate::gpu::kernels::batch_topk::{launch_batch_topk, state as batch_state};
 use crate::gpu::kernels::optim::{
     launch_adam, launch_normalize_rows, launch_remove_parallel_grad, AdamConfig,
 };
@@ -26,13 +27,15 @@ use crate::gpu::kernels::reduce::{
     launch_aux_scale, launch_dead_mask, launch_fire_counts, launch_update_dead, Reducer,
 };
 use crate::gpu::kernels::topk::MAX_K;
-use crate::gpu::kernels::widen::{launch_widen, UploadDtype};
-use crate::gpu::recorder::Timings;
-use crate::gpu::{Gpu, GpuBuffer, GpuError, GpuResult, LaunchCache, Recorder};
+use crate::gpu::kernels::widen::launch_widen;
+use crate::gpu::{Gpu, GpuBuffer, GpuError, GpuResult, Recorder};
 
+use super::architecture::THETA_BETA;
 use super::blocks::LatentTensor;
+use super::feed::{MemberStep, Upload};
 use super::forward::{
-    record_decode, record_forward, record_topk, Candidates, ForwardBuffers, GpuSae, Selection,
+    record_decode, record_encode_select, record_forward, record_topk, Candidates, ForwardBuffers,
+    GpuSae, Selection,
 };
 use super::params::SaeParams;
 
@@ -106,9 +109,6 @@ struct BlockState {
     w_dec: ParamState,
 }
 
-/// Steps submitted but not known to be finished before the host waits for the oldest.
-pub const MAX_IN_FLIGHT: usize = 2;
-
 /// Metrics copies in flight at most; a further request waits for the oldest.
 const METRICS_RING: usize = 4;
 
@@ -127,6 +127,15 @@ pub struct TrainerSnapshot {
     /// exp_avg and exp_avg_sq for W_enc, b_enc, W_dec, b_dec.
     pub moments: Vec<(Vec<f32>, Vec<f32>)>,
     pub since_fired: Vec<u32>,
+    /// BatchTopK's inference threshold θ.
+    pub theta: Option<f32>,
+}
+
+/// BatchTopK: the batch keeps `k` entries per row on average from each row's candidates.
+struct BatchSelection {
+    k: usize,
+    /// [batch threshold, θ, smallest kept, unused] (kernels::batch_topk::state).
+    state: GpuBuffer,
 }
 
 pub struct Trainer<'g> {
@@ -153,26 +162,8 @@ pub struct Trainer<'g> {
     eligible: GpuBuffer,
     dead_count: GpuBuffer,
     aux: Option<AuxBuffers>,
-    /// Parameter buffers and bind groups of the step's launches, built by the first step.
-    cache: LaunchCache,
-    /// Two upload buffers for raw batches (f32 words, or 16-bit values in pairs).
-    uploads: [GpuBuffer; 2],
-    next_upload: usize,
-    in_flight: VecDeque<wgpu::SubmissionIndex>,
+    batch_selection: Option<BatchSelection>,
     metrics_ring: MetricsRing,
-    /// Time the host spent waiting for the GPU to catch up (more than [`MAX_IN_FLIGHT`]
-    /// steps behind), and inside `queue.submit` (which on CPU drivers such as lavapipe runs
-    /// the work itself); `sae bench train` reports host time per step without either.
-    pub waited: std::time::Duration,
-    pub submitting: std::time::Duration,
-}
-
-/// A batch written to one of the upload buffers.
-#[derive(Clone, Copy, Debug)]
-pub struct Upload {
-    slot: usize,
-    dtype: UploadDtype,
-    rows: usize,
 }
 
 impl<'g> Trainer<'g> {
@@ -245,16 +236,8 @@ impl<'g> Trainer<'g> {
             eligible: gpu.storage::<u32>("dead_latents", d_sae)?,
             dead_count: gpu.storage::<u32>("dead_count", 1)?,
             aux,
-            cache: LaunchCache::default(),
-            uploads: [
-                gpu.storage::<f32>("upload 0", batch_rows * sae.d_in)?,
-                gpu.storage::<f32>("upload 1", batch_rows * sae.d_in)?,
-            ],
-            next_upload: 0,
-            in_flight: VecDeque::new(),
+            batch_selection: None,
             metrics_ring: MetricsRing::new(gpu, d_sae)?,
-            waited: std::time::Duration::ZERO,
-            submitting: std::time::Duration::ZERO,
             sae,
             fw,
         };
@@ -262,6 +245,36 @@ impl<'g> Trainer<'g> {
         // where the caller can say how much memory the run needs, not at the first step.
         gpu.wait()?;
         Ok(trainer)
+    }
+
+    /// Makes this a BatchTopK trainer: the SAE's per-row selection (its `k`) gives each row's
+    /// candidates, of which the batch keeps `k` per row on average; θ starts at `theta`.
+    pub fn with_batch_topk(mut self, k: usize, theta: f32) -> GpuResult<Self> {
+        if k == 0 || k > self.sae.k {
+            return Err(GpuError::Shape {
+                kernel: "batch_topk",
+                message: format!(
+                    "k = {k} must be between 1 and the row candidates ({})",
+                    self.sae.k
+                ),
+            });
+        }
+        let mut initial = [0.0f32; batch_state::COUNT];
+        initial[batch_state::THETA] = theta;
+        let state = self.gpu.upload("batch_topk_state", &initial)?;
+        self.batch_selection = Some(BatchSelection { k, state });
+        Ok(self)
+    }
+
+    /// BatchTopK's inference threshold θ (waits for the GPU); `None` for TopK.
+    pub fn theta(&self) -> GpuResult<Option<f32>> {
+        match &self.batch_selection {
+            None => Ok(None),
+            Some(batch) => {
+                let state: Vec<f32> = self.gpu.read(&batch.state)?;
+                Ok(Some(state[batch_state::THETA]))
+            }
+        }
     }
 
     fn shape(&self) -> BackwardShape {
@@ -273,134 +286,52 @@ impl<'g> Trainer<'g> {
         }
     }
 
-    /// Uploads `x` (exactly `batch_rows` f32 rows), records and submits one optimiser step with
-    /// learning rate `lr`; `step` counts Adam steps from 1.
-    pub fn step(&mut self, x: &[f32], lr: f64, step: u64) -> GpuResult<()> {
-        let upload = self.upload_f32(x)?;
-        self.submit_step(upload, 1.0, lr, step, false, None)
-            .map(|_| ())
-    }
-
-    /// Writes a batch as streamed (f32, or 16-bit as stored) into the next upload buffer. The
-    /// write is queued: it reaches the GPU with the next submission, after the steps before.
-    pub fn upload(&mut self, batch: &Batch) -> GpuResult<Upload> {
-        match batch.half_dtype {
-            Some(dtype) => {
-                let dtype = match dtype {
-                    ActDtype::Bf16 => UploadDtype::Bf16,
-                    _ => UploadDtype::F16,
-                };
-                self.upload_raw(bytemuck::cast_slice(&batch.half), dtype, batch.rows)
-            }
-            None => self.upload_f32(&batch.x),
-        }
-    }
-
-    fn upload_f32(&mut self, x: &[f32]) -> GpuResult<Upload> {
-        let rows = x.len() / self.sae.d_in.max(1);
-        self.upload_raw(bytemuck::cast_slice(x), UploadDtype::F32, rows)
-    }
-
-    fn upload_raw(&mut self, bytes: &[u8], dtype: UploadDtype, rows: usize) -> GpuResult<Upload> {
-        if rows != self.batch_rows {
+    /// Records one step on an uploaded batch into `rec` (a [`Feed`](super::feed::Feed)
+    /// submits it, with the other trainers' steps on the same batch): the batch widened and
+    /// divided by `args.scale` into this trainer's input, the step, and with
+    /// `args.with_metrics` a copy of its figures. Returns the metrics slot to map once
+    /// submitted ([`Trainer::submitted`]).
+    pub fn record_batch_step(
+        &mut self,
+        rec: &mut Recorder<'_>,
+        upload: Upload<'_>,
+        args: MemberStep,
+    ) -> GpuResult<Option<usize>> {
+        if upload.rows != self.batch_rows {
             return Err(GpuError::Shape {
                 kernel: "train step",
                 message: format!(
-                    "a batch of {rows} rows for a trainer of {}",
-                    self.batch_rows
+                    "a batch of {} rows for a trainer of {}",
+                    upload.rows, self.batch_rows
                 ),
             });
         }
-        let slot = self.next_upload;
-        self.next_upload = 1 - slot;
-        self.gpu.write(&self.uploads[slot], bytes)?;
-        Ok(Upload { slot, dtype, rows })
-    }
-
-    /// Uploads a streamed batch (divided by `scale` on the GPU) and submits one step. With
-    /// `with_metrics`, the step's figures are copied for [`Trainer::ready_metrics`].
-    pub fn step_batch(
-        &mut self,
-        batch: &Batch,
-        scale: f32,
-        lr: f64,
-        step: u64,
-        with_metrics: bool,
-    ) -> GpuResult<()> {
-        let upload = self.upload(batch)?;
-        self.submit_step(upload, scale, lr, step, with_metrics, None)
-            .map(|_| ())
-    }
-
-    /// As [`Trainer::step_batch`], with every dispatch timed (waits for the GPU).
-    pub fn step_batch_timed(
-        &mut self,
-        batch: &Batch,
-        scale: f32,
-        lr: f64,
-        step: u64,
-    ) -> GpuResult<Timings> {
-        let upload = self.upload(batch)?;
-        let timings = self.submit_step(upload, scale, lr, step, false, Some(256))?;
-        Ok(timings.unwrap_or_default())
-    }
-
-    fn submit_step(
-        &mut self,
-        upload: Upload,
-        scale: f32,
-        lr: f64,
-        step: u64,
-        with_metrics: bool,
-        timed: Option<u32>,
-    ) -> GpuResult<Option<Timings>> {
-        let gpu = self.gpu;
-        let metrics_slot = if with_metrics {
-            Some(self.metrics_ring.acquire(gpu, step)?)
+        let metrics_slot = if args.with_metrics {
+            Some(self.metrics_ring.acquire(self.gpu, args.step)?)
         } else {
             None
         };
-        let mut rec = match timed {
-            Some(dispatches) => Recorder::cached_timed(gpu, "train step", &self.cache, dispatches)?,
-            None => Recorder::cached(gpu, "train step", &self.cache),
-        };
         rec.stage("input");
         launch_widen(
-            &mut rec,
-            &self.uploads[upload.slot],
+            rec,
+            upload.raw,
             upload.dtype,
-            scale,
+            args.scale,
             &self.fw.x,
             upload.rows * self.sae.d_in,
         )?;
-        self.record_step(&mut rec, lr, step)?;
+        self.record_step(rec, args.lr, args.step)?;
         if let Some(slot) = metrics_slot {
-            self.metrics_ring.record_copy(&mut rec, slot, self)?;
+            self.metrics_ring.record_copy(rec, slot, self)?;
         }
-        if timed.is_some() {
-            let timings = rec.submit_timed()?;
-            return Ok(Some(timings));
-        }
-        let start = std::time::Instant::now();
-        let index = rec.submit()?;
-        self.submitting += start.elapsed();
+        Ok(metrics_slot)
+    }
+
+    /// Called once the step recorded by [`Trainer::record_batch_step`] is submitted.
+    pub fn submitted(&mut self, metrics_slot: Option<usize>) {
         if let Some(slot) = metrics_slot {
             self.metrics_ring.map(slot);
         }
-        self.in_flight.push_back(index);
-        while self.in_flight.len() > MAX_IN_FLIGHT {
-            if let Some(oldest) = self.in_flight.pop_front() {
-                let start = std::time::Instant::now();
-                gpu.device
-                    .poll(wgpu::PollType::Wait {
-                        submission_index: Some(oldest),
-                        timeout: None,
-                    })
-                    .map_err(|e| GpuError::DeviceLost(e.to_string()))?;
-                self.waited += start.elapsed();
-            }
-        }
-        Ok(None)
     }
 
     /// Records one optimiser step on the batch in `self.fw.x`.
@@ -426,7 +357,30 @@ impl<'g> Trainer<'g> {
             &self.stats,
             slot::VARIANCE,
         )?;
-        record_forward(rec, sae, fw, s.rows)?;
+        match &self.batch_selection {
+            None => record_forward(rec, sae, fw, s.rows)?,
+            Some(batch) => {
+                record_encode_select(rec, sae, fw, s.rows)?;
+                launch_batch_topk(
+                    rec,
+                    &fw.top_val,
+                    s.entries(),
+                    batch.k * s.rows,
+                    THETA_BETA,
+                    &batch.state,
+                )?;
+                record_decode(
+                    rec,
+                    sae,
+                    &fw.top_idx,
+                    &fw.top_val,
+                    sae.k,
+                    &sae.b_dec,
+                    &fw.x_hat,
+                    s.rows,
+                )?;
+            }
+        }
         rec.stage("backward");
         self.reducer.launch_sum_sq_diff(
             rec,
@@ -711,6 +665,7 @@ impl<'g> Trainer<'g> {
             params: self.sae.download(gpu)?,
             moments,
             since_fired: gpu.read(&self.since_fired)?,
+            theta: self.theta()?,
         })
     }
 
@@ -731,6 +686,16 @@ impl<'g> Trainer<'g> {
             gpu.write(&self.b_dec.exp_avg_sq, v)?;
         }
         gpu.write(&self.since_fired, since_fired)
+    }
+
+    /// Restores BatchTopK's θ (from a checkpoint).
+    pub fn restore_theta(&self, theta: f32) -> GpuResult<()> {
+        if let Some(batch) = &self.batch_selection {
+            let mut state = [0.0f32; batch_state::COUNT];
+            state[batch_state::THETA] = theta;
+            self.gpu.write(&batch.state, &state)?;
+        }
+        Ok(())
     }
 }
 

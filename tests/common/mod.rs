@@ -223,3 +223,37 @@ pub fn assert_hist_equal(
         );
     }
 }
+
+/// Stands in for Slurm's `sbatch` in the recipe's test: runs the script at once (an array's
+/// tasks one after another, with the variables Slurm sets), its output to $FAKE_SLURM_LOG, and
+/// prints a job id as `--parsable` does.
+pub const FAKE_SBATCH: &str = r#"#!/usr/bin/env bash
+set -euo pipefail
+array="" script=""
+for arg in "$@"; do
+    case "$arg" in
+    --array=*) array="${arg#--array=}" ;;
+    -*) ;;
+    *) script="$arg" ;;
+    esac
+done
+if [ -n "$array" ]; then
+    lo="${array%-*}" hi="${array#*-}"
+    for i in $(seq "$lo" "$hi"); do
+        SLURM_ARRAY_TASK_ID=$i SLURM_ARRAY_TASK_COUNT=$((hi - lo + 1)) bash "$script" >>"$FAKE_SLURM_LOG" 2>&1
+    done
+else
+    bash "$script" >>"$FAKE_SLURM_LOG" 2>&1
+fi
+echo "$RANDOM"
+"#;
+
+/// A directory holding the stand-in `sbatch` ([`FAKE_SBATCH`]), to put first on PATH.
+pub fn fake_slurm_bin(dir: &std::path::Path) -> std::path::PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let sbatch = bin.join("sbatch");
+    std::fs::write(&sbatch, FAKE_SBATCH).unwrap();
+    std::fs::set_permissions(&sbatch, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    bin
+}

@@ -210,3 +210,25 @@ pub fn adam(
         param[i] -= lr / bias1 * m[i] / (v[i].sqrt() / bias2.sqrt() + eps);
     }
 }
+
+/// BatchTopK over candidate values (all ≥ 0): the `keep`-th largest t (0 when keep covers
+/// them all), the values with those below t zeroed, and the smallest kept value above zero.
+pub fn batch_topk(values: &[f64], keep: usize) -> (f64, Vec<f64>, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let t = if keep == 0 || keep >= values.len() {
+        0.0
+    } else {
+        sorted[keep - 1]
+    };
+    let kept: Vec<f64> = values
+        .iter()
+        .map(|&v| if v < t { 0.0 } else { v })
+        .collect();
+    let smallest = kept
+        .iter()
+        .copied()
+        .filter(|&v| v > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    (t, kept, if smallest.is_finite() { smallest } else { 0.0 })
+}

@@ -2,6 +2,7 @@
 //! pipeline, bind, compute the grid, record into the caller's [`Recorder`](super::Recorder).
 
 pub mod backward;
+pub mod batch_topk;
 pub mod cooccurrence_pairs;
 pub mod decoder;
 pub mod encoder;
