@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Check that a `sae train` run directory loads unchanged in the real Python tools.
 
-Loads RUN_DIR/sparsify with sparsify's `SparseCoder.load_from_disk` and RUN_DIR/saelens with
-SAELens' `SAE.load_from_disk`, runs both on rows of a shard, and checks that
+Loads RUN_DIR/saelens with SAELens' `SAE.load_from_disk` and, where the run has one (TopK),
+RUN_DIR/sparsify with sparsify's `SparseCoder.load_from_disk`, runs them on rows of a shard,
+and checks that
   * both reconstruct identically (they hold the same weights in two layouts),
-  * sparsify's own FVU on the shard matches the held-out FVU in RUN_DIR/summary.json
-    (when the shard is the run's held-out shard),
+  * a run without sparsify/ (BatchTopK, Matryoshka) is a SAELens jumprelu SAE with a threshold,
+  * the FVU on the shard (sparsify's own, or from SAELens' reconstruction) matches the held-out
+    FVU in RUN_DIR/summary.json (when the shard is the run's held-out shard),
   * SAELens' sparsity.safetensors has one entry per latent.
 
 Usage: scripts/check-python-loaders.sh RUN_DIR SHARD [--rows N] [--expect-heldout]
@@ -39,26 +41,38 @@ def main() -> int:
     if args.rows:
         x = x[: args.rows]
 
-    sparsify_sae = SparseCoder.load_from_disk(args.run_dir / "sparsify", device="cpu")
     saelens_sae = SAE.load_from_disk(str(args.run_dir / "saelens"), device="cpu")
-    print(f"sparsify: {type(sparsify_sae).__name__} d_in={sparsify_sae.d_in} "
-          f"latents={sparsify_sae.num_latents} k={sparsify_sae.cfg.k}")
     print(f"SAELens:  {type(saelens_sae).__name__} d_in={saelens_sae.cfg.d_in} "
           f"d_sae={saelens_sae.cfg.d_sae} k={getattr(saelens_sae.cfg, 'k', None)}")
-
     with torch.no_grad():
-        out = sparsify_sae(x)
-        x_hat_sparsify = out.sae_out.float()
-        fvu = float(out.fvu)
         x_hat_saelens = saelens_sae.decode(saelens_sae.encode(x)).float()
-
-    rel = float((x_hat_sparsify - x_hat_saelens).norm() / x_hat_sparsify.norm())
-    print(f"sparsify FVU on {args.shard.name} ({x.shape[0]} rows): {fvu:.6f}")
-    print(f"relative difference between the two loaders' reconstructions: {rel:.2e}")
-    ok = rel < 1e-5
+        centred = (x - x.mean(dim=0)).pow(2).sum()
+        fvu = float((x - x_hat_saelens).pow(2).sum() / centred)
+    ok = True
+    if (args.run_dir / "sparsify").exists():
+        sparsify_sae = SparseCoder.load_from_disk(args.run_dir / "sparsify", device="cpu")
+        print(f"sparsify: {type(sparsify_sae).__name__} d_in={sparsify_sae.d_in} "
+              f"latents={sparsify_sae.num_latents} k={sparsify_sae.cfg.k}")
+        with torch.no_grad():
+            out = sparsify_sae(x)
+            x_hat_sparsify = out.sae_out.float()
+            fvu = float(out.fvu)
+        rel = float((x_hat_sparsify - x_hat_saelens).norm() / x_hat_sparsify.norm())
+        print(f"sparsify FVU on {args.shard.name} ({x.shape[0]} rows): {fvu:.6f}")
+        print(f"relative difference between the two loaders' reconstructions: {rel:.2e}")
+        ok = rel < 1e-5
+    else:
+        # BatchTopK and Matryoshka runs export SAELens jumprelu alone (sparsify cannot run them).
+        cfg = json.loads((args.run_dir / "saelens" / "cfg.json").read_text())
+        threshold = getattr(saelens_sae, "threshold", None)
+        print(f"SAELens architecture {cfg.get('architecture')}; FVU on {args.shard.name} "
+              f"({x.shape[0]} rows): {fvu:.6f}")
+        if cfg.get("architecture") != "jumprelu" or threshold is None:
+            print("FAIL: expected a jumprelu SAE with a threshold")
+            ok = False
 
     sparsity = load_file(str(args.run_dir / "saelens" / "sparsity.safetensors"))["sparsity"]
-    if sparsity.shape != (sparsify_sae.num_latents,):
+    if sparsity.shape != (saelens_sae.cfg.d_sae,):
         print(f"FAIL: sparsity has shape {tuple(sparsity.shape)}")
         ok = False
 

@@ -13,8 +13,8 @@
 //   decoder_weight_grad  ∂W_dec[i, c] = Σ_{e ∈ seg(i)} top_val[e] · g[r(e), c]
 //   encoder_weight_grad  ∂W_enc[c, i] = Σ_{e ∈ seg(i)} dh[e] · (x[r(e), c] − b_dec[c]);
 //                        ∂b_enc[i] = Σ dh[e]
-//   With `accumulate` set, the weight-gradient kernels add to their outputs (AuxK's entries on
-//   top of the main ones).
+//   With `accumulate` set, loss_grad, code_grad and the weight-gradient kernels add to their
+//   outputs (AuxK's entries on top of the main ones; Matryoshka's prefix losses).
 //   bias_dec_grad        ∂b_dec[c] = Σ_r g[r, c] − Σ_i W_enc[c, i] · ∂b_enc[i]
 //                        (b_dec is subtracted from the input as well as added to the output)
 // Split dictionaries (src/sae/blocks.rs): w_dec, w_enc and their gradients hold the latents
@@ -83,7 +83,11 @@ fn loss_grad(
     if (p.scale_slot != NO_SLOT) {
         scale *= stats[p.scale_slot];
     }
-    grad_out[i] = scale * (x_hat[i] - x[i]) / denom;
+    var g = scale * (x_hat[i] - x[i]) / denom;
+    if (p.accumulate != 0u) {
+        g += grad_out[i];
+    }
+    grad_out[i] = g;
 }
 
 @compute @workgroup_size(WG)
@@ -123,7 +127,11 @@ fn code_grad(
     partial[lid] = acc;
     reduce_partial(lid);
     if (lid == 0u) {
-        code_grad_out[e] = select(0.0, partial[0], top_val[e] > 0.0);
+        var g = select(0.0, partial[0], top_val[e] > 0.0);
+        if (p.accumulate != 0u) {
+            g += code_grad_out[e];
+        }
+        code_grad_out[e] = g;
     }
 }
 
@@ -149,7 +157,11 @@ fn code_grad_narrow(
     for (var c = 0u; c < p.d_in; c++) {
         acc = fma(grad_out[r * p.d_in + c], w_dec[local * p.d_in + c], acc);
     }
-    code_grad_out[e] = select(0.0, acc, top_val[e] > 0.0);
+    var g = select(0.0, acc, top_val[e] > 0.0);
+    if (p.accumulate != 0u) {
+        g += code_grad_out[e];
+    }
+    code_grad_out[e] = g;
 }
 
 @compute @workgroup_size(WG)

@@ -245,6 +245,69 @@ fn bad_hyperparameters_and_existing_runs() {
         &dir.join("r4"),
         &["smaller than one batch"],
     );
+    // Architectures and sweeps.
+    let small = ["--d-sae", "8", "--batch-size", "32"];
+    let with = |extra: &[&'static str]| -> Vec<&str> {
+        let mut args = vec![g.as_str()];
+        args.extend(small);
+        args.extend(extra);
+        args
+    };
+    fails(
+        &with(&[
+            "--architecture",
+            "batchtopk",
+            "--k",
+            "2",
+            "--format",
+            "sparsify",
+        ]),
+        &dir.join("r5"),
+        &["--format sparsify", "batchtopk", "saelens"],
+    );
+    fails(
+        &with(&[
+            "--architecture",
+            "topk,batchtopk",
+            "--k",
+            "2",
+            "--format",
+            "both",
+        ]),
+        &dir.join("r6"),
+        &["--format both", "batchtopk"],
+    );
+    fails(
+        &with(&["--k", "2,9"]),
+        &dir.join("r7"),
+        &["sweep member topk-k9-x2", "--k 9"],
+    );
+    fails(
+        &with(&["--k", "2,2"]),
+        &dir.join("r8"),
+        &["topk-k2-x2 twice"],
+    );
+    fails(
+        &with(&["--k", "2,3", "--sweep-part", "0/3"]),
+        &dir.join("r9"),
+        &["--sweep-part 0/3", "only 2 members"],
+    );
+    fails(
+        &with(&["--k", "2,3", "--sweep-part", "2/2"]),
+        &dir.join("r10"),
+        &["--sweep-part 2/2", "below N"],
+    );
+    fails(
+        &with(&["--k", "2", "--architecture", "relu"]),
+        &dir.join("r11"),
+        &["--architecture", "relu"],
+    );
+    for r in ["r7", "r8", "r9"] {
+        assert!(
+            !dir.join(r).join("sweep.json").exists(),
+            "{r}: sweep.json left"
+        );
+    }
 
     if common::gpu().is_none() {
         return;

@@ -34,10 +34,15 @@ pub struct TrainArgs {
     /// Name of the activation tensor in the shards.
     #[arg(long, default_value = "activations")]
     tensor: String,
-    /// What to train: topk (per token) or batchtopk (k·B over each batch of B tokens,
-    /// exported as SAELens jumprelu with the learned threshold).
+    /// What to train: topk (k per token), batchtopk (k·B over each batch of B tokens) or
+    /// matryoshka (batchtopk whose nested prefixes each reconstruct the input); the last two
+    /// are exported as SAELens jumprelu with the learned threshold.
     #[arg(long, value_enum, value_delimiter = ',')]
     architecture: Vec<Architecture>,
+    /// Matryoshka's nested prefix widths, strictly increasing (the full width is appended when
+    /// missing); default d/16, d/8, d/4, d/2, d.
+    #[arg(long, value_delimiter = ',')]
+    matryoshka_widths: Vec<usize>,
     /// Latents kept per token (default 32; 8 for the synthetic quick start). Several,
     /// comma-separated, sweep them (as do several values of --expansion-factor, --lr and
     /// --seed): every combination trains from one pass over the data, into OUT/<member>/, with
@@ -254,6 +259,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         eval_fraction,
         eval_every: args.eval_every,
         architecture: one(&args.architecture, Architecture::TopK),
+        matryoshka_widths: args.matryoshka_widths.clone(),
         k: one(&args.k, if quickstart { 8 } else { 32 }),
         d_sae,
         batch_size,

@@ -60,6 +60,19 @@ pub fn expand_runs(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(runs)
 }
 
+/// The architecture a `sae train` run directory was trained as (its `config.json`): a
+/// BatchTopK run is exported as SAELens `jumprelu` but belongs on the frontier as `batchtopk`.
+fn trained_architecture(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let config = value.get("config")?;
+    match config.get("architecture") {
+        Some(name) => name.as_str().map(String::from),
+        // Runs written before architectures were recorded are TopK.
+        None => config.get("k").map(|_| "topk".to_string()),
+    }
+}
+
 /// Evaluates every SAE of `runs` on `shards` and writes `out/frontier.json` and
 /// `out/frontier.png`. `on_rows` sees every batch of every evaluation.
 pub fn frontier(
@@ -82,7 +95,8 @@ pub fn frontier(
         let summary = acc.summary();
         points.push(FrontierRun {
             dir: dir.display().to_string(),
-            architecture: sae.provenance.architecture.to_string(),
+            architecture: trained_architecture(dir)
+                .unwrap_or_else(|| sae.provenance.architecture.to_string()),
             l0: summary.l0,
             fvu: summary.fvu,
             dead_frac: summary.dead_frac,

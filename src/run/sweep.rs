@@ -137,8 +137,13 @@ pub fn plan(
                         if runs.iter().any(|r| r.dir == dir) {
                             bail!("the sweep lists {dir} twice; give each value once");
                         }
+                        let matryoshka_widths = match architecture {
+                            Architecture::Matryoshka => base.matryoshka_widths.clone(),
+                            _ => Vec::new(),
+                        };
                         let config = TrainConfig {
                             architecture,
+                            matryoshka_widths,
                             format: axes.format.unwrap_or(default_format(architecture)),
                             k,
                             d_sae,

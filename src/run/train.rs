@@ -23,7 +23,7 @@ use crate::gpu::kernels::topk::MAX_K;
 use crate::gpu::tune::tiles_for;
 use crate::gpu::{Gpu, InjectedFault};
 use crate::io::{write_json_atomic, write_safetensors, TensorOut};
-use crate::sae::architecture::Architecture;
+use crate::sae::architecture::{matryoshka_widths, Architecture};
 use crate::sae::blocks::LatentBlocks;
 use crate::sae::checkpoint::{self, Checkpoint};
 use crate::sae::feed::{Feed, MemberStep};
@@ -46,6 +46,10 @@ pub struct TrainConfig {
     /// `topk` for runs written before architectures were recorded.
     #[serde(default)]
     pub architecture: Architecture,
+    /// Matryoshka's prefix widths as given (empty: the default groups); see
+    /// [`matryoshka_widths`].
+    #[serde(default)]
+    pub matryoshka_widths: Vec<usize>,
     pub k: usize,
     pub d_sae: usize,
     pub batch_size: usize,
@@ -238,6 +242,14 @@ pub fn validate(config: &TrainConfig, d_in: usize) -> anyhow::Result<()> {
     }
     if config.k > MAX_K {
         bail!("--k {} exceeds the largest supported k ({MAX_K})", config.k);
+    }
+    if config.architecture == Architecture::Matryoshka {
+        matryoshka_widths(&config.matryoshka_widths, config.d_sae).map_err(|e| anyhow!(e))?;
+    } else if !config.matryoshka_widths.is_empty() {
+        bail!(
+            "--matryoshka-widths applies to --architecture matryoshka, not {}",
+            config.architecture.name()
+        );
     }
     if config.architecture != Architecture::TopK
         && matches!(config.format, ExportFormat::Sparsify | ExportFormat::Both)
@@ -1029,11 +1041,19 @@ fn open_member<'g>(
         auxk,
     )
     .map_err(out_of_memory)?;
-    if config.architecture == Architecture::BatchTopK {
+    if config.architecture.batch_selection() {
         let theta = restored.as_ref().and_then(|r| r.theta).unwrap_or(0.0);
         trainer = trainer
             .with_batch_topk(config.k, theta)
             .map_err(out_of_memory)?;
+    }
+    if config.architecture == Architecture::Matryoshka {
+        let widths =
+            matryoshka_widths(&config.matryoshka_widths, config.d_sae).map_err(|e| anyhow!(e))?;
+        // The full width is the main reconstruction; the trainer adds the smaller prefixes.
+        trainer = trainer
+            .with_matryoshka(&widths[..widths.len() - 1])
+            .map_err(|e| anyhow!("{}: {e}", run_dir.display()))?;
     }
     if let Some(restored) = &restored {
         trainer.restore(&restored.moments, &restored.since_fired)?;
@@ -1119,7 +1139,7 @@ impl Member<'_> {
 fn inference_params(member: &Member<'_>) -> anyhow::Result<SaeParams> {
     let snapshot = member.trainer.snapshot()?;
     let mut params = snapshot.params;
-    if member.config.architecture == Architecture::BatchTopK {
+    if member.config.architecture.batch_selection() {
         let theta = snapshot
             .theta
             .ok_or_else(|| anyhow!("a BatchTopK trainer without θ"))?;

@@ -19,6 +19,10 @@ pub enum Architecture {
     /// The k·B largest ReLU pre-activations of the whole batch of B rows (Bussmann et al. 2024).
     #[value(name = "batchtopk")]
     BatchTopK,
+    /// BatchTopK whose nested prefixes of the dictionary each reconstruct the input too
+    /// (Bussmann et al. 2025); the loss sums the prefixes' FVUs.
+    #[value(name = "matryoshka")]
+    Matryoshka,
 }
 
 /// θ ← β·θ + (1 − β)·(smallest kept value), every step from θ = 0 (SAELens).
@@ -29,7 +33,13 @@ impl Architecture {
         match self {
             Architecture::TopK => "topk",
             Architecture::BatchTopK => "batchtopk",
+            Architecture::Matryoshka => "matryoshka",
         }
+    }
+
+    /// Whether the selection is over the whole batch (with an inference threshold θ).
+    pub fn batch_selection(self) -> bool {
+        matches!(self, Architecture::BatchTopK | Architecture::Matryoshka)
     }
 
     /// Entries each row offers to the selection: k for TopK; for BatchTopK each row's 4k
@@ -38,7 +48,46 @@ impl Architecture {
     pub fn row_candidates(self, k: usize, d_sae: usize) -> usize {
         match self {
             Architecture::TopK => k,
-            Architecture::BatchTopK => (4 * k).min(MAX_K).min(d_sae).max(k),
+            Architecture::BatchTopK | Architecture::Matryoshka => {
+                (4 * k).min(MAX_K).min(d_sae).max(k)
+            }
         }
     }
+}
+
+/// Matryoshka's prefix widths when none are given: the groups [d/16, d/16, d/8, d/4, d/2] of
+/// the reference runs (REFERENCE.md), as nested widths d/16, d/8, d/4, d/2 and d.
+pub fn default_matryoshka_widths(d_sae: usize) -> Vec<usize> {
+    let mut widths: Vec<usize> = [16, 8, 4, 2, 1]
+        .iter()
+        .map(|f| d_sae / f)
+        .filter(|&w| w > 0)
+        .collect();
+    widths.dedup();
+    widths
+}
+
+/// The prefix widths of `--matryoshka-widths` checked (strictly increasing, at most d_sae)
+/// with the full width appended when missing.
+pub fn matryoshka_widths(given: &[usize], d_sae: usize) -> Result<Vec<usize>, String> {
+    if given.is_empty() {
+        return Ok(default_matryoshka_widths(d_sae));
+    }
+    if given.contains(&0) || given.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(format!(
+            "--matryoshka-widths {given:?}: widths must be positive and strictly increasing"
+        ));
+    }
+    if let Some(&last) = given.last() {
+        if last > d_sae {
+            return Err(format!(
+                "--matryoshka-widths {given:?}: {last} exceeds the dictionary size d_sae = {d_sae}"
+            ));
+        }
+    }
+    let mut widths = given.to_vec();
+    if widths.last() != Some(&d_sae) {
+        widths.push(d_sae);
+    }
+    Ok(widths)
 }

@@ -17,9 +17,10 @@ use crate::gpu::alloc::TrackedBuffer;
 use crate::gpu::kernels::backward::{
     launch_aux_residual, launch_bias_dec_grad_block, launch_code_grad_block,
     launch_decoder_weight_grad_block, launch_encoder_weight_grad_block, launch_loss_grad,
-    launch_reverse_index, BackwardShape, LossScale, ReverseIndex,
+    launch_loss_grad_into, launch_reverse_index, BackwardShape, LossScale, ReverseIndex,
 };
 use crate::gpu::kernels::batch_topk::{launch_batch_topk, state as batch_state};
+use crate::gpu::kernels::decoder::launch_decode_sparse_block;
 use crate::gpu::kernels::optim::{
     launch_adam, launch_normalize_rows, launch_remove_parallel_grad, AdamConfig,
 };
@@ -28,6 +29,7 @@ use crate::gpu::kernels::reduce::{
 };
 use crate::gpu::kernels::topk::MAX_K;
 use crate::gpu::kernels::widen::launch_widen;
+use crate::gpu::kernels::LatentRange;
 use crate::gpu::{Gpu, GpuBuffer, GpuError, GpuResult, Recorder};
 
 use super::architecture::THETA_BETA;
@@ -131,6 +133,15 @@ pub struct TrainerSnapshot {
     pub theta: Option<f32>,
 }
 
+/// Matryoshka: nested prefixes of the dictionary, each of which reconstructs the input too.
+struct Prefixes {
+    /// Widths below d_sae, increasing (the full width is the main reconstruction).
+    widths: Vec<usize>,
+    /// One prefix's reconstruction and the gradient of its loss, [rows, d_in].
+    x_hat: GpuBuffer,
+    grad: GpuBuffer,
+}
+
 /// BatchTopK: the batch keeps `k` entries per row on average from each row's candidates.
 struct BatchSelection {
     k: usize,
@@ -163,6 +174,7 @@ pub struct Trainer<'g> {
     dead_count: GpuBuffer,
     aux: Option<AuxBuffers>,
     batch_selection: Option<BatchSelection>,
+    prefixes: Option<Prefixes>,
     metrics_ring: MetricsRing,
 }
 
@@ -237,6 +249,7 @@ impl<'g> Trainer<'g> {
             dead_count: gpu.storage::<u32>("dead_count", 1)?,
             aux,
             batch_selection: None,
+            prefixes: None,
             metrics_ring: MetricsRing::new(gpu, d_sae)?,
             sae,
             fw,
@@ -263,6 +276,38 @@ impl<'g> Trainer<'g> {
         initial[batch_state::THETA] = theta;
         let state = self.gpu.upload("batch_topk_state", &initial)?;
         self.batch_selection = Some(BatchSelection { k, state });
+        Ok(self)
+    }
+
+    /// Makes this a Matryoshka trainer: besides the whole dictionary, each prefix of the given
+    /// `widths` (increasing, below d_sae) reconstructs the input, and the loss sums the
+    /// reconstructions' FVUs. The dictionary must fit one storage binding (one block).
+    pub fn with_matryoshka(mut self, widths: &[usize]) -> GpuResult<Self> {
+        let d_sae = self.sae.d_sae;
+        let increasing = widths.windows(2).all(|w| w[0] < w[1]);
+        if !increasing || widths.iter().any(|&w| w == 0 || w >= d_sae) {
+            return Err(GpuError::Shape {
+                kernel: "matryoshka",
+                message: format!(
+                    "prefix widths {widths:?} must increase and lie below d_sae = {d_sae}"
+                ),
+            });
+        }
+        if self.sae.blocks.len() > 1 {
+            return Err(GpuError::Shape {
+                kernel: "matryoshka",
+                message: format!(
+                    "a dictionary of {d_sae} latents split into {} blocks; Matryoshka training needs it in one storage binding",
+                    self.sae.blocks.len()
+                ),
+            });
+        }
+        let n = self.batch_rows * self.sae.d_in;
+        self.prefixes = Some(Prefixes {
+            widths: widths.to_vec(),
+            x_hat: self.gpu.storage::<f32>("prefix x_hat", n)?,
+            grad: self.gpu.storage::<f32>("prefix grad", n)?,
+        });
         Ok(self)
     }
 
@@ -408,7 +453,7 @@ impl<'g> Trainer<'g> {
             code_grad: &self.code_grad,
             index: &self.index,
         };
-        self.record_weight_grads(rec, &main, false)?;
+        self.record_weight_grads(rec, &main, false, self.prefixes.as_ref())?;
 
         if let Some(aux) = &self.aux {
             let k_aux = aux.config.k_aux;
@@ -467,7 +512,7 @@ impl<'g> Trainer<'g> {
                 code_grad: &aux.aux_code_grad,
                 index: &aux.index,
             };
-            self.record_weight_grads(rec, &entries, true)?;
+            self.record_weight_grads(rec, &entries, true, None)?;
         }
         for (block, st) in sae.blocks.iter().zip(&self.blocks) {
             launch_bias_dec_grad_block(
@@ -534,12 +579,15 @@ impl<'g> Trainer<'g> {
     }
 
     /// Gradients of W_dec, W_enc and b_enc from one set of chosen entries (the main TopK, or
-    /// AuxK's on top of it with `accumulate`), block by block.
+    /// AuxK's on top of it with `accumulate`), block by block. With Matryoshka `prefixes`,
+    /// each prefix's reconstruction loss adds to the gradients of its latents' codes and
+    /// decoder rows, and to `entries.grad_out` (so b_dec sees every loss).
     fn record_weight_grads(
         &self,
         rec: &mut Recorder<'_>,
         entries: &Entries<'_>,
         accumulate: bool,
+        prefixes: Option<&Prefixes>,
     ) -> GpuResult<()> {
         let shape = entries.index.shape;
         for block in &self.sae.blocks {
@@ -552,6 +600,7 @@ impl<'g> Trainer<'g> {
                 block.range,
                 entries.code_grad,
                 shape,
+                false,
             )?;
         }
         launch_reverse_index(rec, entries.top_idx, entries.index)?;
@@ -565,6 +614,75 @@ impl<'g> Trainer<'g> {
                 block.range,
                 accumulate,
             )?;
+        }
+        if let (Some(prefixes), Some(block), Some(st)) =
+            (prefixes, self.sae.blocks.first(), self.blocks.first())
+        {
+            let s = self.shape();
+            let fvu = LossScale::fvu(slot::VARIANCE);
+            for &width in &prefixes.widths {
+                // The prefix is the first `width` latents of the one block: its rows start
+                // the block's buffers, so the kernels take it as a block of its own.
+                let prefix = LatentRange {
+                    start: 0,
+                    len: width,
+                };
+                rec.stage("matryoshka");
+                launch_decode_sparse_block(
+                    rec,
+                    entries.top_idx,
+                    entries.top_val,
+                    &block.w_dec,
+                    prefix,
+                    &self.sae.b_dec,
+                    &prefixes.x_hat,
+                    s.rows,
+                    s.d_in,
+                    shape.k,
+                )?;
+                launch_loss_grad(
+                    rec,
+                    &prefixes.x_hat,
+                    &self.fw.x,
+                    &self.stats,
+                    fvu,
+                    &prefixes.grad,
+                    s,
+                )?;
+                launch_code_grad_block(
+                    rec,
+                    &prefixes.grad,
+                    entries.top_idx,
+                    entries.top_val,
+                    &block.w_dec,
+                    prefix,
+                    entries.code_grad,
+                    shape,
+                    true,
+                )?;
+                launch_decoder_weight_grad_block(
+                    rec,
+                    entries.index,
+                    entries.top_val,
+                    &prefixes.grad,
+                    &st.w_dec.grad,
+                    prefix,
+                    true,
+                )?;
+                launch_loss_grad_into(
+                    rec,
+                    &prefixes.x_hat,
+                    &self.fw.x,
+                    &self.stats,
+                    fvu,
+                    entries.grad_out,
+                    s,
+                    true,
+                )?;
+            }
+            rec.stage("backward");
+        }
+        for (block, st) in self.sae.blocks.iter().zip(&self.blocks) {
             launch_encoder_weight_grad_block(
                 rec,
                 entries.index,
@@ -667,6 +785,25 @@ impl<'g> Trainer<'g> {
             since_fired: gpu.read(&self.since_fired)?,
             theta: self.theta()?,
         })
+    }
+
+    /// The gradients of the last step (waits for the GPU), in checkpoint order (W_enc, b_enc,
+    /// W_dec, b_dec); W_dec's with the component along each row removed, as the unit-norm
+    /// constraint leaves it for Adam. For gradient checks.
+    pub fn gradients(&self) -> GpuResult<Vec<Vec<f32>>> {
+        let gpu = self.gpu;
+        let layout = &self.sae.layout;
+        let mut out = Vec::with_capacity(4);
+        for (tensor, pick) in PER_BLOCK {
+            let parts = self
+                .blocks
+                .iter()
+                .map(|st| gpu.read(&pick(st).grad))
+                .collect::<GpuResult<Vec<Vec<f32>>>>()?;
+            out.push(layout.join(tensor, &parts));
+        }
+        out.push(gpu.read(&self.b_dec.grad)?);
+        Ok(out)
     }
 
     /// Restores optimiser moments and dead-latent counters (weights come in through `new`).

@@ -16,6 +16,7 @@ pub fn tiny_config(inputs: Vec<PathBuf>, d_sae: usize, k: usize, steps: u64) -> 
         eval_fraction: 0.02,
         eval_every: 0,
         architecture: Default::default(),
+        matryoshka_widths: vec![],
         k,
         d_sae,
         batch_size: 128,

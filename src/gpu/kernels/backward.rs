@@ -139,6 +139,22 @@ pub fn launch_loss_grad(
     grad_out: &GpuBuffer,
     shape: BackwardShape,
 ) -> GpuResult<()> {
+    launch_loss_grad_into(rec, x_hat, x, stats, scale, grad_out, shape, false)
+}
+
+/// [`launch_loss_grad`]; with `accumulate`, added to what `grad_out` holds (Matryoshka's
+/// prefix losses all reach b_dec).
+#[allow(clippy::too_many_arguments)]
+pub fn launch_loss_grad_into(
+    rec: &mut Recorder<'_>,
+    x_hat: &GpuBuffer,
+    x: &GpuBuffer,
+    stats: &GpuBuffer,
+    scale: LossScale,
+    grad_out: &GpuBuffer,
+    shape: BackwardShape,
+    accumulate: bool,
+) -> GpuResult<()> {
     const KERNEL: &str = "loss_grad";
     let n = shape.rows * shape.d_in;
     check_len(KERNEL, x_hat, n)?;
@@ -150,6 +166,7 @@ pub fn launch_loss_grad(
     )?;
     check_len(KERNEL, grad_out, n)?;
     let mut params = shape.params(KERNEL)?;
+    params.accumulate = u32::from(accumulate);
     params.stat_slot = dim(KERNEL, "stat slot", scale.variance_slot)?;
     params.scale = scale.constant;
     if let Some(slot) = scale.factor_slot {
@@ -200,12 +217,13 @@ pub fn launch_code_grad(
 ) -> GpuResult<()> {
     let block = LatentRange::whole(shape.d_sae);
     launch_code_grad_block(
-        rec, grad_out, top_idx, top_val, w_dec, block, code_grad, shape,
+        rec, grad_out, top_idx, top_val, w_dec, block, code_grad, shape, false,
     )
 }
 
 /// [`launch_code_grad`] for the entries whose latent lies in `block` (`w_dec` holds the
-/// block's rows); other entries are left as they are.
+/// block's rows, or starts with them); other entries are left as they are. With
+/// `accumulate`, added to what `code_grad` holds.
 #[allow(clippy::too_many_arguments)]
 pub fn launch_code_grad_block(
     rec: &mut Recorder<'_>,
@@ -216,6 +234,7 @@ pub fn launch_code_grad_block(
     block: LatentRange,
     code_grad: &GpuBuffer,
     shape: BackwardShape,
+    accumulate: bool,
 ) -> GpuResult<()> {
     const KERNEL: &str = "code_grad";
     check_len(KERNEL, grad_out, shape.rows * shape.d_in)?;
@@ -223,7 +242,8 @@ pub fn launch_code_grad_block(
     check_len(KERNEL, top_val, shape.entries())?;
     check_len(KERNEL, w_dec, block.len * shape.d_in)?;
     check_len(KERNEL, code_grad, shape.entries())?;
-    let params = shape.block_params(KERNEL, block)?;
+    let mut params = shape.block_params(KERNEL, block)?;
+    params.accumulate = u32::from(accumulate);
     let (entry, grid) = if shape.d_in <= NARROW_D_IN {
         ("code_grad_narrow", rec.threads_grid(shape.entries(), WG))
     } else {

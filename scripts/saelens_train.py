@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Train an SAE with the real SAELens package on an activation shard, for the side-by-side
+with `sae train` in BENCHMARKS.md: the same shard, token budget, batch size, dictionary, k and
+learning rate; SAELens' own defaults for the rest. Saves SAELens' inference model (BatchTopK
+and Matryoshka as JumpReLU, as SAELens does) into OUT, which `sae eval OUT heldout` reads, and
+prints one JSON line with the training time and tokens/s.
+
+Usage (in the scripts' virtualenv, see check-python-loaders.sh):
+  python scripts/saelens_train.py --architecture topk|batchtopk|matryoshka \
+      --shard train_0000.safetensors --out runs/saelens-topk --k 32 --expansion-factor 8 \
+      --batch-size 4096 --tokens 64983 --lr 4e-4 [--matryoshka-widths 288,576,...] [--seed 0]
+"""
+
+import argparse
+import json
+import time
+
+import torch
+from safetensors.torch import load_file
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--architecture", choices=["topk", "batchtopk", "matryoshka"], required=True)
+    parser.add_argument("--shard", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--expansion-factor", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--tokens", type=int, default=0, help="0: every row of the shard once")
+    parser.add_argument("--lr", type=float, default=4e-4)
+    parser.add_argument("--lr-warmup-steps", type=int, default=0)
+    parser.add_argument("--matryoshka-widths", default="")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    import sae_lens
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    x = load_file(args.shard)["activations"].float()
+    d_in = x.shape[1]
+    d_sae = d_in * args.expansion_factor
+    tokens = args.tokens or x.shape[0]
+    steps = tokens // args.batch_size
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(args.seed))
+
+    def batches():
+        position = 0
+        while True:
+            if position + args.batch_size > x.shape[0]:
+                position = 0
+            yield x[order[position : position + args.batch_size]]
+            position += args.batch_size
+
+    common = dict(d_in=d_in, d_sae=d_sae, k=args.k, device="cpu", dtype="float32")
+    if args.architecture == "topk":
+        sae = sae_lens.TopKTrainingSAE(sae_lens.TopKTrainingSAEConfig(**common))
+    elif args.architecture == "batchtopk":
+        sae = sae_lens.BatchTopKTrainingSAE(sae_lens.BatchTopKTrainingSAEConfig(**common))
+    else:
+        widths = [int(w) for w in args.matryoshka_widths.split(",") if w] or [
+            d_sae // 16, d_sae // 8, d_sae // 4, d_sae // 2, d_sae]
+        if widths[-1] != d_sae:
+            widths.append(d_sae)
+        sae = sae_lens.MatryoshkaBatchTopKTrainingSAE(
+            sae_lens.MatryoshkaBatchTopKTrainingSAEConfig(matryoshka_widths=widths, **common))
+    cfg = SAETrainerConfig(
+        total_training_samples=steps * args.batch_size,
+        train_batch_size_samples=args.batch_size,
+        lr=args.lr,
+        lr_warm_up_steps=args.lr_warmup_steps,
+        device="cpu",
+        n_batches_for_norm_estimate=1,
+    )
+    trainer = SAETrainer(cfg, sae, batches())
+    started = time.time()
+    trainer.fit()
+    seconds = time.time() - started
+    sae.save_inference_model(args.out)
+    print(json.dumps({
+        "tool": f"sae-lens {sae_lens.__version__}",
+        "architecture": args.architecture,
+        "steps": steps,
+        "tokens": steps * args.batch_size,
+        "seconds": seconds,
+        "tokens_per_s": steps * args.batch_size / seconds,
+        "out": args.out,
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
