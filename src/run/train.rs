@@ -361,6 +361,8 @@ fn init_sample(data: &Data, config: &TrainConfig, rows: usize) -> anyhow::Result
     let mut stream_cfg = stream_config(config, data.train_range, rows as u64, 0);
     stream_cfg.batch_rows = rows.clamp(1, 8192);
     stream_cfg.drop_last = false;
+    // The sample is read on the host: 16-bit shards widened here, not left as stored.
+    stream_cfg.keep_16bit = false;
     let mut sample = Vec::with_capacity(rows * data.d_in);
     for batch in BatchStream::start(data.train.clone(), stream_cfg)? {
         sample.extend_from_slice(&batch?.x);
@@ -369,6 +371,9 @@ fn init_sample(data: &Data, config: &TrainConfig, rows: usize) -> anyhow::Result
         }
     }
     sample.truncate(rows * data.d_in);
+    if sample.is_empty() {
+        bail!("no training rows to initialise b_dec and the input scale from");
+    }
     Ok(sample)
 }
 
