@@ -1,9 +1,10 @@
 //! Each architecture's whole training-loss gradient, as one GPU training step computes it,
 //! against central finite differences of an f64 CPU loss on a tiny SAE (AuxK off): TopK,
-//! BatchTopK (the batch-wide selection) and Matryoshka (the sum of the prefixes' FVUs). The
+//! BatchTopK (the batch-wide selection), Matryoshka (the sum of the prefixes' FVUs) and ReLU +
+//! L1 (mean squared error plus the decoder-norm weighted L1 penalty, no unit-norm constraint). The
 //! selection is piecewise constant, so the differences are taken where it does not change.
-//! W_dec's gradient is compared after removing each row's parallel component, as the unit-norm
-//! constraint does before Adam.
+//! For the TopK family W_dec's gradient is compared after removing each row's parallel
+//! component, as the unit-norm constraint does before Adam.
 
 mod common;
 
@@ -19,6 +20,8 @@ const ROWS: usize = 9;
 const K: usize = 2;
 /// Matryoshka prefixes below the full width.
 const PREFIXES: [usize; 2] = [6, 13];
+/// ReLU + L1's coefficient.
+const L1: f64 = 0.7;
 
 /// Parameters in f64: W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_in], b_dec.
 type Params = [Vec<f64>; 4];
@@ -44,12 +47,30 @@ fn loss(p: &Params, x: &[f64], architecture: Architecture, candidates: usize) ->
             codes[r * D_SAE + i] = v;
         }
     }
-    if architecture != Architecture::TopK {
+    if architecture.batch_selection() {
         let mut all: Vec<f64> = codes.iter().copied().filter(|&v| v > 0.0).collect();
         all.sort_by(|a, b| b.total_cmp(a));
         if let Some(&t) = all.get(K * ROWS - 1) {
             codes.iter_mut().filter(|v| **v < t).for_each(|v| *v = 0.0);
         }
+    }
+    if architecture == Architecture::Relu {
+        // SAELens' mean squared error plus λ·mean_b Σᵢ fᵢ·‖W_dec,i‖.
+        let mut total = 0.0;
+        for r in 0..ROWS {
+            for c in 0..d_in {
+                let mut x_hat = b_dec[c];
+                for i in 0..D_SAE {
+                    x_hat += codes[r * D_SAE + i] * w_dec[i * d_in + c];
+                }
+                total += (x[r * d_in + c] - x_hat).powi(2);
+            }
+            for i in 0..D_SAE {
+                let norm: f64 = (0..d_in).map(|c| w_dec[i * d_in + c].powi(2)).sum::<f64>();
+                total += L1 * codes[r * D_SAE + i] * norm.sqrt();
+            }
+        }
+        return total / ROWS as f64;
     }
     let mut widths = vec![D_SAE];
     if architecture == Architecture::Matryoshka {
@@ -85,14 +106,21 @@ fn every_architecture_gradient_matches_finite_differences() {
         Architecture::TopK,
         Architecture::BatchTopK,
         Architecture::Matryoshka,
+        Architecture::Relu,
     ]
     .into_iter()
     .flat_map(|a| [(a, 5, 1), (a, 300, 13)]);
     for (architecture, d_in, stride) in cases {
         let name = format!("{} d_in {d_in}", architecture.name());
-        let candidates = architecture.row_candidates(K, D_SAE);
+        let relu = architecture == Architecture::Relu;
+        // ReLU keeps every positive code (its cap is the whole dictionary here).
+        let candidates = architecture.row_candidates(if relu { D_SAE } else { K }, D_SAE);
         let mut r = rng(17);
-        let mut params = SaeParams::init_topk(d_in, D_SAE, candidates, 3);
+        let mut params = if relu {
+            SaeParams::init_relu(d_in, D_SAE, candidates, 3)
+        } else {
+            SaeParams::init_topk(d_in, D_SAE, candidates, 3)
+        };
         params.b_enc = random_vec(&mut r, D_SAE, 0.1);
         params.b_dec = random_vec(&mut r, d_in, 0.3);
         let x = random_vec(&mut r, ROWS * d_in, 1.0);
@@ -105,12 +133,16 @@ fn every_architecture_gradient_matches_finite_differences() {
         if architecture == Architecture::Matryoshka {
             trainer = trainer.with_matryoshka(&PREFIXES).unwrap();
         }
+        if relu {
+            trainer = trainer.with_l1(None).unwrap();
+        }
         let mut feed = Feed::new(gpu, ROWS, d_in).unwrap();
         let args = MemberStep {
             scale: 1.0,
             lr: 0.0,
             step: 1,
             with_metrics: false,
+            penalty: L1,
         };
         feed.step_rows(&x, &mut trainer, args).unwrap();
         let got = trainer.gradients().unwrap();
@@ -138,7 +170,7 @@ fn every_architecture_gradient_matches_finite_differences() {
                     - loss(&minus, &x64, architecture, candidates))
                     / (2.0 * eps);
             }
-            if t == 2 && stride == 1 {
+            if t == 2 && stride == 1 && !relu {
                 // Unit-norm constraint: only the component across each row is kept.
                 for (row, g) in base[2].chunks(d_in).zip(fd.chunks_mut(d_in)) {
                     let norm_sq: f64 = row.iter().map(|v| v * v).sum();
@@ -156,7 +188,7 @@ fn every_architecture_gradient_matches_finite_differences() {
                 .map(|(a, b)| (a - f64::from(*b)).powi(2))
                 .sum::<f64>()
                 .sqrt();
-            if t == 2 && stride > 1 {
+            if t == 2 && stride > 1 && !relu {
                 continue; // W_dec's projection needs whole rows: checked at d_in 5.
             }
             assert!(norm > 1e-6, "{name} {tensor}: the gradient is zero");

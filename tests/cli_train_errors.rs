@@ -300,7 +300,51 @@ fn bad_hyperparameters_and_existing_runs() {
     fails(
         &with(&["--k", "2", "--architecture", "relu"]),
         &dir.join("r11"),
-        &["--architecture", "relu"],
+        &["--k", "--architecture relu"],
+    );
+    fails(
+        &with(&["--k", "2", "--l1-coefficient", "5"]),
+        &dir.join("r12"),
+        &["--l1-coefficient", "relu", "topk"],
+    );
+    fails(
+        &with(&["--architecture", "relu", "--l1-coefficient=-1"]),
+        &dir.join("r13"),
+        &["--l1-coefficient", "-1"],
+    );
+    fails(
+        &with(&["--architecture", "relu", "--clip-grad-norm=-2"]),
+        &dir.join("r14"),
+        &["--clip-grad-norm", "-2"],
+    );
+    fails(
+        &with(&[
+            "--architecture",
+            "matryoshka",
+            "--k",
+            "2",
+            "--matryoshka-widths",
+            "4,3",
+        ]),
+        &dir.join("r15"),
+        &["--matryoshka-widths", "increasing"],
+    );
+    fails(
+        &with(&[
+            "--architecture",
+            "matryoshka",
+            "--k",
+            "2",
+            "--matryoshka-widths",
+            "4,9",
+        ]),
+        &dir.join("r16"),
+        &["--matryoshka-widths", "d_sae = 8"],
+    );
+    fails(
+        &with(&["--architecture", "nonsense"]),
+        &dir.join("r17"),
+        &["--architecture", "nonsense"],
     );
     for r in ["r7", "r8", "r9"] {
         assert!(

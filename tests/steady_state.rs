@@ -78,6 +78,7 @@ fn steady_state_steps_and_batches_allocate_nothing() {
                 lr: 1e-3,
                 step,
                 with_metrics: step.is_multiple_of(2),
+                penalty: 0.0,
             };
             feed.step(&batch, [(&mut *trainer, args)]).unwrap();
             trainer.ready_metrics(false).unwrap();

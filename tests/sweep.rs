@@ -43,6 +43,8 @@ fn base(shards: Vec<PathBuf>) -> TrainConfig {
 fn four_members(shards: Vec<PathBuf>) -> SweepFile {
     let axes = SweepAxes {
         architecture: vec![Architecture::TopK, Architecture::BatchTopK],
+        l1_coefficient: vec![],
+        relu_cap: 256,
         k: vec![3],
         d_sae: vec![36],
         lr: vec![],

@@ -100,6 +100,7 @@ fn gpu_training_steps_match_cpu_reference() {
             lr,
             step,
             with_metrics: false,
+            penalty: 0.0,
         };
         feed.step_rows(&x, &mut trainer, args).unwrap();
         reference_step(&mut reference, &mut moments, &to_f64(&x), rows, k, lr, step);

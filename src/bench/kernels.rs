@@ -138,6 +138,7 @@ pub fn bench_kernels(
         lr: 1e-4,
         step,
         with_metrics: false,
+        penalty: 0.0,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let batch_of = |rng: &mut ChaCha8Rng| Batch {

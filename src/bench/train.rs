@@ -184,6 +184,7 @@ fn run(
         lr: 1e-4,
         step,
         with_metrics: step.is_multiple_of(log_every as u64),
+        penalty: 0.0,
     };
     let mut stream = stream.peekable();
     let mut step = 0u64;

@@ -9,12 +9,14 @@ use super::GpuArgs;
 use crate::data::parts::Part;
 use crate::data::synth::{write_synthetic, SynthConfig};
 use crate::data::{expand_inputs, open_shards, RowRange};
+use crate::gpu::kernels::topk::MAX_K;
 use crate::run::sweep::{plan, train_sweep, SweepAxes, SweepReport};
 use crate::run::train::{
     default_format, refuse_existing_run, train, validate, BDecInit, ExportFormat, RunOptions,
     TrainConfig,
 };
 use crate::sae::architecture::Architecture;
+use crate::sae::forward::DEFAULT_CAP;
 use crate::sae::schedule::default_lr;
 
 #[derive(Args, Debug)]
@@ -34,11 +36,25 @@ pub struct TrainArgs {
     /// Name of the activation tensor in the shards.
     #[arg(long, default_value = "activations")]
     tensor: String,
-    /// What to train: topk (k per token), batchtopk (k·B over each batch of B tokens) or
-    /// matryoshka (batchtopk whose nested prefixes each reconstruct the input); the last two
-    /// are exported as SAELens jumprelu with the learned threshold.
+    /// What to train: topk (k per token), batchtopk (k·B over each batch of B tokens),
+    /// matryoshka (batchtopk whose nested prefixes each reconstruct the input; both exported as
+    /// SAELens jumprelu with the learned threshold) or relu (ReLU + decoder-norm weighted L1,
+    /// exported as SAELens standard). Several, comma-separated, sweep them.
     #[arg(long, value_enum, value_delimiter = ',')]
     architecture: Vec<Architecture>,
+    /// ReLU + L1: the penalty's coefficient λ (default 1, SAELens'); several sweep it.
+    #[arg(long, value_delimiter = ',')]
+    l1_coefficient: Vec<f64>,
+    /// ReLU + L1: steps over which λ rises linearly from 0 (default 5% of the steps).
+    #[arg(long)]
+    l1_warmup_steps: Option<u64>,
+    /// ReLU + L1: clip the gradient's global norm to this (default 1; 0 turns clipping off).
+    #[arg(long)]
+    clip_grad_norm: Option<f64>,
+    /// ReLU + L1: the most codes kept per row while training (the largest; default 256, as
+    /// `sae eval`'s --cap).
+    #[arg(long)]
+    cap: Option<usize>,
     /// Matryoshka's nested prefix widths, strictly increasing (the full width is appended when
     /// missing); default d/16, d/8, d/4, d/2, d.
     #[arg(long, value_delimiter = ',')]
@@ -251,6 +267,32 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             args.tokens.map_or(String::new(), |t| format!(", --tokens {t}"))
         );
     }
+    let architecture = one(&args.architecture, Architecture::TopK);
+    let relu_cap = args.cap.unwrap_or(DEFAULT_CAP);
+    let only_relu =
+        !args.architecture.is_empty() && args.architecture.iter().all(|a| *a == Architecture::Relu);
+    let any_relu = args.architecture.contains(&Architecture::Relu);
+    if only_relu && !args.k.is_empty() {
+        bail!("--k does not apply to --architecture relu (its codes are capped by --cap)");
+    }
+    if !any_relu {
+        for (flag, given) in [
+            ("--l1-coefficient", !args.l1_coefficient.is_empty()),
+            ("--l1-warmup-steps", args.l1_warmup_steps.is_some()),
+            ("--clip-grad-norm", args.clip_grad_norm.is_some()),
+            ("--cap", args.cap.is_some()),
+        ] {
+            if given {
+                bail!(
+                    "{flag} applies to --architecture relu, not {}",
+                    architecture.name()
+                );
+            }
+        }
+    }
+    if relu_cap == 0 || relu_cap > MAX_K {
+        bail!("--cap {relu_cap}: must be between 1 and {MAX_K}");
+    }
     let lr_for = |d_sae: usize| if quickstart { 4e-3 } else { default_lr(d_sae) };
     let config = TrainConfig {
         inputs,
@@ -260,7 +302,18 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         eval_every: args.eval_every,
         architecture: one(&args.architecture, Architecture::TopK),
         matryoshka_widths: args.matryoshka_widths.clone(),
-        k: one(&args.k, if quickstart { 8 } else { 32 }),
+        l1_coefficient: one(&args.l1_coefficient, 1.0),
+        l1_warmup_steps: args.l1_warmup_steps.unwrap_or((steps / 20).max(1)),
+        clip_grad_norm: match args.clip_grad_norm {
+            Some(0.0) => None,
+            Some(c) => Some(c),
+            None => Some(1.0),
+        },
+        k: if architecture == Architecture::Relu {
+            relu_cap.min(d_sae)
+        } else {
+            one(&args.k, if quickstart { 8 } else { 32 })
+        },
         d_sae,
         batch_size,
         lr: one(&args.lr, lr_for(d_sae)),
@@ -287,6 +340,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     drop(shards);
     let axes = SweepAxes {
+        relu_cap,
+        l1_coefficient: args.l1_coefficient.clone(),
         architecture: args.architecture.clone(),
         format: args.format,
         k: args.k.clone(),

@@ -178,7 +178,27 @@ pub struct BatchTopKParams {
     pub _pad: u32,
 }
 
+/// shaders/l1.wgsl
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct L1Params {
+    pub n: u32,
+    pub d_in: u32,
+    pub latent_start: u32,
+    pub block_len: u32,
+    pub col_tiles: u32,
+    pub first_slot: u32,
+    pub count: u32,
+    pub out_slot: u32,
+    /// The penalty's weight this step over the rows (λ / rows).
+    pub coeff: f32,
+    /// The gradient's largest global norm.
+    pub clip: f32,
+    pub _pad: [u32; 2],
+}
+
 const _: () = {
+    assert!(std::mem::size_of::<L1Params>() == 48);
     assert!(std::mem::size_of::<BatchTopKParams>() == 16);
     assert!(std::mem::size_of::<WidenParams>() == 16);
     assert!(std::mem::size_of::<InputNormParams>() == 16);

@@ -15,6 +15,7 @@ pub enum Shader {
     Gated,
     Widen,
     BatchTopK,
+    L1,
 }
 
 impl Shader {
@@ -32,6 +33,7 @@ impl Shader {
             Shader::Gated => "gated",
             Shader::Widen => "widen",
             Shader::BatchTopK => "batch_topk",
+            Shader::L1 => "l1",
         }
     }
 
@@ -54,6 +56,7 @@ impl Shader {
             Shader::Gated => include_str!("../../shaders/gated.wgsl"),
             Shader::Widen => include_str!("../../shaders/widen.wgsl"),
             Shader::BatchTopK => include_str!("../../shaders/batch_topk.wgsl"),
+            Shader::L1 => include_str!("../../shaders/l1.wgsl"),
         }
     }
 }

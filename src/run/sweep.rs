@@ -27,6 +27,10 @@ use crate::sae::architecture::Architecture;
 #[derive(Clone, Debug, Default)]
 pub struct SweepAxes {
     pub architecture: Vec<Architecture>,
+    /// ReLU + L1's coefficients (empty: the base's).
+    pub l1_coefficient: Vec<f64>,
+    /// ReLU + L1's codes per row (its members' `k`).
+    pub relu_cap: usize,
     pub k: Vec<usize>,
     pub d_sae: Vec<usize>,
     /// Empty: each member's default for its d_sae.
@@ -41,6 +45,7 @@ impl SweepAxes {
     pub fn is_sweep(&self) -> bool {
         [
             self.architecture.len(),
+            self.l1_coefficient.len(),
             self.k.len(),
             self.d_sae.len(),
             self.lr.len(),
@@ -112,8 +117,18 @@ pub fn plan(
         axes.architecture.clone()
     };
     let mut runs: Vec<SweepRun> = Vec::new();
+    let l1s = if axes.l1_coefficient.is_empty() {
+        vec![base.l1_coefficient]
+    } else {
+        axes.l1_coefficient.clone()
+    };
     for &architecture in &architectures {
-        for &k in &ks {
+        // The sparsity setting: k for the TopK family; for ReLU + L1, λ (its k is the cap).
+        let sparsity: Vec<(usize, Option<f64>)> = match architecture {
+            Architecture::Relu => l1s.iter().map(|&l1| (axes.relu_cap, Some(l1))).collect(),
+            _ => ks.iter().map(|&k| (k, None)).collect(),
+        };
+        for &(k, l1) in &sparsity {
             for &d_sae in &sizes {
                 let lrs = if axes.lr.is_empty() {
                     vec![default_lr(d_sae)]
@@ -122,7 +137,10 @@ pub fn plan(
                 };
                 for &lr in &lrs {
                     for &seed in &seeds {
-                        let mut dir = format!("{}-k{k}", architecture.name());
+                        let mut dir = match l1 {
+                            Some(l1) => format!("relu-l1_{l1}"),
+                            None => format!("{}-k{k}", architecture.name()),
+                        };
                         if d_in > 0 && d_sae % d_in == 0 {
                             dir.push_str(&format!("-x{}", d_sae / d_in));
                         } else {
@@ -141,11 +159,14 @@ pub fn plan(
                             Architecture::Matryoshka => base.matryoshka_widths.clone(),
                             _ => Vec::new(),
                         };
+                        // ReLU's cap never exceeds the dictionary.
+                        let k = if l1.is_some() { k.min(d_sae) } else { k };
                         let config = TrainConfig {
                             architecture,
                             matryoshka_widths,
                             format: axes.format.unwrap_or(default_format(architecture)),
                             k,
+                            l1_coefficient: l1.unwrap_or(base.l1_coefficient),
                             d_sae,
                             lr,
                             seed,
@@ -159,7 +180,7 @@ pub fn plan(
                             d_sae,
                             lr,
                             seed,
-                            l1_coefficient: None,
+                            l1_coefficient: l1,
                             l0_coefficient: None,
                             fvu: None,
                             l0: None,

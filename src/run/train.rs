@@ -50,6 +50,15 @@ pub struct TrainConfig {
     /// [`matryoshka_widths`].
     #[serde(default)]
     pub matryoshka_widths: Vec<usize>,
+    /// ReLU + L1: the penalty's coefficient λ, reached linearly over `l1_warmup_steps`.
+    #[serde(default)]
+    pub l1_coefficient: f64,
+    #[serde(default)]
+    pub l1_warmup_steps: u64,
+    /// ReLU + L1: the largest global gradient norm (`None`: no clipping).
+    #[serde(default)]
+    pub clip_grad_norm: Option<f64>,
+    /// Latents kept per row; for ReLU + L1, the cap on the codes kept per row.
     pub k: usize,
     pub d_sae: usize,
     pub batch_size: usize,
@@ -242,6 +251,19 @@ pub fn validate(config: &TrainConfig, d_in: usize) -> anyhow::Result<()> {
     }
     if config.k > MAX_K {
         bail!("--k {} exceeds the largest supported k ({MAX_K})", config.k);
+    }
+    if config.architecture == Architecture::Relu {
+        if !(config.l1_coefficient.is_finite() && config.l1_coefficient >= 0.0) {
+            bail!(
+                "--l1-coefficient must be a finite non-negative number, got {}",
+                config.l1_coefficient
+            );
+        }
+        if let Some(clip) = config.clip_grad_norm {
+            if !(clip.is_finite() && clip > 0.0) {
+                bail!("--clip-grad-norm must be positive, got {clip}");
+            }
+        }
     }
     if config.architecture == Architecture::Matryoshka {
         matryoshka_widths(&config.matryoshka_widths, config.d_sae).map_err(|e| anyhow!(e))?;
@@ -797,7 +819,12 @@ pub fn train_group(
             ),
             None => {
                 let candidates = config.architecture.row_candidates(config.k, config.d_sae);
-                let mut params = SaeParams::init_topk(d_in, config.d_sae, candidates, config.seed);
+                let mut params = match config.architecture {
+                    Architecture::Relu => {
+                        SaeParams::init_relu(d_in, config.d_sae, candidates, config.seed)
+                    }
+                    _ => SaeParams::init_topk(d_in, config.d_sae, candidates, config.seed),
+                };
                 let sample_rows = match config.b_dec_init {
                     BDecInit::Mean => config.batch_size,
                     _ => config.init_sample_rows,
@@ -864,6 +891,7 @@ pub fn train_group(
                 lr: lr_at(m.config.lr, step, m.config.lr_warmup_steps, m.config.steps),
                 step: step + 1,
                 with_metrics: logged,
+                penalty: l1_at(&m.config, step),
             })
             .collect();
         feed.step(
@@ -999,6 +1027,15 @@ fn initial_b_dec(
     Ok((scale, b_dec))
 }
 
+/// ReLU + L1's coefficient at (0-based) `step`: λ reached linearly over the warmup steps.
+fn l1_at(config: &TrainConfig, step: u64) -> f64 {
+    if config.architecture != Architecture::Relu {
+        return 0.0;
+    }
+    let warmup = config.l1_warmup_steps.max(1) as f64;
+    config.l1_coefficient * ((step + 1) as f64 / warmup).min(1.0)
+}
+
 /// What a checkpoint restores beyond the weights.
 struct Restored {
     moments: Vec<(Vec<f32>, Vec<f32>)>,
@@ -1050,6 +1087,11 @@ fn open_member<'g>(
         let theta = restored.as_ref().and_then(|r| r.theta).unwrap_or(0.0);
         trainer = trainer
             .with_batch_topk(config.k, theta)
+            .map_err(out_of_memory)?;
+    }
+    if config.architecture == Architecture::Relu {
+        trainer = trainer
+            .with_l1(config.clip_grad_norm.map(|c| c as f32))
             .map_err(out_of_memory)?;
     }
     if config.architecture == Architecture::Matryoshka {
@@ -1144,6 +1186,9 @@ impl Member<'_> {
 fn inference_params(member: &Member<'_>) -> anyhow::Result<SaeParams> {
     let snapshot = member.trainer.snapshot()?;
     let mut params = snapshot.params;
+    if member.config.architecture == Architecture::Relu {
+        params.activation = Activation::Relu;
+    }
     if member.config.architecture.batch_selection() {
         let theta = snapshot
             .theta

@@ -1,7 +1,10 @@
-//! The architectures `sae train` trains, and what each changes in a training step. TopK and
-//! BatchTopK share the weights, the backward pass (which follows the kept entries) and AuxK;
-//! BatchTopK adds a selection over the whole batch after each row's candidates and an
-//! inference threshold θ, and is exported as a SAELens `jumprelu` SAE with θ for every latent.
+//! The architectures `sae train` trains, and what each changes in a training step. All share
+//! the weights and the backward pass, which follows each row's kept entries. BatchTopK adds a
+//! selection over the whole batch after each row's candidates and an inference threshold θ
+//! (exported as a SAELens `jumprelu` SAE with θ for every latent); Matryoshka adds the nested
+//! prefixes' losses; ReLU + L1 keeps up to a cap of positive codes per row, adds the L1
+//! penalty's gradients, drops the unit-norm constraint and clips the gradient norm
+//! (`Trainer::with_batch_topk`, `with_matryoshka`, `with_l1`).
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +26,10 @@ pub enum Architecture {
     /// (Bussmann et al. 2025); the loss sums the prefixes' FVUs.
     #[value(name = "matryoshka")]
     Matryoshka,
+    /// ReLU with the decoder-norm weighted L1 penalty (Anthropic's April 2024 update; SAELens
+    /// `standard`).
+    #[value(name = "relu")]
+    Relu,
 }
 
 /// θ ← β·θ + (1 − β)·(smallest kept value), every step from θ = 0 (SAELens).
@@ -34,6 +41,7 @@ impl Architecture {
             Architecture::TopK => "topk",
             Architecture::BatchTopK => "batchtopk",
             Architecture::Matryoshka => "matryoshka",
+            Architecture::Relu => "relu",
         }
     }
 
@@ -51,6 +59,8 @@ impl Architecture {
             Architecture::BatchTopK | Architecture::Matryoshka => {
                 (4 * k).min(MAX_K).min(d_sae).max(k)
             }
+            // ReLU keeps every positive code up to the cap (`k` is the cap).
+            Architecture::Relu => k.min(d_sae),
         }
     }
 }

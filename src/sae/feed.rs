@@ -29,6 +29,9 @@ pub struct MemberStep {
     pub step: u64,
     /// Copy the step's figures for [`Trainer::ready_metrics`].
     pub with_metrics: bool,
+    /// The sparsity coefficient of this step (ReLU + L1's λ after warmup; 0 for the TopK
+    /// family, which ignores it).
+    pub penalty: f64,
 }
 
 /// A batch as uploaded: which buffer, how stored, how many rows.

@@ -113,6 +113,16 @@ impl SaeParams {
         }
     }
 
+    /// Anthropic's April 2024 initialisation for ReLU + L1 (SAELens `standard` with
+    /// `decoder_init_norm` 0.1): random decoder directions at norm 0.1, W_enc = W_decᵀ, biases
+    /// zero. `k` caps the codes kept per row while training.
+    pub fn init_relu(d_in: usize, d_sae: usize, k: usize, seed: u64) -> SaeParams {
+        let mut params = SaeParams::init_topk(d_in, d_sae, k, seed);
+        params.w_dec.iter_mut().for_each(|v| *v *= 0.1);
+        params.w_enc = params.w_dec_transposed();
+        params
+    }
+
     pub fn k(&self) -> Option<usize> {
         match self.activation {
             Activation::TopK { k } => Some(k),

@@ -21,6 +21,10 @@ use crate::gpu::kernels::backward::{
 };
 use crate::gpu::kernels::batch_topk::{launch_batch_topk, state as batch_state};
 use crate::gpu::kernels::decoder::launch_decode_sparse_block;
+use crate::gpu::kernels::l1::{
+    launch_clip_factor, launch_l1_code_grad, launch_l1_decoder_grad, launch_row_norms,
+    launch_scale_by_slot,
+};
 use crate::gpu::kernels::optim::{
     launch_adam, launch_normalize_rows, launch_remove_parallel_grad, AdamConfig,
 };
@@ -51,7 +55,22 @@ pub mod slot {
     pub const AUX_SSE: usize = 2;
     /// min(n_dead / k_aux, 1).
     pub const AUX_SCALE: usize = 3;
+    /// Always 1: the denominator of losses that are plain means (ReLU + L1's MSE).
+    pub const UNIT: usize = 4;
+    /// The factor that clips the gradient's global norm.
+    pub const CLIP: usize = 5;
+    /// Σ g² of each gradient tensor, in [`super::Trainer`]'s parameter order, from here on.
+    pub const GRAD_SQ: usize = 6;
+    /// The slots the step figures are read from.
     pub const COUNT: usize = 4;
+}
+
+/// ReLU + L1: the decoder-norm weighted L1 penalty, no unit-norm constraint, and optional
+/// gradient-norm clipping.
+struct L1Penalty {
+    /// ‖W_dec,i‖ of every latent, as of the step's start.
+    norms: GpuBuffer,
+    clip: Option<f32>,
 }
 
 /// AuxK settings: `alpha` weights the auxiliary loss; latents are dead after `dead_tokens`
@@ -175,6 +194,7 @@ pub struct Trainer<'g> {
     aux: Option<AuxBuffers>,
     batch_selection: Option<BatchSelection>,
     prefixes: Option<Prefixes>,
+    l1: Option<L1Penalty>,
     metrics_ring: MetricsRing,
 }
 
@@ -229,12 +249,13 @@ impl<'g> Trainer<'g> {
             _ => None,
         };
         let d_sae = sae.d_sae;
+        let blocks_len = sae.blocks.len();
         let trainer = Trainer {
             gpu,
             batch_rows,
             adam,
             dead_tokens: dead_tokens.min(u64::from(u32::MAX - 1)) as u32,
-            stats: gpu.storage::<f32>("stats", slot::COUNT)?,
+            stats: gpu.storage::<f32>("stats", slot::GRAD_SQ + 3 * blocks_len + 1)?,
             col_mean: gpu.storage::<f32>("col_mean", sae.d_in)?,
             grad_out: gpu.storage::<f32>("grad_x_hat", batch_rows * sae.d_in)?,
             code_grad: gpu.storage::<f32>("code_grad", batch_rows * sae.k)?,
@@ -250,6 +271,7 @@ impl<'g> Trainer<'g> {
             aux,
             batch_selection: None,
             prefixes: None,
+            l1: None,
             metrics_ring: MetricsRing::new(gpu, d_sae)?,
             sae,
             fw,
@@ -311,6 +333,21 @@ impl<'g> Trainer<'g> {
         Ok(self)
     }
 
+    /// Makes this a ReLU + L1 trainer: the SAE's per-row selection (its `k`) caps the codes
+    /// kept per row; the loss is SAELens' mean squared error plus the decoder-norm weighted L1
+    /// penalty (its coefficient comes with each step); no unit-norm constraint; with `clip`,
+    /// the gradient's global norm is clipped to it before Adam.
+    pub fn with_l1(mut self, clip: Option<f32>) -> GpuResult<Self> {
+        let mut unit = vec![0.0f32; self.stats.len];
+        unit[slot::UNIT] = 1.0;
+        self.gpu.write(&self.stats, &unit)?;
+        self.l1 = Some(L1Penalty {
+            norms: self.gpu.storage::<f32>("decoder norms", self.sae.d_sae)?,
+            clip,
+        });
+        Ok(self)
+    }
+
     /// BatchTopK's inference threshold θ (waits for the GPU); `None` for TopK.
     pub fn theta(&self) -> GpuResult<Option<f32>> {
         match &self.batch_selection {
@@ -365,7 +402,7 @@ impl<'g> Trainer<'g> {
             &self.fw.x,
             upload.rows * self.sae.d_in,
         )?;
-        self.record_step(rec, args.lr, args.step)?;
+        self.record_step(rec, args.lr, args.step, args.penalty as f32)?;
         if let Some(slot) = metrics_slot {
             self.metrics_ring.record_copy(rec, slot, self)?;
         }
@@ -380,7 +417,15 @@ impl<'g> Trainer<'g> {
     }
 
     /// Records one optimiser step on the batch in `self.fw.x`.
-    pub fn record_step(&self, rec: &mut Recorder<'_>, lr: f64, step: u64) -> GpuResult<()> {
+    /// Records one optimiser step on the batch in `self.fw.x`; `penalty` is the sparsity
+    /// coefficient of this step (ReLU + L1's λ; ignored by the TopK family).
+    pub fn record_step(
+        &self,
+        rec: &mut Recorder<'_>,
+        lr: f64,
+        step: u64,
+        penalty: f32,
+    ) -> GpuResult<()> {
         let s = self.shape();
         let (sae, fw) = (&self.sae, &self.fw);
         // Dead latents as of before this step (AuxK's candidates).
@@ -436,13 +481,27 @@ impl<'g> Trainer<'g> {
             slot::SSE,
         )?;
 
-        // Backward of FVU.
+        // Backward of FVU; for ReLU + L1, of SAELens' mean over the rows of ‖x − x̂‖², with
+        // the decoder norms its penalty weighs the codes by.
+        let reconstruction = match &self.l1 {
+            None => LossScale::fvu(slot::VARIANCE),
+            Some(l1) => {
+                for block in &sae.blocks {
+                    launch_row_norms(rec, &block.w_dec, block.range, s.d_in, &l1.norms)?;
+                }
+                LossScale {
+                    constant: 2.0 / s.rows as f32,
+                    variance_slot: slot::UNIT,
+                    factor_slot: None,
+                }
+            }
+        };
         launch_loss_grad(
             rec,
             &fw.x_hat,
             &fw.x,
             &self.stats,
-            LossScale::fvu(slot::VARIANCE),
+            reconstruction,
             &self.grad_out,
             s,
         )?;
@@ -453,7 +512,11 @@ impl<'g> Trainer<'g> {
             code_grad: &self.code_grad,
             index: &self.index,
         };
-        self.record_weight_grads(rec, &main, false, self.prefixes.as_ref())?;
+        let l1 = self
+            .l1
+            .as_ref()
+            .map(|l1| (&l1.norms, penalty / s.rows as f32));
+        self.record_weight_grads(rec, &main, false, self.prefixes.as_ref(), l1)?;
 
         if let Some(aux) = &self.aux {
             let k_aux = aux.config.k_aux;
@@ -512,7 +575,7 @@ impl<'g> Trainer<'g> {
                 code_grad: &aux.aux_code_grad,
                 index: &aux.index,
             };
-            self.record_weight_grads(rec, &entries, true, None)?;
+            self.record_weight_grads(rec, &entries, true, None, None)?;
         }
         for (block, st) in sae.blocks.iter().zip(&self.blocks) {
             launch_bias_dec_grad_block(
@@ -526,11 +589,37 @@ impl<'g> Trainer<'g> {
             )?;
         }
 
-        // Optimiser: unit-norm decoder constraint around Adam.
+        // Optimiser: unit-norm decoder constraint around Adam (not for ReLU + L1, whose
+        // penalty weighs each latent by its decoder norm instead).
         rec.stage("optimiser");
-        for (block, st) in sae.blocks.iter().zip(&self.blocks) {
-            let n = block.range.len;
-            launch_remove_parallel_grad(rec, &block.w_dec, &st.w_dec.grad, n, s.d_in)?;
+        if self.l1.is_none() {
+            for (block, st) in sae.blocks.iter().zip(&self.blocks) {
+                let n = block.range.len;
+                launch_remove_parallel_grad(rec, &block.w_dec, &st.w_dec.grad, n, s.d_in)?;
+            }
+        }
+        if let Some(clip) = self.l1.as_ref().and_then(|l1| l1.clip) {
+            let states = self.param_states();
+            for (i, st) in states.iter().enumerate() {
+                self.reducer.launch_sum_sq(
+                    rec,
+                    &st.grad,
+                    st.grad.len,
+                    &self.stats,
+                    slot::GRAD_SQ + i,
+                )?;
+            }
+            launch_clip_factor(
+                rec,
+                &self.stats,
+                slot::GRAD_SQ,
+                states.len(),
+                slot::CLIP,
+                clip,
+            )?;
+            for st in &states {
+                launch_scale_by_slot(rec, &st.grad, st.grad.len, &self.stats, slot::CLIP)?;
+            }
         }
         for (param, st) in sae.tensors().into_iter().zip(self.param_states()) {
             launch_adam(
@@ -544,8 +633,10 @@ impl<'g> Trainer<'g> {
                 step,
             )?;
         }
-        for block in &sae.blocks {
-            launch_normalize_rows(rec, &block.w_dec, block.range.len, s.d_in)?;
+        if self.l1.is_none() {
+            for block in &sae.blocks {
+                launch_normalize_rows(rec, &block.w_dec, block.range.len, s.d_in)?;
+            }
         }
 
         // Bookkeeping: which latents fired.
@@ -581,13 +672,16 @@ impl<'g> Trainer<'g> {
     /// Gradients of W_dec, W_enc and b_enc from one set of chosen entries (the main TopK, or
     /// AuxK's on top of it with `accumulate`), block by block. With Matryoshka `prefixes`,
     /// each prefix's reconstruction loss adds to the gradients of its latents' codes and
-    /// decoder rows, and to `entries.grad_out` (so b_dec sees every loss).
+    /// decoder rows, and to `entries.grad_out` (so b_dec sees every loss). With `l1` (the
+    /// decoder norms and λ / rows), the L1 penalty's gradients join the codes' and the decoder
+    /// rows'.
     fn record_weight_grads(
         &self,
         rec: &mut Recorder<'_>,
         entries: &Entries<'_>,
         accumulate: bool,
         prefixes: Option<&Prefixes>,
+        l1: Option<(&GpuBuffer, f32)>,
     ) -> GpuResult<()> {
         let shape = entries.index.shape;
         for block in &self.sae.blocks {
@@ -614,6 +708,30 @@ impl<'g> Trainer<'g> {
                 block.range,
                 accumulate,
             )?;
+        }
+        if let Some((norms, coeff)) = l1 {
+            for (block, st) in self.sae.blocks.iter().zip(&self.blocks) {
+                launch_l1_code_grad(
+                    rec,
+                    entries.top_idx,
+                    entries.top_val,
+                    norms,
+                    block.range,
+                    shape.entries(),
+                    coeff,
+                    entries.code_grad,
+                )?;
+                launch_l1_decoder_grad(
+                    rec,
+                    entries.index,
+                    entries.top_val,
+                    &block.w_dec,
+                    norms,
+                    block.range,
+                    coeff,
+                    &st.w_dec.grad,
+                )?;
+            }
         }
         if let (Some(prefixes), Some(block), Some(st)) =
             (prefixes, self.sae.blocks.first(), self.blocks.first())

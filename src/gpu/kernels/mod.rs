@@ -9,6 +9,7 @@ pub mod encoder;
 pub mod gated;
 pub mod hist;
 pub mod input_norm;
+pub mod l1;
 pub mod optim;
 pub mod reduce;
 pub mod topk;

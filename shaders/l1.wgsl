@@ -1,0 +1,124 @@
+// ReLU + L1 training (Anthropic's April 2024 update; SAELens `standard`): the decoder-norm
+// weighted L1 penalty λ·mean_b Σᵢ fᵢ·nᵢ, nᵢ = ‖W_dec,i‖, and gradient-norm clipping.
+//   row_norms         norms[latent_start + i] = ‖w_dec[i]‖ (one workgroup per row of the block)
+//   l1_code_grad      code_grad[e] += coeff · norms[top_idx[e]] where top_val[e] > 0
+//                     (∂/∂fᵢ of the penalty; coeff = λ / rows)
+//   l1_decoder_grad   grad_w_dec[i, c] += coeff · (Σ_{e ∈ seg(i)} top_val[e]) · w_dec[i, c] / nᵢ
+//                     (∂/∂W_dec,i of the penalty, over the reverse index's segment of latent i)
+//   clip_factor       stats[out_slot] = min(1, clip / ‖g‖), ‖g‖² = Σ stats[first_slot ..+ count]
+//   scale_by_slot     a[i] *= stats[out_slot]
+// Split dictionaries run row_norms, l1_code_grad and l1_decoder_grad once per block: w_dec and
+// grad_w_dec hold the latents [latent_start, latent_start + block_len).
+// Generated header: WG. Prelude: common.wgsl (linear_id, partial, reduce_partial).
+
+struct Params {
+    n: u32,
+    d_in: u32,
+    latent_start: u32,
+    block_len: u32,
+    col_tiles: u32,
+    first_slot: u32,
+    count: u32,
+    out_slot: u32,
+    coeff: f32,
+    clip: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> w_dec: array<f32>;
+@group(0) @binding(2) var<storage, read_write> norms: array<f32>;
+@group(0) @binding(3) var<storage, read> top_idx: array<u32>;
+@group(0) @binding(4) var<storage, read> top_val: array<f32>;
+@group(0) @binding(5) var<storage, read_write> code_grad: array<f32>;
+@group(0) @binding(6) var<storage, read> offsets: array<u32>;
+@group(0) @binding(7) var<storage, read> reverse_index: array<u32>;
+@group(0) @binding(8) var<storage, read_write> grad_w_dec: array<f32>;
+@group(0) @binding(9) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(10) var<storage, read_write> a: array<f32>;
+
+@compute @workgroup_size(WG)
+fn row_norms(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = linear_id(wg, nwg);
+    if (row >= p.block_len) {
+        return;
+    }
+    var acc = 0.0;
+    for (var c = lid; c < p.d_in; c += WG) {
+        let w = w_dec[row * p.d_in + c];
+        acc = fma(w, w, acc);
+    }
+    partial[lid] = acc;
+    reduce_partial(lid);
+    if (lid == 0u) {
+        norms[p.latent_start + row] = sqrt(partial[0]);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn l1_code_grad(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let e = linear_id(wg, nwg) * WG + lid;
+    if (e >= p.n) {
+        return;
+    }
+    // Wraps below latent_start, so one comparison tests both ends of the block.
+    let local = top_idx[e] - p.latent_start;
+    if (local < p.block_len && top_val[e] > 0.0) {
+        code_grad[e] += p.coeff * norms[top_idx[e]];
+    }
+}
+
+// One workgroup per (latent of the block, tile of WG columns).
+@compute @workgroup_size(WG)
+fn l1_decoder_grad(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let tile = linear_id(wg, nwg);
+    let local = tile / p.col_tiles;
+    let c = (tile % p.col_tiles) * WG + lid;
+    if (local >= p.block_len || c >= p.d_in) {
+        return;
+    }
+    let latent = p.latent_start + local;
+    var total = 0.0;
+    for (var s = offsets[latent]; s < offsets[latent + 1u]; s++) {
+        total += max(top_val[reverse_index[s]], 0.0);
+    }
+    let norm = norms[latent];
+    if (norm > 0.0) {
+        grad_w_dec[local * p.d_in + c] += p.coeff * total * w_dec[local * p.d_in + c] / norm;
+    }
+}
+
+@compute @workgroup_size(1)
+fn clip_factor() {
+    var total = 0.0;
+    for (var i = 0u; i < p.count; i++) {
+        total += stats[p.first_slot + i];
+    }
+    let norm = sqrt(total);
+    stats[p.out_slot] = select(1.0, min(1.0, p.clip / norm), norm > 0.0);
+}
+
+@compute @workgroup_size(WG)
+fn scale_by_slot(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = linear_id(wg, nwg) * WG + lid;
+    if (i < p.n) {
+        a[i] *= stats[p.out_slot];
+    }
+}
