@@ -5,7 +5,8 @@ Loads RUN_DIR/saelens with SAELens' `SAE.load_from_disk` and, where the run has 
 RUN_DIR/sparsify with sparsify's `SparseCoder.load_from_disk`, runs them on rows of a shard,
 and checks that
   * both reconstruct identically (they hold the same weights in two layouts),
-  * a run without sparsify/ (BatchTopK, Matryoshka) is a SAELens jumprelu SAE with a threshold,
+  * a run without sparsify/ is a SAELens jumprelu SAE with a threshold (BatchTopK,
+    Matryoshka) or a standard one (ReLU + L1),
   * the FVU on the shard (sparsify's own, or from SAELens' reconstruction) matches the held-out
     FVU in RUN_DIR/summary.json (when the shard is the run's held-out shard),
   * SAELens' sparsity.safetensors has one entry per latent.
@@ -62,13 +63,16 @@ def main() -> int:
         print(f"relative difference between the two loaders' reconstructions: {rel:.2e}")
         ok = rel < 1e-5
     else:
-        # BatchTopK and Matryoshka runs export SAELens jumprelu alone (sparsify cannot run them).
+        # BatchTopK and Matryoshka runs export SAELens jumprelu alone, ReLU + L1 standard
+        # (sparsify cannot run them).
         cfg = json.loads((args.run_dir / "saelens" / "cfg.json").read_text())
+        architecture = cfg.get("architecture")
         threshold = getattr(saelens_sae, "threshold", None)
-        print(f"SAELens architecture {cfg.get('architecture')}; FVU on {args.shard.name} "
+        print(f"SAELens architecture {architecture}; FVU on {args.shard.name} "
               f"({x.shape[0]} rows): {fvu:.6f}")
-        if cfg.get("architecture") != "jumprelu" or threshold is None:
-            print("FAIL: expected a jumprelu SAE with a threshold")
+        if architecture not in ("jumprelu", "standard") or (
+                architecture == "jumprelu" and threshold is None):
+            print("FAIL: expected a jumprelu SAE with a threshold, or a standard SAE")
             ok = False
 
     sparsity = load_file(str(args.run_dir / "saelens" / "sparsity.safetensors"))["sparsity"]

@@ -3,7 +3,8 @@
 // batch and zero the rest; the inference threshold θ follows the smallest kept value.
 //   batch_threshold  one workgroup: radix select, 8 bits at a time, of the keep-th largest
 //                    candidate t (values are ≥ 0, so their f32 bits order like the values);
-//                    m = the smallest kept value > 0; θ ← β·θ + (1 − β)·m (SAELens' rule);
+//                    m = the smallest kept value > 0; θ ← β·θ + (1 − β)·m (SAELens' rule),
+//                    θ ← m at the first step (θ = 0);
 //                    state = [t, θ, m, kept]
 //   batch_keep       top_val[e] = 0 where top_val[e] < t
 // Generated header: WG. Prelude: common.wgsl (linear_id).
@@ -84,7 +85,11 @@ fn batch_threshold(@builtin(local_invocation_index) lid: u32) {
     if (lid == 0u) {
         let m = select(bitcast<f32>(smallest[0]), 0.0, smallest[0] == 0xffffffffu);
         state[0] = t;
-        state[1] = p.beta * state[1] + (1.0 - p.beta) * m;
+        // θ = 0 only before the first step: start from the first batch's value
+        // (dictionary_learning) rather than from 0 (SAELens), so a short run exports a θ
+        // near the batch threshold instead of a fraction of it.
+        let theta = state[1];
+        state[1] = select(p.beta * theta + (1.0 - p.beta) * m, m, theta == 0.0);
         state[2] = m;
     }
 }

@@ -32,7 +32,8 @@ pub enum Architecture {
     Relu,
 }
 
-/// θ ← β·θ + (1 − β)·(smallest kept value), every step from θ = 0 (SAELens).
+/// θ ← β·θ + (1 − β)·(smallest kept value) every step (SAELens), starting from the first
+/// step's value (dictionary_learning) instead of SAELens' 0.
 pub const THETA_BETA: f32 = 0.99;
 
 impl Architecture {
