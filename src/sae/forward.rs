@@ -399,6 +399,18 @@ pub fn record_forward(
     rows: usize,
 ) -> GpuResult<()> {
     record_encode_select(rec, sae, fw, rows)?;
+    record_reconstruct(rec, sae, fw, rows)
+}
+
+/// Records the second half of [`record_forward`]: `fw.x_hat` from the selected entries (in
+/// the input's own units for an SAE with a per-row input normalisation). A trainer that
+/// changes the selection (BatchTopK) runs it after its own step.
+pub fn record_reconstruct(
+    rec: &mut Recorder<'_>,
+    sae: &GpuSae,
+    fw: &ForwardBuffers,
+    rows: usize,
+) -> GpuResult<()> {
     record_decode(
         rec,
         sae,

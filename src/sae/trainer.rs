@@ -40,8 +40,8 @@ use super::architecture::THETA_BETA;
 use super::blocks::LatentTensor;
 use super::feed::{MemberStep, Upload};
 use super::forward::{
-    record_decode, record_encode_select, record_forward, record_topk, Candidates, ForwardBuffers,
-    GpuSae, Selection,
+    record_decode, record_encode_select, record_reconstruct, record_topk, Candidates,
+    ForwardBuffers, GpuSae, Selection,
 };
 use super::params::SaeParams;
 
@@ -447,30 +447,18 @@ impl<'g> Trainer<'g> {
             &self.stats,
             slot::VARIANCE,
         )?;
-        match &self.batch_selection {
-            None => record_forward(rec, sae, fw, s.rows)?,
-            Some(batch) => {
-                record_encode_select(rec, sae, fw, s.rows)?;
-                launch_batch_topk(
-                    rec,
-                    &fw.top_val,
-                    s.entries(),
-                    batch.k * s.rows,
-                    THETA_BETA,
-                    &batch.state,
-                )?;
-                record_decode(
-                    rec,
-                    sae,
-                    &fw.top_idx,
-                    &fw.top_val,
-                    sae.k,
-                    &sae.b_dec,
-                    &fw.x_hat,
-                    s.rows,
-                )?;
-            }
+        record_encode_select(rec, sae, fw, s.rows)?;
+        if let Some(batch) = &self.batch_selection {
+            launch_batch_topk(
+                rec,
+                &fw.top_val,
+                s.entries(),
+                batch.k * s.rows,
+                THETA_BETA,
+                &batch.state,
+            )?;
         }
+        record_reconstruct(rec, sae, fw, s.rows)?;
         rec.stage("backward");
         self.reducer.launch_sum_sq_diff(
             rec,
