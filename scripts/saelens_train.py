@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Train an SAE with the real SAELens package on an activation shard, for the side-by-side
-with `sae train` in BENCHMARKS.md: the same shard, token budget, batch size, dictionary, k and
-learning rate; SAELens' own defaults for the rest. Saves SAELens' inference model (BatchTopK
-and Matryoshka as JumpReLU, as SAELens does) into OUT, which `sae eval OUT heldout` reads, and
-prints one JSON line with the training time and tokens/s.
+with `sae train` in BENCHMARKS.md: the same shard, token budget, batch size, dictionary, k,
+learning rate and schedule, b_dec initialised as `sae train` does (the geometric median of the
+first 32768 rows; --b-dec-init zeros keeps SAELens' own); SAELens' defaults for the rest.
+Saves SAELens' inference model (BatchTopK and Matryoshka as JumpReLU, as SAELens does) into
+OUT, which `sae eval OUT heldout` reads, and prints one JSON line with the training time and
+tokens/s.
 
 Usage (in the scripts' virtualenv, see check-python-loaders.sh):
   python scripts/saelens_train.py --architecture topk|batchtopk|matryoshka \
@@ -17,6 +19,22 @@ import time
 
 import torch
 from safetensors.torch import load_file
+
+
+def geometric_median(points: torch.Tensor, iterations: int = 100, tol: float = 1e-5):
+    """Weiszfeld's algorithm in f64 from the mean, weights 1/max(distance, 1e-12), stopping when
+    the objective changes by less than tol (relative): src/sae/init.rs's geometric_median."""
+    p = points.double()
+    g = p.mean(dim=0)
+    previous = (p - g).norm(dim=1).sum()
+    for _ in range(iterations):
+        w = 1.0 / (p - g).norm(dim=1).clamp_min(1e-12)
+        g = (w[:, None] * p).sum(dim=0) / w.sum()
+        current = (p - g).norm(dim=1).sum()
+        if abs(previous - current) <= tol * max(float(previous), 1e-30):
+            break
+        previous = current
+    return g.float()
 
 
 def main() -> None:
@@ -33,6 +51,10 @@ def main() -> None:
     parser.add_argument("--matryoshka-widths", default="")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--b-dec-init", choices=["geometric-median", "zeros"],
+                        default="geometric-median",
+                        help="sae train's default (Weiszfeld on the first 32768 training rows), "
+                             "or SAELens' own zeros")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,10 +95,17 @@ def main() -> None:
         total_training_samples=steps * args.batch_size,
         train_batch_size_samples=args.batch_size,
         lr=args.lr,
+        # sae train's schedule: linear warmup, then linear decay to 0 at the last step.
         lr_warm_up_steps=args.lr_warmup_steps,
+        lr_decay_steps=max(steps - args.lr_warmup_steps, 0),
+        lr_end=0.0,
         device="cpu",
         n_batches_for_norm_estimate=1,
     )
+    if args.b_dec_init == "geometric-median":
+        # What `sae train` does by default: Weiszfeld on the first 32768 training rows.
+        with torch.no_grad():
+            sae.b_dec.copy_(geometric_median(x[order[:32768]]))
     trainer = SAETrainer(cfg, sae, batches())
     started = time.time()
     trainer.fit()
@@ -85,7 +114,7 @@ def main() -> None:
     print(json.dumps({
         "tool": f"sae-lens {sae_lens.__version__}",
         "architecture": args.architecture,
-        "steps": steps,
+        "steps": trainer.n_training_steps,
         "tokens": steps * args.batch_size,
         "seconds": seconds,
         "tokens_per_s": steps * args.batch_size / seconds,
