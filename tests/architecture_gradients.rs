@@ -54,23 +54,31 @@ fn loss(p: &Params, x: &[f64], architecture: Architecture, candidates: usize) ->
             codes.iter_mut().filter(|v| **v < t).for_each(|v| *v = 0.0);
         }
     }
-    if architecture == Architecture::Relu {
-        // SAELens' mean squared error plus λ·mean_b Σᵢ fᵢ·‖W_dec,i‖.
+    // Σ over rows of ‖x − x̂‖², x̂ decoded from the first `width` latents.
+    let squared_error = |width: usize| -> f64 {
         let mut total = 0.0;
         for r in 0..ROWS {
             for c in 0..d_in {
                 let mut x_hat = b_dec[c];
-                for i in 0..D_SAE {
+                for i in 0..width {
                     x_hat += codes[r * D_SAE + i] * w_dec[i * d_in + c];
                 }
                 total += (x[r * d_in + c] - x_hat).powi(2);
             }
-            for i in 0..D_SAE {
-                let norm: f64 = (0..d_in).map(|c| w_dec[i * d_in + c].powi(2)).sum::<f64>();
-                total += L1 * codes[r * D_SAE + i] * norm.sqrt();
-            }
         }
-        return total / ROWS as f64;
+        total
+    };
+    if architecture == Architecture::Relu {
+        // SAELens' mean squared error plus λ·mean_b Σᵢ fᵢ·‖W_dec,i‖.
+        let mut penalty = 0.0;
+        for i in 0..D_SAE {
+            let norm = (0..d_in)
+                .map(|c| w_dec[i * d_in + c].powi(2))
+                .sum::<f64>()
+                .sqrt();
+            penalty += L1 * norm * (0..ROWS).map(|r| codes[r * D_SAE + i]).sum::<f64>();
+        }
+        return (squared_error(D_SAE) + penalty) / ROWS as f64;
     }
     let mut widths = vec![D_SAE];
     if architecture == Architecture::Matryoshka {
@@ -82,19 +90,7 @@ fn loss(p: &Params, x: &[f64], architecture: Architecture, candidates: usize) ->
     let variance: f64 = (0..ROWS * d_in)
         .map(|e| (x[e] - mean[e % d_in]).powi(2))
         .sum();
-    let mut total = 0.0;
-    for width in widths {
-        for r in 0..ROWS {
-            for c in 0..d_in {
-                let mut x_hat = b_dec[c];
-                for i in 0..width {
-                    x_hat += codes[r * D_SAE + i] * w_dec[i * d_in + c];
-                }
-                total += (x[r * d_in + c] - x_hat).powi(2);
-            }
-        }
-    }
-    total / variance
+    widths.into_iter().map(squared_error).sum::<f64>() / variance
 }
 
 #[test]

@@ -930,16 +930,6 @@ impl<'g> Trainer<'g> {
         }
         gpu.write(&self.since_fired, since_fired)
     }
-
-    /// Restores BatchTopK's θ (from a checkpoint).
-    pub fn restore_theta(&self, theta: f32) -> GpuResult<()> {
-        if let Some(batch) = &self.batch_selection {
-            let mut state = [0.0f32; batch_state::COUNT];
-            state[batch_state::THETA] = theta;
-            self.gpu.write(&batch.state, &state)?;
-        }
-        Ok(())
-    }
 }
 
 /// The chosen entries of one selection and the buffers their backward pass uses.
