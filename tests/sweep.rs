@@ -17,6 +17,7 @@ use sae_wgpu::run::train::{train, RunOptions, TrainConfig};
 use sae_wgpu::sae::architecture::Architecture;
 use sae_wgpu::sae::checkpoint;
 use sae_wgpu::sae::formats::load_sae;
+use sae_wgpu::sae::params::Activation;
 
 fn data(dir: &Path) -> Vec<PathBuf> {
     let synth = SynthConfig {
@@ -54,9 +55,14 @@ fn four_members(shards: Vec<PathBuf>) -> SweepFile {
     plan(&base(shards), 12, &axes, |_| 1e-2).unwrap()
 }
 
+/// The exported weights' bits, BatchTopK's θ (its JumpReLU threshold) included.
 fn bits(dir: &Path) -> Vec<u32> {
     let p = load_sae(dir).unwrap().params;
-    [&p.w_enc, &p.b_enc, &p.w_dec, &p.b_dec]
+    let threshold = match &p.activation {
+        Activation::JumpRelu { threshold } => threshold.clone(),
+        _ => Vec::new(),
+    };
+    [&p.w_enc, &p.b_enc, &p.w_dec, &p.b_dec, &threshold]
         .iter()
         .flat_map(|v| v.iter().map(|x| x.to_bits()))
         .collect()
