@@ -8,7 +8,7 @@ OUT, which `sae eval OUT heldout` reads, and prints one JSON line with the train
 tokens/s.
 
 Usage (in the scripts' virtualenv, see check-python-loaders.sh):
-  python scripts/saelens_train.py --architecture topk|batchtopk|matryoshka \
+  python scripts/saelens_train.py --architecture topk|batchtopk|matryoshka|relu \
       --shard train_0000.safetensors --out runs/saelens-topk --k 32 --expansion-factor 8 \
       --batch-size 4096 --tokens 64983 --lr 4e-4 [--matryoshka-widths 288,576,...] [--seed 0]
 """
@@ -39,7 +39,8 @@ def geometric_median(points: torch.Tensor, iterations: int = 100, tol: float = 1
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--architecture", choices=["topk", "batchtopk", "matryoshka"], required=True)
+    parser.add_argument("--architecture", choices=["topk", "batchtopk", "matryoshka", "relu"],
+                        required=True)
     parser.add_argument("--shard", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--k", type=int, default=32)
@@ -49,6 +50,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument("--lr-warmup-steps", type=int, default=0)
     parser.add_argument("--matryoshka-widths", default="")
+    parser.add_argument("--l1-coefficient", type=float, default=1.0, help="relu (standard) only")
+    parser.add_argument("--l1-warmup-steps", type=int, default=0, help="relu (standard) only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--b-dec-init", choices=["geometric-median", "zeros"],
@@ -80,7 +83,14 @@ def main() -> None:
             position += args.batch_size
 
     common = dict(d_in=d_in, d_sae=d_sae, k=args.k, device="cpu", dtype="float32")
-    if args.architecture == "topk":
+    if args.architecture == "relu":
+        # SAELens `standard`: ReLU + decoder-norm weighted L1; its trainer clips the gradient
+        # norm to 1 and initialises decoder rows at norm 0.1, as `sae train` does.
+        del common["k"]
+        sae = sae_lens.StandardTrainingSAE(sae_lens.StandardTrainingSAEConfig(
+            l1_coefficient=args.l1_coefficient, l1_warm_up_steps=args.l1_warmup_steps,
+            **common))
+    elif args.architecture == "topk":
         sae = sae_lens.TopKTrainingSAE(sae_lens.TopKTrainingSAEConfig(**common))
     elif args.architecture == "batchtopk":
         sae = sae_lens.BatchTopKTrainingSAE(sae_lens.BatchTopKTrainingSAEConfig(**common))
