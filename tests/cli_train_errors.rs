@@ -494,6 +494,22 @@ fn dictionary_beyond_the_binding_limit_and_missing_backend() {
                 "--batch-size",
             ],
         );
+        // A sweep whose members do not fit together: the first that does not is named, and
+        // no sweep.json is written.
+        fails(
+            &[
+                &s(&good),
+                "--k",
+                "2,3",
+                "--expansion-factor",
+                "2,1000000",
+                "--batch-size",
+                "32",
+            ],
+            &dir.join("sweep"),
+            &["sweep member topk-k2-x1000000", "MiB of GPU memory but"],
+        );
+        assert!(!dir.join("sweep").join("sweep.json").exists());
     }
     let backend = if cfg!(target_os = "macos") {
         "dx12"
