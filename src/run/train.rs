@@ -1183,15 +1183,16 @@ impl Member<'_> {
 
 /// A run's SAE as it is used after training (and exported), on the trainer's input scale:
 /// for BatchTopK, JumpReLU with θ for every latent; for TopK, the trained SAE itself.
-fn inference_params(member: &Member<'_>) -> anyhow::Result<SaeParams> {
-    let snapshot = member.trainer.snapshot()?;
-    let mut params = snapshot.params;
+fn inference_params(gpu: &Gpu, member: &Member<'_>) -> anyhow::Result<SaeParams> {
+    // The weights and θ only: a checkpoint snapshot would also read every Adam moment back.
+    let mut params = member.trainer.sae.download(gpu)?;
     if member.config.architecture == Architecture::Relu {
         params.activation = Activation::Relu;
     }
     if member.config.architecture.batch_selection() {
-        let theta = snapshot
-            .theta
+        let theta = member
+            .trainer
+            .theta()?
             .ok_or_else(|| anyhow!("a BatchTopK trainer without θ"))?;
         params.activation = Activation::JumpRelu {
             threshold: vec![theta; params.d_sae],
@@ -1214,7 +1215,7 @@ fn evaluate(gpu: &Gpu, member: &Member<'_>, data: &Data) -> anyhow::Result<Optio
     let sae = match config.architecture {
         Architecture::TopK => &member.trainer.sae,
         _ => {
-            inference = GpuSae::upload(gpu, &inference_params(member)?, config.batch_size)?;
+            inference = GpuSae::upload(gpu, &inference_params(gpu, member)?, config.batch_size)?;
             &inference
         }
     };
@@ -1238,7 +1239,7 @@ fn finish_member(
 ) -> anyhow::Result<TrainReport> {
     let (config, run_dir, tokens) = (&member.config, &member.run_dir, member.tokens);
     let heldout = evaluate(gpu, member, data)?;
-    let mut params = inference_params(member)?;
+    let mut params = inference_params(gpu, member)?;
     params.fold_input_scale(member.scale);
 
     // Feature density over the training tokens.
