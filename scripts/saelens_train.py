@@ -8,7 +8,7 @@ OUT, which `sae eval OUT heldout` reads, and prints one JSON line with the train
 tokens/s.
 
 Usage (in the scripts' virtualenv, see check-python-loaders.sh):
-  python scripts/saelens_train.py --architecture topk|batchtopk|matryoshka|relu \
+  python scripts/saelens_train.py --architecture topk|batchtopk|matryoshka|relu|jumprelu \
       --shard train_0000.safetensors --out runs/saelens-topk --k 32 --expansion-factor 8 \
       --batch-size 4096 --tokens 64983 --lr 4e-4 [--matryoshka-widths 288,576,...] [--seed 0]
 """
@@ -39,7 +39,8 @@ def geometric_median(points: torch.Tensor, iterations: int = 100, tol: float = 1
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--architecture", choices=["topk", "batchtopk", "matryoshka", "relu"],
+    parser.add_argument("--architecture",
+                        choices=["topk", "batchtopk", "matryoshka", "relu", "jumprelu"],
                         required=True)
     parser.add_argument("--shard", required=True)
     parser.add_argument("--out", required=True)
@@ -52,6 +53,12 @@ def main() -> None:
     parser.add_argument("--matryoshka-widths", default="")
     parser.add_argument("--l1-coefficient", type=float, default=1.0, help="relu (standard) only")
     parser.add_argument("--l1-warmup-steps", type=int, default=0, help="relu (standard) only")
+    parser.add_argument("--l0-coefficient", type=float, default=1.0, help="jumprelu only")
+    parser.add_argument("--l0-warmup-steps", type=int, default=0, help="jumprelu only")
+    parser.add_argument("--l0-penalty", choices=["step", "tanh"], default="step",
+                        help="jumprelu only")
+    parser.add_argument("--jumprelu-bandwidth", type=float, default=0.05)
+    parser.add_argument("--jumprelu-init-threshold", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--b-dec-init", choices=["geometric-median", "zeros"],
@@ -90,6 +97,15 @@ def main() -> None:
         sae = sae_lens.StandardTrainingSAE(sae_lens.StandardTrainingSAEConfig(
             l1_coefficient=args.l1_coefficient, l1_warm_up_steps=args.l1_warmup_steps,
             **common))
+    elif args.architecture == "jumprelu":
+        # SAELens `jumprelu`: θ trained directly (kept ≥ 0), rectangle-kernel estimators, the
+        # same init as `standard` (decoder norm 0.1, W_enc = W_decᵀ) and gradient clipping.
+        del common["k"]
+        sae = sae_lens.JumpReLUTrainingSAE(sae_lens.JumpReLUTrainingSAEConfig(
+            l0_coefficient=args.l0_coefficient, l0_warm_up_steps=args.l0_warmup_steps,
+            jumprelu_sparsity_loss_mode=args.l0_penalty,
+            jumprelu_bandwidth=args.jumprelu_bandwidth,
+            jumprelu_init_threshold=args.jumprelu_init_threshold, **common))
     elif args.architecture == "topk":
         sae = sae_lens.TopKTrainingSAE(sae_lens.TopKTrainingSAEConfig(**common))
     elif args.architecture == "batchtopk":

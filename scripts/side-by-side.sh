@@ -6,8 +6,8 @@
 #
 #   scripts/side-by-side.sh TRAIN_SHARD HELDOUT_SHARD OUT
 #
-# Settings (environment): ARCHS (topk,batchtopk,matryoshka,relu), KS (16,32,64; relu takes
-# λ = 1, the default of both tools, instead), EXPANSION (8),
+# Settings (environment): ARCHS (topk,batchtopk,matryoshka,relu,jumprelu), KS (16,32,64; relu
+# and jumprelu take λ = 1, the default of both tools, instead), EXPANSION (8),
 # BATCH (4096), TOKENS (every training row), SAE_BIN (target/release/sae), SAE_ARGS (more flags
 # for sae train, e.g. --adapter 1), TORCH_DEVICE is not used: SAELens trains on the CPU here.
 # Writes OUT/sweep (ours), OUT/saelens-<arch>-k<k>, OUT/times.jsonl, OUT/eval.jsonl and
@@ -16,7 +16,7 @@ set -euo pipefail
 train="${1:?train shard}" heldout="${2:?held-out shard}" out="${3:?output directory}"
 here="$(cd "$(dirname "$0")" && pwd)"
 sae="${SAE_BIN:-$here/../target/release/sae}"
-archs="${ARCHS:-topk,batchtopk,matryoshka,relu}" ks="${KS:-16,32,64}"
+archs="${ARCHS:-topk,batchtopk,matryoshka,relu,jumprelu}" ks="${KS:-16,32,64}"
 expansion="${EXPANSION:-8}" batch="${BATCH:-4096}"
 venv="${SAE_PY_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/sae-wgpu/pyloaders}"
 if [ ! -x "$venv/bin/python" ]; then
@@ -43,7 +43,10 @@ mkdir -p "$out"
 read -r -a extra <<<"${SAE_ARGS:-}"
 
 start=$(date +%s.%N)
-"$sae" train "$train" --out "$out/sweep" --overwrite --architecture "$archs" --k "$ks" \
+# --k only when the TopK family is in the sweep (the ReLU family takes a coefficient instead).
+k_args=()
+case ",$archs," in *,topk,* | *,batchtopk,* | *,matryoshka,*) k_args=(--k "$ks") ;; esac
+"$sae" train "$train" --out "$out/sweep" --overwrite --architecture "$archs" "${k_args[@]}" \
     --expansion-factor "$expansion" --batch-size "$batch" --tokens "$tokens" --lr "$lr" \
     --lr-warmup-steps "$warmup" --eval-fraction 0 --checkpoint-every 0 --quiet "${extra[@]}"
 end=$(date +%s.%N)
@@ -52,11 +55,20 @@ import json, sys
 s, e, tokens, members = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 print(json.dumps({'tool': 'sae-wgpu sweep', 'members': members, 'tokens': tokens,
                   'seconds': e - s, 'tokens_per_s_per_member': tokens * members / (e - s)}))
-" "$start" "$end" "$((steps * batch))" "$(ls -d "$out"/sweep/*/ | wc -l)" >>"$out/times.jsonl"
+" "$start" "$end" "$((steps * batch))" "$(ls "$out"/sweep/config.json "$out"/sweep/*/config.json 2>/dev/null | wc -l)" >>"$out/times.jsonl"
 
 saelens_dirs=()
 l1_warmup=$((steps / 20 > 0 ? steps / 20 : 1)) # sae train's default
 for arch in ${archs//,/ }; do
+    if [ "$arch" = jumprelu ]; then
+        dir="$out/saelens-jumprelu-l0_1"
+        "$venv/bin/python" "$here/saelens_train.py" --architecture jumprelu --shard "$train" \
+            --out "$dir" --expansion-factor "$expansion" --batch-size "$batch" \
+            --tokens "$tokens" --lr "$lr" --lr-warmup-steps "$warmup" --l0-coefficient 1 \
+            --l0-warmup-steps "$l1_warmup" 2>/dev/null | tail -1 >>"$out/times.jsonl"
+        saelens_dirs+=("$dir")
+        continue
+    fi
     if [ "$arch" = relu ]; then
         dir="$out/saelens-relu-l1_1"
         "$venv/bin/python" "$here/saelens_train.py" --architecture relu --shard "$train" \

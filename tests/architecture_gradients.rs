@@ -1,8 +1,11 @@
 //! Each architecture's whole training-loss gradient, as one GPU training step computes it,
 //! against central finite differences of an f64 CPU loss on a tiny SAE (AuxK off): TopK,
 //! BatchTopK (the batch-wide selection), Matryoshka (the sum of the prefixes' FVUs) and ReLU +
-//! L1 (mean squared error plus the decoder-norm weighted L1 penalty, no unit-norm constraint). The
-//! selection is piecewise constant, so the differences are taken where it does not change.
+//! L1 (mean squared error plus the decoder-norm weighted L1 penalty, no unit-norm constraint) and
+//! JumpReLU (its weights' gradient; its thresholds' pseudo-gradient, which the straight-through
+//! estimator defines, against the estimator's formula on finite differences of the loss in the
+//! codes). The selection is piecewise constant, so the differences are taken where it does not
+//! change.
 //! For the TopK family W_dec's gradient is compared after removing each row's parallel
 //! component, as the unit-norm constraint does before Adam.
 
@@ -10,10 +13,10 @@ mod common;
 
 use common::{gpu, random_vec, rng};
 use sae_wgpu::gpu::kernels::optim::AdamConfig;
-use sae_wgpu::sae::architecture::Architecture;
+use sae_wgpu::sae::architecture::{Architecture, L0Penalty, ThresholdParam};
 use sae_wgpu::sae::feed::{Feed, MemberStep};
 use sae_wgpu::sae::params::SaeParams;
-use sae_wgpu::sae::trainer::Trainer;
+use sae_wgpu::sae::trainer::{JumpReluConfig, Trainer};
 
 const D_SAE: usize = 24;
 const ROWS: usize = 9;
@@ -195,4 +198,217 @@ fn every_architecture_gradient_matches_finite_differences() {
             );
         }
     }
+}
+
+/// JumpReLU's loss on given codes F [ROWS, D_SAE]: SAELens' mean squared error plus the tanh
+/// penalty λ·mean_b Σᵢ tanh(4·fᵢ·‖W_dec,i‖) (`tanh`), or nothing for the step penalty (whose
+/// value does not change with the weights where the selection does not).
+fn jumprelu_loss_of_codes(p: &Params, x: &[f64], codes: &[f64], tanh: bool) -> f64 {
+    let [_, _, w_dec, b_dec] = p;
+    let d_in = b_dec.len();
+    let mut total = 0.0;
+    for r in 0..ROWS {
+        for c in 0..d_in {
+            let mut x_hat = b_dec[c];
+            for i in 0..D_SAE {
+                x_hat += codes[r * D_SAE + i] * w_dec[i * d_in + c];
+            }
+            total += (x[r * d_in + c] - x_hat).powi(2);
+        }
+    }
+    if tanh {
+        for i in 0..D_SAE {
+            let norm = decoder_norm(w_dec, i, d_in);
+            for r in 0..ROWS {
+                total += L0 * (4.0 * codes[r * D_SAE + i] * norm).tanh();
+            }
+        }
+    }
+    total / ROWS as f64
+}
+
+fn decoder_norm(w_dec: &[f64], i: usize, d_in: usize) -> f64 {
+    (0..d_in)
+        .map(|c| w_dec[i * d_in + c].powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Pre-activations h [ROWS, D_SAE] = (x − b_dec)·W_enc + b_enc.
+fn pre_activations(p: &Params, x: &[f64]) -> Vec<f64> {
+    let [w_enc, b_enc, _, b_dec] = p;
+    let d_in = b_dec.len();
+    let mut h = vec![0.0f64; ROWS * D_SAE];
+    for r in 0..ROWS {
+        for i in 0..D_SAE {
+            let mut v = b_enc[i];
+            for c in 0..d_in {
+                v += (x[r * d_in + c] - b_dec[c]) * w_enc[c * D_SAE + i];
+            }
+            h[r * D_SAE + i] = v;
+        }
+    }
+    h
+}
+
+/// JumpReLU's codes: h where h > θ, else 0.
+fn jump_codes(h: &[f64], theta: &[f64]) -> Vec<f64> {
+    h.iter()
+        .enumerate()
+        .map(|(e, &v)| if v > theta[e % D_SAE] { v } else { 0.0 })
+        .collect()
+}
+
+/// JumpReLU's penalty coefficient.
+const L0: f64 = 0.3;
+
+#[test]
+fn jumprelu_pseudo_gradient_matches_the_estimator() {
+    let Some(gpu) = gpu() else { return };
+    let bandwidth = 0.1f64;
+    let cases = [
+        (L0Penalty::Step, ThresholdParam::Direct, 5, 1),
+        (L0Penalty::Tanh, ThresholdParam::Log, 5, 1),
+        (L0Penalty::Tanh, ThresholdParam::Direct, 300, 13),
+    ];
+    for (penalty, kind, d_in, stride) in cases {
+        let name = format!("jumprelu {penalty:?} {kind:?} d_in {d_in}");
+        let tanh = penalty == L0Penalty::Tanh;
+        let mut r = rng(29);
+        let mut params = SaeParams::init_relu(d_in, D_SAE, D_SAE, 5);
+        params.b_enc = random_vec(&mut r, D_SAE, 0.1);
+        params.b_dec = random_vec(&mut r, d_in, 0.3);
+        let x = random_vec(&mut r, ROWS * d_in, 1.0);
+        // Thresholds in [0.01, 0.11]: pre-activations lie on both sides and inside the window.
+        let theta0: Vec<f32> = random_vec(&mut r, D_SAE, 0.05)
+            .iter()
+            .map(|v| 0.06 + v)
+            .collect();
+        let initial: Vec<f32> = match kind {
+            ThresholdParam::Direct => theta0.clone(),
+            ThresholdParam::Log => theta0.iter().map(|t| t.ln()).collect(),
+        };
+        let config = JumpReluConfig {
+            bandwidth: bandwidth as f32,
+            penalty,
+            param: kind,
+            clip: None,
+        };
+        let mut trainer = Trainer::new(gpu, &params, ROWS, AdamConfig::default(), 1 << 30, None)
+            .unwrap()
+            .with_jumprelu(config, &initial)
+            .unwrap();
+        let theta: Vec<f64> = trainer
+            .thresholds()
+            .unwrap()
+            .unwrap()
+            .iter()
+            .map(|&t| f64::from(t))
+            .collect();
+        let mut feed = Feed::new(gpu, ROWS, d_in).unwrap();
+        let args = MemberStep {
+            scale: 1.0,
+            lr: 0.0,
+            step: 1,
+            with_metrics: false,
+            penalty: L0,
+        };
+        feed.step_rows(&x, &mut trainer, args).unwrap();
+        let got = trainer.gradients().unwrap();
+        assert_eq!(got.len(), 5, "{name}: the thresholds' gradient is missing");
+
+        let f64s = |v: &[f32]| v.iter().map(|&a| f64::from(a)).collect::<Vec<f64>>();
+        let base: Params = [
+            f64s(&params.w_enc),
+            f64s(&params.b_enc),
+            f64s(&params.w_dec),
+            f64s(&params.b_dec),
+        ];
+        let x64 = f64s(&x);
+        // The loss and which entries are selected.
+        let loss = |p: &Params| {
+            let codes = jump_codes(&pre_activations(p, &x64), &theta);
+            let selected: Vec<bool> = codes.iter().map(|&f| f > 0.0).collect();
+            (jumprelu_loss_of_codes(p, &x64, &codes, tanh), selected)
+        };
+        // The weights: the true gradient (∂f/∂h = H where the selection does not change; a
+        // difference across a threshold is left out, marked NaN).
+        let eps = 1e-5;
+        let (_, selected) = loss(&base);
+        for (t, tensor) in ["W_enc", "b_enc", "W_dec", "b_dec"].iter().enumerate() {
+            let mut fd = vec![0.0f64; base[t].len()];
+            for (j, slot) in fd.iter_mut().enumerate().step_by(stride) {
+                let mut plus = base.clone();
+                plus[t][j] += eps;
+                let mut minus = base.clone();
+                minus[t][j] -= eps;
+                let ((up, up_sel), (down, down_sel)) = (loss(&plus), loss(&minus));
+                *slot = if up_sel == selected && down_sel == selected {
+                    (up - down) / (2.0 * eps)
+                } else {
+                    f64::NAN
+                };
+            }
+            assert_relative(&format!("{name} {tensor}"), &fd, &got[t], stride);
+        }
+        // The thresholds: the estimator −(θ/ε)·K(u)·∂L/∂f (− (1/ε)·K(u)·λ/B for the step
+        // penalty), with ∂L/∂f by central differences of the loss in the codes.
+        let h = pre_activations(&base, &x64);
+        let codes = jump_codes(&h, &theta);
+        let mut want = vec![0.0f64; D_SAE];
+        let mut in_window = 0;
+        for e in 0..ROWS * D_SAE {
+            let i = e % D_SAE;
+            let u = (h[e] - theta[i]) / bandwidth;
+            if !(u > -0.5 && u < 0.5) {
+                continue;
+            }
+            in_window += 1;
+            let mut plus = codes.clone();
+            plus[e] += eps;
+            let mut minus = codes.clone();
+            minus[e] -= eps;
+            let d_loss_d_f = (jumprelu_loss_of_codes(&base, &x64, &plus, tanh)
+                - jumprelu_loss_of_codes(&base, &x64, &minus, tanh))
+                / (2.0 * eps);
+            want[i] -= theta[i] / bandwidth * d_loss_d_f;
+            if !tanh {
+                want[i] -= L0 / ROWS as f64 / bandwidth;
+            }
+        }
+        if kind == ThresholdParam::Log {
+            want.iter_mut().zip(&theta).for_each(|(g, t)| *g *= t);
+        }
+        assert!(
+            in_window >= 10,
+            "{name}: only {in_window} entries in the window"
+        );
+        assert_relative(&format!("{name} threshold"), &want, &got[4], 1);
+    }
+}
+
+/// ‖want − got‖ / ‖want‖ < 1e-3 over every `stride`-th element (NaN in `want`: left out, at
+/// most a few), the gradient non-zero.
+fn assert_relative(name: &str, want: &[f64], got: &[f32], stride: usize) {
+    let compared: Vec<(f64, f64)> = want
+        .iter()
+        .zip(got)
+        .step_by(stride)
+        .map(|(a, b)| (*a, f64::from(*b)))
+        .collect();
+    let left_out = compared.iter().filter(|(a, _)| a.is_nan()).count();
+    assert!(
+        left_out * 20 <= compared.len(),
+        "{name}: {left_out} of {} differences cross a threshold",
+        compared.len()
+    );
+    let kept = || compared.iter().filter(|(a, _)| !a.is_nan());
+    let norm: f64 = kept().map(|(a, _)| a * a).sum::<f64>().sqrt();
+    let err: f64 = kept().map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+    assert!(norm > 1e-6, "{name}: the gradient is zero");
+    assert!(
+        err / norm < 1e-3,
+        "{name}: relative error {:.2e} against the reference",
+        err / norm
+    );
 }

@@ -318,6 +318,43 @@ fn bad_hyperparameters_and_existing_runs() {
         &["--clip-grad-norm", "-2"],
     );
     fails(
+        &with(&["--k", "2", "--architecture", "jumprelu"]),
+        &dir.join("r14a"),
+        &["--k", "--architecture jumprelu"],
+    );
+    fails(
+        &with(&["--k", "2", "--l0-coefficient", "1"]),
+        &dir.join("r14b"),
+        &["--l0-coefficient", "jumprelu", "topk"],
+    );
+    fails(
+        &with(&["--architecture", "jumprelu", "--jumprelu-bandwidth", "-0.1"]),
+        &dir.join("r14c"),
+        &["--jumprelu-bandwidth", "-0.1"],
+    );
+    fails(
+        &with(&["--architecture", "jumprelu", "--l0-coefficient=-3"]),
+        &dir.join("r14d"),
+        &["--l0-coefficient", "-3"],
+    );
+    fails(
+        &with(&[
+            "--architecture",
+            "jumprelu",
+            "--jumprelu-threshold-param",
+            "log",
+            "--jumprelu-init-threshold",
+            "0",
+        ]),
+        &dir.join("r14e"),
+        &["--jumprelu-init-threshold 0", "logarithm"],
+    );
+    fails(
+        &with(&["--architecture", "jumprelu", "--format", "sparsify"]),
+        &dir.join("r14f"),
+        &["--format sparsify", "jumprelu"],
+    );
+    fails(
         &with(&[
             "--architecture",
             "matryoshka",

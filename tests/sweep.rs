@@ -45,6 +45,7 @@ fn four_members(shards: Vec<PathBuf>) -> SweepFile {
     let axes = SweepAxes {
         architecture: vec![Architecture::TopK, Architecture::BatchTopK],
         l1_coefficient: vec![],
+        l0_coefficient: vec![],
         relu_cap: 256,
         k: vec![3],
         d_sae: vec![36],
@@ -237,4 +238,80 @@ fn sweep_members_equal_runs_alone_and_resume_and_parts() {
         &["sweep.json", "cannot read"],
     );
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// JumpReLU over two L0 coefficients: the members' names, each equal to the run alone, and a
+/// stopped sweep resumed from its checkpoints (thresholds and their Adam moments included)
+/// equal to the uninterrupted one.
+#[test]
+fn jumprelu_sweep_equals_runs_alone_and_resumes() {
+    let Some(gpu) = gpu() else { return };
+    let root = temp_dir("sweep-jumprelu");
+    let shards = data(&root);
+    let mut base = base(shards);
+    base.clip_grad_norm = Some(1.0);
+    base.l0_warmup_steps = 5;
+    base.jumprelu_init_threshold = 0.05;
+    let axes = SweepAxes {
+        architecture: vec![Architecture::JumpRelu],
+        l1_coefficient: vec![],
+        l0_coefficient: vec![0.1, 0.3],
+        relu_cap: 36,
+        k: vec![],
+        d_sae: vec![36],
+        lr: vec![],
+        seed: vec![],
+        format: None,
+    };
+    let sweep = plan(&base, 12, &axes, |_| 1e-2).unwrap();
+    let names: Vec<String> = sweep.runs.iter().map(|r| r.dir.clone()).collect();
+    assert_eq!(names, ["jumprelu-l0_0.1-x3", "jumprelu-l0_0.3-x3"]);
+    assert_eq!(sweep.runs[1].l0_coefficient, Some(0.3));
+
+    let whole = root.join("whole");
+    train_sweep(
+        gpu,
+        Some(sweep.clone()),
+        &whole,
+        None,
+        &options(&whole, false, None),
+    )
+    .unwrap();
+    let threshold_of = |dir: &Path| match load_sae(dir).unwrap().params.activation {
+        Activation::JumpRelu { threshold } => threshold,
+        other => panic!("{}: exported as {other:?}", dir.display()),
+    };
+    let trained = threshold_of(&whole.join(&names[0]));
+    assert!(
+        trained.iter().any(|&t| t != 0.05),
+        "the thresholds did not train"
+    );
+    let alone = root.join("alone");
+    train(
+        gpu,
+        Some(sweep.runs[1].config.clone()),
+        &options(&alone, false, None),
+    )
+    .unwrap();
+    assert!(
+        bits(&alone) == bits(&whole.join(&names[1])),
+        "the JumpReLU member differs from the run alone"
+    );
+
+    let stopped = root.join("stopped");
+    train_sweep(
+        gpu,
+        Some(sweep),
+        &stopped,
+        None,
+        &options(&stopped, false, Some(20)),
+    )
+    .unwrap();
+    train_sweep(gpu, None, &stopped, None, &options(&stopped, true, None)).unwrap();
+    for name in &names {
+        assert!(
+            bits(&stopped.join(name)) == bits(&whole.join(name)),
+            "{name}: the resumed JumpReLU sweep differs from the uninterrupted one"
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! `sae train` on synthetic data from a known dictionary must recover the features, for every
 //! architecture: mean max cosine similarity (MMCS) of learned decoder rows to the true features
-//! (≥ 0.95 for TopK and ReLU, 0.9 for BatchTopK, 0.85 for Matryoshka); and `sae eval` of the exported
-//! SAE gives the run's held-out figures.
+//! (≥ 0.95 for TopK and ReLU, 0.9 for BatchTopK and JumpReLU, 0.85 for Matryoshka); and `sae eval`
+//! of the exported SAE gives the run's held-out figures.
 
 mod common;
 
@@ -46,6 +46,7 @@ fn training_recovers_a_planted_dictionary() {
         Architecture::BatchTopK,
         Architecture::Matryoshka,
         Architecture::Relu,
+        Architecture::JumpRelu,
     ] {
         let steps = 1000;
         let k = 4;
@@ -57,6 +58,12 @@ fn training_recovers_a_planted_dictionary() {
             config.k = 64; // the cap: every code
             config.l1_coefficient = 1.0;
             config.l1_warmup_steps = 50;
+            config.clip_grad_norm = Some(1.0);
+        }
+        if architecture == Architecture::JumpRelu {
+            config.k = 64; // the cap: every code above its threshold
+            config.l0_coefficient = 0.1;
+            config.l0_warmup_steps = 50;
             config.clip_grad_norm = Some(1.0);
         }
         if architecture == Architecture::Matryoshka {
@@ -82,11 +89,14 @@ fn training_recovers_a_planted_dictionary() {
             heldout_figures.fvu, heldout_figures.l0
         );
         // TopK's bar from before the other architectures (ReLU + L1 reaches 0.98); the
-        // issue's bar (0.9) for BatchTopK. Matryoshka reaches 0.87 here (0.78 with the default prefixes): its
-        // prefixes trade per-feature fidelity for nesting, so its bar is 0.85.
+        // issue's bar (0.9) for BatchTopK and JumpReLU (0.94 at λ 0.1 with the step penalty).
+        // Matryoshka reaches 0.87 here (0.78 with the default prefixes): its prefixes trade
+        // per-feature fidelity for nesting, so its bar is 0.85. SAELens 6.54.12 on the same
+        // data and settings reaches 0.815–0.845 over three seeds (BatchTopK 0.88–0.92, TopK
+        // 0.96; BENCHMARKS.md).
         let bar = match architecture {
             Architecture::TopK | Architecture::Relu => 0.95,
-            Architecture::BatchTopK => 0.9,
+            Architecture::BatchTopK | Architecture::JumpRelu => 0.9,
             _ => 0.85,
         };
         assert!(
@@ -94,8 +104,8 @@ fn training_recovers_a_planted_dictionary() {
             "{name}: MMCS {score:.4} < {bar} (held-out FVU {:.4})",
             heldout_figures.fvu
         );
-        // Read back by `sae eval` (BatchTopK and Matryoshka as the exported SAELens jumprelu,
-        // ReLU as standard): the held-out figures of the run.
+        // Read back by `sae eval` (BatchTopK, Matryoshka and JumpReLU as the exported SAELens
+        // jumprelu, ReLU as standard): the held-out figures of the run.
         let exported = match architecture {
             Architecture::TopK => "topk",
             Architecture::Relu => "standard",

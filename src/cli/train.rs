@@ -15,7 +15,7 @@ use crate::run::train::{
     default_format, refuse_existing_run, train, validate, BDecInit, ExportFormat, RunOptions,
     TrainConfig,
 };
-use crate::sae::architecture::Architecture;
+use crate::sae::architecture::{Architecture, L0Penalty, ThresholdParam};
 use crate::sae::forward::DEFAULT_CAP;
 use crate::sae::schedule::default_lr;
 
@@ -38,8 +38,9 @@ pub struct TrainArgs {
     tensor: String,
     /// What to train: topk (k per token), batchtopk (k·B over each batch of B tokens),
     /// matryoshka (batchtopk whose nested prefixes each reconstruct the input; both exported as
-    /// SAELens jumprelu with the learned threshold) or relu (ReLU + decoder-norm weighted L1,
-    /// exported as SAELens standard). Several, comma-separated, sweep them.
+    /// SAELens jumprelu with the learned threshold), relu (ReLU + decoder-norm weighted L1,
+    /// exported as SAELens standard) or jumprelu (a trained threshold per latent and an L0
+    /// penalty). Several, comma-separated, sweep them.
     #[arg(long, value_enum, value_delimiter = ',')]
     architecture: Vec<Architecture>,
     /// ReLU + L1: the penalty's coefficient λ (default 1, SAELens'); several sweep it.
@@ -48,11 +49,32 @@ pub struct TrainArgs {
     /// ReLU + L1: steps over which λ rises linearly from 0 (default 5% of the steps).
     #[arg(long)]
     l1_warmup_steps: Option<u64>,
-    /// ReLU + L1: clip the gradient's global norm to this (default 1; 0 turns clipping off).
+    /// JumpReLU: the L0 penalty's coefficient λ (default 1, SAELens'); several sweep it.
+    #[arg(long, value_delimiter = ',')]
+    l0_coefficient: Vec<f64>,
+    /// JumpReLU: steps over which λ rises linearly from 0 (default 5% of the steps).
+    #[arg(long)]
+    l0_warmup_steps: Option<u64>,
+    /// JumpReLU: the L0 penalty, step (DeepMind; λ·Σ H(h − θ)) or tanh (Anthropic;
+    /// λ·Σ tanh(4·f·‖W_dec‖)). Default step.
+    #[arg(long, value_enum)]
+    l0_penalty: Option<L0Penalty>,
+    /// JumpReLU: bandwidth ε of the straight-through estimators' rectangle kernel (default
+    /// 0.05, SAELens').
+    #[arg(long, allow_negative_numbers = true)]
+    jumprelu_bandwidth: Option<f64>,
+    /// JumpReLU: every latent's threshold at the start (default 0.01, SAELens').
+    #[arg(long, allow_negative_numbers = true)]
+    jumprelu_init_threshold: Option<f64>,
+    /// JumpReLU: train θ itself (direct, SAELens; default) or log θ (log, DeepMind's paper).
+    #[arg(long, value_enum)]
+    jumprelu_threshold_param: Option<ThresholdParam>,
+    /// ReLU and JumpReLU: clip the gradient's global norm to this (default 1; 0 turns clipping
+    /// off).
     #[arg(long)]
     clip_grad_norm: Option<f64>,
-    /// ReLU + L1: the most codes kept per row while training (the largest; default 256, as
-    /// `sae eval`'s --cap).
+    /// ReLU and JumpReLU: the most codes kept per row while training (the largest; default
+    /// 256, as `sae eval`'s --cap).
     #[arg(long)]
     cap: Option<usize>,
     /// Matryoshka's nested prefix widths, strictly increasing (the full width is appended when
@@ -269,25 +291,57 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     let architecture = one(&args.architecture, Architecture::TopK);
     let relu_cap = args.cap.unwrap_or(DEFAULT_CAP);
-    let only_relu =
-        !args.architecture.is_empty() && args.architecture.iter().all(|a| *a == Architecture::Relu);
-    let any_relu = args.architecture.contains(&Architecture::Relu);
-    if only_relu && !args.k.is_empty() {
-        bail!("--k does not apply to --architecture relu (its codes are capped by --cap)");
+    let only_penalized =
+        !args.architecture.is_empty() && args.architecture.iter().all(|a| a.penalized());
+    if only_penalized && !args.k.is_empty() {
+        bail!(
+            "--k does not apply to --architecture {} (its codes are capped by --cap)",
+            architecture.name()
+        );
     }
-    if !any_relu {
-        for (flag, given) in [
-            ("--l1-coefficient", !args.l1_coefficient.is_empty()),
-            ("--l1-warmup-steps", args.l1_warmup_steps.is_some()),
-            ("--clip-grad-norm", args.clip_grad_norm.is_some()),
-            ("--cap", args.cap.is_some()),
-        ] {
-            if given {
-                bail!(
-                    "{flag} applies to --architecture relu, not {}",
-                    architecture.name()
-                );
-            }
+    let any = |wanted: &[Architecture]| args.architecture.iter().any(|a| wanted.contains(a));
+    let flags_for = [
+        (
+            "relu",
+            any(&[Architecture::Relu]),
+            vec![
+                ("--l1-coefficient", !args.l1_coefficient.is_empty()),
+                ("--l1-warmup-steps", args.l1_warmup_steps.is_some()),
+            ],
+        ),
+        (
+            "jumprelu",
+            any(&[Architecture::JumpRelu]),
+            vec![
+                ("--l0-coefficient", !args.l0_coefficient.is_empty()),
+                ("--l0-warmup-steps", args.l0_warmup_steps.is_some()),
+                ("--l0-penalty", args.l0_penalty.is_some()),
+                ("--jumprelu-bandwidth", args.jumprelu_bandwidth.is_some()),
+                (
+                    "--jumprelu-init-threshold",
+                    args.jumprelu_init_threshold.is_some(),
+                ),
+                (
+                    "--jumprelu-threshold-param",
+                    args.jumprelu_threshold_param.is_some(),
+                ),
+            ],
+        ),
+        (
+            "relu or jumprelu",
+            any(&[Architecture::Relu, Architecture::JumpRelu]),
+            vec![
+                ("--clip-grad-norm", args.clip_grad_norm.is_some()),
+                ("--cap", args.cap.is_some()),
+            ],
+        ),
+    ];
+    for (applies_to, wanted, flags) in flags_for {
+        if let (false, Some((flag, _))) = (wanted, flags.iter().find(|(_, given)| *given)) {
+            bail!(
+                "{flag} applies to --architecture {applies_to}, not {}",
+                architecture.name()
+            );
         }
     }
     if relu_cap == 0 || relu_cap > MAX_K {
@@ -304,12 +358,18 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         matryoshka_widths: args.matryoshka_widths.clone(),
         l1_coefficient: one(&args.l1_coefficient, 1.0),
         l1_warmup_steps: args.l1_warmup_steps.unwrap_or((steps / 20).max(1)),
+        l0_coefficient: one(&args.l0_coefficient, 1.0),
+        l0_warmup_steps: args.l0_warmup_steps.unwrap_or((steps / 20).max(1)),
+        l0_penalty: args.l0_penalty.unwrap_or_default(),
+        jumprelu_bandwidth: args.jumprelu_bandwidth.unwrap_or(0.05),
+        jumprelu_init_threshold: args.jumprelu_init_threshold.unwrap_or(0.01),
+        jumprelu_threshold_param: args.jumprelu_threshold_param.unwrap_or_default(),
         clip_grad_norm: match args.clip_grad_norm {
             Some(0.0) => None,
             Some(c) => Some(c),
             None => Some(1.0),
         },
-        k: if architecture == Architecture::Relu {
+        k: if architecture.penalized() {
             relu_cap.min(d_sae)
         } else {
             one(&args.k, if quickstart { 8 } else { 32 })
@@ -342,6 +402,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let axes = SweepAxes {
         relu_cap,
         l1_coefficient: args.l1_coefficient.clone(),
+        l0_coefficient: args.l0_coefficient.clone(),
         architecture: args.architecture.clone(),
         format: args.format,
         k: args.k.clone(),

@@ -178,10 +178,10 @@ pub struct BatchTopKParams {
     pub _pad: u32,
 }
 
-/// shaders/l1.wgsl
+/// shaders/penalty.wgsl
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct L1Params {
+pub struct PenaltyParams {
     pub n: u32,
     pub d_in: u32,
     pub latent_start: u32,
@@ -194,11 +194,34 @@ pub struct L1Params {
     pub coeff: f32,
     /// The gradient's largest global norm.
     pub clip: f32,
-    pub _pad: [u32; 2],
+    /// 0: the L1 penalty coeff·fᵢ·nᵢ; s > 0: the tanh penalty coeff·tanh(s·fᵢ·nᵢ).
+    pub tanh_scale: f32,
+    pub _pad: u32,
+}
+
+/// shaders/jumprelu.wgsl
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct JumpReluParams {
+    pub rows: u32,
+    pub d_in: u32,
+    pub latent_start: u32,
+    pub block_len: u32,
+    /// ε of the rectangle kernel K(u) = 1{|u| < ½} over u = (h − θ)/ε.
+    pub bandwidth: f32,
+    /// The L0 penalty's weight this step over the rows (λ / rows).
+    pub coeff: f32,
+    /// 0: the step penalty coeff·H(h − θ); s > 0: the tanh penalty coeff·tanh(s·f·n).
+    pub tanh_scale: f32,
+    /// 1: the trained parameter is log θ; 0: θ itself.
+    pub log_param: u32,
+    pub n: u32,
+    pub _pad: [u32; 3],
 }
 
 const _: () = {
-    assert!(std::mem::size_of::<L1Params>() == 48);
+    assert!(std::mem::size_of::<PenaltyParams>() == 48);
+    assert!(std::mem::size_of::<JumpReluParams>() == 48);
     assert!(std::mem::size_of::<BatchTopKParams>() == 16);
     assert!(std::mem::size_of::<WidenParams>() == 16);
     assert!(std::mem::size_of::<InputNormParams>() == 16);

@@ -15,7 +15,8 @@ pub enum Shader {
     Gated,
     Widen,
     BatchTopK,
-    L1,
+    Penalty,
+    JumpRelu,
 }
 
 impl Shader {
@@ -33,7 +34,8 @@ impl Shader {
             Shader::Gated => "gated",
             Shader::Widen => "widen",
             Shader::BatchTopK => "batch_topk",
-            Shader::L1 => "l1",
+            Shader::Penalty => "penalty",
+            Shader::JumpRelu => "jumprelu",
         }
     }
 
@@ -56,7 +58,8 @@ impl Shader {
             Shader::Gated => include_str!("../../shaders/gated.wgsl"),
             Shader::Widen => include_str!("../../shaders/widen.wgsl"),
             Shader::BatchTopK => include_str!("../../shaders/batch_topk.wgsl"),
-            Shader::L1 => include_str!("../../shaders/l1.wgsl"),
+            Shader::Penalty => include_str!("../../shaders/penalty.wgsl"),
+            Shader::JumpRelu => include_str!("../../shaders/jumprelu.wgsl"),
         }
     }
 }

@@ -29,7 +29,9 @@ pub struct SweepAxes {
     pub architecture: Vec<Architecture>,
     /// ReLU + L1's coefficients (empty: the base's).
     pub l1_coefficient: Vec<f64>,
-    /// ReLU + L1's codes per row (its members' `k`).
+    /// JumpReLU's coefficients (empty: the base's).
+    pub l0_coefficient: Vec<f64>,
+    /// The ReLU family's codes per row (its members' `k`).
     pub relu_cap: usize,
     pub k: Vec<usize>,
     pub d_sae: Vec<usize>,
@@ -46,6 +48,7 @@ impl SweepAxes {
         [
             self.architecture.len(),
             self.l1_coefficient.len(),
+            self.l0_coefficient.len(),
             self.k.len(),
             self.d_sae.len(),
             self.lr.len(),
@@ -88,6 +91,17 @@ pub struct SweepFile {
     pub sae_wgpu_version: String,
 }
 
+/// What sets a member's sparsity.
+#[derive(Clone, Copy)]
+enum Sparsity {
+    /// k (the TopK family).
+    K,
+    /// ReLU + L1's λ.
+    L1(f64),
+    /// JumpReLU's λ.
+    L0(f64),
+}
+
 /// The members of a sweep: `base` with every combination of `axes` (an empty axis keeps the
 /// base value), data order shared (`base.data_seed`, or the first seed).
 pub fn plan(
@@ -117,18 +131,30 @@ pub fn plan(
         axes.architecture.clone()
     };
     let mut runs: Vec<SweepRun> = Vec::new();
-    let l1s = if axes.l1_coefficient.is_empty() {
-        vec![base.l1_coefficient]
-    } else {
-        axes.l1_coefficient.clone()
+    let or_base = |values: &[f64], base: f64| {
+        if values.is_empty() {
+            vec![base]
+        } else {
+            values.to_vec()
+        }
     };
+    let l1s = or_base(&axes.l1_coefficient, base.l1_coefficient);
+    let l0s = or_base(&axes.l0_coefficient, base.l0_coefficient);
     for &architecture in &architectures {
-        // The sparsity setting: k for the TopK family; for ReLU + L1, λ (its k is the cap).
-        let sparsity: Vec<(usize, Option<f64>)> = match architecture {
-            Architecture::Relu => l1s.iter().map(|&l1| (axes.relu_cap, Some(l1))).collect(),
-            _ => ks.iter().map(|&k| (k, None)).collect(),
+        // The sparsity setting: k for the TopK family; for the ReLU family, λ (its k is the
+        // cap).
+        let sparsity: Vec<(usize, Sparsity)> = match architecture {
+            Architecture::Relu => l1s
+                .iter()
+                .map(|&l1| (axes.relu_cap, Sparsity::L1(l1)))
+                .collect(),
+            Architecture::JumpRelu => l0s
+                .iter()
+                .map(|&l0| (axes.relu_cap, Sparsity::L0(l0)))
+                .collect(),
+            _ => ks.iter().map(|&k| (k, Sparsity::K)).collect(),
         };
-        for &(k, l1) in &sparsity {
+        for &(k, sparsity) in &sparsity {
             for &d_sae in &sizes {
                 let lrs = if axes.lr.is_empty() {
                     vec![default_lr(d_sae)]
@@ -137,9 +163,10 @@ pub fn plan(
                 };
                 for &lr in &lrs {
                     for &seed in &seeds {
-                        let mut dir = match l1 {
-                            Some(l1) => format!("relu-l1_{l1}"),
-                            None => format!("{}-k{k}", architecture.name()),
+                        let mut dir = match sparsity {
+                            Sparsity::L1(l1) => format!("relu-l1_{l1}"),
+                            Sparsity::L0(l0) => format!("jumprelu-l0_{l0}"),
+                            Sparsity::K => format!("{}-k{k}", architecture.name()),
                         };
                         if d_in > 0 && d_sae % d_in == 0 {
                             dir.push_str(&format!("-x{}", d_sae / d_in));
@@ -159,14 +186,24 @@ pub fn plan(
                             Architecture::Matryoshka => base.matryoshka_widths.clone(),
                             _ => Vec::new(),
                         };
-                        // ReLU's cap never exceeds the dictionary.
-                        let k = if l1.is_some() { k.min(d_sae) } else { k };
+                        // The ReLU family's cap never exceeds the dictionary.
+                        let k = if architecture.penalized() {
+                            k.min(d_sae)
+                        } else {
+                            k
+                        };
+                        let (l1, l0) = match sparsity {
+                            Sparsity::L1(l1) => (Some(l1), None),
+                            Sparsity::L0(l0) => (None, Some(l0)),
+                            Sparsity::K => (None, None),
+                        };
                         let config = TrainConfig {
                             architecture,
                             matryoshka_widths,
                             format: axes.format.unwrap_or(default_format(architecture)),
                             k,
                             l1_coefficient: l1.unwrap_or(base.l1_coefficient),
+                            l0_coefficient: l0.unwrap_or(base.l0_coefficient),
                             d_sae,
                             lr,
                             seed,
@@ -181,7 +218,7 @@ pub fn plan(
                             lr,
                             seed,
                             l1_coefficient: l1,
-                            l0_coefficient: None,
+                            l0_coefficient: l0,
                             fvu: None,
                             l0: None,
                             dead_frac: None,

@@ -23,7 +23,7 @@ use crate::gpu::kernels::topk::MAX_K;
 use crate::gpu::tune::tiles_for;
 use crate::gpu::{Gpu, InjectedFault};
 use crate::io::{write_json_atomic, write_safetensors, TensorOut};
-use crate::sae::architecture::{matryoshka_widths, Architecture};
+use crate::sae::architecture::{matryoshka_widths, Architecture, L0Penalty, ThresholdParam};
 use crate::sae::blocks::LatentBlocks;
 use crate::sae::checkpoint::{self, Checkpoint};
 use crate::sae::feed::{Feed, MemberStep};
@@ -31,7 +31,7 @@ use crate::sae::formats::{save_saelens, save_sparsify};
 use crate::sae::init::{geometric_median, input_scale, mean_row};
 use crate::sae::params::{Activation, SaeParams};
 use crate::sae::schedule::lr_at;
-use crate::sae::trainer::{AuxKConfig, StepMetrics, Trainer};
+use crate::sae::trainer::{AuxKConfig, JumpReluConfig, StepMetrics, Trainer};
 use crate::sae::GpuSae;
 
 /// Every hyperparameter of a run; saved in `config.json` and read back by `--resume`.
@@ -55,10 +55,25 @@ pub struct TrainConfig {
     pub l1_coefficient: f64,
     #[serde(default)]
     pub l1_warmup_steps: u64,
-    /// ReLU + L1: the largest global gradient norm (`None`: no clipping).
+    /// The ReLU family: the largest global gradient norm (`None`: no clipping).
     #[serde(default)]
     pub clip_grad_norm: Option<f64>,
-    /// Latents kept per row; for ReLU + L1, the cap on the codes kept per row.
+    /// JumpReLU: the L0 penalty's coefficient λ, reached linearly over `l0_warmup_steps`.
+    #[serde(default)]
+    pub l0_coefficient: f64,
+    #[serde(default)]
+    pub l0_warmup_steps: u64,
+    #[serde(default)]
+    pub l0_penalty: L0Penalty,
+    /// JumpReLU: ε of the straight-through estimators' rectangle kernel.
+    #[serde(default)]
+    pub jumprelu_bandwidth: f64,
+    /// JumpReLU: every latent's θ at the start.
+    #[serde(default)]
+    pub jumprelu_init_threshold: f64,
+    #[serde(default)]
+    pub jumprelu_threshold_param: ThresholdParam,
+    /// Latents kept per row; for the ReLU family, the cap on the codes kept per row.
     pub k: usize,
     pub d_sae: usize,
     pub batch_size: usize,
@@ -252,13 +267,28 @@ pub fn validate(config: &TrainConfig, d_in: usize) -> anyhow::Result<()> {
     if config.k > MAX_K {
         bail!("--k {} exceeds the largest supported k ({MAX_K})", config.k);
     }
-    if config.architecture == Architecture::Relu {
-        if !(config.l1_coefficient.is_finite() && config.l1_coefficient >= 0.0) {
-            bail!(
-                "--l1-coefficient must be a finite non-negative number, got {}",
-                config.l1_coefficient
-            );
+    let non_negative = |flag: &str, value: f64| -> anyhow::Result<()> {
+        if !(value.is_finite() && value >= 0.0) {
+            bail!("{flag} must be a finite non-negative number, got {value}");
         }
+        Ok(())
+    };
+    if config.architecture == Architecture::Relu {
+        non_negative("--l1-coefficient", config.l1_coefficient)?;
+    }
+    if config.architecture == Architecture::JumpRelu {
+        non_negative("--l0-coefficient", config.l0_coefficient)?;
+        let bandwidth = config.jumprelu_bandwidth;
+        if !(bandwidth.is_finite() && bandwidth > 0.0) {
+            bail!("--jumprelu-bandwidth must be a finite positive number, got {bandwidth}");
+        }
+        let theta = config.jumprelu_init_threshold;
+        non_negative("--jumprelu-init-threshold", theta)?;
+        if theta == 0.0 && config.jumprelu_threshold_param == ThresholdParam::Log {
+            bail!("--jumprelu-init-threshold 0 has no logarithm (--jumprelu-threshold-param log)");
+        }
+    }
+    if config.architecture.penalized() {
         if let Some(clip) = config.clip_grad_norm {
             if !(clip.is_finite() && clip > 0.0) {
                 bail!("--clip-grad-norm must be positive, got {clip}");
@@ -815,12 +845,13 @@ pub fn train_group(
                     moments: ckpt.snapshot.moments,
                     since_fired: ckpt.snapshot.since_fired,
                     theta: ckpt.snapshot.theta,
+                    threshold_param: ckpt.snapshot.threshold_param,
                 }),
             ),
             None => {
                 let candidates = config.architecture.row_candidates(config.k, config.d_sae);
                 let mut params = match config.architecture {
-                    Architecture::Relu => {
+                    Architecture::Relu | Architecture::JumpRelu => {
                         SaeParams::init_relu(d_in, config.d_sae, candidates, config.seed)
                     }
                     _ => SaeParams::init_topk(d_in, config.d_sae, candidates, config.seed),
@@ -891,7 +922,7 @@ pub fn train_group(
                 lr: lr_at(m.config.lr, step, m.config.lr_warmup_steps, m.config.steps),
                 step: step + 1,
                 with_metrics: logged,
-                penalty: l1_at(&m.config, step),
+                penalty: penalty_at(&m.config, step),
             })
             .collect();
         feed.step(
@@ -1027,13 +1058,25 @@ fn initial_b_dec(
     Ok((scale, b_dec))
 }
 
-/// ReLU + L1's coefficient at (0-based) `step`: λ reached linearly over the warmup steps.
-fn l1_at(config: &TrainConfig, step: u64) -> f64 {
-    if config.architecture != Architecture::Relu {
-        return 0.0;
-    }
-    let warmup = config.l1_warmup_steps.max(1) as f64;
-    config.l1_coefficient * ((step + 1) as f64 / warmup).min(1.0)
+/// The sparsity penalty's coefficient at (0-based) `step` (ReLU + L1's or JumpReLU's λ,
+/// reached linearly over its warmup steps); 0 for the TopK family.
+fn penalty_at(config: &TrainConfig, step: u64) -> f64 {
+    let (lambda, warmup) = match config.architecture {
+        Architecture::Relu => (config.l1_coefficient, config.l1_warmup_steps),
+        Architecture::JumpRelu => (config.l0_coefficient, config.l0_warmup_steps),
+        _ => return 0.0,
+    };
+    lambda * ((step + 1) as f64 / warmup.max(1) as f64).min(1.0)
+}
+
+/// JumpReLU's trained parameter at the start: θ₀ (or log θ₀) for every latent.
+fn initial_threshold_param(config: &TrainConfig) -> Vec<f32> {
+    let theta = config.jumprelu_init_threshold;
+    let value = match config.jumprelu_threshold_param {
+        ThresholdParam::Direct => theta,
+        ThresholdParam::Log => theta.ln(),
+    };
+    vec![value as f32; config.d_sae]
 }
 
 /// What a checkpoint restores beyond the weights.
@@ -1041,6 +1084,7 @@ struct Restored {
     moments: Vec<(Vec<f32>, Vec<f32>)>,
     since_fired: Vec<u32>,
     theta: Option<f32>,
+    threshold_param: Option<Vec<f32>>,
 }
 
 /// A run's trainer on the GPU, with its moments restored on resume and its metrics log open.
@@ -1092,6 +1136,27 @@ fn open_member<'g>(
     if config.architecture == Architecture::Relu {
         trainer = trainer
             .with_l1(config.clip_grad_norm.map(|c| c as f32))
+            .map_err(out_of_memory)?;
+    }
+    if config.architecture == Architecture::JumpRelu {
+        let jump = JumpReluConfig {
+            bandwidth: config.jumprelu_bandwidth as f32,
+            penalty: config.l0_penalty,
+            param: config.jumprelu_threshold_param,
+            clip: config.clip_grad_norm.map(|c| c as f32),
+        };
+        let initial = match restored.as_ref().and_then(|r| r.threshold_param.clone()) {
+            Some(found) => found,
+            None if restored.is_some() => {
+                bail!(
+                    "{}: the checkpoint holds no JumpReLU thresholds",
+                    run_dir.display()
+                )
+            }
+            None => initial_threshold_param(&config),
+        };
+        trainer = trainer
+            .with_jumprelu(jump, &initial)
             .map_err(out_of_memory)?;
     }
     if config.architecture == Architecture::Matryoshka {
@@ -1188,6 +1253,9 @@ fn inference_params(gpu: &Gpu, member: &Member<'_>) -> anyhow::Result<SaeParams>
     let mut params = member.trainer.sae.download(gpu)?;
     if member.config.architecture == Architecture::Relu {
         params.activation = Activation::Relu;
+    }
+    if let Some(threshold) = member.trainer.thresholds()? {
+        params.activation = Activation::JumpRelu { threshold };
     }
     if member.config.architecture.batch_selection() {
         let theta = member

@@ -3,8 +3,9 @@
 //! selection over the whole batch after each row's candidates and an inference threshold θ
 //! (exported as a SAELens `jumprelu` SAE with θ for every latent); Matryoshka adds the nested
 //! prefixes' losses; ReLU + L1 keeps up to a cap of positive codes per row, adds the L1
-//! penalty's gradients, drops the unit-norm constraint and clips the gradient norm
-//! (`Trainer::with_batch_topk`, `with_matryoshka`, `with_l1`).
+//! penalty's gradients, drops the unit-norm constraint and clips the gradient norm; JumpReLU
+//! does the same with a trained threshold per latent and an L0 penalty
+//! (`Trainer::with_batch_topk`, `with_matryoshka`, `with_l1`, `with_jumprelu`).
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +31,35 @@ pub enum Architecture {
     /// `standard`).
     #[value(name = "relu")]
     Relu,
+    /// A trained threshold per latent with an L0 penalty, through straight-through estimators
+    /// (Rajamanoharan et al. 2024; SAELens `jumprelu`).
+    #[value(name = "jumprelu")]
+    JumpRelu,
+}
+
+/// JumpReLU's sparsity penalty.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum L0Penalty {
+    /// λ·mean_b Σᵢ H(hᵢ − θᵢ) (DeepMind; SAELens' default).
+    #[default]
+    Step,
+    /// λ·mean_b Σᵢ tanh(4·fᵢ·‖W_dec,i‖) (Anthropic, January 2025).
+    Tanh,
+}
+
+/// The scale inside the tanh penalty (SAELens' `jumprelu_tanh_scale`).
+pub const TANH_SCALE: f32 = 4.0;
+
+/// What JumpReLU's optimiser moves: θ itself, kept non-negative (SAELens since its issue
+/// #494: Adam moves log θ by about lr per step, so a small θ₀ barely moves), or log θ
+/// (DeepMind's paper).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ThresholdParam {
+    #[default]
+    Direct,
+    Log,
 }
 
 /// θ ← β·θ + (1 − β)·(smallest kept value) every step (SAELens), starting from the first
@@ -43,12 +73,19 @@ impl Architecture {
             Architecture::BatchTopK => "batchtopk",
             Architecture::Matryoshka => "matryoshka",
             Architecture::Relu => "relu",
+            Architecture::JumpRelu => "jumprelu",
         }
     }
 
     /// Whether the selection is over the whole batch (with an inference threshold θ).
     pub fn batch_selection(self) -> bool {
         matches!(self, Architecture::BatchTopK | Architecture::Matryoshka)
+    }
+
+    /// The ReLU family (ReLU + L1, JumpReLU): every code above a threshold up to a cap, SAELens'
+    /// mean squared error, a penalty instead of k, no unit-norm constraint, gradient clipping.
+    pub fn penalized(self) -> bool {
+        matches!(self, Architecture::Relu | Architecture::JumpRelu)
     }
 
     /// Entries each row offers to the selection: k for TopK; for BatchTopK each row's 4k
@@ -60,8 +97,8 @@ impl Architecture {
             Architecture::BatchTopK | Architecture::Matryoshka => {
                 (4 * k).min(MAX_K).min(d_sae).max(k)
             }
-            // ReLU keeps every positive code up to the cap (`k` is the cap).
-            Architecture::Relu => k.min(d_sae),
+            // ReLU and JumpReLU keep every code above the threshold up to the cap (`k`).
+            Architecture::Relu | Architecture::JumpRelu => k.min(d_sae),
         }
     }
 }

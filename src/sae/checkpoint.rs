@@ -15,6 +15,8 @@ use crate::io::{write_safetensors, TensorOut};
 const PREFIX: &str = "step-";
 const SUFFIX: &str = ".safetensors";
 const PARAM_NAMES: [&str; 4] = ["W_enc", "b_enc", "W_dec", "b_dec"];
+/// JumpReLU's trained threshold parameter (θ or log θ, as the run's config.json says).
+const THRESHOLD_PARAM: &str = "threshold_param";
 
 pub struct Checkpoint {
     /// Optimiser steps completed.
@@ -78,6 +80,20 @@ pub fn save(dir: &Path, checkpoint: &Checkpoint) -> anyhow::Result<PathBuf> {
             &shapes[i],
             v,
         ));
+    }
+    if let Some(values) = &checkpoint.snapshot.threshold_param {
+        let (m, v) = checkpoint
+            .snapshot
+            .moments
+            .get(4)
+            .ok_or_else(|| anyhow!("a JumpReLU snapshot without the thresholds' moments"))?;
+        for (name, data) in [
+            (THRESHOLD_PARAM.to_string(), values),
+            (format!("exp_avg.{THRESHOLD_PARAM}"), m),
+            (format!("exp_avg_sq.{THRESHOLD_PARAM}"), v),
+        ] {
+            tensors.push(TensorOut::f32(&name, &[n], data));
+        }
     }
     tensors.push(TensorOut::u32(
         "since_fired",
@@ -168,6 +184,16 @@ pub fn parse(bytes: &[u8], path: &Path) -> anyhow::Result<Checkpoint> {
             )?,
         ));
     }
+    let threshold_param = if st.names().contains(&THRESHOLD_PARAM) {
+        let read = |name: &str| read_tensor_f32(&st, name, &[n], path);
+        moments.push((
+            read(&format!("exp_avg.{THRESHOLD_PARAM}"))?,
+            read(&format!("exp_avg_sq.{THRESHOLD_PARAM}"))?,
+        ));
+        Some(read(THRESHOLD_PARAM)?)
+    } else {
+        None
+    };
     let since = st
         .tensor("since_fired")
         .map_err(|_| anyhow!("{}: missing tensor 'since_fired'", path.display()))?;
@@ -216,6 +242,7 @@ pub fn parse(bytes: &[u8], path: &Path) -> anyhow::Result<Checkpoint> {
             moments,
             since_fired,
             theta: metadata.get("theta").and_then(|t| t.parse().ok()),
+            threshold_param,
         },
         fire_counts,
     })

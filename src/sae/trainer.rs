@@ -1,6 +1,8 @@
-//! One training step of a TopK SAE, recorded as a single GPU submission: the batch widened
-//! from its upload, forward, FVU loss, backward without float atomics, optional AuxK, Adam and
-//! the unit-norm decoder constraint, then dead-latent bookkeeping.
+//! One training step of an SAE, recorded as a single GPU submission: the batch widened from
+//! its upload, forward, loss, backward without float atomics, optional AuxK, Adam and the
+//! unit-norm decoder constraint, then dead-latent bookkeeping. The architectures' additions
+//! (super::architecture) hook into this one step: BatchTopK's batch selection, Matryoshka's
+//! prefixes, the ReLU family's penalties and clipping, JumpReLU's thresholds.
 //!
 //! A step is recorded into a caller's recorder ([`Trainer::record_batch_step`]): a
 //! [`Feed`](super::feed::Feed) uploads each batch once and submits the steps of every trainer
@@ -21,12 +23,15 @@ use crate::gpu::kernels::backward::{
 };
 use crate::gpu::kernels::batch_topk::{launch_batch_topk, state as batch_state};
 use crate::gpu::kernels::decoder::launch_decode_sparse_block;
-use crate::gpu::kernels::l1::{
-    launch_clip_factor, launch_l1_code_grad, launch_l1_decoder_grad, launch_row_norms,
-    launch_scale_by_slot,
+use crate::gpu::kernels::jumprelu::{
+    launch_threshold_from_param, launch_threshold_grad, ThresholdGrad, ThresholdGradBuffers,
 };
 use crate::gpu::kernels::optim::{
     launch_adam, launch_normalize_rows, launch_remove_parallel_grad, AdamConfig,
+};
+use crate::gpu::kernels::penalty::{
+    launch_clip_factor, launch_penalty_code_grad, launch_penalty_decoder_grad, launch_row_norms,
+    launch_scale_by_slot, CodePenalty,
 };
 use crate::gpu::kernels::reduce::{
     launch_aux_scale, launch_dead_mask, launch_fire_counts, launch_update_dead, Reducer,
@@ -36,7 +41,7 @@ use crate::gpu::kernels::widen::launch_widen;
 use crate::gpu::kernels::LatentRange;
 use crate::gpu::{Gpu, GpuBuffer, GpuError, GpuResult, Recorder};
 
-use super::architecture::THETA_BETA;
+use super::architecture::{L0Penalty, ThresholdParam, TANH_SCALE, THETA_BETA};
 use super::blocks::LatentTensor;
 use super::feed::{MemberStep, Upload};
 use super::forward::{
@@ -65,12 +70,34 @@ pub mod slot {
     pub const COUNT: usize = 4;
 }
 
-/// ReLU + L1: the decoder-norm weighted L1 penalty, no unit-norm constraint, and optional
-/// gradient-norm clipping.
-struct L1Penalty {
+/// The ReLU family (ReLU + L1, JumpReLU): SAELens' mean squared error, a penalty weighted by
+/// the decoder norms, no unit-norm constraint, optional gradient-norm clipping.
+struct Penalized {
     /// ‖W_dec,i‖ of every latent, as of the step's start.
     norms: GpuBuffer,
     clip: Option<f32>,
+    /// The penalty on the codes (`None`: JumpReLU's step penalty, which only θ sees).
+    codes: Option<CodePenalty>,
+    /// JumpReLU's trained thresholds.
+    jump: Option<JumpThresholds>,
+}
+
+/// JumpReLU's settings.
+#[derive(Clone, Copy, Debug)]
+pub struct JumpReluConfig {
+    /// ε of the rectangle kernel.
+    pub bandwidth: f32,
+    pub penalty: L0Penalty,
+    pub param: ThresholdParam,
+    /// The largest global gradient norm (`None`: no clipping).
+    pub clip: Option<f32>,
+}
+
+/// JumpReLU: the trained parameter (θ or log θ) behind `sae.thresholds`, and its Adam state.
+struct JumpThresholds {
+    config: JumpReluConfig,
+    param: GpuBuffer,
+    state: ParamState,
 }
 
 /// AuxK settings: `alpha` weights the auxiliary loss; latents are dead after `dead_tokens`
@@ -150,6 +177,9 @@ pub struct TrainerSnapshot {
     pub since_fired: Vec<u32>,
     /// BatchTopK's inference threshold θ.
     pub theta: Option<f32>,
+    /// JumpReLU's trained threshold parameter (θ, or log θ), one per latent; its Adam moments
+    /// follow the others in `moments`.
+    pub threshold_param: Option<Vec<f32>>,
 }
 
 /// Matryoshka: nested prefixes of the dictionary, each of which reconstructs the input too.
@@ -194,7 +224,7 @@ pub struct Trainer<'g> {
     aux: Option<AuxBuffers>,
     batch_selection: Option<BatchSelection>,
     prefixes: Option<Prefixes>,
-    l1: Option<L1Penalty>,
+    penalized: Option<Penalized>,
     metrics_ring: MetricsRing,
 }
 
@@ -255,7 +285,8 @@ impl<'g> Trainer<'g> {
             batch_rows,
             adam,
             dead_tokens: dead_tokens.min(u64::from(u32::MAX - 1)) as u32,
-            stats: gpu.storage::<f32>("stats", slot::GRAD_SQ + 3 * blocks_len + 1)?,
+            // A Σg² slot per trained tensor: 3 per block, b_dec and JumpReLU's thresholds.
+            stats: gpu.storage::<f32>("stats", slot::GRAD_SQ + 3 * blocks_len + 2)?,
             col_mean: gpu.storage::<f32>("col_mean", sae.d_in)?,
             grad_out: gpu.storage::<f32>("grad_x_hat", batch_rows * sae.d_in)?,
             code_grad: gpu.storage::<f32>("code_grad", batch_rows * sae.k)?,
@@ -271,7 +302,7 @@ impl<'g> Trainer<'g> {
             aux,
             batch_selection: None,
             prefixes: None,
-            l1: None,
+            penalized: None,
             metrics_ring: MetricsRing::new(gpu, d_sae)?,
             sae,
             fw,
@@ -337,15 +368,77 @@ impl<'g> Trainer<'g> {
     /// kept per row; the loss is SAELens' mean squared error plus the decoder-norm weighted L1
     /// penalty (its coefficient comes with each step); no unit-norm constraint; with `clip`,
     /// the gradient's global norm is clipped to it before Adam.
-    pub fn with_l1(mut self, clip: Option<f32>) -> GpuResult<Self> {
+    pub fn with_l1(self, clip: Option<f32>) -> GpuResult<Self> {
+        self.penalized(clip, Some(CodePenalty::L1), None)
+    }
+
+    /// Makes this a JumpReLU trainer: the SAE's per-row selection (its `k`) caps the codes kept
+    /// per row, each latent keeping what exceeds its threshold θ; `initial` is the trained
+    /// parameter (θ or log θ, per latent). The loss is SAELens' mean squared error plus the L0
+    /// penalty (its coefficient comes with each step); θ learns through the straight-through
+    /// estimator; no unit-norm constraint.
+    pub fn with_jumprelu(mut self, config: JumpReluConfig, initial: &[f32]) -> GpuResult<Self> {
+        let d_sae = self.sae.d_sae;
+        let bandwidth_ok = config.bandwidth.is_finite() && config.bandwidth > 0.0;
+        if initial.len() != d_sae || !bandwidth_ok {
+            return Err(GpuError::Shape {
+                kernel: "jumprelu",
+                message: format!(
+                    "{} thresholds for {d_sae} latents, bandwidth {}",
+                    initial.len(),
+                    config.bandwidth
+                ),
+            });
+        }
+        let param = self.gpu.upload("threshold param", initial)?;
+        let thresholds = self.gpu.storage::<f32>("thresholds", d_sae)?;
+        // θ from the parameter on the GPU, as every step does (a host exp could differ in the
+        // last bit, and a resumed run would not be identical to an uninterrupted one).
+        let log = config.param == ThresholdParam::Log;
+        let mut rec = Recorder::new(self.gpu, "thresholds");
+        launch_threshold_from_param(&mut rec, &param, &thresholds, log)?;
+        rec.submit()?;
+        self.sae.thresholds = Some(thresholds);
+        let jump = JumpThresholds {
+            config,
+            state: ParamState::new(self.gpu, &param)?,
+            param,
+        };
+        let codes = match config.penalty {
+            L0Penalty::Step => None,
+            L0Penalty::Tanh => Some(CodePenalty::Tanh { scale: TANH_SCALE }),
+        };
+        self.penalized(config.clip, codes, Some(jump))
+    }
+
+    fn penalized(
+        mut self,
+        clip: Option<f32>,
+        codes: Option<CodePenalty>,
+        jump: Option<JumpThresholds>,
+    ) -> GpuResult<Self> {
         let mut unit = vec![0.0f32; self.stats.len];
         unit[slot::UNIT] = 1.0;
         self.gpu.write(&self.stats, &unit)?;
-        self.l1 = Some(L1Penalty {
+        self.penalized = Some(Penalized {
             norms: self.gpu.storage::<f32>("decoder norms", self.sae.d_sae)?,
             clip,
+            codes,
+            jump,
         });
         Ok(self)
+    }
+
+    /// JumpReLU's thresholds θ (waits for the GPU); `None` for other architectures.
+    pub fn thresholds(&self) -> GpuResult<Option<Vec<f32>>> {
+        match (&self.sae.thresholds, self.jump()) {
+            (Some(thresholds), Some(_)) => Ok(Some(self.gpu.read(thresholds)?)),
+            _ => Ok(None),
+        }
+    }
+
+    fn jump(&self) -> Option<&JumpThresholds> {
+        self.penalized.as_ref().and_then(|p| p.jump.as_ref())
     }
 
     /// BatchTopK's inference threshold θ (waits for the GPU); `None` for TopK.
@@ -416,9 +509,8 @@ impl<'g> Trainer<'g> {
         }
     }
 
-    /// Records one optimiser step on the batch in `self.fw.x`.
     /// Records one optimiser step on the batch in `self.fw.x`; `penalty` is the sparsity
-    /// coefficient of this step (ReLU + L1's λ; ignored by the TopK family).
+    /// coefficient of this step (ReLU + L1's and JumpReLU's λ; ignored by the TopK family).
     pub fn record_step(
         &self,
         rec: &mut Recorder<'_>,
@@ -469,13 +561,13 @@ impl<'g> Trainer<'g> {
             slot::SSE,
         )?;
 
-        // Backward of FVU; for ReLU + L1, of SAELens' mean over the rows of ‖x − x̂‖², with
-        // the decoder norms its penalty weighs the codes by.
-        let reconstruction = match &self.l1 {
+        // Backward of FVU; for the ReLU family, of SAELens' mean over the rows of ‖x − x̂‖²,
+        // with the decoder norms its penalty weighs the codes by.
+        let reconstruction = match &self.penalized {
             None => LossScale::fvu(slot::VARIANCE),
-            Some(l1) => {
+            Some(penalized) => {
                 for block in &sae.blocks {
-                    launch_row_norms(rec, &block.w_dec, block.range, s.d_in, &l1.norms)?;
+                    launch_row_norms(rec, &block.w_dec, block.range, s.d_in, &penalized.norms)?;
                 }
                 LossScale {
                     constant: 2.0 / s.rows as f32,
@@ -500,11 +592,35 @@ impl<'g> Trainer<'g> {
             code_grad: &self.code_grad,
             index: &self.index,
         };
-        let l1 = self
-            .l1
+        let coeff = penalty / s.rows as f32;
+        let codes = self
+            .penalized
             .as_ref()
-            .map(|l1| (&l1.norms, penalty / s.rows as f32));
-        self.record_weight_grads(rec, &main, false, self.prefixes.as_ref(), l1)?;
+            .and_then(|p| p.codes.map(|codes| (&p.norms, codes, coeff)));
+        self.record_weight_grads(rec, &main, false, self.prefixes.as_ref(), codes)?;
+        if let (Some(penalized), Some(jump), Some(thresholds)) =
+            (&self.penalized, self.jump(), &sae.thresholds)
+        {
+            let args = ThresholdGrad {
+                rows: s.rows,
+                d_in: s.d_in,
+                bandwidth: jump.config.bandwidth,
+                tanh_scale: (jump.config.penalty == L0Penalty::Tanh).then_some(TANH_SCALE),
+                coeff,
+                log_param: jump.config.param == ThresholdParam::Log,
+            };
+            for (block, h) in sae.blocks.iter().zip(&fw.h) {
+                let buffers = ThresholdGradBuffers {
+                    pre: h,
+                    grad_out: &self.grad_out,
+                    w_dec: &block.w_dec,
+                    norms: &penalized.norms,
+                    thresholds,
+                    grad_param: &jump.state.grad,
+                };
+                launch_threshold_grad(rec, buffers, block.range, args)?;
+            }
+        }
 
         if let Some(aux) = &self.aux {
             let k_aux = aux.config.k_aux;
@@ -577,16 +693,16 @@ impl<'g> Trainer<'g> {
             )?;
         }
 
-        // Optimiser: unit-norm decoder constraint around Adam (not for ReLU + L1, whose
+        // Optimiser: unit-norm decoder constraint around Adam (not for the ReLU family, whose
         // penalty weighs each latent by its decoder norm instead).
         rec.stage("optimiser");
-        if self.l1.is_none() {
+        if self.penalized.is_none() {
             for (block, st) in sae.blocks.iter().zip(&self.blocks) {
                 let n = block.range.len;
                 launch_remove_parallel_grad(rec, &block.w_dec, &st.w_dec.grad, n, s.d_in)?;
             }
         }
-        if let Some(clip) = self.l1.as_ref().and_then(|l1| l1.clip) {
+        if let Some(clip) = self.penalized.as_ref().and_then(|p| p.clip) {
             let states = self.param_states();
             for (i, st) in states.iter().enumerate() {
                 self.reducer.launch_sum_sq(
@@ -609,7 +725,11 @@ impl<'g> Trainer<'g> {
                 launch_scale_by_slot(rec, &st.grad, st.grad.len, &self.stats, slot::CLIP)?;
             }
         }
-        for (param, st) in sae.tensors().into_iter().zip(self.param_states()) {
+        let params = sae
+            .tensors()
+            .into_iter()
+            .chain(self.jump().map(|j| &j.param));
+        for (param, st) in params.zip(self.param_states()) {
             launch_adam(
                 rec,
                 param,
@@ -621,10 +741,14 @@ impl<'g> Trainer<'g> {
                 step,
             )?;
         }
-        if self.l1.is_none() {
+        if self.penalized.is_none() {
             for block in &sae.blocks {
                 launch_normalize_rows(rec, &block.w_dec, block.range.len, s.d_in)?;
             }
+        }
+        if let (Some(jump), Some(thresholds)) = (self.jump(), &sae.thresholds) {
+            let log = jump.config.param == ThresholdParam::Log;
+            launch_threshold_from_param(rec, &jump.param, thresholds, log)?;
         }
 
         // Bookkeeping: which latents fired.
@@ -648,28 +772,29 @@ impl<'g> Trainer<'g> {
         Ok(())
     }
 
-    /// Parameter states in the order of [`GpuSae::tensors`].
+    /// Parameter states in the order of [`GpuSae::tensors`], then JumpReLU's thresholds.
     fn param_states(&self) -> Vec<&ParamState> {
         self.blocks
             .iter()
             .flat_map(|b| [&b.w_enc, &b.b_enc, &b.w_dec])
             .chain([&self.b_dec])
+            .chain(self.jump().map(|j| &j.state))
             .collect()
     }
 
     /// Gradients of W_dec, W_enc and b_enc from one set of chosen entries (the main TopK, or
     /// AuxK's on top of it with `accumulate`), block by block. With Matryoshka `prefixes`,
     /// each prefix's reconstruction loss adds to the gradients of its latents' codes and
-    /// decoder rows, and to `entries.grad_out` (so b_dec sees every loss). With `l1` (the
-    /// decoder norms and λ / rows), the L1 penalty's gradients join the codes' and the decoder
-    /// rows'.
+    /// decoder rows, and to `entries.grad_out` (so b_dec sees every loss). With `codes` (the
+    /// decoder norms, the penalty and λ / rows), the penalty's gradients join the codes' and
+    /// the decoder rows'.
     fn record_weight_grads(
         &self,
         rec: &mut Recorder<'_>,
         entries: &Entries<'_>,
         accumulate: bool,
         prefixes: Option<&Prefixes>,
-        l1: Option<(&GpuBuffer, f32)>,
+        codes: Option<(&GpuBuffer, CodePenalty, f32)>,
     ) -> GpuResult<()> {
         let shape = entries.index.shape;
         for block in &self.sae.blocks {
@@ -697,25 +822,27 @@ impl<'g> Trainer<'g> {
                 accumulate,
             )?;
         }
-        if let Some((norms, coeff)) = l1 {
+        if let Some((norms, penalty, coeff)) = codes {
             for (block, st) in self.sae.blocks.iter().zip(&self.blocks) {
-                launch_l1_code_grad(
+                launch_penalty_code_grad(
                     rec,
                     entries.top_idx,
                     entries.top_val,
                     norms,
                     block.range,
                     shape.entries(),
+                    penalty,
                     coeff,
                     entries.code_grad,
                 )?;
-                launch_l1_decoder_grad(
+                launch_penalty_decoder_grad(
                     rec,
                     entries.index,
                     entries.top_val,
                     &block.w_dec,
                     norms,
                     block.range,
+                    penalty,
                     coeff,
                     &st.w_dec.grad,
                 )?;
@@ -876,7 +1003,7 @@ impl<'g> Trainer<'g> {
             Ok((layout.join(tensor, &avg), layout.join(tensor, &avg_sq)))
         };
         let [w_enc, b_enc, w_dec] = PER_BLOCK;
-        let moments = vec![
+        let mut moments = vec![
             joined(w_enc.0, w_enc.1)?,
             joined(b_enc.0, b_enc.1)?,
             joined(w_dec.0, w_dec.1)?,
@@ -885,17 +1012,28 @@ impl<'g> Trainer<'g> {
                 gpu.read(&self.b_dec.exp_avg_sq)?,
             ),
         ];
+        let threshold_param = match self.jump() {
+            Some(jump) => {
+                moments.push((
+                    gpu.read(&jump.state.exp_avg)?,
+                    gpu.read(&jump.state.exp_avg_sq)?,
+                ));
+                Some(gpu.read(&jump.param)?)
+            }
+            None => None,
+        };
         Ok(TrainerSnapshot {
             params: self.sae.download(gpu)?,
             moments,
             since_fired: gpu.read(&self.since_fired)?,
             theta: self.theta()?,
+            threshold_param,
         })
     }
 
     /// The gradients of the last step (waits for the GPU), in checkpoint order (W_enc, b_enc,
-    /// W_dec, b_dec); W_dec's with the component along each row removed, as the unit-norm
-    /// constraint leaves it for Adam. For gradient checks.
+    /// W_dec, b_dec, then JumpReLU's threshold parameter); W_dec's with the component along
+    /// each row removed, as the unit-norm constraint leaves it for Adam. For gradient checks.
     pub fn gradients(&self) -> GpuResult<Vec<Vec<f32>>> {
         let gpu = self.gpu;
         let layout = &self.sae.layout;
@@ -909,10 +1047,15 @@ impl<'g> Trainer<'g> {
             out.push(layout.join(tensor, &parts));
         }
         out.push(gpu.read(&self.b_dec.grad)?);
+        if let Some(jump) = self.jump() {
+            out.push(gpu.read(&jump.state.grad)?);
+        }
         Ok(out)
     }
 
-    /// Restores optimiser moments and dead-latent counters (weights come in through `new`).
+    /// Restores optimiser moments (W_enc, b_enc, W_dec, b_dec, then JumpReLU's thresholds) and
+    /// dead-latent counters (weights come in through `new`, thresholds through
+    /// `with_jumprelu`).
     pub fn restore(&self, moments: &[(Vec<f32>, Vec<f32>)], since_fired: &[u32]) -> GpuResult<()> {
         let gpu = self.gpu;
         let layout = &self.sae.layout;
@@ -927,6 +1070,10 @@ impl<'g> Trainer<'g> {
         if let Some((m, v)) = moments.get(3) {
             gpu.write(&self.b_dec.exp_avg, m)?;
             gpu.write(&self.b_dec.exp_avg_sq, v)?;
+        }
+        if let (Some((m, v)), Some(jump)) = (moments.get(4), self.jump()) {
+            gpu.write(&jump.state.exp_avg, m)?;
+            gpu.write(&jump.state.exp_avg_sq, v)?;
         }
         gpu.write(&self.since_fired, since_fired)
     }

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{assert_close, gpu, random_vec, rng, POISON};
-use sae_wgpu::gpu::kernels::l1::{launch_clip_factor, launch_row_norms, launch_scale_by_slot};
+use sae_wgpu::gpu::kernels::penalty::{launch_clip_factor, launch_row_norms, launch_scale_by_slot};
 use sae_wgpu::gpu::kernels::reduce::Reducer;
 use sae_wgpu::gpu::kernels::LatentRange;
 use sae_wgpu::gpu::Recorder;

@@ -1,17 +1,35 @@
-//! ReLU + L1 training (shaders/l1.wgsl): decoder row norms, the decoder-norm weighted L1
-//! penalty's gradients, and gradient-norm clipping.
+//! The ReLU family's sparsity penalties (shaders/penalty.wgsl): decoder row norms, the
+//! gradients of the decoder-norm weighted L1 (ReLU) and tanh (JumpReLU) penalties, and
+//! gradient-norm clipping.
 
 use super::backward::ReverseIndex;
 use super::{check_len, dim, LatentRange};
 use crate::gpu::dispatch::{tiles, Grid};
 use crate::gpu::error::GpuResult;
-use crate::gpu::params::L1Params;
+use crate::gpu::params::PenaltyParams;
 use crate::gpu::{GpuBuffer, PipelineKey, Recorder, Shader};
 
 const WG: u32 = 256;
 
+/// A penalty on the codes f weighted by their decoder norms n: λ·mean_b Σᵢ fᵢ·nᵢ (L1) or
+/// λ·mean_b Σᵢ tanh(scale·fᵢ·nᵢ) (Anthropic's JumpReLU recipe, scale 4).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CodePenalty {
+    L1,
+    Tanh { scale: f32 },
+}
+
+impl CodePenalty {
+    fn tanh_scale(self) -> f32 {
+        match self {
+            CodePenalty::L1 => 0.0,
+            CodePenalty::Tanh { scale } => scale,
+        }
+    }
+}
+
 fn key(entry: &'static str) -> PipelineKey {
-    PipelineKey::new(Shader::L1, entry).define("WG", WG)
+    PipelineKey::new(Shader::Penalty, entry).define("WG", WG)
 }
 
 fn workgroups(rec: &Recorder<'_>, n: usize) -> Grid {
@@ -21,13 +39,13 @@ fn workgroups(rec: &Recorder<'_>, n: usize) -> Grid {
     )
 }
 
-fn block_params(kernel: &'static str, block: LatentRange, d_in: usize) -> GpuResult<L1Params> {
-    Ok(L1Params {
+fn block_params(kernel: &'static str, block: LatentRange, d_in: usize) -> GpuResult<PenaltyParams> {
+    Ok(PenaltyParams {
         d_in: dim(kernel, "d_in", d_in)?,
         latent_start: dim(kernel, "first latent", block.start)?,
         block_len: dim(kernel, "block latents", block.len)?,
         col_tiles: tiles(d_in, WG),
-        ..L1Params::default()
+        ..PenaltyParams::default()
     })
 }
 
@@ -47,27 +65,29 @@ pub fn launch_row_norms(
     rec.launch(&key(KERNEL), &params, &[(1, w_dec), (2, norms)], grid)
 }
 
-/// `code_grad[e] += coeff · norms[top_idx[e]]` for the `entries` entries of the block's latents
-/// that fired: the L1 penalty's gradient on the codes.
+/// `code_grad[e] += coeff · ∂penalty/∂f` for the `entries` entries of the block's latents that
+/// fired (L1: the latent's decoder norm): the penalty's gradient on the codes.
 #[allow(clippy::too_many_arguments)]
-pub fn launch_l1_code_grad(
+pub fn launch_penalty_code_grad(
     rec: &mut Recorder<'_>,
     top_idx: &GpuBuffer,
     top_val: &GpuBuffer,
     norms: &GpuBuffer,
     block: LatentRange,
     entries: usize,
+    penalty: CodePenalty,
     coeff: f32,
     code_grad: &GpuBuffer,
 ) -> GpuResult<()> {
-    const KERNEL: &str = "l1_code_grad";
+    const KERNEL: &str = "penalty_code_grad";
     check_len(KERNEL, top_idx, entries)?;
     check_len(KERNEL, top_val, entries)?;
     check_len(KERNEL, code_grad, entries)?;
     check_len(KERNEL, norms, block.end())?;
-    let params = L1Params {
+    let params = PenaltyParams {
         n: dim(KERNEL, "entries", entries)?,
         coeff,
+        tanh_scale: penalty.tanh_scale(),
         ..block_params(KERNEL, block, 0)?
     };
     let grid = rec.threads_grid(entries, WG);
@@ -79,27 +99,29 @@ pub fn launch_l1_code_grad(
     )
 }
 
-/// `grad_w_dec[i] += coeff · (Σ of latent i's codes) · w_dec[i] / ‖w_dec[i]‖` for the block's
-/// latents: the L1 penalty's gradient on the decoder rows.
+/// `grad_w_dec[i] += coeff · (Σ over latent i's codes of ∂penalty/∂n) · w_dec[i] / ‖w_dec[i]‖` for
+/// the block's latents (L1: the sum of its codes): the penalty's gradient on the decoder rows.
 #[allow(clippy::too_many_arguments)]
-pub fn launch_l1_decoder_grad(
+pub fn launch_penalty_decoder_grad(
     rec: &mut Recorder<'_>,
     index: &ReverseIndex,
     top_val: &GpuBuffer,
     w_dec: &GpuBuffer,
     norms: &GpuBuffer,
     block: LatentRange,
+    penalty: CodePenalty,
     coeff: f32,
     grad_w_dec: &GpuBuffer,
 ) -> GpuResult<()> {
-    const KERNEL: &str = "l1_decoder_grad";
+    const KERNEL: &str = "penalty_decoder_grad";
     let shape = index.shape;
     check_len(KERNEL, top_val, shape.entries())?;
     check_len(KERNEL, w_dec, block.len * shape.d_in)?;
     check_len(KERNEL, grad_w_dec, block.len * shape.d_in)?;
     check_len(KERNEL, norms, block.end())?;
-    let params = L1Params {
+    let params = PenaltyParams {
         coeff,
+        tanh_scale: penalty.tanh_scale(),
         ..block_params(KERNEL, block, shape.d_in)?
     };
     let grid = workgroups(rec, block.len * params.col_tiles as usize);
@@ -130,12 +152,12 @@ pub fn launch_clip_factor(
 ) -> GpuResult<()> {
     const KERNEL: &str = "clip_factor";
     check_len(KERNEL, stats, (first_slot + count).max(out_slot + 1))?;
-    let params = L1Params {
+    let params = PenaltyParams {
         first_slot: dim(KERNEL, "slot", first_slot)?,
         count: dim(KERNEL, "slots", count)?,
         out_slot: dim(KERNEL, "slot", out_slot)?,
         clip,
-        ..L1Params::default()
+        ..PenaltyParams::default()
     };
     rec.launch(&key(KERNEL), &params, &[(9, stats)], Grid::new(1, 1, 1))
 }
@@ -151,10 +173,10 @@ pub fn launch_scale_by_slot(
     const KERNEL: &str = "scale_by_slot";
     check_len(KERNEL, a, n)?;
     check_len(KERNEL, stats, slot + 1)?;
-    let params = L1Params {
+    let params = PenaltyParams {
         n: dim(KERNEL, "elements", n)?,
         out_slot: dim(KERNEL, "slot", slot)?,
-        ..L1Params::default()
+        ..PenaltyParams::default()
     };
     let grid = rec.threads_grid(n, WG);
     rec.launch(&key(KERNEL), &params, &[(9, stats), (10, a)], grid)

@@ -1,14 +1,17 @@
-// ReLU + L1 training (Anthropic's April 2024 update; SAELens `standard`): the decoder-norm
-// weighted L1 penalty λ·mean_b Σᵢ fᵢ·nᵢ, nᵢ = ‖W_dec,i‖, and gradient-norm clipping.
-//   row_norms         norms[latent_start + i] = ‖w_dec[i]‖ (one workgroup per row of the block)
-//   l1_code_grad      code_grad[e] += coeff · norms[top_idx[e]] where top_val[e] > 0
-//                     (∂/∂fᵢ of the penalty; coeff = λ / rows)
-//   l1_decoder_grad   grad_w_dec[i, c] += coeff · (Σ_{e ∈ seg(i)} top_val[e]) · w_dec[i, c] / nᵢ
-//                     (∂/∂W_dec,i of the penalty, over the reverse index's segment of latent i)
-//   clip_factor       stats[out_slot] = min(1, clip / ‖g‖), ‖g‖² = Σ stats[first_slot ..+ count]
-//   scale_by_slot     a[i] *= stats[out_slot]
-// Split dictionaries run row_norms, l1_code_grad and l1_decoder_grad once per block: w_dec and
-// grad_w_dec hold the latents [latent_start, latent_start + block_len).
+// Sparsity penalties on the codes of the ReLU family (no unit-norm constraint) and
+// gradient-norm clipping:
+//   L1   (ReLU; Anthropic's April 2024 update, SAELens `standard`): coeff·Σ fᵢ·nᵢ
+//   tanh (JumpReLU; Anthropic's January 2025 update):                coeff·Σ tanh(s·fᵢ·nᵢ)
+// with nᵢ = ‖W_dec,i‖ and coeff = λ / rows (the penalty is a mean over the rows).
+//   row_norms            norms[latent_start + i] = ‖w_dec[i]‖ (one workgroup per row of the block)
+//   penalty_code_grad    code_grad[e] += coeff · ∂pen/∂f(f, n) where top_val[e] > 0:
+//                        L1 n; tanh s·n·sech²(s·f·n)
+//   penalty_decoder_grad grad_w_dec[i, c] += coeff · (Σ_{e ∈ seg(i)} ∂pen/∂n(f_e, nᵢ)) · w_dec[i, c] / nᵢ
+//                        (over the reverse index's segment of latent i): L1 f; tanh s·f·sech²(s·f·n)
+//   clip_factor          stats[out_slot] = min(1, clip / ‖g‖), ‖g‖² = Σ stats[first_slot ..+ count]
+//   scale_by_slot        a[i] *= stats[out_slot]
+// Split dictionaries run row_norms, penalty_code_grad and penalty_decoder_grad once per block:
+// w_dec and grad_w_dec hold the latents [latent_start, latent_start + block_len).
 // Generated header: WG. Prelude: common.wgsl (linear_id, partial, reduce_partial).
 
 struct Params {
@@ -22,8 +25,31 @@ struct Params {
     out_slot: u32,
     coeff: f32,
     clip: f32,
-    _pad0: u32,
-    _pad1: u32,
+    tanh_scale: f32,
+    _pad: u32,
+}
+
+// 1 − tanh²(z), z ≥ 0; tanh saturates to 1 in f32 long before z = 15 (and some drivers'
+// tanh overflows to NaN for large z).
+fn sech_sq(z: f32) -> f32 {
+    let t = tanh(min(z, 15.0));
+    return 1.0 - t * t;
+}
+
+// ∂/∂f of one entry's penalty, per unit of coeff.
+fn penalty_code_slope(f: f32, n: f32) -> f32 {
+    if (p.tanh_scale == 0.0) {
+        return n;
+    }
+    return p.tanh_scale * n * sech_sq(p.tanh_scale * f * n);
+}
+
+// ∂/∂n of one entry's penalty, per unit of coeff.
+fn penalty_norm_slope(f: f32, n: f32) -> f32 {
+    if (p.tanh_scale == 0.0) {
+        return f;
+    }
+    return p.tanh_scale * f * sech_sq(p.tanh_scale * f * n);
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -61,7 +87,7 @@ fn row_norms(
 }
 
 @compute @workgroup_size(WG)
-fn l1_code_grad(
+fn penalty_code_grad(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -72,14 +98,15 @@ fn l1_code_grad(
     }
     // Wraps below latent_start, so one comparison tests both ends of the block.
     let local = top_idx[e] - p.latent_start;
-    if (local < p.block_len && top_val[e] > 0.0) {
-        code_grad[e] += p.coeff * norms[top_idx[e]];
+    let f = top_val[e];
+    if (local < p.block_len && f > 0.0) {
+        code_grad[e] += p.coeff * penalty_code_slope(f, norms[top_idx[e]]);
     }
 }
 
 // One workgroup per (latent of the block, tile of WG columns).
 @compute @workgroup_size(WG)
-fn l1_decoder_grad(
+fn penalty_decoder_grad(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -91,11 +118,11 @@ fn l1_decoder_grad(
         return;
     }
     let latent = p.latent_start + local;
+    let norm = norms[latent];
     var total = 0.0;
     for (var s = offsets[latent]; s < offsets[latent + 1u]; s++) {
-        total += max(top_val[reverse_index[s]], 0.0);
+        total += penalty_norm_slope(max(top_val[reverse_index[s]], 0.0), norm);
     }
-    let norm = norms[latent];
     if (norm > 0.0) {
         grad_w_dec[local * p.d_in + c] += p.coeff * total * w_dec[local * p.d_in + c] / norm;
     }

@@ -1,0 +1,99 @@
+// JumpReLU training (Rajamanoharan et al. 2024; SAELens `jumprelu`): f = h·H(h − θ), a
+// threshold θ per latent trained through the straight-through estimator with the rectangle
+// kernel K(u) = 1{|u| < ½}, u = (h − θ)/ε:
+//   ∂f/∂θ = −(θ/ε)·K(u)     ∂H/∂θ = −(1/ε)·K(u)     (∂f/∂h = H, handled by the code gradient)
+//   threshold_grad       one workgroup per latent of the block, lanes over the rows: for the
+//                        rows inside the kernel's window
+//                          ∂L/∂θ = Σ_b −(θ/ε)·(g_b · w_dec[i] + coeff·∂pen/∂f)   (tanh penalty)
+//                                  Σ_b −(θ/ε)·(g_b · w_dec[i]) − coeff/ε          (step penalty)
+//                        with g_b = ∂L/∂x̂_b (the rows of grad_out) and coeff = λ / rows; the
+//                        trained parameter's gradient is θ·∂L/∂θ when it is log θ.
+//   threshold_from_param θ = exp(param) (log θ), or θ = param = max(param, 0) (θ itself, kept
+//                        non-negative as SAELens does).
+// The pre-activations h are the block's [rows, block_len]; thresholds, norms and grad_param
+// are indexed by latent (latent_start + i). The tanh upstream takes f = h where h > θ: a row
+// whose codes exceed the training cap drops some of them, which this does not see.
+// Generated header: WG. Prelude: common.wgsl (linear_id, partial, reduce_partial).
+
+struct Params {
+    rows: u32,
+    d_in: u32,
+    latent_start: u32,
+    block_len: u32,
+    bandwidth: f32,
+    coeff: f32,
+    tanh_scale: f32,
+    log_param: u32,
+    n: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> pre: array<f32>;
+@group(0) @binding(2) var<storage, read> grad_out: array<f32>;
+@group(0) @binding(3) var<storage, read> w_dec: array<f32>;
+@group(0) @binding(4) var<storage, read> norms: array<f32>;
+@group(0) @binding(5) var<storage, read_write> thresholds: array<f32>;
+@group(0) @binding(6) var<storage, read_write> grad_param: array<f32>;
+@group(0) @binding(7) var<storage, read_write> param: array<f32>;
+
+@compute @workgroup_size(WG)
+fn threshold_grad(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let local = linear_id(wg, nwg);
+    if (local >= p.block_len) {
+        return;
+    }
+    let latent = p.latent_start + local;
+    let theta = thresholds[latent];
+    let norm = norms[latent];
+    var acc = 0.0;
+    for (var r = lid; r < p.rows; r += WG) {
+        let h = pre[r * p.block_len + local];
+        let u = (h - theta) / p.bandwidth;
+        if (u > -0.5 && u < 0.5) {
+            // ∂L/∂f of this entry: the reconstruction's, plus the tanh penalty's.
+            var upstream = 0.0;
+            for (var c = 0u; c < p.d_in; c++) {
+                upstream = fma(grad_out[r * p.d_in + c], w_dec[local * p.d_in + c], upstream);
+            }
+            if (p.tanh_scale > 0.0) {
+                let f = select(0.0, h, h > theta);
+                let t = tanh(min(p.tanh_scale * f * norm, 15.0));
+                upstream += p.coeff * p.tanh_scale * norm * (1.0 - t * t);
+                acc -= theta / p.bandwidth * upstream;
+            } else {
+                acc -= theta / p.bandwidth * upstream + p.coeff / p.bandwidth;
+            }
+        }
+    }
+    partial[lid] = acc;
+    reduce_partial(lid);
+    if (lid == 0u) {
+        grad_param[latent] = select(partial[0], partial[0] * theta, p.log_param != 0u);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn threshold_from_param(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = linear_id(wg, nwg) * WG + lid;
+    if (i >= p.n) {
+        return;
+    }
+    if (p.log_param != 0u) {
+        thresholds[i] = exp(param[i]);
+    } else {
+        let theta = max(param[i], 0.0);
+        param[i] = theta;
+        thresholds[i] = theta;
+    }
+}
