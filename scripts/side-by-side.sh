@@ -58,23 +58,17 @@ print(json.dumps({'tool': 'sae-wgpu sweep', 'members': members, 'tokens': tokens
 " "$start" "$end" "$((steps * batch))" "$(ls "$out"/sweep/config.json "$out"/sweep/*/config.json 2>/dev/null | wc -l)" >>"$out/times.jsonl"
 
 saelens_dirs=()
-l1_warmup=$((steps / 20 > 0 ? steps / 20 : 1)) # sae train's default
+penalty_warmup=$((steps / 20 > 0 ? steps / 20 : 1)) # sae train's default
 for arch in ${archs//,/ }; do
-    if [ "$arch" = jumprelu ]; then
-        dir="$out/saelens-jumprelu-l0_1"
-        "$venv/bin/python" "$here/saelens_train.py" --architecture jumprelu --shard "$train" \
+    if [ "$arch" = relu ] || [ "$arch" = jumprelu ]; then
+        # The ReLU family takes a coefficient, λ = 1 (L1 for relu, L0 for jumprelu), not k.
+        penalty=$([ "$arch" = relu ] && echo l1 || echo l0)
+        dir="$out/saelens-$arch-${penalty}_1"
+        "$venv/bin/python" "$here/saelens_train.py" --architecture "$arch" --shard "$train" \
             --out "$dir" --expansion-factor "$expansion" --batch-size "$batch" \
-            --tokens "$tokens" --lr "$lr" --lr-warmup-steps "$warmup" --l0-coefficient 1 \
-            --l0-warmup-steps "$l1_warmup" 2>/dev/null | tail -1 >>"$out/times.jsonl"
-        saelens_dirs+=("$dir")
-        continue
-    fi
-    if [ "$arch" = relu ]; then
-        dir="$out/saelens-relu-l1_1"
-        "$venv/bin/python" "$here/saelens_train.py" --architecture relu --shard "$train" \
-            --out "$dir" --expansion-factor "$expansion" --batch-size "$batch" \
-            --tokens "$tokens" --lr "$lr" --lr-warmup-steps "$warmup" --l1-coefficient 1 \
-            --l1-warmup-steps "$l1_warmup" 2>/dev/null | tail -1 >>"$out/times.jsonl"
+            --tokens "$tokens" --lr "$lr" --lr-warmup-steps "$warmup" \
+            "--$penalty-coefficient" 1 "--$penalty-warmup-steps" "$penalty_warmup" 2>/dev/null \
+            | tail -1 >>"$out/times.jsonl"
         saelens_dirs+=("$dir")
         continue
     fi

@@ -11,8 +11,9 @@
 
 mod common;
 
-use common::{gpu, random_vec, rng};
+use common::{gpu, random_vec, rng, to_f64};
 use sae_wgpu::gpu::kernels::optim::AdamConfig;
+use sae_wgpu::gpu::Gpu;
 use sae_wgpu::sae::architecture::{Architecture, L0Penalty, ThresholdParam};
 use sae_wgpu::sae::feed::{Feed, MemberStep};
 use sae_wgpu::sae::params::SaeParams;
@@ -135,25 +136,10 @@ fn every_architecture_gradient_matches_finite_differences() {
         if relu {
             trainer = trainer.with_l1(None).unwrap();
         }
-        let mut feed = Feed::new(gpu, ROWS, d_in).unwrap();
-        let args = MemberStep {
-            scale: 1.0,
-            lr: 0.0,
-            step: 1,
-            with_metrics: false,
-            penalty: L1,
-        };
-        feed.step_rows(&x, &mut trainer, args).unwrap();
-        let got = trainer.gradients().unwrap();
+        let got = one_step_gradients(gpu, &mut trainer, &x, d_in, L1);
 
-        let f64s = |v: &[f32]| v.iter().map(|&a| f64::from(a)).collect::<Vec<f64>>();
-        let base: Params = [
-            f64s(&params.w_enc),
-            f64s(&params.b_enc),
-            f64s(&params.w_dec),
-            f64s(&params.b_dec),
-        ];
-        let x64 = f64s(&x);
+        let base = params_f64(&params);
+        let x64 = to_f64(&x);
         let eps = 1e-5;
         for (t, tensor) in ["W_enc", "b_enc", "W_dec", "b_dec"].iter().enumerate() {
             let mut fd = vec![0.0f64; base[t].len()];
@@ -198,6 +184,36 @@ fn every_architecture_gradient_matches_finite_differences() {
             );
         }
     }
+}
+
+/// The gradients one GPU training step (learning rate 0) computes on the rows `x`, in
+/// checkpoint order.
+fn one_step_gradients<'g>(
+    gpu: &'g Gpu,
+    trainer: &mut Trainer<'g>,
+    x: &[f32],
+    d_in: usize,
+    penalty: f64,
+) -> Vec<Vec<f32>> {
+    let mut feed = Feed::new(gpu, ROWS, d_in).unwrap();
+    let args = MemberStep {
+        scale: 1.0,
+        lr: 0.0,
+        step: 1,
+        with_metrics: false,
+        penalty,
+    };
+    feed.step_rows(x, trainer, args).unwrap();
+    trainer.gradients().unwrap()
+}
+
+fn params_f64(params: &SaeParams) -> Params {
+    [
+        to_f64(&params.w_enc),
+        to_f64(&params.b_enc),
+        to_f64(&params.w_dec),
+        to_f64(&params.b_dec),
+    ]
 }
 
 /// JumpReLU's loss on given codes F [ROWS, D_SAE]: SAELens' mean squared error plus the tanh
@@ -305,26 +321,11 @@ fn jumprelu_pseudo_gradient_matches_the_estimator() {
             .iter()
             .map(|&t| f64::from(t))
             .collect();
-        let mut feed = Feed::new(gpu, ROWS, d_in).unwrap();
-        let args = MemberStep {
-            scale: 1.0,
-            lr: 0.0,
-            step: 1,
-            with_metrics: false,
-            penalty: L0,
-        };
-        feed.step_rows(&x, &mut trainer, args).unwrap();
-        let got = trainer.gradients().unwrap();
+        let got = one_step_gradients(gpu, &mut trainer, &x, d_in, L0);
         assert_eq!(got.len(), 5, "{name}: the thresholds' gradient is missing");
 
-        let f64s = |v: &[f32]| v.iter().map(|&a| f64::from(a)).collect::<Vec<f64>>();
-        let base: Params = [
-            f64s(&params.w_enc),
-            f64s(&params.b_enc),
-            f64s(&params.w_dec),
-            f64s(&params.b_dec),
-        ];
-        let x64 = f64s(&x);
+        let base = params_f64(&params);
+        let x64 = to_f64(&x);
         // The loss and which entries are selected.
         let loss = |p: &Params| {
             let codes = jump_codes(&pre_activations(p, &x64), &theta);
