@@ -2,8 +2,8 @@
 // threshold θ per latent trained through the straight-through estimator with the rectangle
 // kernel K(u) = 1{|u| < ½}, u = (h − θ)/ε:
 //   ∂f/∂θ = −(θ/ε)·K(u)     ∂H/∂θ = −(1/ε)·K(u)     (∂f/∂h = H, handled by the code gradient)
-//   threshold_grad       one workgroup per latent of the block, lanes over the rows: for the
-//                        rows inside the kernel's window
+//   threshold_grad       one workgroup per latent of the block: for the rows inside the
+//                        kernel's window
 //                          ∂L/∂θ = Σ_b −(θ/ε)·(g_b · w_dec[i] + coeff·∂pen/∂f)   (tanh penalty)
 //                                  Σ_b −(θ/ε)·(g_b · w_dec[i]) − coeff/ε          (step penalty)
 //                        with g_b = ∂L/∂x̂_b (the rows of grad_out) and coeff = λ / rows; the
@@ -39,6 +39,15 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> grad_param: array<f32>;
 @group(0) @binding(7) var<storage, read_write> param: array<f32>;
 
+// The window's rows of one chunk, compacted in row order (a deterministic scan, so the
+// gradient's sums have a fixed order and training stays bit-reproducible).
+var<workgroup> window_rows: array<u32, WG>;
+var<workgroup> window_scan: array<u32, WG>;
+
+// One workgroup per latent. Each chunk of WG rows: every lane tests its row against the window
+// and adds the row's penalty term; the rows inside are compacted; then the lanes share each
+// listed row's dot product g_r · w_dec[i] over d_in (coalesced reads). Every term is a sum of
+// per-row contributions, so one accumulator per lane and one reduction at the end suffice.
 @compute @workgroup_size(WG)
 fn threshold_grad(
     @builtin(local_invocation_index) lid: u32,
@@ -52,25 +61,50 @@ fn threshold_grad(
     let latent = p.latent_start + local;
     let theta = thresholds[latent];
     let norm = norms[latent];
+    // ∂f/∂θ inside the window, per unit of ∂L/∂f.
+    let slope = -theta / p.bandwidth;
     var acc = 0.0;
-    for (var r = lid; r < p.rows; r += WG) {
-        let h = pre[r * p.block_len + local];
-        let u = (h - theta) / p.bandwidth;
-        if (u > -0.5 && u < 0.5) {
-            // ∂L/∂f of this entry: the reconstruction's, plus the tanh penalty's.
-            var upstream = 0.0;
-            for (var c = 0u; c < p.d_in; c++) {
-                upstream = fma(grad_out[r * p.d_in + c], w_dec[local * p.d_in + c], upstream);
-            }
-            if (p.tanh_scale > 0.0) {
-                let f = select(0.0, h, h > theta);
-                let t = tanh(min(p.tanh_scale * f * norm, 15.0));
-                upstream += p.coeff * p.tanh_scale * norm * (1.0 - t * t);
-                acc -= theta / p.bandwidth * upstream;
-            } else {
-                acc -= theta / p.bandwidth * upstream + p.coeff / p.bandwidth;
+    for (var first = 0u; first < p.rows; first += WG) {
+        let r = first + lid;
+        var inside = false;
+        if (r < p.rows) {
+            let h = pre[r * p.block_len + local];
+            let u = (h - theta) / p.bandwidth;
+            inside = u > -0.5 && u < 0.5;
+            if (inside) {
+                if (p.tanh_scale > 0.0) {
+                    // The tanh penalty's ∂/∂f, through the estimator.
+                    let f = select(0.0, h, h > theta);
+                    let t = tanh(min(p.tanh_scale * f * norm, 15.0));
+                    acc += slope * p.coeff * p.tanh_scale * norm * (1.0 - t * t);
+                } else {
+                    // The step penalty's ∂H/∂θ.
+                    acc -= p.coeff / p.bandwidth;
+                }
             }
         }
+        window_scan[lid] = select(0u, 1u, inside);
+        workgroupBarrier();
+        for (var offset = 1u; offset < WG; offset <<= 1u) {
+            let before = select(0u, window_scan[lid - offset], lid >= offset);
+            workgroupBarrier();
+            window_scan[lid] += before;
+            workgroupBarrier();
+        }
+        if (inside) {
+            window_rows[window_scan[lid] - 1u] = r;
+        }
+        workgroupBarrier();
+        let count = window_scan[WG - 1u];
+        for (var j = 0u; j < count; j++) {
+            let row = window_rows[j];
+            var dot = 0.0;
+            for (var c = lid; c < p.d_in; c += WG) {
+                dot = fma(grad_out[row * p.d_in + c], w_dec[local * p.d_in + c], dot);
+            }
+            acc += slope * dot;
+        }
+        workgroupBarrier();
     }
     partial[lid] = acc;
     reduce_partial(lid);

@@ -20,14 +20,21 @@ use crate::gpu::kernels::optim::AdamConfig;
 use crate::gpu::tune::tiles_for;
 use crate::gpu::Gpu;
 use crate::io::{write_safetensors, TensorOut};
+use crate::sae::architecture::{
+    default_matryoshka_widths, Architecture, L0Penalty, ThresholdParam,
+};
 use crate::sae::feed::{Feed, MemberStep};
 use crate::sae::params::SaeParams;
-use crate::sae::trainer::{AuxKConfig, Trainer};
+use crate::sae::trainer::{ArchitectureSetup, AuxKConfig, JumpReluConfig, Trainer};
 
 /// How to run the benchmark.
 #[derive(Clone, Copy, Debug)]
 pub struct TrainBench {
     pub shape: BenchShape,
+    /// What is trained; the shape's K is k for the TopK family and the cap on the codes per row
+    /// for ReLU and JumpReLU (with `sae train`'s defaults: λ 1, clipping at 1, Matryoshka's
+    /// default prefixes).
+    pub architecture: Architecture,
     /// Steps before measuring (pipelines compiled, caches warm).
     pub warmup: usize,
     /// Steps measured for throughput and host time.
@@ -44,6 +51,7 @@ pub struct TrainBench {
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainBenchRecord {
     pub bench: &'static str,
+    pub architecture: &'static str,
     pub shape: String,
     pub dtype: String,
     pub steps: usize,
@@ -155,21 +163,39 @@ fn run(
             keep_16bit: true,
         },
     )?;
-    let mut params = SaeParams::init_topk(d_in, d_sae, k, 0);
+    let architecture = bench.architecture;
+    let candidates = architecture.row_candidates(k, d_sae);
+    let mut params = if architecture.penalized() {
+        SaeParams::init_relu(d_in, d_sae, candidates, 0)
+    } else {
+        SaeParams::init_topk(d_in, d_sae, candidates, 0)
+    };
     params.b_dec = vec![0.0; d_in];
-    let auxk = AuxKConfig {
+    // AuxK for the TopK family only, as `sae train` does.
+    let auxk = (!architecture.penalized()).then_some(AuxKConfig {
         alpha: 1.0 / 32.0,
         k_aux: (d_in / 2).clamp(1, 512),
+    });
+    let widths = default_matryoshka_widths(d_sae);
+    let setup = ArchitectureSetup {
+        architecture,
+        k,
+        theta: 0.0,
+        prefix_widths: widths[..widths.len().saturating_sub(1)].to_vec(),
+        clip: Some(1.0),
+        jumprelu: Some((
+            JumpReluConfig {
+                bandwidth: 0.05,
+                penalty: L0Penalty::Step,
+                param: ThresholdParam::Direct,
+                clip: None,
+            },
+            vec![0.01; d_sae],
+        )),
     };
     gpu.allocations.reset_peak();
-    let mut trainer = Trainer::new(
-        gpu,
-        &params,
-        batch,
-        AdamConfig::default(),
-        10_000_000,
-        Some(auxk),
-    )?;
+    let mut trainer = Trainer::new(gpu, &params, batch, AdamConfig::default(), 10_000_000, auxk)?
+        .for_architecture(&setup)?;
     // The tile shape `sae train` would use: the cached choice for this adapter, if any.
     let gemm = EncoderShape {
         rows: batch,
@@ -184,7 +210,7 @@ fn run(
         lr: 1e-4,
         step,
         with_metrics: step.is_multiple_of(log_every as u64),
-        penalty: 0.0,
+        penalty: if architecture.penalized() { 1.0 } else { 0.0 },
     };
     let mut stream = stream.peekable();
     let mut step = 0u64;
@@ -243,6 +269,7 @@ fn run(
     let params_bytes = 4 * (2 * d_in * d_sae + d_sae + d_in) as u64;
     let record = TrainBenchRecord {
         bench: "train",
+        architecture: architecture.name(),
         shape: bench.shape.label(),
         dtype: format!("{:?}", bench.dtype).to_lowercase(),
         steps: bench.steps,

@@ -10,6 +10,7 @@ use crate::data::ActDtype;
 use crate::gpu::kernels::encoder::EncoderShape;
 use crate::gpu::tune::tune;
 use crate::gpu::Gpu;
+use crate::sae::architecture::Architecture;
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
@@ -64,6 +65,10 @@ pub struct TrainArgs {
     /// dtype of the synthetic shards: f32, f16 or bf16 (16-bit rows are widened on the GPU).
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     dtype: ActDtype,
+    /// What to train (as `sae train --architecture`; comma-separated: each in turn). For relu
+    /// and jumprelu the shape's K is the cap on the codes per row.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "topk")]
+    architecture: Vec<Architecture>,
     /// One JSON object per shape on stdout.
     #[arg(long)]
     json: bool,
@@ -181,7 +186,8 @@ fn kernels(args: KernelsArgs) -> anyhow::Result<()> {
 
 fn print_train(record: &TrainBenchRecord) {
     println!(
-        "{} {}: {:.0} tokens/s, {:.2} ms/step (host {:.3} ms = {:.2}%, in submit {:.2} ms, data wait {:.3} ms), GPU {:.2} ms/step, busy {:.1}%",
+        "{} {} {}: {:.0} tokens/s, {:.2} ms/step (host {:.3} ms = {:.2}%, in submit {:.2} ms, data wait {:.3} ms), GPU {:.2} ms/step, busy {:.1}%",
+        record.architecture,
         record.shape,
         record.dtype,
         record.tokens_per_s,
@@ -229,23 +235,30 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         println!("adapter: {}", gpu.describe());
     }
     for shape in shapes {
-        let scratch = std::env::temp_dir().join(format!(
-            "sae-bench-train-{}-{}",
-            std::process::id(),
-            shape.label()
-        ));
-        let bench = TrainBench {
-            shape,
-            warmup: args.warmup,
-            steps: args.steps,
-            timed_steps: args.timed_steps,
-            dtype: args.dtype,
-            log_every: 10,
-        };
-        match bench_train(&gpu, bench, &scratch) {
-            Ok(record) if args.json => print_json(&record),
-            Ok(record) => print_train(&record),
-            Err(error) => eprintln!("skipping shape {}: {error:#}", shape.label()),
+        for &architecture in &args.architecture {
+            let scratch = std::env::temp_dir().join(format!(
+                "sae-bench-train-{}-{}",
+                std::process::id(),
+                shape.label()
+            ));
+            let bench = TrainBench {
+                shape,
+                architecture,
+                warmup: args.warmup,
+                steps: args.steps,
+                timed_steps: args.timed_steps,
+                dtype: args.dtype,
+                log_every: 10,
+            };
+            match bench_train(&gpu, bench, &scratch) {
+                Ok(record) if args.json => print_json(&record),
+                Ok(record) => print_train(&record),
+                Err(error) => eprintln!(
+                    "skipping {} at shape {}: {error:#}",
+                    architecture.name(),
+                    shape.label()
+                ),
+            }
         }
     }
     Ok(())

@@ -387,7 +387,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         shuffle_buffer: args.shuffle_buffer,
         b_dec_init: args.b_dec_init,
         normalize_activations: args.normalize_activations,
-        auxk_alpha: args.auxk_alpha,
+        // The ReLU family trains without AuxK (run::train::uses_auxk): say so in config.json.
+        auxk_alpha: if architecture.penalized() {
+            0.0
+        } else {
+            args.auxk_alpha
+        },
         auxk_k: args.auxk_k.unwrap_or((d_in / 2).max(1)),
         dead_tokens: args.dead_tokens,
         checkpoint_every: args.checkpoint_every,

@@ -201,6 +201,12 @@ pub fn plan(
                             architecture,
                             matryoshka_widths,
                             format: axes.format.unwrap_or(default_format(architecture)),
+                            // The ReLU family trains without AuxK (train::uses_auxk).
+                            auxk_alpha: if architecture.penalized() {
+                                0.0
+                            } else {
+                                base.auxk_alpha
+                            },
                             k,
                             l1_coefficient: l1.unwrap_or(base.l1_coefficient),
                             l0_coefficient: l0.unwrap_or(base.l0_coefficient),

@@ -21,7 +21,7 @@ use crate::gpu::kernels::encoder::EncoderShape;
 use crate::gpu::kernels::optim::AdamConfig;
 use crate::gpu::kernels::topk::MAX_K;
 use crate::gpu::tune::tiles_for;
-use crate::gpu::{Gpu, InjectedFault};
+use crate::gpu::{Gpu, GpuError, InjectedFault};
 use crate::io::{write_json_atomic, write_safetensors, TensorOut};
 use crate::sae::architecture::{matryoshka_widths, Architecture, L0Penalty, ThresholdParam};
 use crate::sae::blocks::LatentBlocks;
@@ -31,7 +31,7 @@ use crate::sae::formats::{save_saelens, save_sparsify};
 use crate::sae::init::{geometric_median, input_scale, mean_row};
 use crate::sae::params::{Activation, SaeParams};
 use crate::sae::schedule::lr_at;
-use crate::sae::trainer::{AuxKConfig, JumpReluConfig, StepMetrics, Trainer};
+use crate::sae::trainer::{ArchitectureSetup, AuxKConfig, JumpReluConfig, StepMetrics, Trainer};
 use crate::sae::GpuSae;
 
 /// Every hyperparameter of a run; saved in `config.json` and read back by `--resume`.
@@ -742,11 +742,7 @@ pub fn train_group(
             check_same_data(recorded, &shard_infos(&data.train))?;
         }
         validate(config, d_in)?;
-        let k_aux = if config.auxk_alpha > 0.0 {
-            config.auxk_k
-        } else {
-            0
-        };
+        let k_aux = if uses_auxk(config) { config.auxk_k } else { 0 };
         let candidates = config.architecture.row_candidates(config.k, config.d_sae);
         let needed = gpu_bytes_needed(d_in, config.d_sae, candidates, config.batch_size, k_aux);
         // Per-latent tensors larger than one storage binding are split into blocks of latents;
@@ -1079,6 +1075,13 @@ fn initial_threshold_param(config: &TrainConfig) -> Vec<f32> {
     vec![value as f32; config.d_sae]
 }
 
+/// AuxK revives the TopK family's dead latents; the ReLU family (SAELens `standard` and
+/// `jumprelu`, dictionary_learning's April update) trains without it, whatever an older
+/// config.json says.
+pub fn uses_auxk(config: &TrainConfig) -> bool {
+    config.auxk_alpha > 0.0 && !config.architecture.penalized()
+}
+
 /// What a checkpoint restores beyond the weights.
 struct Restored {
     moments: Vec<(Vec<f32>, Vec<f32>)>,
@@ -1107,7 +1110,7 @@ fn open_member<'g>(
         beta2: config.adam_beta2,
         eps: config.adam_eps,
     };
-    let auxk = (config.auxk_alpha > 0.0).then_some(AuxKConfig {
+    let auxk = uses_auxk(&config).then_some(AuxKConfig {
         alpha: config.auxk_alpha,
         k_aux: config.auxk_k,
     });
@@ -1127,46 +1130,45 @@ fn open_member<'g>(
         auxk,
     )
     .map_err(out_of_memory)?;
-    if config.architecture.batch_selection() {
-        let theta = restored.as_ref().and_then(|r| r.theta).unwrap_or(0.0);
-        trainer = trainer
-            .with_batch_topk(config.k, theta)
-            .map_err(out_of_memory)?;
-    }
-    if config.architecture == Architecture::Relu {
-        trainer = trainer
-            .with_l1(config.clip_grad_norm.map(|c| c as f32))
-            .map_err(out_of_memory)?;
-    }
-    if config.architecture == Architecture::JumpRelu {
-        let jump = JumpReluConfig {
-            bandwidth: config.jumprelu_bandwidth as f32,
-            penalty: config.l0_penalty,
-            param: config.jumprelu_threshold_param,
-            clip: config.clip_grad_norm.map(|c| c as f32),
-        };
-        let initial = match restored.as_ref().and_then(|r| r.threshold_param.clone()) {
-            Some(found) => found,
-            None if restored.is_some() => {
-                bail!(
+    let widths = match config.architecture {
+        Architecture::Matryoshka => {
+            matryoshka_widths(&config.matryoshka_widths, config.d_sae).map_err(|e| anyhow!(e))?
+        }
+        _ => Vec::new(),
+    };
+    let jumprelu = match config.architecture {
+        Architecture::JumpRelu => {
+            let settings = JumpReluConfig {
+                bandwidth: config.jumprelu_bandwidth as f32,
+                penalty: config.l0_penalty,
+                param: config.jumprelu_threshold_param,
+                clip: None,
+            };
+            let initial = match (&restored, restored.as_ref().map(|r| &r.threshold_param)) {
+                (_, Some(Some(found))) => found.clone(),
+                (Some(_), _) => bail!(
                     "{}: the checkpoint holds no JumpReLU thresholds",
                     run_dir.display()
-                )
-            }
-            None => initial_threshold_param(&config),
-        };
-        trainer = trainer
-            .with_jumprelu(jump, &initial)
-            .map_err(out_of_memory)?;
-    }
-    if config.architecture == Architecture::Matryoshka {
-        let widths =
-            matryoshka_widths(&config.matryoshka_widths, config.d_sae).map_err(|e| anyhow!(e))?;
+                ),
+                (None, _) => initial_threshold_param(&config),
+            };
+            Some((settings, initial))
+        }
+        _ => None,
+    };
+    let setup = ArchitectureSetup {
+        architecture: config.architecture,
+        k: config.k,
+        theta: restored.as_ref().and_then(|r| r.theta).unwrap_or(0.0),
         // The full width is the main reconstruction; the trainer adds the smaller prefixes.
-        trainer = trainer
-            .with_matryoshka(&widths[..widths.len() - 1])
-            .map_err(|e| anyhow!("{}: {e}", run_dir.display()))?;
-    }
+        prefix_widths: widths[..widths.len().saturating_sub(1)].to_vec(),
+        clip: config.clip_grad_norm.map(|c| c as f32),
+        jumprelu,
+    };
+    trainer = trainer.for_architecture(&setup).map_err(|e| match e {
+        GpuError::Shape { .. } => anyhow!("{}: {e}", run_dir.display()),
+        other => out_of_memory(other),
+    })?;
     if let Some(restored) = &restored {
         trainer.restore(&restored.moments, &restored.since_fired)?;
     }

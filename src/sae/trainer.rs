@@ -41,7 +41,7 @@ use crate::gpu::kernels::widen::launch_widen;
 use crate::gpu::kernels::LatentRange;
 use crate::gpu::{Gpu, GpuBuffer, GpuError, GpuResult, Recorder};
 
-use super::architecture::{L0Penalty, ThresholdParam, TANH_SCALE, THETA_BETA};
+use super::architecture::{Architecture, L0Penalty, ThresholdParam, TANH_SCALE, THETA_BETA};
 use super::blocks::LatentTensor;
 use super::feed::{MemberStep, Upload};
 use super::forward::{
@@ -91,6 +91,23 @@ pub struct JumpReluConfig {
     pub param: ThresholdParam,
     /// The largest global gradient norm (`None`: no clipping).
     pub clip: Option<f32>,
+}
+
+/// What an architecture adds to a trainer ([`Trainer::for_architecture`]), with the state a
+/// checkpoint restores.
+#[derive(Clone, Debug)]
+pub struct ArchitectureSetup {
+    pub architecture: Architecture,
+    /// BatchTopK and Matryoshka: entries kept per row on average, and θ at the start.
+    pub k: usize,
+    pub theta: f32,
+    /// Matryoshka: the prefix widths below d_sae.
+    pub prefix_widths: Vec<usize>,
+    /// The ReLU family: the largest global gradient norm (`None`: no clipping).
+    pub clip: Option<f32>,
+    /// JumpReLU: its settings (their `clip` is replaced by the one above) and the trained
+    /// parameter at the start, one per latent.
+    pub jumprelu: Option<(JumpReluConfig, Vec<f32>)>,
 }
 
 /// JumpReLU: the trained parameter (θ or log θ) behind `sae.thresholds`, and its Adam state.
@@ -311,6 +328,30 @@ impl<'g> Trainer<'g> {
         // where the caller can say how much memory the run needs, not at the first step.
         gpu.wait()?;
         Ok(trainer)
+    }
+
+    /// Makes this a trainer of `setup.architecture` (a TopK trainer stays as it is): the one
+    /// place the job layer and the benchmarks turn an architecture into trainer additions.
+    pub fn for_architecture(self, setup: &ArchitectureSetup) -> GpuResult<Self> {
+        match setup.architecture {
+            Architecture::TopK => Ok(self),
+            Architecture::BatchTopK => self.with_batch_topk(setup.k, setup.theta),
+            Architecture::Matryoshka => self
+                .with_batch_topk(setup.k, setup.theta)?
+                .with_matryoshka(&setup.prefix_widths),
+            Architecture::Relu => self.with_l1(setup.clip),
+            Architecture::JumpRelu => {
+                let (config, initial) = setup.jumprelu.as_ref().ok_or_else(|| GpuError::Shape {
+                    kernel: "jumprelu",
+                    message: "a JumpReLU trainer without its thresholds".into(),
+                })?;
+                let config = JumpReluConfig {
+                    clip: setup.clip,
+                    ..*config
+                };
+                self.with_jumprelu(config, initial)
+            }
+        }
     }
 
     /// Makes this a BatchTopK trainer: the SAE's per-row selection (its `k`) gives each row's
