@@ -4,7 +4,8 @@
 #   scripts/gpu/run.sh [OUT_DIR]           (default gpu-bench/)
 #
 # On a machine with an NVIDIA GPU (nvidia-smi works): `sae bench kernels --all-shapes`,
-# `sae bench train` at batch 4096, d_in 576 / 2048 / 4096 × 8× / 32×, k 32, then `sae train`
+# `sae bench train` at batch 4096, d_in 576 / 2048 / 4096 × 8× / 32×, k 32 (and every
+# architecture at d_in 576 × 8×), then `sae train`
 # and EleutherAI sparsify (fp32, and its default bf16 autocast) on the same synthetic shards
 # (and on real ones with SAE_REAL_TRAIN / SAE_REAL_EVAL), same k, width, batch and schedule.
 # Without one it runs our side only, on whatever adapter wgpu finds (lavapipe), at the quick
@@ -70,8 +71,14 @@ if [ "$MODE" = gpu ]; then
     done
     "$SAE" bench train --shape 4096,576,4608,32 --dtype f16 --warmup 5 --steps 20 --timed-steps 2 \
         --json >> "$OUT/train.jsonl"
+    # Every architecture at the shared real data's width (K: k, or the cap of relu/jumprelu).
+    "$SAE" bench train --shape 4096,576,4608,32 --architecture batchtopk,matryoshka \
+        --warmup 5 --steps 20 --timed-steps 2 --json >> "$OUT/train.jsonl"
+    "$SAE" bench train --shape 4096,576,4608,256 --architecture relu,jumprelu \
+        --warmup 5 --steps 20 --timed-steps 2 --json >> "$OUT/train.jsonl"
 else
-    "$SAE" bench train --shape 512,64,256,8 --warmup 3 --steps 10 --timed-steps 1 --json >> "$OUT/train.jsonl"
+    "$SAE" bench train --shape 512,64,256,8 --architecture topk,batchtopk,matryoshka,relu,jumprelu \
+        --warmup 3 --steps 10 --timed-steps 1 --json >> "$OUT/train.jsonl"
 fi
 
 echo "== side by side"
