@@ -143,7 +143,7 @@ pub fn plan(
     for &architecture in &architectures {
         // The sparsity setting: k for the TopK family; for the ReLU family, λ (its k is the
         // cap).
-        let sparsity: Vec<(usize, Sparsity)> = match architecture {
+        let settings: Vec<(usize, Sparsity)> = match architecture {
             Architecture::Relu => l1s
                 .iter()
                 .map(|&l1| (axes.relu_cap, Sparsity::L1(l1)))
@@ -154,7 +154,7 @@ pub fn plan(
                 .collect(),
             _ => ks.iter().map(|&k| (k, Sparsity::K)).collect(),
         };
-        for &(k, sparsity) in &sparsity {
+        for &(k, sparsity) in &settings {
             for &d_sae in &sizes {
                 let lrs = if axes.lr.is_empty() {
                     vec![default_lr(d_sae)]
