@@ -11,7 +11,8 @@ use common::training::run_options as options;
 use common::{gpu, random_sae, random_vec, rng, temp_dir, POISON};
 use sae_wgpu::data::synth::{write_synthetic, SynthConfig};
 use sae_wgpu::gpu::{AdapterRequest, Gpu, Recorder};
-use sae_wgpu::run::train::{train, TrainConfig};
+use sae_wgpu::run::train::{train, ExportFormat, TrainConfig};
+use sae_wgpu::sae::architecture::{Architecture, L0Penalty};
 use sae_wgpu::sae::blocks::LatentBlocks;
 use sae_wgpu::sae::formats::load_sae;
 use sae_wgpu::sae::forward::{record_forward, ForwardBuffers, GpuSae};
@@ -232,5 +233,56 @@ fn cli_encode_with_a_forced_split_writes_the_same_codes() {
     let whole = encode("whole", None);
     let split = encode("split", Some(&(4 * 64 * 24 + 16).to_string()));
     assert!(whole == split, "codes differ when the dictionary is split");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// JumpReLU's per-block kernels (the thresholds' gradient, the penalties) on a split
+/// dictionary give the one-buffer run's weights and thresholds.
+#[test]
+fn split_jumprelu_training_matches_one_buffer() {
+    let Some(whole_gpu) = gpu() else { return };
+    let root = temp_dir("split-jumprelu");
+    let shards = data(&root);
+    let split_gpu = Gpu::new(&AdapterRequest {
+        max_binding_override: Some(4 * 64 * 16 + 16),
+        ..AdapterRequest::default()
+    })
+    .unwrap();
+    let jumprelu = |shards: Vec<PathBuf>| {
+        let mut config = config(shards);
+        config.architecture = Architecture::JumpRelu;
+        config.format = ExportFormat::Saelens;
+        config.k = 64; // the cap: every code above its threshold
+        config.l0_coefficient = 0.1;
+        config.l0_warmup_steps = 5;
+        config.l0_penalty = L0Penalty::Tanh;
+        config.clip_grad_norm = Some(1.0);
+        config.jumprelu_init_threshold = 0.05;
+        config
+    };
+    let weights = |dir: &Path| {
+        let p = load_sae(&dir.join("saelens")).unwrap().params;
+        let Activation::JumpRelu { threshold } = p.activation else {
+            panic!("{}: not exported as JumpReLU", dir.display())
+        };
+        [p.w_enc, p.b_enc, p.w_dec, p.b_dec, threshold].concat()
+    };
+    let whole = root.join("whole");
+    train(
+        whole_gpu,
+        Some(jumprelu(shards.clone())),
+        &options(&whole, false, None),
+    )
+    .unwrap();
+    let split = root.join("split");
+    train(
+        &split_gpu,
+        Some(jumprelu(shards)),
+        &options(&split, false, None),
+    )
+    .unwrap();
+    let err = rel_diff(&weights(&split), &weights(&whole));
+    eprintln!("split JumpReLU vs one buffer after 30 steps: relative difference {err:e}");
+    assert!(err <= 1e-4, "split JumpReLU training differs by {err:e}");
     let _ = std::fs::remove_dir_all(&root);
 }
