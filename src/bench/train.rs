@@ -21,7 +21,8 @@ use crate::gpu::tune::tiles_for;
 use crate::gpu::Gpu;
 use crate::io::{write_safetensors, TensorOut};
 use crate::sae::architecture::{
-    default_matryoshka_widths, Architecture, L0Penalty, ThresholdParam,
+    default_matryoshka_widths, Architecture, L0Penalty, ThresholdParam, DEFAULT_CLIP_GRAD_NORM,
+    DEFAULT_JUMPRELU_BANDWIDTH, DEFAULT_JUMPRELU_INIT_THRESHOLD, DEFAULT_PENALTY_COEFFICIENT,
 };
 use crate::sae::feed::{Feed, MemberStep};
 use crate::sae::params::SaeParams;
@@ -176,21 +177,20 @@ fn run(
         alpha: 1.0 / 32.0,
         k_aux: (d_in / 2).clamp(1, 512),
     });
-    let widths = default_matryoshka_widths(d_sae);
     let setup = ArchitectureSetup {
         architecture,
         k,
         theta: 0.0,
-        prefix_widths: widths[..widths.len().saturating_sub(1)].to_vec(),
-        clip: Some(1.0),
+        matryoshka_widths: default_matryoshka_widths(d_sae),
+        clip: Some(DEFAULT_CLIP_GRAD_NORM as f32),
         jumprelu: Some((
             JumpReluConfig {
-                bandwidth: 0.05,
+                bandwidth: DEFAULT_JUMPRELU_BANDWIDTH as f32,
                 penalty: L0Penalty::Step,
                 param: ThresholdParam::Direct,
                 clip: None,
             },
-            vec![0.01; d_sae],
+            vec![DEFAULT_JUMPRELU_INIT_THRESHOLD as f32; d_sae],
         )),
     };
     gpu.allocations.reset_peak();
@@ -210,7 +210,11 @@ fn run(
         lr: 1e-4,
         step,
         with_metrics: step.is_multiple_of(log_every as u64),
-        penalty: if architecture.penalized() { 1.0 } else { 0.0 },
+        penalty: if architecture.penalized() {
+            DEFAULT_PENALTY_COEFFICIENT
+        } else {
+            0.0
+        },
     };
     let mut stream = stream.peekable();
     let mut step = 0u64;

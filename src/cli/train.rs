@@ -15,7 +15,10 @@ use crate::run::train::{
     default_format, refuse_existing_run, train, validate, BDecInit, ExportFormat, RunOptions,
     TrainConfig,
 };
-use crate::sae::architecture::{Architecture, L0Penalty, ThresholdParam};
+use crate::sae::architecture::{
+    Architecture, L0Penalty, ThresholdParam, DEFAULT_CLIP_GRAD_NORM, DEFAULT_JUMPRELU_BANDWIDTH,
+    DEFAULT_JUMPRELU_INIT_THRESHOLD, DEFAULT_PENALTY_COEFFICIENT,
+};
 use crate::sae::forward::DEFAULT_CAP;
 use crate::sae::schedule::default_lr;
 
@@ -356,18 +359,22 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         eval_every: args.eval_every,
         architecture: one(&args.architecture, Architecture::TopK),
         matryoshka_widths: args.matryoshka_widths.clone(),
-        l1_coefficient: one(&args.l1_coefficient, 1.0),
+        l1_coefficient: one(&args.l1_coefficient, DEFAULT_PENALTY_COEFFICIENT),
         l1_warmup_steps: args.l1_warmup_steps.unwrap_or((steps / 20).max(1)),
-        l0_coefficient: one(&args.l0_coefficient, 1.0),
+        l0_coefficient: one(&args.l0_coefficient, DEFAULT_PENALTY_COEFFICIENT),
         l0_warmup_steps: args.l0_warmup_steps.unwrap_or((steps / 20).max(1)),
         l0_penalty: args.l0_penalty.unwrap_or_default(),
-        jumprelu_bandwidth: args.jumprelu_bandwidth.unwrap_or(0.05),
-        jumprelu_init_threshold: args.jumprelu_init_threshold.unwrap_or(0.01),
+        jumprelu_bandwidth: args
+            .jumprelu_bandwidth
+            .unwrap_or(DEFAULT_JUMPRELU_BANDWIDTH),
+        jumprelu_init_threshold: args
+            .jumprelu_init_threshold
+            .unwrap_or(DEFAULT_JUMPRELU_INIT_THRESHOLD),
         jumprelu_threshold_param: args.jumprelu_threshold_param.unwrap_or_default(),
         clip_grad_norm: match args.clip_grad_norm {
             Some(0.0) => None,
             Some(c) => Some(c),
-            None => Some(1.0),
+            None => Some(DEFAULT_CLIP_GRAD_NORM),
         },
         k: if architecture.penalized() {
             relu_cap.min(d_sae)

@@ -1160,8 +1160,7 @@ fn open_member<'g>(
         architecture: config.architecture,
         k: config.k,
         theta: restored.as_ref().and_then(|r| r.theta).unwrap_or(0.0),
-        // The full width is the main reconstruction; the trainer adds the smaller prefixes.
-        prefix_widths: widths[..widths.len().saturating_sub(1)].to_vec(),
+        matryoshka_widths: widths,
         clip: config.clip_grad_norm.map(|c| c as f32),
         jumprelu,
     };

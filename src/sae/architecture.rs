@@ -51,6 +51,13 @@ pub enum L0Penalty {
 /// The scale inside the tanh penalty (SAELens' `jumprelu_tanh_scale`).
 pub const TANH_SCALE: f32 = 4.0;
 
+/// The ReLU family's defaults, SAELens': the penalty's coefficient λ (L1 and L0 alike), the
+/// largest global gradient norm, JumpReLU's bandwidth ε and initial threshold θ₀.
+pub const DEFAULT_PENALTY_COEFFICIENT: f64 = 1.0;
+pub const DEFAULT_CLIP_GRAD_NORM: f64 = 1.0;
+pub const DEFAULT_JUMPRELU_BANDWIDTH: f64 = 0.05;
+pub const DEFAULT_JUMPRELU_INIT_THRESHOLD: f64 = 0.01;
+
 /// What JumpReLU's optimiser moves: θ itself, kept non-negative (SAELens since its issue
 /// #494: Adam moves log θ by about lr per step, so a small θ₀ barely moves), or log θ
 /// (DeepMind's paper).

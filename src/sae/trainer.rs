@@ -101,8 +101,8 @@ pub struct ArchitectureSetup {
     /// BatchTopK and Matryoshka: entries kept per row on average, and θ at the start.
     pub k: usize,
     pub theta: f32,
-    /// Matryoshka: the prefix widths below d_sae.
-    pub prefix_widths: Vec<usize>,
+    /// Matryoshka: its nested widths (the full width, the main reconstruction, may end them).
+    pub matryoshka_widths: Vec<usize>,
     /// The ReLU family: the largest global gradient norm (`None`: no clipping).
     pub clip: Option<f32>,
     /// JumpReLU: its settings (their `clip` is replaced by the one above) and the trained
@@ -333,12 +333,19 @@ impl<'g> Trainer<'g> {
     /// Makes this a trainer of `setup.architecture` (a TopK trainer stays as it is): the one
     /// place the job layer and the benchmarks turn an architecture into trainer additions.
     pub fn for_architecture(self, setup: &ArchitectureSetup) -> GpuResult<Self> {
+        // The full width is the main reconstruction; the trainer adds the smaller prefixes
+        // (any other width is with_matryoshka's to refuse).
+        let widths = &setup.matryoshka_widths;
+        let prefixes = match widths.split_last() {
+            Some((&last, smaller)) if last == self.sae.d_sae => smaller,
+            _ => widths.as_slice(),
+        };
         match setup.architecture {
             Architecture::TopK => Ok(self),
             Architecture::BatchTopK => self.with_batch_topk(setup.k, setup.theta),
             Architecture::Matryoshka => self
                 .with_batch_topk(setup.k, setup.theta)?
-                .with_matryoshka(&setup.prefix_widths),
+                .with_matryoshka(prefixes),
             Architecture::Relu => self.with_l1(setup.clip),
             Architecture::JumpRelu => {
                 let (config, initial) = setup.jumprelu.as_ref().ok_or_else(|| GpuError::Shape {
