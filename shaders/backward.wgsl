@@ -43,27 +43,27 @@ struct Params {
 
 const NO_SLOT: u32 = 0xffffffffu;
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x_hat: array<f32>;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
-@group(0) @binding(3) var<storage, read> stats: array<f32>;
-@group(0) @binding(4) var<storage, read_write> grad_out: array<f32>;
-@group(0) @binding(5) var<storage, read> top_idx: array<u32>;
-@group(0) @binding(6) var<storage, read> top_val: array<f32>;
-@group(0) @binding(7) var<storage, read> w_dec: array<f32>;
-@group(0) @binding(8) var<storage, read_write> code_grad_out: array<f32>;
-@group(0) @binding(9) var<storage, read_write> row_bits: array<atomic<u32>>;
-@group(0) @binding(10) var<storage, read_write> counts: array<atomic<u32>>;
-@group(0) @binding(11) var<storage, read_write> offsets: array<u32>;
-@group(0) @binding(12) var<storage, read_write> reverse_index: array<u32>;
-@group(0) @binding(13) var<storage, read> b_dec: array<f32>;
-@group(0) @binding(14) var<storage, read_write> grad_w_dec: array<f32>;
-@group(0) @binding(15) var<storage, read_write> grad_w_enc: array<f32>;
-@group(0) @binding(16) var<storage, read_write> grad_b_enc: array<f32>;
-@group(0) @binding(17) var<storage, read> w_enc: array<f32>;
-@group(0) @binding(18) var<storage, read_write> grad_b_dec: array<f32>;
-@group(0) @binding(19) var<storage, read> e_hat: array<f32>;
-@group(0) @binding(20) var<storage, read_write> aux_diff: array<f32>;
+@group(0) @binding(BIND_PARAMS) var<uniform> p: Params;
+@group(0) @binding(BIND_X_HAT) var<storage, read> x_hat: array<f32>;
+@group(0) @binding(BIND_X) var<storage, read> x: array<f32>;
+@group(0) @binding(BIND_STATS) var<storage, read> stats: array<f32>;
+@group(0) @binding(BIND_GRAD_OUT) var<storage, read_write> grad_out: array<f32>;
+@group(0) @binding(BIND_TOP_IDX) var<storage, read> top_idx: array<u32>;
+@group(0) @binding(BIND_TOP_VAL) var<storage, read> top_val: array<f32>;
+@group(0) @binding(BIND_W_DEC) var<storage, read> w_dec: array<f32>;
+@group(0) @binding(BIND_CODE_GRAD_OUT) var<storage, read_write> code_grad_out: array<f32>;
+@group(0) @binding(BIND_ROW_BITS) var<storage, read_write> row_bits: array<atomic<u32>>;
+@group(0) @binding(BIND_COUNTS) var<storage, read_write> counts: array<atomic<u32>>;
+@group(0) @binding(BIND_OFFSETS) var<storage, read_write> offsets: array<u32>;
+@group(0) @binding(BIND_REVERSE_INDEX) var<storage, read_write> reverse_index: array<u32>;
+@group(0) @binding(BIND_B_DEC) var<storage, read> b_dec: array<f32>;
+@group(0) @binding(BIND_GRAD_W_DEC) var<storage, read_write> grad_w_dec: array<f32>;
+@group(0) @binding(BIND_GRAD_W_ENC) var<storage, read_write> grad_w_enc: array<f32>;
+@group(0) @binding(BIND_GRAD_B_ENC) var<storage, read_write> grad_b_enc: array<f32>;
+@group(0) @binding(BIND_W_ENC) var<storage, read> w_enc: array<f32>;
+@group(0) @binding(BIND_GRAD_B_DEC) var<storage, read_write> grad_b_dec: array<f32>;
+@group(0) @binding(BIND_E_HAT) var<storage, read> e_hat: array<f32>;
+@group(0) @binding(BIND_AUX_DIFF) var<storage, read_write> aux_diff: array<f32>;
 
 var<workgroup> partial_u: array<u32, WG>;
 

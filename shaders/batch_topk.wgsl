@@ -16,9 +16,9 @@ struct Params {
     _pad0: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> top_val: array<f32>;
-@group(0) @binding(2) var<storage, read_write> state: array<f32>;
+@group(0) @binding(BIND_PARAMS) var<uniform> p: Params;
+@group(0) @binding(BIND_TOP_VAL) var<storage, read_write> top_val: array<f32>;
+@group(0) @binding(BIND_STATE) var<storage, read_write> state: array<f32>;
 
 var<workgroup> histogram: array<atomic<u32>, 256>;
 var<workgroup> chosen: array<u32, 2>;

@@ -20,17 +20,17 @@ struct Params {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(BIND_PARAMS) var<uniform> p: Params;
 // Per entry: its unit. Per unit u: its entries are unit_start[u] .. unit_start[u + 1].
-@group(0) @binding(1) var<storage, read> entry_unit: array<u32>;
-@group(0) @binding(2) var<storage, read> unit_start: array<u32>;
-@group(0) @binding(3) var<storage, read> unit_features: array<u32>;
+@group(0) @binding(BIND_ENTRY_UNIT) var<storage, read> entry_unit: array<u32>;
+@group(0) @binding(BIND_UNIT_START) var<storage, read> unit_start: array<u32>;
+@group(0) @binding(BIND_UNIT_FEATURES) var<storage, read> unit_features: array<u32>;
 // [block_rows, d_sae] joint counts of this block's features with every feature.
-@group(0) @binding(4) var<storage, read_write> counts: array<atomic<u32>>;
+@group(0) @binding(BIND_COUNTS) var<storage, read_write> counts: array<atomic<u32>>;
 // [d_sae] units in which each feature fires (the diagonal of the full count matrix).
-@group(0) @binding(5) var<storage, read> feature_units: array<u32>;
+@group(0) @binding(BIND_FEATURE_UNITS) var<storage, read> feature_units: array<u32>;
 // [block_rows, d_sae] scores.
-@group(0) @binding(6) var<storage, read_write> scores: array<f32>;
+@group(0) @binding(BIND_SCORES) var<storage, read_write> scores: array<f32>;
 
 @compute @workgroup_size(WG)
 fn count_unit_pairs(

@@ -17,12 +17,12 @@ struct Params {
     _pad0: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> top_idx: array<u32>;
-@group(0) @binding(2) var<storage, read> top_val: array<f32>;
-@group(0) @binding(3) var<storage, read> w_dec: array<f32>;
-@group(0) @binding(4) var<storage, read> b_dec: array<f32>;
-@group(0) @binding(5) var<storage, read_write> x_hat: array<f32>;
+@group(0) @binding(BIND_PARAMS) var<uniform> p: Params;
+@group(0) @binding(BIND_TOP_IDX) var<storage, read> top_idx: array<u32>;
+@group(0) @binding(BIND_TOP_VAL) var<storage, read> top_val: array<f32>;
+@group(0) @binding(BIND_W_DEC) var<storage, read> w_dec: array<f32>;
+@group(0) @binding(BIND_B_DEC) var<storage, read> b_dec: array<f32>;
+@group(0) @binding(BIND_X_HAT) var<storage, read_write> x_hat: array<f32>;
 
 @compute @workgroup_size(WG)
 fn decode_sparse(

@@ -18,12 +18,12 @@ struct Params {
     aligned: u32, // 1 when k % 4 == 0 and n % 4 == 0
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<vec4<in_t>>;
-@group(0) @binding(2) var<storage, read> w_enc: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> b_dec: array<f32>;
-@group(0) @binding(4) var<storage, read> b_enc: array<f32>;
-@group(0) @binding(5) var<storage, read_write> h: array<f32>;
+@group(0) @binding(BIND_PARAMS) var<uniform> p: Params;
+@group(0) @binding(BIND_X) var<storage, read> x: array<vec4<in_t>>;
+@group(0) @binding(BIND_W_ENC) var<storage, read> w_enc: array<vec4<f32>>;
+@group(0) @binding(BIND_B_DEC) var<storage, read> b_dec: array<f32>;
+@group(0) @binding(BIND_B_ENC) var<storage, read> b_enc: array<f32>;
+@group(0) @binding(BIND_H) var<storage, read_write> h: array<f32>;
 
 const THREADS_N: u32 = TILE_N / THREAD_N;
 const THREADS_M: u32 = TILE_M / THREAD_M;

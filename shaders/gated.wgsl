@@ -12,11 +12,11 @@ struct Params {
     _pad1: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> h: array<f32>;
-@group(0) @binding(2) var<storage, read> b_gate: array<f32>;
-@group(0) @binding(3) var<storage, read> mag_scale: array<f32>;
-@group(0) @binding(4) var<storage, read> b_mag: array<f32>;
+@group(0) @binding(BIND_PARAMS) var<uniform> p: Params;
+@group(0) @binding(BIND_H) var<storage, read_write> h: array<f32>;
+@group(0) @binding(BIND_B_GATE) var<storage, read> b_gate: array<f32>;
+@group(0) @binding(BIND_MAG_SCALE) var<storage, read> mag_scale: array<f32>;
+@group(0) @binding(BIND_B_MAG) var<storage, read> b_mag: array<f32>;
 
 @compute @workgroup_size(WG)
 fn gate(

@@ -21,22 +21,22 @@ struct Params {
     tracked: u32, // features with co-occurrence counts
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> top_idx: array<u32>;
-@group(0) @binding(2) var<storage, read> top_val: array<f32>;
-@group(0) @binding(3) var<storage, read> offsets: array<u32>;
-@group(0) @binding(4) var<storage, read> reverse_index: array<u32>;
+@group(0) @binding(BIND_PARAMS) var<uniform> p: Params;
+@group(0) @binding(BIND_TOP_IDX) var<storage, read> top_idx: array<u32>;
+@group(0) @binding(BIND_TOP_VAL) var<storage, read> top_val: array<f32>;
+@group(0) @binding(BIND_OFFSETS) var<storage, read> offsets: array<u32>;
+@group(0) @binding(BIND_REVERSE_INDEX) var<storage, read> reverse_index: array<u32>;
 // batch_stats: [d_sae, 4] = (fires as f32 bits, Σv, Σv², max)
-@group(0) @binding(5) var<storage, read_write> batch_stats: array<f32>;
-@group(0) @binding(6) var<storage, read_write> bins: array<atomic<u32>>;
+@group(0) @binding(BIND_BATCH_STATS) var<storage, read_write> batch_stats: array<f32>;
+@group(0) @binding(BIND_BINS) var<storage, read_write> bins: array<atomic<u32>>;
 // Per batch row: (shard, row in shard, token).
-@group(0) @binding(7) var<storage, read> row_origin: array<u32>;
-@group(0) @binding(8) var<storage, read_write> best_val: array<f32>;
+@group(0) @binding(BIND_ROW_ORIGIN) var<storage, read> row_origin: array<u32>;
+@group(0) @binding(BIND_BEST_VAL) var<storage, read_write> best_val: array<f32>;
 // Per slot: (shard, row in shard, token) of the running top-M lists.
-@group(0) @binding(9) var<storage, read_write> best_origin: array<u32>;
+@group(0) @binding(BIND_BEST_ORIGIN) var<storage, read_write> best_origin: array<u32>;
 // Tracked-feature slot of each latent (NONE if untracked), and the [n, n] pair counts.
-@group(0) @binding(10) var<storage, read> slot_of: array<u32>;
-@group(0) @binding(11) var<storage, read_write> pairs: array<atomic<u32>>;
+@group(0) @binding(BIND_SLOT_OF) var<storage, read> slot_of: array<u32>;
+@group(0) @binding(BIND_PAIRS) var<storage, read_write> pairs: array<atomic<u32>>;
 
 const NONE: u32 = 0xffffffffu;
 

@@ -15,9 +15,9 @@ struct Params {
     _pad0: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> row_stats: array<f32>;
+@group(0) @binding(BIND_PARAMS) var<uniform> p: Params;
+@group(0) @binding(BIND_X) var<storage, read_write> x: array<f32>;
+@group(0) @binding(BIND_ROW_STATS) var<storage, read_write> row_stats: array<f32>;
 
 const CONSTANT_NORM: u32 = 1u;
 const LAYER_NORM: u32 = 2u;

@@ -30,14 +30,14 @@ struct Params {
     _pad2: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> pre: array<f32>;
-@group(0) @binding(2) var<storage, read> grad_out: array<f32>;
-@group(0) @binding(3) var<storage, read> w_dec: array<f32>;
-@group(0) @binding(4) var<storage, read> norms: array<f32>;
-@group(0) @binding(5) var<storage, read_write> thresholds: array<f32>;
-@group(0) @binding(6) var<storage, read_write> grad_param: array<f32>;
-@group(0) @binding(7) var<storage, read_write> param: array<f32>;
+@group(0) @binding(BIND_PARAMS) var<uniform> p: Params;
+@group(0) @binding(BIND_PRE) var<storage, read> pre: array<f32>;
+@group(0) @binding(BIND_GRAD_OUT) var<storage, read> grad_out: array<f32>;
+@group(0) @binding(BIND_W_DEC) var<storage, read> w_dec: array<f32>;
+@group(0) @binding(BIND_NORMS) var<storage, read> norms: array<f32>;
+@group(0) @binding(BIND_THRESHOLDS) var<storage, read_write> thresholds: array<f32>;
+@group(0) @binding(BIND_GRAD_PARAM) var<storage, read_write> grad_param: array<f32>;
+@group(0) @binding(BIND_PARAM) var<storage, read_write> param: array<f32>;
 
 // The window's rows of one chunk, compacted in row order (a deterministic scan, so the
 // gradient's sums have a fixed order and training stays bit-reproducible).

@@ -18,11 +18,11 @@ struct Params {
     one_minus_beta2: f32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> param: array<f32>;
-@group(0) @binding(2) var<storage, read_write> grad: array<f32>;
-@group(0) @binding(3) var<storage, read_write> exp_avg: array<f32>;
-@group(0) @binding(4) var<storage, read_write> exp_avg_sq: array<f32>;
+@group(0) @binding(BIND_PARAMS) var<uniform> p: Params;
+@group(0) @binding(BIND_PARAM) var<storage, read_write> param: array<f32>;
+@group(0) @binding(BIND_GRAD) var<storage, read_write> grad: array<f32>;
+@group(0) @binding(BIND_EXP_AVG) var<storage, read_write> exp_avg: array<f32>;
+@group(0) @binding(BIND_EXP_AVG_SQ) var<storage, read_write> exp_avg_sq: array<f32>;
 
 // Adam with bias correction, in the same form as torch.optim.Adam:
 //   m ← m + (1 − β₁)(g − m);  v ← β₂v + (1 − β₂)g²;  p ← p − step_size · m / (√v / √(1 − β₂ᵗ) + ε)

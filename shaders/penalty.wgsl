@@ -52,17 +52,17 @@ fn penalty_norm_slope(f: f32, n: f32) -> f32 {
     return p.tanh_scale * f * sech_sq(p.tanh_scale * f * n);
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> w_dec: array<f32>;
-@group(0) @binding(2) var<storage, read_write> norms: array<f32>;
-@group(0) @binding(3) var<storage, read> top_idx: array<u32>;
-@group(0) @binding(4) var<storage, read> top_val: array<f32>;
-@group(0) @binding(5) var<storage, read_write> code_grad: array<f32>;
-@group(0) @binding(6) var<storage, read> offsets: array<u32>;
-@group(0) @binding(7) var<storage, read> reverse_index: array<u32>;
-@group(0) @binding(8) var<storage, read_write> grad_w_dec: array<f32>;
-@group(0) @binding(9) var<storage, read_write> stats: array<f32>;
-@group(0) @binding(10) var<storage, read_write> a: array<f32>;
+@group(0) @binding(BIND_PARAMS) var<uniform> p: Params;
+@group(0) @binding(BIND_W_DEC) var<storage, read> w_dec: array<f32>;
+@group(0) @binding(BIND_NORMS) var<storage, read_write> norms: array<f32>;
+@group(0) @binding(BIND_TOP_IDX) var<storage, read> top_idx: array<u32>;
+@group(0) @binding(BIND_TOP_VAL) var<storage, read> top_val: array<f32>;
+@group(0) @binding(BIND_CODE_GRAD) var<storage, read_write> code_grad: array<f32>;
+@group(0) @binding(BIND_OFFSETS) var<storage, read> offsets: array<u32>;
+@group(0) @binding(BIND_REVERSE_INDEX) var<storage, read> reverse_index: array<u32>;
+@group(0) @binding(BIND_GRAD_W_DEC) var<storage, read_write> grad_w_dec: array<f32>;
+@group(0) @binding(BIND_STATS) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(BIND_A) var<storage, read_write> a: array<f32>;
 
 @compute @workgroup_size(WG)
 fn row_norms(

@@ -23,19 +23,19 @@ struct Params {
     _pad0: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> partial_out: array<f32>;
-@group(0) @binding(4) var<storage, read_write> stats: array<f32>;
-@group(0) @binding(5) var<storage, read_write> col_mean: array<f32>;
-@group(0) @binding(6) var<storage, read> top_val: array<f32>;
-@group(0) @binding(7) var<storage, read> top_idx: array<u32>;
-@group(0) @binding(8) var<storage, read_write> l0_out: array<u32>;
-@group(0) @binding(9) var<storage, read_write> fire_count: array<atomic<u32>>;
-@group(0) @binding(10) var<storage, read_write> since_fired: array<u32>;
-@group(0) @binding(11) var<storage, read_write> eligible: array<u32>;
-@group(0) @binding(12) var<storage, read_write> dead_count: array<atomic<u32>>;
+@group(0) @binding(BIND_PARAMS) var<uniform> p: Params;
+@group(0) @binding(BIND_A) var<storage, read> a: array<f32>;
+@group(0) @binding(BIND_B) var<storage, read> b: array<f32>;
+@group(0) @binding(BIND_PARTIAL_OUT) var<storage, read_write> partial_out: array<f32>;
+@group(0) @binding(BIND_STATS) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(BIND_COL_MEAN) var<storage, read_write> col_mean: array<f32>;
+@group(0) @binding(BIND_TOP_VAL) var<storage, read> top_val: array<f32>;
+@group(0) @binding(BIND_TOP_IDX) var<storage, read> top_idx: array<u32>;
+@group(0) @binding(BIND_L0_OUT) var<storage, read_write> l0_out: array<u32>;
+@group(0) @binding(BIND_FIRE_COUNT) var<storage, read_write> fire_count: array<atomic<u32>>;
+@group(0) @binding(BIND_SINCE_FIRED) var<storage, read_write> since_fired: array<u32>;
+@group(0) @binding(BIND_ELIGIBLE) var<storage, read_write> eligible: array<u32>;
+@group(0) @binding(BIND_DEAD_COUNT) var<storage, read_write> dead_count: array<atomic<u32>>;
 
 @compute @workgroup_size(WG)
 fn sum_sq_diff_partials(

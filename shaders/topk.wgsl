@@ -37,14 +37,14 @@ struct Params {
     _pad0: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> h: array<f32>;
-@group(0) @binding(2) var<storage, read_write> top_idx: array<u32>;
-@group(0) @binding(3) var<storage, read_write> top_val: array<f32>;
-@group(0) @binding(4) var<storage, read> eligible: array<u32>;
-@group(0) @binding(5) var<storage, read> threshold: array<f32>;
-@group(0) @binding(6) var<storage, read_write> active_count: array<u32>;
-@group(0) @binding(7) var<storage, read> cand_idx: array<u32>;
+@group(0) @binding(BIND_PARAMS) var<uniform> p: Params;
+@group(0) @binding(BIND_H) var<storage, read> h: array<f32>;
+@group(0) @binding(BIND_TOP_IDX) var<storage, read_write> top_idx: array<u32>;
+@group(0) @binding(BIND_TOP_VAL) var<storage, read_write> top_val: array<f32>;
+@group(0) @binding(BIND_ELIGIBLE) var<storage, read> eligible: array<u32>;
+@group(0) @binding(BIND_THRESHOLD) var<storage, read> threshold: array<f32>;
+@group(0) @binding(BIND_ACTIVE_COUNT) var<storage, read_write> active_count: array<u32>;
+@group(0) @binding(BIND_CAND_IDX) var<storage, read> cand_idx: array<u32>;
 
 const RADIX_BITS: u32 = 8u;
 const BINS: u32 = 1u << RADIX_BITS;

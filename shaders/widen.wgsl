@@ -13,9 +13,9 @@ struct Params {
     _pad0: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> raw: array<u32>;
-@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+@group(0) @binding(BIND_PARAMS) var<uniform> p: Params;
+@group(0) @binding(BIND_RAW) var<storage, read> raw: array<u32>;
+@group(0) @binding(BIND_X) var<storage, read_write> x: array<f32>;
 
 @compute @workgroup_size(WG)
 fn widen(

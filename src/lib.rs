@@ -3,6 +3,7 @@
 
 pub mod analysis;
 pub mod bench;
+pub mod choice;
 pub mod cli;
 pub mod data;
 pub mod gpu;

@@ -14,10 +14,12 @@ mod common;
 use common::{gpu, random_vec, rng, to_f64};
 use sae_wgpu::gpu::kernels::optim::AdamConfig;
 use sae_wgpu::gpu::Gpu;
-use sae_wgpu::sae::architecture::{Architecture, L0Penalty, ThresholdParam};
-use sae_wgpu::sae::feed::{Feed, MemberStep};
+use sae_wgpu::sae::arch::jumprelu::JumpReluConfig;
+use sae_wgpu::sae::arch::{batch_topk, jumprelu, matryoshka, relu};
+use sae_wgpu::sae::arch::{Architecture, L0Penalty, ThresholdParam};
 use sae_wgpu::sae::params::SaeParams;
-use sae_wgpu::sae::trainer::{JumpReluConfig, Trainer};
+use sae_wgpu::sae::trainer::Trainer;
+use sae_wgpu::sae::trainer::{Feed, MemberStep};
 
 const D_SAE: usize = 24;
 const ROWS: usize = 9;
@@ -51,7 +53,10 @@ fn loss(p: &Params, x: &[f64], architecture: Architecture, candidates: usize) ->
             codes[r * D_SAE + i] = v;
         }
     }
-    if architecture.batch_selection() {
+    if matches!(
+        architecture,
+        Architecture::BatchTopK | Architecture::Matryoshka
+    ) {
         let mut all: Vec<f64> = codes.iter().copied().filter(|&v| v > 0.0).collect();
         all.sort_by(|a, b| b.total_cmp(a));
         if let Some(&t) = all.get(K * ROWS - 1) {
@@ -127,15 +132,12 @@ fn every_architecture_gradient_matches_finite_differences() {
 
         let mut trainer =
             Trainer::new(gpu, &params, ROWS, AdamConfig::default(), 1 << 30, None).unwrap();
-        if architecture.batch_selection() {
-            trainer = trainer.with_batch_topk(K, 0.0).unwrap();
-        }
-        if architecture == Architecture::Matryoshka {
-            trainer = trainer.with_matryoshka(&PREFIXES).unwrap();
-        }
-        if relu {
-            trainer = trainer.with_l1(None).unwrap();
-        }
+        trainer = match architecture {
+            Architecture::BatchTopK => batch_topk::attach(trainer, K, 0.0).unwrap(),
+            Architecture::Matryoshka => matryoshka::attach(trainer, K, 0.0, &PREFIXES).unwrap(),
+            Architecture::Relu => relu::attach(trainer, None).unwrap(),
+            _ => trainer,
+        };
         let got = one_step_gradients(gpu, &mut trainer, &x, d_in, L1);
 
         let base = params_f64(&params);
@@ -310,10 +312,9 @@ fn jumprelu_pseudo_gradient_matches_the_estimator() {
             param: kind,
             clip: None,
         };
-        let mut trainer = Trainer::new(gpu, &params, ROWS, AdamConfig::default(), 1 << 30, None)
-            .unwrap()
-            .with_jumprelu(config, &initial)
-            .unwrap();
+        let trainer =
+            Trainer::new(gpu, &params, ROWS, AdamConfig::default(), 1 << 30, None).unwrap();
+        let mut trainer = jumprelu::attach(trainer, config, &initial).unwrap();
         let theta: Vec<f64> = trainer
             .thresholds()
             .unwrap()

@@ -55,8 +55,8 @@ fn f16_bf16_and_f32_shards_of_the_same_values_train_alike() {
         let mut runs = Vec::new();
         for shard in &shards {
             let mut config = tiny_config(vec![shard.clone()], 20, 3, 8);
-            config.batch_size = 64;
-            config.b_dec_init = init;
+            config.data.batch_size = 64;
+            config.init.b_dec_init = init;
             let run = dir.join(format!("{init:?}-{}", shard.file_stem().unwrap().display()));
             let report = train(gpu, Some(config), &run_options(&run, false, None)).unwrap();
             assert!(report.heldout.is_some_and(|h| h.fvu.is_finite()));

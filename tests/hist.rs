@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{random_vec, rng};
-use sae_wgpu::analysis::hist::load;
 use sae_wgpu::io::{write_safetensors, TensorOut};
+use sae_wgpu::run::outputs::hist_files::load;
 use sae_wgpu::sae::formats::{read_tensor_f32, save_sparsify};
 use sae_wgpu::sae::params::{Activation, SaeParams};
 use safetensors::SafeTensors;

@@ -12,8 +12,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{random_vec, rng, sae_fails, sae_ok, temp_dir};
-use sae_wgpu::analysis::hist::load;
 use sae_wgpu::io::{write_safetensors, TensorOut};
+use sae_wgpu::run::outputs::hist_files::load;
 use sae_wgpu::sae::formats::save_sparsify;
 use sae_wgpu::sae::params::Activation;
 use serde_json::Value;

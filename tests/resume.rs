@@ -29,10 +29,10 @@ fn data(dir: &Path) -> Vec<PathBuf> {
 
 fn config(shards: Vec<PathBuf>) -> TrainConfig {
     let mut config = tiny_config(shards, 48, 4, 40);
-    config.batch_size = 64;
+    config.data.batch_size = 64;
     // Dead latents appear within the run, so AuxK's state is part of what must resume.
-    config.dead_tokens = 256;
-    config.checkpoint_every = 10;
+    config.auxk.dead_tokens = 256;
+    config.output.checkpoint_every = 10;
     config
 }
 
@@ -114,7 +114,7 @@ fn same_seed_same_weights_and_resume_matches_uninterrupted() {
 
     let different = root.join("different-seed");
     let mut other = config(shards);
-    other.seed = 1;
+    other.init.seed = 1;
     train(gpu, Some(other), &options(&different, false, None)).unwrap();
     assert!(
         !same_bits(&weights(&first), &weights(&different)),

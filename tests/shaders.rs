@@ -11,7 +11,7 @@ use sae_wgpu::gpu::GpuError;
 fn bad_wgsl_is_a_compile_error_naming_the_kernel() {
     let Some(gpu) = gpu() else { return };
     let err = compile_module(
-        gpu,
+        &gpu.device,
         "broken_kernel",
         "@compute @workgroup_size(1) fn main() { let x: u32 = 1.5; }",
     )

@@ -12,7 +12,7 @@ use common::{gpu, random_sae, random_vec, rng, temp_dir, POISON};
 use sae_wgpu::data::synth::{write_synthetic, SynthConfig};
 use sae_wgpu::gpu::{AdapterRequest, Gpu, Recorder};
 use sae_wgpu::run::train::{train, ExportFormat, TrainConfig};
-use sae_wgpu::sae::architecture::{Architecture, L0Penalty};
+use sae_wgpu::sae::arch::{Architecture, L0Penalty};
 use sae_wgpu::sae::blocks::LatentBlocks;
 use sae_wgpu::sae::formats::load_sae;
 use sae_wgpu::sae::forward::{record_forward, ForwardBuffers, GpuSae};
@@ -112,12 +112,12 @@ fn data(dir: &Path) -> Vec<PathBuf> {
 
 fn config(shards: Vec<PathBuf>) -> TrainConfig {
     let mut config = common::training::tiny_config(shards, 64, 6, 30);
-    config.batch_size = 16;
-    config.auxk_k = 4;
+    config.data.batch_size = 16;
+    config.auxk.auxk_k = 4;
     // Dead latents appear within the run, so AuxK's masked TopK across blocks runs too.
-    config.dead_tokens = 64;
-    config.checkpoint_every = 10;
-    config.init_sample_rows = 512;
+    config.auxk.dead_tokens = 64;
+    config.output.checkpoint_every = 10;
+    config.init.init_sample_rows = 512;
     config
 }
 
@@ -250,14 +250,14 @@ fn split_jumprelu_training_matches_one_buffer() {
     .unwrap();
     let jumprelu = |shards: Vec<PathBuf>| {
         let mut config = config(shards);
-        config.architecture = Architecture::JumpRelu;
-        config.format = ExportFormat::Saelens;
-        config.k = 64; // the cap: every code above its threshold
-        config.l0_coefficient = 0.1;
-        config.l0_warmup_steps = 5;
-        config.l0_penalty = L0Penalty::Tanh;
-        config.clip_grad_norm = Some(1.0);
-        config.jumprelu_init_threshold = 0.05;
+        config.model.architecture = Architecture::JumpRelu;
+        config.output.format = ExportFormat::Saelens;
+        config.model.k = 64; // the cap: every code above its threshold
+        config.model.settings.jumprelu.l0_coefficient = 0.1;
+        config.model.settings.jumprelu.l0_warmup_steps = 5;
+        config.model.settings.jumprelu.l0_penalty = L0Penalty::Tanh;
+        config.model.settings.penalized.clip_grad_norm = Some(1.0);
+        config.model.settings.jumprelu.jumprelu_init_threshold = 0.05;
         config
     };
     let weights = |dir: &Path| {

@@ -9,11 +9,11 @@ use common::{gpu, random_sae, random_vec, rng};
 use sae_wgpu::data::{ActDtype, Batch};
 use sae_wgpu::gpu::kernels::optim::AdamConfig;
 use sae_wgpu::gpu::AllocationCounts;
-use sae_wgpu::sae::feed::{Feed, MemberStep};
 use sae_wgpu::sae::forward::GpuSae;
 use sae_wgpu::sae::params::{Activation, SaeParams};
 use sae_wgpu::sae::pass::{ForwardPass, PassDepth};
 use sae_wgpu::sae::trainer::{AuxKConfig, Trainer};
+use sae_wgpu::sae::trainer::{Feed, MemberStep};
 
 fn f32_batch(x: Vec<f32>, rows: usize) -> Batch {
     Batch {

@@ -12,9 +12,9 @@ use common::training::{run_options, tiny_config};
 use common::{gpu, sae_fails, temp_dir};
 use sae_wgpu::data::parts::Part;
 use sae_wgpu::data::synth::{write_synthetic, SynthConfig};
-use sae_wgpu::run::sweep::{plan, read_sweep, train_sweep, SweepAxes, SweepFile};
+use sae_wgpu::run::train::{plan, read_sweep, train_sweep, SweepAxes, SweepFile};
 use sae_wgpu::run::train::{train, RunOptions, TrainConfig};
-use sae_wgpu::sae::architecture::Architecture;
+use sae_wgpu::sae::arch::Architecture;
 use sae_wgpu::sae::checkpoint;
 use sae_wgpu::sae::formats::load_sae;
 use sae_wgpu::sae::params::Activation;
@@ -34,9 +34,9 @@ fn data(dir: &Path) -> Vec<PathBuf> {
 
 fn base(shards: Vec<PathBuf>) -> TrainConfig {
     let mut config = tiny_config(shards, 36, 3, 30);
-    config.batch_size = 64;
-    config.dead_tokens = 256;
-    config.checkpoint_every = 10;
+    config.data.batch_size = 64;
+    config.auxk.dead_tokens = 256;
+    config.output.checkpoint_every = 10;
     config
 }
 
@@ -114,8 +114,8 @@ fn sweep_members_equal_runs_alone_and_resume_and_parts() {
     for run in &sweep.runs {
         let alone = root.join("alone").join(&run.dir);
         let mut config = run.config.clone();
-        if config.seed == 0 {
-            config.data_seed = None;
+        if config.init.seed == 0 {
+            config.data.data_seed = None;
         }
         train(gpu, Some(config), &options(&alone, false, None)).unwrap();
         assert!(
@@ -249,9 +249,9 @@ fn jumprelu_sweep_equals_runs_alone_and_resumes() {
     let root = temp_dir("sweep-jumprelu");
     let shards = data(&root);
     let mut base = base(shards);
-    base.clip_grad_norm = Some(1.0);
-    base.l0_warmup_steps = 5;
-    base.jumprelu_init_threshold = 0.05;
+    base.model.settings.penalized.clip_grad_norm = Some(1.0);
+    base.model.settings.jumprelu.l0_warmup_steps = 5;
+    base.model.settings.jumprelu.jumprelu_init_threshold = 0.05;
     let axes = SweepAxes {
         architecture: vec![Architecture::JumpRelu],
         l1_coefficient: vec![],

@@ -9,7 +9,7 @@ use common::training::tiny_config;
 use common::{gpu, sae_ok};
 use sae_wgpu::data::synth::{mmcs, write_synthetic, SynthConfig};
 use sae_wgpu::run::train::{default_format, train, RunOptions};
-use sae_wgpu::sae::architecture::Architecture;
+use sae_wgpu::sae::arch::Architecture;
 use sae_wgpu::sae::formats::{load_sae, read_tensor_f32};
 use safetensors::SafeTensors;
 
@@ -51,24 +51,24 @@ fn training_recovers_a_planted_dictionary() {
         let steps = 1000;
         let k = 4;
         let mut config = tiny_config(shards.clone(), 64, k, steps);
-        config.architecture = architecture;
-        config.format = default_format(architecture);
-        config.eval_inputs = heldout.clone();
+        config.model.architecture = architecture;
+        config.output.format = default_format(architecture);
+        config.data.eval_inputs = heldout.clone();
         if architecture == Architecture::Relu {
-            config.k = 64; // the cap: every code
-            config.l1_coefficient = 1.0;
-            config.l1_warmup_steps = 50;
-            config.clip_grad_norm = Some(1.0);
+            config.model.k = 64; // the cap: every code
+            config.model.settings.relu.l1_coefficient = 1.0;
+            config.model.settings.relu.l1_warmup_steps = 50;
+            config.model.settings.penalized.clip_grad_norm = Some(1.0);
         }
         if architecture == Architecture::JumpRelu {
-            config.k = 64; // the cap: every code above its threshold
-            config.l0_coefficient = 0.1;
-            config.l0_warmup_steps = 50;
-            config.clip_grad_norm = Some(1.0);
+            config.model.k = 64; // the cap: every code above its threshold
+            config.model.settings.jumprelu.l0_coefficient = 0.1;
+            config.model.settings.jumprelu.l0_warmup_steps = 50;
+            config.model.settings.penalized.clip_grad_norm = Some(1.0);
         }
         if architecture == Architecture::Matryoshka {
             // A prefix as wide as the true dictionary: it alone must reconstruct the data.
-            config.matryoshka_widths = vec![32];
+            config.model.settings.matryoshka.matryoshka_widths = vec![32];
         }
         let run = dir.join(architecture.name());
         let options = RunOptions {

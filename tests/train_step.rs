@@ -6,9 +6,9 @@ mod common;
 use common::reference::{adam, encode, fvu_grads, topk, RefSae};
 use common::{assert_close, gpu, random_vec, rng, to_f64};
 use sae_wgpu::gpu::kernels::optim::{AdamConfig, NORM_EPS};
-use sae_wgpu::sae::feed::{Feed, MemberStep};
 use sae_wgpu::sae::params::{Activation, SaeParams};
 use sae_wgpu::sae::trainer::Trainer;
+use sae_wgpu::sae::trainer::{Feed, MemberStep};
 
 fn reference_step(
     sae: &mut RefSae,

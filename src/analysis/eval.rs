@@ -4,10 +4,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Batch, DataError};
+use super::scan::{Consumer, Scan, Scanned};
 use crate::gpu::kernels::reduce::launch_fire_counts;
-use crate::gpu::{Gpu, GpuBuffer};
-use crate::sae::pass::{ForwardPass, PassDepth};
+use crate::gpu::{Gpu, GpuBuffer, GpuResult, Recorder};
+use crate::sae::forward::ForwardBuffers;
+use crate::sae::pass::ForwardPass;
 use crate::sae::GpuSae;
 
 /// A latent firing on more than this fraction of tokens counts as dense.
@@ -167,65 +168,64 @@ impl EvalAccumulator {
     }
 }
 
-/// A forward pass and the fire counter for evaluating one batch at a time.
-pub struct Evaluator<'g, 's> {
-    pass: ForwardPass<'g, 's>,
+/// The eval figures of every batch of a scan: the reconstructions' sums and fire counts.
+pub struct EvalConsumer {
     fired: GpuBuffer,
+    /// Latents kept per row (the cap of thresholded SAEs).
+    k: usize,
+    pub acc: EvalAccumulator,
 }
 
-impl<'g, 's> Evaluator<'g, 's> {
-    pub fn new(gpu: &'g Gpu, sae: &'s GpuSae, batch_rows: usize) -> anyhow::Result<Self> {
-        Ok(Evaluator {
-            pass: ForwardPass::new(gpu, sae, batch_rows, PassDepth::Reconstruct)?,
+impl EvalConsumer {
+    pub fn new(gpu: &Gpu, sae: &GpuSae) -> GpuResult<Self> {
+        Ok(EvalConsumer {
             fired: gpu.storage::<u32>("eval_fired", sae.d_sae)?,
+            k: sae.k,
+            acc: EvalAccumulator::new(sae.d_in, sae.d_sae),
         })
     }
+}
 
-    /// Runs `batch` (inputs divided by `input_scale`) through the SAE and adds it to `acc`.
-    pub fn add_batch(
-        &self,
-        batch: &Batch,
-        input_scale: f32,
-        acc: &mut EvalAccumulator,
-    ) -> anyhow::Result<()> {
-        let rows = batch.rows;
-        let sae = self.pass.sae;
-        let scaled: Vec<f32>;
-        let x: &[f32] = if input_scale == 1.0 {
-            &batch.x
-        } else {
-            scaled = batch.x.iter().map(|v| v / input_scale).collect();
-            &scaled
-        };
-        self.pass.run(x, rows, |rec, fw| {
-            rec.clear(&self.fired);
-            launch_fire_counts(rec, &fw.top_idx, &fw.top_val, rows * sae.k, &self.fired)
-        })?;
-        let x_hat = self.pass.reconstructions(rows)?;
-        let fired: Vec<u32> = self.pass.gpu.read(&self.fired)?;
-        acc.add(x, &x_hat, &fired);
-        if let Some(counts) = self.pass.active_counts(rows)? {
-            acc.add_active(&counts, sae.k);
+impl Consumer for EvalConsumer {
+    fn needs_reconstruction(&self) -> bool {
+        true
+    }
+
+    fn record(
+        &mut self,
+        rec: &mut Recorder<'_>,
+        fw: &ForwardBuffers,
+        batch: &Scanned<'_>,
+    ) -> GpuResult<()> {
+        rec.clear(&self.fired);
+        let entries = batch.rows * self.k;
+        launch_fire_counts(rec, &fw.top_idx, &fw.top_val, entries, &self.fired)
+    }
+
+    fn consume(&mut self, pass: &ForwardPass<'_, '_>, batch: &Scanned<'_>) -> anyhow::Result<()> {
+        let x_hat = pass.reconstructions(batch.rows)?;
+        let fired: Vec<u32> = pass.gpu.read(&self.fired)?;
+        self.acc.add(batch.x, &x_hat, &fired);
+        if let Some(counts) = pass.active_counts(batch.rows)? {
+            self.acc.add_active(&counts, self.k);
         }
         Ok(())
     }
+}
 
-    /// Evaluates a whole stream.
-    pub fn run(
-        &self,
-        batches: impl Iterator<Item = Result<Batch, DataError>>,
-        input_scale: f32,
-        mut on_batch: impl FnMut(u64),
-    ) -> anyhow::Result<EvalAccumulator> {
-        let sae = self.pass.sae;
-        let mut acc = EvalAccumulator::new(sae.d_in, sae.d_sae);
-        for batch in batches {
-            let batch = batch?;
-            self.add_batch(&batch, input_scale, &mut acc)?;
-            on_batch(batch.rows as u64);
-        }
-        Ok(acc)
-    }
+/// The eval sums of `sae` over a stream of batches (inputs divided by `input_scale`).
+pub fn evaluate_stream(
+    gpu: &Gpu,
+    sae: &GpuSae,
+    batch_rows: usize,
+    stream: impl Iterator<Item = Result<crate::data::Batch, crate::data::DataError>>,
+    input_scale: f32,
+    on_rows: impl FnMut(u64),
+) -> anyhow::Result<EvalAccumulator> {
+    let mut consumer = EvalConsumer::new(gpu, sae)?;
+    let scan = Scan::new(gpu, sae, batch_rows, true)?;
+    scan.run(stream, input_scale, &mut [&mut consumer], on_rows)?;
+    Ok(consumer.acc)
 }
 
 /// How `sae eval` evaluates an SAE over shards; `sae frontier` uses the same, so its figures
@@ -248,10 +248,9 @@ pub fn evaluate(
     on_rows: impl FnMut(u64),
 ) -> anyhow::Result<(EvalAccumulator, usize)> {
     let sae = GpuSae::upload_with_cap(gpu, params, options.cap, options.batch_rows)?;
-    let evaluator = Evaluator::new(gpu, &sae, options.batch_rows)?;
     let mut stream_cfg = crate::data::StreamConfig::sequential(options.batch_rows);
     stream_cfg.skip_nonfinite = options.skip_nonfinite;
     let stream = crate::data::BatchStream::start(shards, stream_cfg)?;
-    let acc = evaluator.run(stream, 1.0, on_rows)?;
+    let acc = evaluate_stream(gpu, &sae, options.batch_rows, stream, 1.0, on_rows)?;
     Ok((acc, sae.k))
 }

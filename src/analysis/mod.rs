@@ -1,8 +1,7 @@
 //! Measuring SAEs on data: reconstruction metrics and feature statistics.
 
 pub mod categories;
-pub mod contexts;
 pub mod encode;
 pub mod eval;
 pub mod hist;
-pub mod plots;
+pub mod scan;

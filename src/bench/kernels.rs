@@ -14,9 +14,9 @@ use crate::gpu::kernels::encoder::{EncoderShape, GemmTiles};
 use crate::gpu::kernels::optim::AdamConfig;
 use crate::gpu::tune::time_gemm;
 use crate::gpu::{Gpu, GpuResult};
-use crate::sae::feed::{Feed, MemberStep};
 use crate::sae::params::SaeParams;
 use crate::sae::trainer::Trainer;
+use crate::sae::trainer::{Feed, MemberStep};
 
 /// One benchmark shape: a batch of `batch` rows through an SAE of `d_in` × `d_sae` with TopK k.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -20,13 +20,8 @@ use crate::gpu::kernels::optim::AdamConfig;
 use crate::gpu::tune::tiles_for;
 use crate::gpu::Gpu;
 use crate::io::{write_safetensors, TensorOut};
-use crate::sae::architecture::{
-    default_matryoshka_widths, Architecture, L0Penalty, ThresholdParam, DEFAULT_CLIP_GRAD_NORM,
-    DEFAULT_JUMPRELU_BANDWIDTH, DEFAULT_JUMPRELU_INIT_THRESHOLD, DEFAULT_PENALTY_COEFFICIENT,
-};
-use crate::sae::feed::{Feed, MemberStep};
-use crate::sae::params::SaeParams;
-use crate::sae::trainer::{ArchitectureSetup, AuxKConfig, JumpReluConfig, Trainer};
+use crate::sae::arch::{build_trainer, ArchSettings, Architecture, ModelConfig, TrainerOptions};
+use crate::sae::trainer::{AuxKConfig, Feed, MemberStep};
 
 /// How to run the benchmark.
 #[derive(Clone, Copy, Debug)]
@@ -165,37 +160,29 @@ fn run(
         },
     )?;
     let architecture = bench.architecture;
-    let candidates = architecture.row_candidates(k, d_sae);
-    let mut params = if architecture.penalized() {
-        SaeParams::init_relu(d_in, d_sae, candidates, 0)
-    } else {
-        SaeParams::init_topk(d_in, d_sae, candidates, 0)
-    };
-    params.b_dec = vec![0.0; d_in];
-    // AuxK for the TopK family only, as `sae train` does.
-    let auxk = (!architecture.penalized()).then_some(AuxKConfig {
-        alpha: 1.0 / 32.0,
-        k_aux: (d_in / 2).clamp(1, 512),
-    });
-    let setup = ArchitectureSetup {
+    let spec = architecture.spec();
+    // `sae train`'s defaults, with λ at its full value from the first step.
+    let mut settings = ArchSettings::defaults(1);
+    settings.relu.l1_warmup_steps = 1;
+    settings.jumprelu.l0_warmup_steps = 1;
+    let model = ModelConfig {
         architecture,
+        settings,
         k,
-        theta: 0.0,
-        matryoshka_widths: default_matryoshka_widths(d_sae),
-        clip: Some(DEFAULT_CLIP_GRAD_NORM as f32),
-        jumprelu: Some((
-            JumpReluConfig {
-                bandwidth: DEFAULT_JUMPRELU_BANDWIDTH as f32,
-                penalty: L0Penalty::Step,
-                param: ThresholdParam::Direct,
-                clip: None,
-            },
-            vec![DEFAULT_JUMPRELU_INIT_THRESHOLD as f32; d_sae],
-        )),
+        d_sae,
+    };
+    let params = spec.init(d_in, &model, 0);
+    let options = TrainerOptions {
+        batch_rows: batch,
+        adam: AdamConfig::default(),
+        dead_tokens: 10_000_000,
+        auxk: AuxKConfig {
+            alpha: 1.0 / 32.0,
+            k_aux: (d_in / 2).clamp(1, 512),
+        },
     };
     gpu.allocations.reset_peak();
-    let mut trainer = Trainer::new(gpu, &params, batch, AdamConfig::default(), 10_000_000, auxk)?
-        .for_architecture(&setup)?;
+    let mut trainer = build_trainer(gpu, &params, &model, &options, None)?;
     // The tile shape `sae train` would use: the cached choice for this adapter, if any.
     let gemm = EncoderShape {
         rows: batch,
@@ -210,11 +197,7 @@ fn run(
         lr: 1e-4,
         step,
         with_metrics: step.is_multiple_of(log_every as u64),
-        penalty: if architecture.penalized() {
-            DEFAULT_PENALTY_COEFFICIENT
-        } else {
-            0.0
-        },
+        penalty: spec.penalty_at(&model.settings, step),
     };
     let mut stream = stream.peekable();
     let mut step = 0u64;

@@ -10,7 +10,7 @@ use crate::data::ActDtype;
 use crate::gpu::kernels::encoder::EncoderShape;
 use crate::gpu::tune::tune;
 use crate::gpu::Gpu;
-use crate::sae::architecture::Architecture;
+use crate::sae::arch::Architecture;
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {

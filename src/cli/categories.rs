@@ -1,51 +1,31 @@
 //! `sae categories SAE [SHARDS…] --out DIR`: from one feature to the category it belongs to and
-//! the structure that produces it. Flags become a [`CategoriesConfig`], the pipeline runs in
-//! `analysis::categories::pipeline`, the report module writes the files, and this prints.
+//! the structure that produces it. Flags become a [`CategoriesRequest`], the job
+//! (run::categories) runs the pipeline and writes the report, and this prints.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::bail;
 use clap::Args;
 
-use super::eval::progress;
+use super::args::InputArgs;
 use super::GpuArgs;
 use crate::analysis::categories::cluster::LeidenQuality;
-use crate::analysis::categories::cooccurrence::pair_counts;
-use crate::analysis::categories::cooccurrence::{
-    CooccurrenceMeasure, CooccurrenceUnit, PartnerConfig,
+use crate::analysis::categories::config::{CategoriesConfig, Method};
+use crate::analysis::categories::cooccurrence::{CooccurrenceMeasure, CooccurrenceUnit};
+use crate::analysis::categories::{CategoriesResult, RankBy};
+use crate::run::categories::{
+    categories, CategoriesOutcome, CategoriesRequest, CooccurrenceRequest,
 };
-use crate::analysis::categories::families::load_families;
-use crate::analysis::categories::pipeline::{
-    find_categories, shard_passes, CategoriesConfig, CategoriesInputs, CategoriesResult,
-    CooccurrenceConfig, Method,
-};
-use crate::analysis::categories::report::{
-    prepare_output_dir, read_contexts, write_outputs, OutputContext,
-};
-use crate::analysis::categories::writers::load_model;
-use crate::analysis::categories::RankBy;
-use crate::analysis::contexts::load_tokenizer;
-use crate::data::column::RowColumn;
-use crate::data::parts::{split, Part};
-use crate::data::{expand_inputs, open_shards};
-use crate::run::parts::{merge_cooccurrence_parts, save_cooccurrence_part};
-use crate::sae::formats::{load_sae, load_sae_at};
-use crate::sae::forward::{GpuSae, DEFAULT_CAP};
-use crate::sae::params::SaeParams;
 
 #[derive(Args, Debug)]
 pub struct CategoriesArgs {
-    /// SAE directory: sparsify, SAELens, or a `sae train` run directory.
-    sae: PathBuf,
-    /// Activation shards (files, directories or globs) to study the top categories on.
-    shards: Vec<PathBuf>,
+    /// The SAE, the shards (files, directories or globs) to study the top categories on, and
+    /// with `--part I/N` this part's co-occurrence count only (a later run with
+    /// --cooccurrence-from sums the parts and finishes the categories).
+    #[command(flatten)]
+    input: InputArgs,
     /// Output directory: categories.json, categories.safetensors, index.html, plots/.
     #[arg(long)]
     out: PathBuf,
-    /// A sparsify run saved for several hookpoints: the one to use (its subdirectory).
-    #[arg(long)]
-    hookpoint: Option<String>,
     /// Neighbours kept per feature in the decoder-cosine kNN graph.
     #[arg(long, default_value_t = 16)]
     neighbours: usize,
@@ -138,11 +118,6 @@ pub struct CategoriesArgs {
     /// A `sae hist --tokenizer` output directory, for each member's top activating contexts.
     #[arg(long)]
     hist: Option<PathBuf>,
-    /// Count only the co-occurrence of part I of N (0-based) of the shards (sorted by path,
-    /// split into N groups of whole shards balanced by rows) into --out; a later run with
-    /// --cooccurrence-from sums the parts and finishes the categories.
-    #[arg(long, value_name = "I/N")]
-    part: Option<Part>,
     /// Directories of `--part I/N` runs: use the sum of their co-occurrence counts instead of
     /// counting on the shards (the same SAE and co-occurrence flags as the parts).
     #[arg(long, num_args = 1.., value_name = "PART_DIRS")]
@@ -151,9 +126,6 @@ pub struct CategoriesArgs {
     /// {"regex": "…"}; writes families.json (needs --tokenizer and shards with tokens).
     #[arg(long)]
     families: Option<PathBuf>,
-    /// Name of the activation tensor in the shards.
-    #[arg(long, default_value = "activations")]
-    tensor: String,
     /// Rows (and features) per GPU batch.
     #[arg(long, default_value_t = 1024)]
     batch_size: usize,
@@ -163,191 +135,72 @@ pub struct CategoriesArgs {
     gpu: GpuArgs,
 }
 
+impl CategoriesArgs {
+    fn request(&self) -> anyhow::Result<CategoriesRequest> {
+        let usage = "usage: sae categories SAE [SHARDS…] --out DIR";
+        Ok(CategoriesRequest {
+            inputs: self.input.inputs(&self.gpu, usage)?,
+            out: self.out.clone(),
+            config: CategoriesConfig {
+                neighbours: self.neighbours,
+                min_cosine: self.min_cosine,
+                method: self.method,
+                quality: self.quality,
+                resolution: self.resolution.clone(),
+                link_top: self.link_top,
+                link_cosine: self.link_cosine,
+                n_clusters: self.n_clusters,
+                cooccurrence: None,
+                seed: self.seed,
+                feature: self.feature,
+                samples: self.samples,
+                top: self.top,
+                rank_by: self.rank_by,
+                null_draws: self.null_draws,
+                batch_size: self.batch_size,
+            },
+            cooccurrence: CooccurrenceRequest {
+                weight: self.cooccurrence_weight,
+                measure: self.cooccurrence,
+                unit: self.cooccurrence_unit,
+                chunk: self.chunk,
+                document_column: self.document_column.clone(),
+                partners: self.partners,
+                min_joint: self.min_joint,
+                fires_above: self.fires_above,
+                memory_mib: self.cooccurrence_memory,
+            },
+            cooccurrence_from: self.cooccurrence_from.clone(),
+            model: self.model.clone(),
+            tokenizer: self.tokenizer.clone(),
+            hist: self.hist.clone(),
+            families: self.families.clone(),
+            across: self.across.clone(),
+            quiet: self.quiet,
+        })
+    }
+}
+
 pub fn run(args: CategoriesArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
-    anyhow::ensure!(
-        (1..=511).contains(&args.neighbours),
-        "--neighbours must be between 1 and 511"
-    );
-    anyhow::ensure!(
-        args.link_top >= 1 && args.link_top <= args.neighbours,
-        "--link-top must be between 1 and --neighbours"
-    );
-    anyhow::ensure!(
-        args.samples > 0,
-        "--samples must be at least 1 (it is the number of reconstructions kept per category)"
-    );
-    anyhow::ensure!(
-        args.resolution.iter().all(|r| r.is_finite() && *r > 0.0),
-        "--resolution values must be positive"
-    );
-    anyhow::ensure!(args.null_draws >= 10, "--null-draws must be at least 10");
-    if args.method == Method::Spectral && args.n_clusters.is_none() {
-        bail!("--method spectral needs --n-clusters");
-    }
-    let cooccurrence = cooccurrence_config(&args)?;
-    if args.rank_by == RankBy::Engels && args.shards.is_empty() {
-        bail!("--rank-by engels needs shards: the indices are measured on reconstructions");
-    }
-    let loaded = load_sae_at(&args.sae, args.hookpoint.as_deref())?;
-    let params = &loaded.params;
-    let (d_in, d_sae) = (params.d_in, params.d_sae);
-    anyhow::ensure!(
-        d_sae >= 2,
-        "{}: the SAE has one feature",
-        args.sae.display()
-    );
-    if let Some(feature) = args.feature {
-        if feature >= d_sae {
-            bail!(
-                "--feature {feature} is out of range: {} has features 0..{}",
-                args.sae.display(),
-                d_sae - 1
-            );
-        }
-    }
-    // Everything that can be refused is checked before any GPU work or output.
-    let model = args.model.as_deref().map(load_model).transpose()?;
-    if let Some(model) = &model {
-        if model.d_model != d_in {
-            bail!(
-                "{}: the SAE's d_in is {d_in} but the model's hidden size is {} ({})",
-                args.sae.display(),
-                model.d_model,
-                model.path.with_file_name("config.json").display()
-            );
-        }
-    }
-    let tokenizer = args.tokenizer.as_deref().map(load_tokenizer).transpose()?;
-    let token_text = |t: i32| -> String {
-        match (&tokenizer, u32::try_from(t)) {
-            (Some(tok), Ok(id)) => tok
-                .decode(&[id], false)
-                .unwrap_or_else(|_| format!("#{id}")),
-            _ => format!("#{t}"),
-        }
-    };
-    let families = match (&args.families, &tokenizer) {
-        (None, _) => None,
-        (Some(_), None) => bail!("--families needs --tokenizer: families are sets of tokens"),
-        (Some(path), Some(tok)) => {
-            if args.shards.is_empty() {
-                bail!("--families needs shards: specific features are counted on data");
-            }
-            Some(load_families(path, tok.get_vocab_size(true), &token_text)?)
-        }
-    };
-    let other = args.across.as_deref().map(load_sae).transpose()?;
-    if let Some(other) = &other {
-        if other.params.d_in != d_in {
-            bail!(
-                "--across {}: d_in {} differs from {}'s {d_in}",
-                other.dir.display(),
-                other.params.d_in,
-                args.sae.display()
-            );
-        }
-    }
-    let shards = Arc::new(if args.shards.is_empty() {
-        Vec::new()
-    } else {
-        open_shards(&expand_inputs(&args.shards)?, &args.tensor, Some(d_in))?
-    });
-    if let Some(part) = args.part {
-        return count_part(&args, part, cooccurrence, &loaded, shards);
-    }
-    let merged = match (&cooccurrence, args.cooccurrence_from.is_empty()) {
-        (_, true) => None,
-        (None, false) => {
-            bail!("--cooccurrence-from needs co-occurrence on (a --cooccurrence-weight above 0)")
-        }
-        (Some(c), false) => {
-            let (counts, rows) = merge_cooccurrence_parts(
-                &args.cooccurrence_from,
-                &part_settings(&loaded.params, c),
-            )?;
-            let here: u64 = shards.iter().map(|s| s.rows as u64).sum();
-            if !shards.is_empty() && here != rows {
-                bail!(
-                    "the parts in --cooccurrence-from split {rows} rows but the shards given hold {here}: give the same shards"
+    let request = args.request()?;
+    let (result, tokens) = match categories(&request)? {
+        CategoriesOutcome::Part { info, units, pairs } => {
+            if !args.quiet {
+                println!(
+                    "part {}/{}: {} of {} shards, {} rows, {units} units, {pairs} pairs seen together → {}",
+                    info.index,
+                    info.count,
+                    info.shards.len(),
+                    info.total_shards,
+                    info.rows,
+                    args.out.display()
                 );
             }
-            Some(counts)
+            return Ok(());
         }
+        CategoriesOutcome::Report(report) => (report.result, report.tokens),
     };
-    let documents = match (&cooccurrence, &args.document_column, &merged) {
-        (Some(_), Some(name), None) => Some(RowColumn::open(&shards, name)?),
-        _ => None,
-    };
-    let contexts = args.hist.as_deref().map(read_contexts).transpose()?;
-    prepare_output_dir(&args.out)?;
-
-    let config = CategoriesConfig {
-        neighbours: args.neighbours,
-        min_cosine: args.min_cosine,
-        method: args.method,
-        quality: args.quality,
-        resolution: args.resolution.clone(),
-        link_top: args.link_top,
-        link_cosine: args.link_cosine,
-        n_clusters: args.n_clusters,
-        cooccurrence,
-        seed: args.seed,
-        feature: args.feature,
-        samples: args.samples,
-        top: args.top,
-        rank_by: args.rank_by,
-        null_draws: args.null_draws,
-        batch_size: args.batch_size,
-    };
-    let gpu = args.gpu.open()?;
-    let total_rows: u64 = shards.iter().map(|s| s.rows as u64).sum();
-    let passes = if shards.is_empty() {
-        0
-    } else {
-        shard_passes(&config, d_sae, gpu.binding_limit(), merged.is_some())
-    };
-    let bar = progress(total_rows * passes, args.quiet || passes == 0);
-    let result = find_categories(
-        &gpu,
-        &CategoriesInputs {
-            params,
-            shards,
-            model: model.as_ref(),
-            vocab: tokenizer.as_ref().map(|t| {
-                (
-                    t.get_vocab_size(true),
-                    &token_text as &dyn Fn(i32) -> String,
-                )
-            }),
-            across: other.as_ref().map(|o| &o.params),
-            families: families.as_ref(),
-            documents: documents.as_ref(),
-            counts: merged.as_ref(),
-        },
-        &config,
-        |rows| bar.inc(rows),
-    )
-    .map_err(|e| match &args.tokenizer {
-        Some(path) if e.to_string().contains("tokenizer's vocabulary") => {
-            anyhow::anyhow!("{}: {e}", path.display())
-        }
-        _ => e,
-    })?;
-    bar.finish_and_clear();
-    write_outputs(
-        &args.out,
-        &result,
-        &config,
-        &OutputContext {
-            sae: &args.sae,
-            provenance: serde_json::to_value(&loaded.provenance)?,
-            sae_description: &loaded.provenance.describe(),
-            across: other.as_ref().map(|o| (o.dir.as_path(), o.params.d_sae)),
-            token_text: &token_text,
-            contexts: contexts.as_ref(),
-        },
-    )?;
+    let token_text = |t: i32| tokens.text(t);
     if !args.quiet {
         print_summary(&args, &result, &token_text);
     }
@@ -382,177 +235,6 @@ fn print_families(result: &CategoriesResult) {
             ),
         }
     }
-}
-
-/// What the parts of a split co-occurrence count must share: the SAE (its decoder, by a
-/// fingerprint, since machines may see it at different paths) and the counting flags.
-fn part_settings(params: &SaeParams, c: &CooccurrenceConfig) -> serde_json::Value {
-    // FNV-1a over the decoder's bytes.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in bytemuck::cast_slice::<f32, u8>(&params.w_dec) {
-        hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
-    }
-    let p = &c.partners;
-    serde_json::json!({
-        "d_sae": params.d_sae,
-        "decoder_fnv1a": format!("{hash:016x}"),
-        "unit": p.unit,
-        "chunk": (p.unit == CooccurrenceUnit::Chunk).then_some(p.chunk_rows),
-        "fires_above": p.fires_above,
-    })
-}
-
-/// `--part I/N`: the co-occurrence counts of this part's shards, written into --out.
-fn count_part(
-    args: &CategoriesArgs,
-    part: Part,
-    cooccurrence: Option<CooccurrenceConfig>,
-    loaded: &crate::sae::formats::LoadedSae,
-    shards: Arc<Vec<crate::data::Shard>>,
-) -> anyhow::Result<()> {
-    let Some(c) = cooccurrence else {
-        bail!("--part splits the co-occurrence count: it needs shards and co-occurrence on (a --cooccurrence-weight above 0)");
-    };
-    if !args.cooccurrence_from.is_empty() {
-        bail!("--part counts one part; --cooccurrence-from merges parts: use one of them");
-    }
-    // The run has not shared the list yet.
-    let mut sorted = Arc::try_unwrap(shards)
-        .map_err(|_| anyhow::anyhow!("the shard list is in use elsewhere"))?;
-    sorted.sort_by(|a, b| a.path.cmp(&b.path));
-    if c.partners.unit == CooccurrenceUnit::Chunk {
-        // Chunks run across shard boundaries; a split between whole shards is exact only
-        // where no chunk straddles one.
-        if let Some(s) = sorted[..sorted.len() - 1]
-            .iter()
-            .find(|s| s.rows % c.partners.chunk_rows != 0)
-        {
-            bail!(
-                "{}: {} rows is not a multiple of --chunk {}, so a chunk would straddle two parts; use --cooccurrence-unit row or document, or a --chunk dividing every shard",
-                s.path.display(),
-                s.rows,
-                c.partners.chunk_rows
-            );
-        }
-    }
-    let (mine, info) = split(sorted, part)?;
-    let mine = Arc::new(mine);
-    let documents = args
-        .document_column
-        .as_ref()
-        .map(|name| RowColumn::open(&mine, name))
-        .transpose()?;
-    prepare_output_dir(&args.out)?;
-    let gpu = args.gpu.open()?;
-    let sae = GpuSae::upload_with_cap(&gpu, &loaded.params, DEFAULT_CAP, args.batch_size)?;
-    let bar = progress(info.rows, args.quiet);
-    let counts = pair_counts(
-        &gpu,
-        &sae,
-        Arc::clone(&mine),
-        c.partners,
-        documents.as_ref(),
-        args.batch_size,
-        |rows| bar.inc(rows),
-    )?;
-    bar.finish_and_clear();
-    save_cooccurrence_part(&args.out, &counts, &info, part_settings(&loaded.params, &c))?;
-    if !args.quiet {
-        println!(
-            "part {}/{}: {} of {} shards, {} rows, {} units, {} pairs seen together → {}",
-            info.index,
-            info.count,
-            info.shards.len(),
-            info.total_shards,
-            info.rows,
-            counts.units,
-            counts.i.len(),
-            args.out.display()
-        );
-    }
-    Ok(())
-}
-
-/// The co-occurrence half of the graph from the flags: on by default with shards (weight 1),
-/// off without; any co-occurrence flag without shards is an error.
-fn cooccurrence_config(args: &CategoriesArgs) -> anyhow::Result<Option<CooccurrenceConfig>> {
-    let given: Vec<&str> = [
-        ("--cooccurrence-weight", args.cooccurrence_weight.is_some()),
-        ("--cooccurrence", args.cooccurrence.is_some()),
-        ("--cooccurrence-unit", args.cooccurrence_unit.is_some()),
-        ("--chunk", args.chunk.is_some()),
-        ("--document-column", args.document_column.is_some()),
-        ("--partners", args.partners.is_some()),
-        ("--min-joint", args.min_joint.is_some()),
-        ("--fires-above", args.fires_above.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(flag, set)| set.then_some(flag))
-    .collect();
-    if let Some(w) = args.cooccurrence_weight {
-        anyhow::ensure!(
-            (0.0..=1.0).contains(&w),
-            "--cooccurrence-weight must lie in [0, 1]"
-        );
-    }
-    if let Some(flag) = given.first() {
-        if args.shards.is_empty() && args.cooccurrence_weight != Some(0.0) {
-            bail!("{flag} needs shards: co-occurrence is counted on data");
-        }
-    }
-    anyhow::ensure!(
-        args.partners.is_none_or(|m| m >= 1),
-        "--partners must be at least 1"
-    );
-    anyhow::ensure!(
-        args.chunk.is_none_or(|c| c >= 1),
-        "--chunk must be at least 1"
-    );
-    if args.chunk.is_some() && args.cooccurrence_unit != Some(CooccurrenceUnit::Chunk) {
-        bail!("--chunk sets the chunk of --cooccurrence-unit chunk; add that flag");
-    }
-    match (args.cooccurrence_unit, &args.document_column) {
-        (Some(CooccurrenceUnit::Document), None) => {
-            bail!("--cooccurrence-unit document needs --document-column NAME (the shards' per-row document id)")
-        }
-        (unit, Some(_)) if unit != Some(CooccurrenceUnit::Document) => {
-            bail!("--document-column is read with --cooccurrence-unit document; add that flag")
-        }
-        _ => {}
-    }
-    let fires_above = args.fires_above.unwrap_or(0.0);
-    anyhow::ensure!(
-        fires_above.is_finite() && fires_above >= 0.0,
-        "--fires-above must be a non-negative number"
-    );
-    anyhow::ensure!(
-        args.cooccurrence_memory >= 1,
-        "--cooccurrence-memory must be at least 1 MiB"
-    );
-    if args.method == Method::Engels {
-        if args.cooccurrence_weight.is_some_and(|w| w > 0.0) {
-            bail!("--cooccurrence-weight blends the graph's affinities, which --method engels does not use (it links by decoder cosine alone)");
-        }
-        return Ok(None);
-    }
-    let weight = args
-        .cooccurrence_weight
-        .unwrap_or(if args.shards.is_empty() { 0.0 } else { 1.0 });
-    if weight == 0.0 {
-        return Ok(None);
-    }
-    Ok(Some(CooccurrenceConfig {
-        weight,
-        partners: PartnerConfig {
-            unit: args.cooccurrence_unit.unwrap_or(CooccurrenceUnit::Row),
-            chunk_rows: args.chunk.unwrap_or(256),
-            fires_above,
-            measure: args.cooccurrence.unwrap_or(CooccurrenceMeasure::Phi),
-            partners: args.partners.unwrap_or(16),
-            min_joint: args.min_joint.unwrap_or(3),
-            memory_bytes: args.cooccurrence_memory << 20,
-        },
-    }))
 }
 
 fn print_summary(

@@ -2,15 +2,13 @@
 //! (a sweep directory counts as its members), as frontier.json and frontier.png.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::Args;
 
-use super::eval::{progress, EvalFlags};
+use super::args::PassArgs;
 use super::GpuArgs;
 use crate::analysis::eval::EvalOptions;
-use crate::data::{expand_inputs, open_shards};
-use crate::run::frontier::{expand_runs, frontier};
+use crate::run::frontier::{frontier, FrontierRequest};
 
 #[derive(Args, Debug)]
 pub struct FrontierArgs {
@@ -24,8 +22,11 @@ pub struct FrontierArgs {
     /// Output directory: frontier.json and frontier.png.
     #[arg(long)]
     out: PathBuf,
+    /// Name of the activation tensor in the shards.
+    #[arg(long, default_value = "activations")]
+    tensor: String,
     #[command(flatten)]
-    options: EvalFlags,
+    pass: PassArgs,
     #[arg(long)]
     quiet: bool,
     #[command(flatten)]
@@ -33,28 +34,20 @@ pub struct FrontierArgs {
 }
 
 pub fn run(args: FrontierArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.options.batch_size > 0,
-        "--batch-size must be at least 1"
-    );
-    let runs = expand_runs(&args.runs)?;
-    let shards = open_shards(&expand_inputs(&args.eval)?, &args.options.tensor, None)?;
-    let total: u64 = shards.iter().map(|s| s.rows as u64).sum::<u64>() * runs.len() as u64;
-    let gpu = args.gpu.open()?;
-    let bar = progress(total, args.quiet);
-    let points = frontier(
-        &gpu,
-        &runs,
-        Arc::new(shards),
-        EvalOptions {
-            batch_rows: args.options.batch_size,
-            cap: args.options.cap,
+    let request = FrontierRequest {
+        runs: args.runs,
+        eval: args.eval,
+        tensor: args.tensor,
+        options: EvalOptions {
+            batch_rows: args.pass.batch_size,
+            cap: args.pass.cap,
             skip_nonfinite: false,
         },
-        &args.out,
-        |rows| bar.inc(rows),
-    )?;
-    bar.finish_and_clear();
+        out: args.out,
+        quiet: args.quiet,
+        adapter: args.gpu.request(),
+    };
+    let points = frontier(&request)?;
     if !args.quiet {
         println!(
             "{:<14} {:>8} {:>9} {:>9}  run",
@@ -66,7 +59,7 @@ pub fn run(args: FrontierArgs) -> anyhow::Result<()> {
                 p.architecture, p.l0, p.fvu, p.dead_frac, p.dir
             );
         }
-        println!("→ {}", args.out.join("frontier.png").display());
+        println!("→ {}", request.out.join("frontier.png").display());
     }
     Ok(())
 }

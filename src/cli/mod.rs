@@ -1,7 +1,9 @@
-//! The `sae` command line: argument parsing and the one place errors become a message and an
-//! exit code.
+//! The `sae` command line: each command maps its flags to a job's request (src/run), makes one
+//! library call and prints the report; shared argument groups live in `args.rs`. This is also
+//! the one place errors become a message and an exit code.
 
 mod adapters;
+mod args;
 mod bench;
 mod categories;
 mod encode;
@@ -13,9 +15,9 @@ mod train;
 
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
-use crate::gpu::{AdapterRequest, BackendChoice, Gpu};
+pub use args::GpuArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -51,40 +53,6 @@ enum Command {
     /// Benchmarks (JSON lines with --json).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-}
-
-/// Adapter selection shared by every command that runs on the GPU.
-#[derive(Args, Debug, Clone, Default)]
-pub struct GpuArgs {
-    /// Adapter to use: an index from `sae adapters` or part of its name.
-    #[arg(long, env = "SAE_ADAPTER", global = true)]
-    pub adapter: Option<String>,
-    /// Graphics API to go through.
-    #[arg(long, value_enum, global = true)]
-    pub backend: Option<BackendChoice>,
-    /// Treat one storage binding as at most this many bytes (below the adapter's own limit):
-    /// dictionaries past it are split into blocks of latents. For testing the split path.
-    #[arg(
-        long,
-        env = "SAE_MAX_BINDING_BYTES",
-        global = true,
-        hide_short_help = true
-    )]
-    pub max_binding_bytes: Option<u64>,
-}
-
-impl GpuArgs {
-    pub fn request(&self) -> AdapterRequest {
-        AdapterRequest {
-            adapter: self.adapter.clone(),
-            backend: self.backend,
-            max_binding_override: self.max_binding_bytes,
-        }
-    }
-
-    pub fn open(&self) -> anyhow::Result<Gpu> {
-        Ok(Gpu::new(&self.request())?)
-    }
 }
 
 fn init_tracing() {

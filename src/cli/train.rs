@@ -1,26 +1,16 @@
-//! `sae train`: flags → a [`TrainConfig`], the bundled default when no data is given.
+//! `sae train`: flags → a [`TrainRequest`] (the job resolves defaults, the quick start's where
+//! no data is given) → one run or sweep → the report printed.
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail};
 use clap::Args;
 
 use super::GpuArgs;
 use crate::data::parts::Part;
-use crate::data::synth::{write_synthetic, SynthConfig};
-use crate::data::{expand_inputs, open_shards, RowRange};
-use crate::gpu::kernels::topk::MAX_K;
-use crate::run::sweep::{plan, train_sweep, SweepAxes, SweepReport};
 use crate::run::train::{
-    default_format, refuse_existing_run, train, validate, BDecInit, ExportFormat, RunOptions,
-    TrainConfig,
+    resolve, BDecInit, ExportFormat, SweepReport, TrainOutcome, TrainReport, TrainRequest,
 };
-use crate::sae::architecture::{
-    Architecture, L0Penalty, ThresholdParam, DEFAULT_CLIP_GRAD_NORM, DEFAULT_JUMPRELU_BANDWIDTH,
-    DEFAULT_JUMPRELU_INIT_THRESHOLD, DEFAULT_PENALTY_COEFFICIENT,
-};
-use crate::sae::forward::DEFAULT_CAP;
-use crate::sae::schedule::default_lr;
+use crate::sae::arch::{Architecture, L0Penalty, ThresholdParam};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -181,272 +171,80 @@ pub struct TrainArgs {
     gpu: GpuArgs,
 }
 
-fn default_run_dir() -> PathBuf {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    PathBuf::from("runs").join(format!("run-{secs}"))
-}
-
 fn parse_sweep_part(text: &str) -> Result<Part, String> {
     text.parse::<Part>()
         .map_err(|e| e.replace("--part", "--sweep-part"))
 }
 
-/// One value of a flag that takes several only in a sweep.
-fn one<T: Copy>(values: &[T], default: T) -> T {
-    values.first().copied().unwrap_or(default)
+impl TrainArgs {
+    fn request(self) -> TrainRequest {
+        TrainRequest {
+            shards: self.shards,
+            out: self.out,
+            resume: self.resume,
+            overwrite: self.overwrite,
+            quiet: self.quiet,
+            tune: !self.no_tune,
+            stop_after: self.stop_after,
+            sweep_part: self.sweep_part,
+            tensor: self.tensor,
+            architecture: self.architecture,
+            k: self.k,
+            expansion_factor: self.expansion_factor,
+            d_sae: self.d_sae,
+            cap: self.cap,
+            matryoshka_widths: self.matryoshka_widths,
+            l1_coefficient: self.l1_coefficient,
+            l1_warmup_steps: self.l1_warmup_steps,
+            l0_coefficient: self.l0_coefficient,
+            l0_warmup_steps: self.l0_warmup_steps,
+            l0_penalty: self.l0_penalty,
+            jumprelu_bandwidth: self.jumprelu_bandwidth,
+            jumprelu_init_threshold: self.jumprelu_init_threshold,
+            jumprelu_threshold_param: self.jumprelu_threshold_param,
+            clip_grad_norm: self.clip_grad_norm,
+            batch_size: self.batch_size,
+            tokens: self.tokens,
+            epochs: self.epochs,
+            eval: self.eval,
+            eval_fraction: self.eval_fraction,
+            shuffle_buffer: self.shuffle_buffer,
+            data_seed: self.data_seed,
+            skip_nonfinite: self.skip_nonfinite,
+            lr: self.lr,
+            lr_warmup_steps: self.lr_warmup_steps,
+            adam_beta1: self.adam_beta1,
+            adam_beta2: self.adam_beta2,
+            adam_eps: self.adam_eps,
+            seed: self.seed,
+            b_dec_init: self.b_dec_init,
+            normalize_activations: self.normalize_activations,
+            auxk_alpha: self.auxk_alpha,
+            auxk_k: self.auxk_k,
+            dead_tokens: self.dead_tokens,
+            checkpoint_every: self.checkpoint_every,
+            log_every: self.log_every,
+            eval_every: self.eval_every,
+            format: self.format,
+        }
+    }
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let gpu = args.gpu.open()?;
-    if let Some(run_dir) = args.resume.clone() {
-        let options = RunOptions {
-            run_dir: run_dir.clone(),
-            resume: true,
-            overwrite: false,
-            quiet: args.quiet,
-            stop_after: args.stop_after,
-            tune: !args.no_tune,
-        };
-        if run_dir.join("sweep.json").exists()
-            || !run_dir.join("config.json").exists() && holds_runs(&run_dir)
-        {
-            let report = train_sweep(&gpu, None, &run_dir, args.sweep_part, &options)?;
-            return print_sweep(&report, args.quiet);
-        }
-        if args.sweep_part.is_some() {
-            bail!(
-                "--sweep-part: {} is not a sweep (no sweep.json)",
-                run_dir.display()
-            );
-        }
-        let report = train(&gpu, None, &options)?;
-        return print_report(&report, args.quiet);
-    }
-    let run_dir = args.out.clone().unwrap_or_else(default_run_dir);
-    let quickstart = args.shards.is_empty();
-    let options = RunOptions {
-        run_dir: run_dir.clone(),
-        resume: false,
-        overwrite: args.overwrite,
-        quiet: args.quiet,
-        stop_after: args.stop_after,
-        tune: !args.no_tune,
-    };
-    let inputs = if quickstart {
-        // Checked before the synthetic data is written into the directory.
-        refuse_existing_run(&run_dir, false, args.overwrite)?;
-        let synth = SynthConfig::default();
-        if !args.quiet {
-            eprintln!(
-                "no shards given: generating a synthetic dataset ({} rows, d_in {}, {} true features) in {}",
-                synth.rows_per_shard * synth.shards,
-                synth.d_in,
-                synth.n_features,
-                run_dir.join("synthetic-data").display()
-            );
-        }
-        write_synthetic(&synth, &run_dir.join("synthetic-data"))?
-    } else {
-        args.shards.clone()
-    };
-    let shards = open_shards(&expand_inputs(&inputs)?, &args.tensor, None)?;
-    let d_in = shards[0].d_in;
-    let expansion_default = if quickstart { 4 } else { 8 };
-    let sizes: Vec<usize> = match args.d_sae {
-        Some(d_sae) => vec![d_sae],
-        None if args.expansion_factor.is_empty() => vec![d_in * expansion_default],
-        None => args.expansion_factor.iter().map(|e| d_in * e).collect(),
-    };
-    let d_sae = sizes[0];
-    let batch_size = args
-        .batch_size
-        .unwrap_or(if quickstart { 512 } else { 4096 });
-    if batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
-    let eval_fraction = if args.eval.is_empty() {
-        args.eval_fraction
-    } else {
-        0.0
-    };
-    let train_range = if eval_fraction > 0.0 {
-        RowRange::Head(eval_fraction)
-    } else {
-        RowRange::All
-    };
-    let rows: u64 = shards
-        .iter()
-        .map(|s| train_range.range(s.rows).len() as u64)
-        .sum();
-    let steps = match args.tokens {
-        Some(tokens) => tokens / batch_size as u64,
-        None => rows * args.epochs.unwrap_or(if quickstart { 2 } else { 1 }) / batch_size as u64,
-    };
-    if steps == 0 {
-        bail!(
-            "the budget ({} training rows{}) is smaller than one batch of {batch_size}; lower --batch-size",
-            rows,
-            args.tokens.map_or(String::new(), |t| format!(", --tokens {t}"))
-        );
-    }
-    let architecture = one(&args.architecture, Architecture::TopK);
-    let relu_cap = args.cap.unwrap_or(DEFAULT_CAP);
-    let only_penalized =
-        !args.architecture.is_empty() && args.architecture.iter().all(|a| a.penalized());
-    if only_penalized && !args.k.is_empty() {
-        bail!(
-            "--k does not apply to --architecture {} (its codes are capped by --cap)",
-            architecture.name()
-        );
-    }
-    let any = |wanted: &[Architecture]| args.architecture.iter().any(|a| wanted.contains(a));
-    let flags_for = [
-        (
-            "relu",
-            any(&[Architecture::Relu]),
-            vec![
-                ("--l1-coefficient", !args.l1_coefficient.is_empty()),
-                ("--l1-warmup-steps", args.l1_warmup_steps.is_some()),
-            ],
-        ),
-        (
-            "jumprelu",
-            any(&[Architecture::JumpRelu]),
-            vec![
-                ("--l0-coefficient", !args.l0_coefficient.is_empty()),
-                ("--l0-warmup-steps", args.l0_warmup_steps.is_some()),
-                ("--l0-penalty", args.l0_penalty.is_some()),
-                ("--jumprelu-bandwidth", args.jumprelu_bandwidth.is_some()),
-                (
-                    "--jumprelu-init-threshold",
-                    args.jumprelu_init_threshold.is_some(),
-                ),
-                (
-                    "--jumprelu-threshold-param",
-                    args.jumprelu_threshold_param.is_some(),
-                ),
-            ],
-        ),
-        (
-            "relu or jumprelu",
-            any(&[Architecture::Relu, Architecture::JumpRelu]),
-            vec![
-                ("--clip-grad-norm", args.clip_grad_norm.is_some()),
-                ("--cap", args.cap.is_some()),
-            ],
-        ),
-    ];
-    for (applies_to, wanted, flags) in flags_for {
-        if let (false, Some((flag, _))) = (wanted, flags.iter().find(|(_, given)| *given)) {
-            bail!(
-                "{flag} applies to --architecture {applies_to}, not {}",
-                architecture.name()
-            );
-        }
-    }
-    if relu_cap == 0 || relu_cap > MAX_K {
-        bail!("--cap {relu_cap}: must be between 1 and {MAX_K}");
-    }
-    let lr_for = |d_sae: usize| if quickstart { 4e-3 } else { default_lr(d_sae) };
-    let config = TrainConfig {
-        inputs,
-        tensor: args.tensor.clone(),
-        eval_inputs: args.eval.clone(),
-        eval_fraction,
-        eval_every: args.eval_every,
-        architecture: one(&args.architecture, Architecture::TopK),
-        matryoshka_widths: args.matryoshka_widths.clone(),
-        l1_coefficient: one(&args.l1_coefficient, DEFAULT_PENALTY_COEFFICIENT),
-        l1_warmup_steps: args.l1_warmup_steps.unwrap_or((steps / 20).max(1)),
-        l0_coefficient: one(&args.l0_coefficient, DEFAULT_PENALTY_COEFFICIENT),
-        l0_warmup_steps: args.l0_warmup_steps.unwrap_or((steps / 20).max(1)),
-        l0_penalty: args.l0_penalty.unwrap_or_default(),
-        jumprelu_bandwidth: args
-            .jumprelu_bandwidth
-            .unwrap_or(DEFAULT_JUMPRELU_BANDWIDTH),
-        jumprelu_init_threshold: args
-            .jumprelu_init_threshold
-            .unwrap_or(DEFAULT_JUMPRELU_INIT_THRESHOLD),
-        jumprelu_threshold_param: args.jumprelu_threshold_param.unwrap_or_default(),
-        clip_grad_norm: match args.clip_grad_norm {
-            Some(0.0) => None,
-            Some(c) => Some(c),
-            None => Some(DEFAULT_CLIP_GRAD_NORM),
-        },
-        k: if architecture.penalized() {
-            relu_cap.min(d_sae)
-        } else {
-            one(&args.k, if quickstart { 8 } else { 32 })
-        },
-        d_sae,
-        batch_size,
-        lr: one(&args.lr, lr_for(d_sae)),
-        lr_warmup_steps: args.lr_warmup_steps.unwrap_or((steps / 10).min(1000)),
-        steps,
-        adam_beta1: args.adam_beta1,
-        adam_beta2: args.adam_beta2,
-        adam_eps: args.adam_eps,
-        seed: one(&args.seed, 0),
-        data_seed: args.data_seed,
-        shuffle_buffer: args.shuffle_buffer,
-        b_dec_init: args.b_dec_init,
-        normalize_activations: args.normalize_activations,
-        // The ReLU family trains without AuxK (run::train::uses_auxk): say so in config.json.
-        auxk_alpha: if architecture.penalized() {
-            0.0
-        } else {
-            args.auxk_alpha
-        },
-        auxk_k: args.auxk_k.unwrap_or((d_in / 2).max(1)),
-        dead_tokens: args.dead_tokens,
-        checkpoint_every: args.checkpoint_every,
-        log_every: args.log_every,
-        skip_nonfinite: args.skip_nonfinite,
-        format: args
-            .format
-            .unwrap_or(default_format(one(&args.architecture, Architecture::TopK))),
-        init_sample_rows: 32768,
-    };
-    drop(shards);
-    let axes = SweepAxes {
-        relu_cap,
-        l1_coefficient: args.l1_coefficient.clone(),
-        l0_coefficient: args.l0_coefficient.clone(),
-        architecture: args.architecture.clone(),
-        format: args.format,
-        k: args.k.clone(),
-        d_sae: sizes,
-        lr: args.lr.clone(),
-        seed: args.seed.clone(),
-    };
-    if axes.is_sweep() || args.sweep_part.is_some() {
-        let sweep = plan(&config, d_in, &axes, lr_for)?;
-        for run in &sweep.runs {
-            validate(&run.config, d_in).map_err(|e| anyhow!("sweep member {}: {e}", run.dir))?;
-        }
-        let report = train_sweep(&gpu, Some(sweep), &run_dir, args.sweep_part, &options)?;
-        return print_sweep(&report, args.quiet);
-    }
-    let report = train(&gpu, Some(config), &options)?;
-    print_report(&report, args.quiet)
-}
-
-/// A directory of run directories (a sweep whose sweep.json is gone).
-fn holds_runs(dir: &std::path::Path) -> bool {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .any(|entry| entry.path().join("config.json").exists())
-}
-
-fn print_sweep(report: &SweepReport, quiet: bool) -> anyhow::Result<()> {
+    let quiet = args.quiet;
+    let outcome = resolve(args.request())?.run(&gpu)?;
     if quiet {
         return Ok(());
     }
+    match outcome {
+        TrainOutcome::Run(report) => print_report(&report),
+        TrainOutcome::Sweep(report) => print_sweep(&report),
+    }
+    Ok(())
+}
+
+fn print_sweep(report: &SweepReport) {
     for run in &report.file.runs {
         match (run.fvu, run.l0, run.dead_frac) {
             (Some(fvu), Some(l0), Some(dead)) => println!(
@@ -466,13 +264,9 @@ fn print_sweep(report: &SweepReport, quiet: bool) -> anyhow::Result<()> {
         );
     }
     println!("sweep directory: {}", report.dir.display());
-    Ok(())
 }
 
-fn print_report(report: &crate::run::train::TrainReport, quiet: bool) -> anyhow::Result<()> {
-    if quiet {
-        return Ok(());
-    }
+fn print_report(report: &TrainReport) {
     println!(
         "trained {} steps ({} tokens) in {:.1} s, {:.0} tokens/s",
         report.steps, report.tokens, report.seconds, report.tokens_per_s
@@ -487,5 +281,4 @@ fn print_report(report: &crate::run::train::TrainReport, quiet: bool) -> anyhow:
         );
     }
     println!("run directory: {}", report.run_dir.display());
-    Ok(())
 }

@@ -17,9 +17,9 @@ use arrow_buffer::Buffer;
 use arrow_ipc::reader::StreamDecoder;
 use arrow_schema::DataType;
 
+use super::dtype::{convert_rows, copy_raw16, ActDtype};
 use super::error::DataError;
 use super::guard::catch_panics;
-use super::shard::{convert_rows, copy_raw16, ActDtype};
 
 /// The column of the token ids SAELens writes beside the activations.
 pub const TOKEN_COLUMN: &str = "token_ids";

@@ -4,6 +4,7 @@
 
 pub mod arrow;
 pub mod column;
+pub mod dtype;
 pub mod error;
 pub mod fuzzing;
 mod guard;
@@ -15,8 +16,9 @@ pub mod stream;
 pub mod synth;
 
 pub use arrow::ArrowLayout;
+pub use dtype::ActDtype;
 pub use error::DataError;
 pub use npy::NpyArray;
-pub use shard::{ActDtype, Shard, ShardFormat, ShardInfo, ShardLayout, DEFAULT_TENSOR};
+pub use shard::{Shard, ShardFormat, ShardInfo, ShardLayout, DEFAULT_TENSOR};
 pub use source::{expand_inputs, open_shards};
 pub use stream::{Batch, BatchStream, RowRange, StreamConfig};

@@ -5,8 +5,8 @@
 use std::io::Cursor;
 use std::path::Path;
 
+use super::dtype::ActDtype;
 use super::error::DataError;
-use super::shard::ActDtype;
 
 /// Element types we read from NumPy arrays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,8 +15,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::dtype::ActDtype;
 use super::error::DataError;
-use super::shard::{ActDtype, Shard};
+use super::shard::Shard;
 
 /// Which rows of every shard a stream reads: all, or a split into a head and a held-out tail.
 #[derive(Clone, Copy, Debug, PartialEq)]

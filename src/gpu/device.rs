@@ -10,13 +10,22 @@ use super::error::{first_line, GpuError, GpuResult};
 use super::pipeline::PipelineCache;
 
 /// Which graphics API to go through. `None` in [`AdapterRequest`] means "any primary one".
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
     Vulkan,
     Metal,
     Dx12,
     Gl,
+}
+
+impl crate::choice::Choice for BackendChoice {
+    const CHOICES: &'static [(&'static str, Self, &'static str)] = &[
+        ("vulkan", BackendChoice::Vulkan, "Vulkan"),
+        ("metal", BackendChoice::Metal, "Metal"),
+        ("dx12", BackendChoice::Dx12, "DirectX 12"),
+        ("gl", BackendChoice::Gl, "OpenGL (ES)"),
+    ];
 }
 
 impl BackendChoice {

@@ -2,6 +2,7 @@
 //! and one thin launch wrapper per kernel (in `kernels/`).
 
 pub mod alloc;
+pub mod bindings;
 pub mod buffers;
 pub mod device;
 pub mod dispatch;

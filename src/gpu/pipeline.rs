@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::device::Gpu;
 use super::error::{first_line, GpuError, GpuResult};
 use super::shaders::{InputPrecision, Shader};
 
@@ -88,14 +87,16 @@ fn lock_error(kernel: &str) -> GpuError {
 
 /// Compiles WGSL source inside an error scope so a bad shader is an error value naming the
 /// kernel, not a panic.
-pub fn compile_module(gpu: &Gpu, kernel: &str, source: &str) -> GpuResult<wgpu::ShaderModule> {
-    let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let module = gpu
-        .device
-        .create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(kernel),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
-        });
+pub fn compile_module(
+    device: &wgpu::Device,
+    kernel: &str,
+    source: &str,
+) -> GpuResult<wgpu::ShaderModule> {
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(kernel),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
     if let Some(error) = pollster::block_on(scope.pop()) {
         tracing::debug!("WGSL of {kernel} that failed to compile:\n{source}");
         return Err(GpuError::Compile {
@@ -107,27 +108,42 @@ pub fn compile_module(gpu: &Gpu, kernel: &str, source: &str) -> GpuResult<wgpu::
 }
 
 impl PipelineCache {
-    fn module(&self, gpu: &Gpu, key: &PipelineKey) -> GpuResult<Arc<wgpu::ShaderModule>> {
+    fn module(
+        &self,
+        device: &wgpu::Device,
+        key: &PipelineKey,
+    ) -> GpuResult<Arc<wgpu::ShaderModule>> {
         let (shader, precision) = (key.shader, key.precision);
         let module_key: ModuleKey = (shader, precision, key.defines.clone());
         let mut modules = self.modules.lock().map_err(|_| lock_error(shader.name()))?;
         if let Some(module) = modules.get(&module_key) {
             return Ok(module.clone());
         }
-        if precision == InputPrecision::F16 && !gpu.has_f16() {
+        let has_f16 = device.features().contains(wgpu::Features::SHADER_F16);
+        if precision == InputPrecision::F16 && !has_f16 {
             return Err(GpuError::Compile {
                 kernel: shader.name().to_string(),
                 message: "f16 inputs need the SHADER_F16 feature, which this adapter lacks".into(),
             });
         }
-        let source = format!("{}{}{}", key.header(), shader.prelude(), shader.source());
-        let module = Arc::new(compile_module(gpu, shader.name(), &source)?);
+        let source = format!(
+            "{}{}{}{}",
+            key.header(),
+            shader.slots_header(),
+            shader.prelude(),
+            shader.source()
+        );
+        let module = Arc::new(compile_module(device, shader.name(), &source)?);
         modules.insert(module_key, module.clone());
         Ok(module)
     }
 
     /// The pipeline for `key`, compiled on first use.
-    pub fn get(&self, gpu: &Gpu, key: &PipelineKey) -> GpuResult<Arc<wgpu::ComputePipeline>> {
+    pub fn get(
+        &self,
+        device: &wgpu::Device,
+        key: &PipelineKey,
+    ) -> GpuResult<Arc<wgpu::ComputePipeline>> {
         if let Some(pipeline) = self
             .pipelines
             .lock()
@@ -136,27 +152,25 @@ impl PipelineCache {
         {
             return Ok(pipeline.clone());
         }
-        let module = self.module(gpu, key)?;
+        let module = self.module(device, key)?;
         let label = key.label();
         let constants: Vec<(&str, f64)> = key
             .constants
             .iter()
             .map(|(name, bits)| (*name, f64::from_bits(*bits)))
             .collect();
-        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipeline = gpu
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(&label),
-                layout: None,
-                module: &module,
-                entry_point: Some(key.entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &constants,
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: None,
-            });
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&label),
+            layout: None,
+            module: &module,
+            entry_point: Some(key.entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
         if let Some(error) = pollster::block_on(scope.pop()) {
             return Err(GpuError::Compile {
                 kernel: label,

@@ -276,7 +276,7 @@ impl<'g> Recorder<'g> {
         }
         let bytes = bytemuck::bytes_of(params);
         let Some(cache) = self.cache.clone() else {
-            let pipeline = self.gpu.pipelines.get(self.gpu, key)?;
+            let pipeline = self.gpu.pipelines.get(&self.gpu.device, key)?;
             let label = format!("{}::{}", key.shader.name(), key.entry);
             let uniform = self.gpu.uniform(&label, bytes);
             let raw: Vec<(u32, &wgpu::Buffer)> =
@@ -304,7 +304,7 @@ impl<'g> Recorder<'g> {
         let hit = match found {
             Some(i) => i,
             None => {
-                let pipeline = self.gpu.pipelines.get(self.gpu, key)?;
+                let pipeline = self.gpu.pipelines.get(&self.gpu.device, key)?;
                 let label = format!("{}::{}", key.shader.name(), key.entry);
                 let uniform = self.gpu.uniform(&label, bytes);
                 let raw: Vec<(u32, &wgpu::Buffer)> =

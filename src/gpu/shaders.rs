@@ -1,4 +1,7 @@
-//! The registry of WGSL sources: every `shaders/*.wgsl` is included once, here.
+//! The registry of WGSL sources: every `shaders/*.wgsl` is included once, here, with the
+//! names of its binding slots.
+
+use super::bindings::{self, Slots};
 
 /// One WGSL file per kernel family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,6 +45,35 @@ impl Shader {
     /// Shared helpers every shader's source may use (shaders/common.wgsl).
     pub fn prelude(self) -> &'static str {
         include_str!("../../shaders/common.wgsl")
+    }
+
+    /// The names of its binding slots (super::bindings).
+    pub fn slots(self) -> Slots {
+        match self {
+            Shader::EncoderGemm => bindings::encoder_gemm::ALL,
+            Shader::TopK => bindings::topk::ALL,
+            Shader::Decoder => bindings::decoder::ALL,
+            Shader::Backward => bindings::backward::ALL,
+            Shader::Optim => bindings::optim::ALL,
+            Shader::Reduce => bindings::reduce::ALL,
+            Shader::Hist => bindings::hist::ALL,
+            Shader::CooccurrencePairs => bindings::cooccurrence_pairs::ALL,
+            Shader::InputNorm => bindings::input_norm::ALL,
+            Shader::Gated => bindings::gated::ALL,
+            Shader::Widen => bindings::widen::ALL,
+            Shader::BatchTopK => bindings::batch_topk::ALL,
+            Shader::Penalty => bindings::penalty::ALL,
+            Shader::JumpRelu => bindings::jumprelu::ALL,
+        }
+    }
+
+    /// `const BIND_NAME: u32 = slot;` for each binding slot, which the WGSL's `@binding(…)`
+    /// attributes name.
+    pub fn slots_header(self) -> String {
+        self.slots()
+            .iter()
+            .map(|(name, slot)| format!("const BIND_{name}: u32 = {slot}u;\n"))
+            .collect()
     }
 
     pub fn source(self) -> &'static str {

@@ -10,12 +10,25 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use serde::Serialize;
 
+use super::outputs::plots;
+use super::progress;
 use crate::analysis::eval::{evaluate, EvalOptions};
-use crate::analysis::plots;
-use crate::data::Shard;
-use crate::gpu::Gpu;
+use crate::data::{expand_inputs, open_shards, Shard};
+use crate::gpu::{AdapterRequest, Gpu};
 use crate::io::write_json_atomic;
 use crate::sae::formats::load_sae_at;
+
+/// Several SAEs, the held-out shards they are evaluated on, and where the frontier goes.
+pub struct FrontierRequest {
+    /// SAE, run or sweep directories.
+    pub runs: Vec<PathBuf>,
+    pub eval: Vec<PathBuf>,
+    pub tensor: String,
+    pub options: EvalOptions,
+    pub out: PathBuf,
+    pub quiet: bool,
+    pub adapter: AdapterRequest,
+}
 
 /// One point of the frontier.
 #[derive(Clone, Debug, Serialize)]
@@ -73,9 +86,33 @@ fn trained_architecture(dir: &Path) -> Option<String> {
     }
 }
 
+/// The `sae frontier` job: every SAE of the request evaluated on its shards, exactly as
+/// `sae eval` would, into `frontier.json` and `frontier.png`.
+pub fn frontier(request: &FrontierRequest) -> anyhow::Result<Vec<FrontierRun>> {
+    anyhow::ensure!(
+        request.options.batch_rows > 0,
+        "--batch-size must be at least 1"
+    );
+    let runs = expand_runs(&request.runs)?;
+    let shards = open_shards(&expand_inputs(&request.eval)?, &request.tensor, None)?;
+    let total: u64 = shards.iter().map(|s| s.rows as u64).sum::<u64>() * runs.len() as u64;
+    let gpu = Gpu::new(&request.adapter)?;
+    let bar = progress::rows(total, request.quiet);
+    let points = evaluate_runs(
+        &gpu,
+        &runs,
+        Arc::new(shards),
+        request.options,
+        &request.out,
+        |rows| bar.inc(rows),
+    )?;
+    bar.finish_and_clear();
+    Ok(points)
+}
+
 /// Evaluates every SAE of `runs` on `shards` and writes `out/frontier.json` and
 /// `out/frontier.png`. `on_rows` sees every batch of every evaluation.
-pub fn frontier(
+fn evaluate_runs(
     gpu: &Gpu,
     runs: &[PathBuf],
     shards: Arc<Vec<Shard>>,

@@ -2,10 +2,9 @@
 //! pass, the training step, schedules, initialisation and checkpoints. The training loop (a
 //! whole run) is in the job layer above, `run::train`.
 
-pub mod architecture;
+pub mod arch;
 pub mod blocks;
 pub mod checkpoint;
-pub mod feed;
 pub mod formats;
 pub mod forward;
 pub mod init;

@@ -39,7 +39,7 @@ pub fn engels_components(graph: &KnnGraph, top: usize, threshold: f32) -> Vec<us
 }
 
 /// What Leiden optimises.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeidenQuality {
     /// Constant Potts model: a community is worth keeping while its internal edge density
     /// exceeds the resolution. Free of modularity's resolution limit, so a ring of 7
@@ -48,6 +48,21 @@ pub enum LeidenQuality {
     /// Modularity (Newman–Girvan, with resolution): the null model scales with the whole
     /// graph's weight, so on a sparse graph it cuts rings and chains into arcs.
     Modularity,
+}
+
+impl crate::choice::Choice for LeidenQuality {
+    const CHOICES: &'static [(&'static str, Self, &'static str)] = &[
+        (
+            "cpm",
+            LeidenQuality::Cpm,
+            "Constant Potts model: a community is worth keeping while its internal edge density exceeds the resolution",
+        ),
+        (
+            "modularity",
+            LeidenQuality::Modularity,
+            "Modularity (Newman–Girvan, with resolution)",
+        ),
+    ];
 }
 
 /// Leiden communities (`quality` at `resolution`, seeded) of the undirected weighted graph

@@ -9,9 +9,11 @@
 
 use std::sync::Arc;
 
-use clap::ValueEnum;
+use anyhow::bail;
+
 use serde::Serialize;
 
+use crate::analysis::scan::{Consumer, Scan, Scanned};
 use crate::data::column::RowColumn;
 use crate::data::{BatchStream, Shard, StreamConfig};
 use crate::gpu::kernels::cooccurrence_pairs::{
@@ -19,11 +21,11 @@ use crate::gpu::kernels::cooccurrence_pairs::{
 };
 use crate::gpu::kernels::topk::{launch_topk, MAX_K};
 use crate::gpu::{Gpu, GpuBuffer, Recorder};
-use crate::sae::pass::{ForwardPass, PassDepth};
+use crate::sae::pass::ForwardPass;
 use crate::sae::GpuSae;
 
 /// Which co-occurrence statistic becomes an affinity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CooccurrenceMeasure {
     /// Phi coefficient (the correlation of two binary variables), negative values read as 0.
@@ -76,8 +78,28 @@ impl CooccurrenceMeasure {
     }
 }
 
+impl crate::choice::Choice for CooccurrenceMeasure {
+    const CHOICES: &'static [(&'static str, Self, &'static str)] = &[
+        (
+            "phi",
+            CooccurrenceMeasure::Phi,
+            "Phi coefficient (the correlation of two binary variables), negative values read as 0",
+        ),
+        (
+            "jaccard",
+            CooccurrenceMeasure::Jaccard,
+            "Jaccard index: units with both over units with either",
+        ),
+        (
+            "npmi",
+            CooccurrenceMeasure::Npmi,
+            "Normalised pointwise mutual information, negative values read as 0",
+        ),
+    ];
+}
+
 /// What one unit of co-occurrence is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CooccurrenceUnit {
     /// The same row (token): features that fire on the same kind of token.
@@ -88,6 +110,22 @@ pub enum CooccurrenceUnit {
     /// The same document: consecutive rows with the same value of the shards'
     /// `--document-column` (a new unit also starts with each shard).
     Document,
+}
+
+impl crate::choice::Choice for CooccurrenceUnit {
+    const CHOICES: &'static [(&'static str, Self, &'static str)] = &[
+        ("row", CooccurrenceUnit::Row, "The same row (token)"),
+        (
+            "chunk",
+            CooccurrenceUnit::Chunk,
+            "The same chunk of --chunk consecutive rows",
+        ),
+        (
+            "document",
+            CooccurrenceUnit::Document,
+            "The same document (--document-column)",
+        ),
+    ];
 }
 
 /// How the co-occurrence kNN graph is counted and scored.
@@ -323,7 +361,7 @@ fn blocks(gpu: &Gpu, d_sae: usize, memory_bytes: u64) -> (usize, Vec<Vec<PairBlo
 #[allow(clippy::too_many_arguments)]
 fn count_group(
     gpu: &Gpu,
-    pass: &ForwardPass<'_, '_>,
+    scan: &Scan<'_, '_>,
     shards: &Arc<Vec<Shard>>,
     config: &PartnerConfig,
     documents: Option<&RowColumn>,
@@ -331,22 +369,80 @@ fn count_group(
     counts: &[GpuBuffer],
     on_rows: &mut dyn FnMut(u64),
 ) -> anyhow::Result<(u64, Vec<u64>)> {
-    let d_sae = pass.sae.d_sae;
     let mut rec = Recorder::new(gpu, "co-occurrence: clear counts");
     for c in &counts[..group.len()] {
         rec.clear(c);
     }
     rec.submit()?;
-    let mut units = 0u64;
-    let mut tally = vec![0u64; d_sae];
-    let mut builder = UnitBuilder::new(d_sae);
-    let mut rows_in_unit = 0usize;
-    let mut document: Option<(u32, i64)> = None;
-    let count_batch = |builder: &mut UnitBuilder| -> anyhow::Result<()> {
-        let (entry_unit, unit_start, unit_features) = builder.take();
+    let mut counter = UnitCounter::new(gpu, scan.pass.sae.d_sae, config, documents, group, counts);
+    let stream = BatchStream::start(
+        Arc::clone(shards),
+        StreamConfig::sequential(scan.pass.capacity()),
+    )?;
+    scan.run(stream, 1.0, &mut [&mut counter], on_rows)?;
+    counter.finish()
+}
+
+/// Builds each batch's units from its codes on the host and counts their pairs on the GPU.
+struct UnitCounter<'a> {
+    gpu: &'a Gpu,
+    config: &'a PartnerConfig,
+    documents: Option<&'a RowColumn>,
+    group: &'a [PairBlock],
+    counts: &'a [GpuBuffer],
+    builder: UnitBuilder,
+    /// Units closed, and each feature's count of units.
+    units: u64,
+    tally: Vec<u64>,
+    rows_in_unit: usize,
+    /// The document (shard, id) of the open unit.
+    document: Option<(u32, i64)>,
+    /// Rows per unit (documents: until the next document starts).
+    unit_rows: usize,
+}
+
+impl<'a> UnitCounter<'a> {
+    fn new(
+        gpu: &'a Gpu,
+        d_sae: usize,
+        config: &'a PartnerConfig,
+        documents: Option<&'a RowColumn>,
+        group: &'a [PairBlock],
+        counts: &'a [GpuBuffer],
+    ) -> Self {
+        let unit_rows = match config.unit {
+            CooccurrenceUnit::Row => 1,
+            CooccurrenceUnit::Chunk => config.chunk_rows,
+            CooccurrenceUnit::Document => usize::MAX,
+        };
+        UnitCounter {
+            gpu,
+            config,
+            documents,
+            group,
+            counts,
+            builder: UnitBuilder::new(d_sae),
+            units: 0,
+            tally: vec![0; d_sae],
+            rows_in_unit: 0,
+            document: None,
+            unit_rows,
+        }
+    }
+
+    fn close_unit(&mut self) {
+        self.builder.close(&mut self.tally);
+        self.rows_in_unit = 0;
+        self.units += 1;
+    }
+
+    /// Counts the pairs of the units closed in this batch.
+    fn count_batch(&mut self) -> anyhow::Result<()> {
+        let (entry_unit, unit_start, unit_features) = self.builder.take();
         if unit_features.is_empty() {
             return Ok(());
         }
+        let gpu = self.gpu;
         let entry_unit = gpu.upload("entry_unit", &entry_unit)?;
         let starts = unit_start.len() - 1;
         let unit_start = gpu.upload("unit_start", &unit_start)?;
@@ -360,63 +456,55 @@ fn count_group(
             entries,
         };
         let mut rec = Recorder::new(gpu, "co-occurrence: count pairs");
-        for (block, c) in group.iter().zip(counts) {
+        for (block, c) in self.group.iter().zip(self.counts) {
             launch_count_unit_pairs(&mut rec, &lists, *block, c)?;
         }
         rec.submit()?;
         Ok(())
-    };
-    let unit_rows = match config.unit {
-        CooccurrenceUnit::Row => 1,
-        CooccurrenceUnit::Chunk => config.chunk_rows,
-        CooccurrenceUnit::Document => usize::MAX,
-    };
-    let stream = BatchStream::start(
-        Arc::clone(shards),
-        StreamConfig::sequential(pass.capacity()),
-    )?;
-    for b in stream {
-        let b = b?;
-        pass.run(&b.x, b.rows, |_, _| Ok(()))?;
-        let (idx, val) = pass.codes(b.rows)?;
-        let k = idx.len() / b.rows.max(1);
+    }
+
+    /// The trailing unit closed and counted: the units and each feature's unit count.
+    fn finish(mut self) -> anyhow::Result<(u64, Vec<u64>)> {
+        if self.rows_in_unit > 0 {
+            self.close_unit();
+            self.count_batch()?;
+        }
+        anyhow::ensure!(
+            self.units <= u64::from(u32::MAX),
+            "{} co-occurrence units exceed the 32-bit counters; use --cooccurrence-unit chunk",
+            self.units
+        );
+        Ok((self.units, self.tally))
+    }
+}
+
+impl Consumer for UnitCounter<'_> {
+    fn consume(&mut self, pass: &ForwardPass<'_, '_>, batch: &Scanned<'_>) -> anyhow::Result<()> {
+        let rows = batch.rows;
+        let (idx, val) = pass.codes(rows)?;
+        let k = idx.len() / rows.max(1);
         for (r, (row_idx, row_val)) in idx.chunks_exact(k).zip(val.chunks_exact(k)).enumerate() {
             // A document unit closes before the first row of the next document.
-            if let Some(column) = documents {
-                let (shard, row) = b.origin[r];
+            if let Some(column) = self.documents {
+                let (shard, row) = batch.batch.origin[r];
                 let key = (shard, column.value(shard as usize, row as usize));
-                if document.is_some_and(|d| d != key) && rows_in_unit > 0 {
-                    builder.close(&mut tally);
-                    rows_in_unit = 0;
-                    units += 1;
+                if self.document.is_some_and(|d| d != key) && self.rows_in_unit > 0 {
+                    self.close_unit();
                 }
-                document = Some(key);
+                self.document = Some(key);
             }
             for (&f, &v) in row_idx.iter().zip(row_val) {
-                if v > config.fires_above {
-                    builder.add(f);
+                if v > self.config.fires_above {
+                    self.builder.add(f);
                 }
             }
-            rows_in_unit += 1;
-            if rows_in_unit == unit_rows {
-                builder.close(&mut tally);
-                rows_in_unit = 0;
-                units += 1;
+            self.rows_in_unit += 1;
+            if self.rows_in_unit == self.unit_rows {
+                self.close_unit();
             }
         }
-        count_batch(&mut builder)?;
-        on_rows(b.rows as u64);
+        self.count_batch()
     }
-    if rows_in_unit > 0 {
-        builder.close(&mut tally);
-        units += 1;
-        count_batch(&mut builder)?;
-    }
-    anyhow::ensure!(
-        units <= u64::from(u32::MAX),
-        "{units} co-occurrence units exceed the 32-bit counters; use --cooccurrence-unit chunk"
-    );
-    Ok((units, tally))
 }
 
 /// The joint counts of every pair over `shards`, read back as [`SparseCounts`]: one part of a
@@ -433,7 +521,7 @@ pub fn pair_counts(
     check_config(&config, documents)?;
     let d_sae = sae.d_sae;
     let (block_rows, groups) = blocks(gpu, d_sae, config.memory_bytes);
-    let pass = ForwardPass::new(gpu, sae, batch_rows, PassDepth::Codes)?;
+    let scan = Scan::new(gpu, sae, batch_rows, false)?;
     let counts: Vec<GpuBuffer> = (0..groups[0].len())
         .map(|_| gpu.storage::<u32>("pair_counts", block_rows * d_sae))
         .collect::<Result<_, _>>()?;
@@ -444,7 +532,7 @@ pub fn pair_counts(
     for (n, group) in groups.iter().enumerate() {
         let (units, tally) = count_group(
             gpu,
-            &pass,
+            &scan,
             &shards,
             &config,
             documents,
@@ -493,128 +581,184 @@ pub fn partners(
     };
     let m = config.partners.min(d_sae.saturating_sub(1)).clamp(1, MAX_K);
     let (block_rows, groups) = blocks(gpu, d_sae, config.memory_bytes);
-    let pass = match &source {
+    let scan = match &source {
         CountSource::Shards {
             sae, batch_rows, ..
-        } => Some(ForwardPass::new(gpu, sae, *batch_rows, PassDepth::Codes)?),
+        } => Some(Scan::new(gpu, sae, *batch_rows, false)?),
         CountSource::Merged(_) => None,
     };
-    let counts: Vec<GpuBuffer> = (0..groups[0].len())
-        .map(|_| gpu.storage::<u32>("pair_counts", block_rows * d_sae))
-        .collect::<Result<_, _>>()?;
-    let scores = gpu.storage::<f32>("pair_scores", block_rows * d_sae)?;
-    let top_idx = gpu.storage::<u32>("partner_index", block_rows * m)?;
-    let top_val = gpu.storage::<f32>("partner_score", block_rows * m)?;
-    let feature_units_buf = gpu.storage::<u32>("feature_units", d_sae)?;
-
-    let mut feature_units = vec![0u64; d_sae];
-    let mut units = 0u64;
-    let mut index = vec![0u32; d_sae * m];
-    let mut score = vec![0f32; d_sae * m];
-    let mut pair_joint = vec![0u32; extra_pairs.len()];
+    let buffers = PartnerBuffers::new(gpu, d_sae, block_rows, groups[0].len(), m)?;
+    let mut out = Partners {
+        config,
+        d_sae,
+        partners: m,
+        index: vec![0u32; d_sae * m],
+        score: vec![0f32; d_sae * m],
+        units: 0,
+        feature_units: Vec::new(),
+        pair_joint: vec![0u32; extra_pairs.len()],
+        passes: groups.len(),
+    };
     for (group_no, group) in groups.iter().enumerate() {
-        match (&source, &pass) {
+        let (units, feature_units) = match (&source, &scan) {
             (
                 CountSource::Shards {
                     shards, documents, ..
                 },
-                Some(pass),
+                Some(scan),
             ) => {
-                // Units are rebuilt identically on every pass; the feature counts are kept
-                // from the first.
-                let (n, tally) = count_group(
+                let counts = &buffers.counts;
+                count_group(
                     gpu,
-                    pass,
+                    scan,
                     shards,
                     &config,
                     *documents,
                     group,
-                    &counts,
+                    counts,
                     &mut on_rows,
-                )?;
-                if group_no == 0 {
-                    units = n;
-                    feature_units = tally;
-                }
+                )?
             }
             (CountSource::Merged(c), _) => {
-                if group_no == 0 {
-                    units = c.units;
-                    feature_units = c.feature_units.clone();
-                }
-                for (block, buffer) in group.iter().zip(&counts) {
-                    let mut dense = vec![0u32; block.len()];
-                    let inside =
-                        |f: u32| (f as usize) >= block.lo && (f as usize) < block.lo + block.rows;
-                    for n in 0..c.i.len() {
-                        let (i, j) = (c.i[n], c.j[n]);
-                        if inside(i) {
-                            dense[(i as usize - block.lo) * d_sae + j as usize] = c.count[n];
-                        }
-                        if inside(j) {
-                            dense[(j as usize - block.lo) * d_sae + i as usize] = c.count[n];
-                        }
-                    }
-                    gpu.write(buffer, &dense)?;
-                }
+                buffers.write_merged(gpu, c, group)?;
+                (c.units, c.feature_units.clone())
             }
-            (CountSource::Shards { .. }, None) => unreachable!("a shard source has a pass"),
-        }
+            (CountSource::Shards { .. }, None) => bail!("a shard source without a scan"),
+        };
+        // Units are rebuilt identically on every pass; the feature counts are kept from the
+        // first.
         if group_no == 0 {
+            out.units = units;
             let narrow: Vec<u32> = feature_units
                 .iter()
                 .map(|&n| u32::try_from(n))
                 .collect::<Result<_, _>>()
                 .map_err(|_| anyhow::anyhow!("a feature's unit count exceeds 32 bits"))?;
-            gpu.write(&feature_units_buf, &narrow)?;
+            gpu.write(&buffers.feature_units, &narrow)?;
+            out.feature_units = narrow;
         }
-        for (block, c) in group.iter().zip(&counts) {
-            let mut rec = Recorder::new(gpu, "co-occurrence: partners");
-            launch_pair_scores(
-                &mut rec,
-                *block,
-                c,
-                &feature_units_buf,
-                units,
-                config.measure.kernel(),
-                config.min_joint,
-                &scores,
-            )?;
-            launch_topk(
-                &mut rec, &scores, block.rows, d_sae, m, &top_idx, &top_val, None,
-            )?;
-            rec.submit()?;
-            let idx: Vec<u32> = gpu.read(&top_idx)?;
-            let val: Vec<f32> = gpu.read(&top_val)?;
-            let range = block.lo * m..(block.lo + block.rows) * m;
-            index[range.clone()].copy_from_slice(&idx[..block.rows * m]);
-            score[range].copy_from_slice(&val[..block.rows * m]);
-            let wanted: Vec<usize> = (0..extra_pairs.len())
-                .filter(|&e| {
-                    let i = extra_pairs[e].0;
-                    i >= block.lo && i < block.lo + block.rows
-                })
-                .collect();
-            if !wanted.is_empty() {
-                let joint: Vec<u32> = gpu.read(c)?;
-                for e in wanted {
-                    let (i, j) = extra_pairs[e];
-                    pair_joint[e] = joint[(i - block.lo) * d_sae + j];
-                }
-            }
+        for (block, c) in group.iter().zip(&buffers.counts) {
+            buffers.score_block(gpu, *block, c, &config, &mut out)?;
+            out.read_extra_pairs(gpu, *block, c, extra_pairs)?;
         }
     }
-    Ok(Partners {
-        config,
-        d_sae,
-        partners: m,
-        index,
-        score,
-        units,
-        feature_units: feature_units.iter().map(|&n| n as u32).collect(),
-        pair_joint,
-        passes: groups.len(),
-    })
+    Ok(out)
+}
+
+/// The GPU buffers of the partner search: one group's count blocks, a block's scores, its
+/// rows' top partners, and each feature's unit count.
+struct PartnerBuffers {
+    counts: Vec<GpuBuffer>,
+    scores: GpuBuffer,
+    top_idx: GpuBuffer,
+    top_val: GpuBuffer,
+    feature_units: GpuBuffer,
+}
+
+impl PartnerBuffers {
+    fn new(
+        gpu: &Gpu,
+        d_sae: usize,
+        block_rows: usize,
+        blocks: usize,
+        m: usize,
+    ) -> anyhow::Result<PartnerBuffers> {
+        Ok(PartnerBuffers {
+            counts: (0..blocks)
+                .map(|_| gpu.storage::<u32>("pair_counts", block_rows * d_sae))
+                .collect::<Result<_, _>>()?,
+            scores: gpu.storage::<f32>("pair_scores", block_rows * d_sae)?,
+            top_idx: gpu.storage::<u32>("partner_index", block_rows * m)?,
+            top_val: gpu.storage::<f32>("partner_score", block_rows * m)?,
+            feature_units: gpu.storage::<u32>("feature_units", d_sae)?,
+        })
+    }
+
+    /// The summed counts of a split job written densely into the group's blocks.
+    fn write_merged(&self, gpu: &Gpu, c: &SparseCounts, group: &[PairBlock]) -> anyhow::Result<()> {
+        let d_sae = c.d_sae;
+        for (block, buffer) in group.iter().zip(&self.counts) {
+            let mut dense = vec![0u32; block.len()];
+            let inside = |f: u32| (f as usize) >= block.lo && (f as usize) < block.lo + block.rows;
+            for n in 0..c.i.len() {
+                let (i, j) = (c.i[n], c.j[n]);
+                if inside(i) {
+                    dense[(i as usize - block.lo) * d_sae + j as usize] = c.count[n];
+                }
+                if inside(j) {
+                    dense[(j as usize - block.lo) * d_sae + i as usize] = c.count[n];
+                }
+            }
+            gpu.write(buffer, &dense)?;
+        }
+        Ok(())
+    }
+
+    /// A block's scores from its joint counts and each row's top partners, into `out`.
+    fn score_block(
+        &self,
+        gpu: &Gpu,
+        block: PairBlock,
+        counts: &GpuBuffer,
+        config: &PartnerConfig,
+        out: &mut Partners,
+    ) -> anyhow::Result<()> {
+        let (d_sae, m) = (out.d_sae, out.partners);
+        let mut rec = Recorder::new(gpu, "co-occurrence: partners");
+        launch_pair_scores(
+            &mut rec,
+            block,
+            counts,
+            &self.feature_units,
+            out.units,
+            config.measure.kernel(),
+            config.min_joint,
+            &self.scores,
+        )?;
+        let (idx_buf, val_buf) = (&self.top_idx, &self.top_val);
+        launch_topk(
+            &mut rec,
+            &self.scores,
+            block.rows,
+            d_sae,
+            m,
+            idx_buf,
+            val_buf,
+            None,
+        )?;
+        rec.submit()?;
+        let idx: Vec<u32> = gpu.read(idx_buf)?;
+        let val: Vec<f32> = gpu.read(val_buf)?;
+        let range = block.lo * m..(block.lo + block.rows) * m;
+        out.index[range.clone()].copy_from_slice(&idx[..block.rows * m]);
+        out.score[range].copy_from_slice(&val[..block.rows * m]);
+        Ok(())
+    }
+}
+
+impl Partners {
+    /// The joint counts of the `extra_pairs` whose first feature lies in `block`.
+    fn read_extra_pairs(
+        &mut self,
+        gpu: &Gpu,
+        block: PairBlock,
+        counts: &GpuBuffer,
+        extra_pairs: &[(usize, usize)],
+    ) -> anyhow::Result<()> {
+        let inside = |i: usize| i >= block.lo && i < block.lo + block.rows;
+        let wanted: Vec<usize> = (0..extra_pairs.len())
+            .filter(|&e| inside(extra_pairs[e].0))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let joint: Vec<u32> = gpu.read(counts)?;
+        for e in wanted {
+            let (i, j) = extra_pairs[e];
+            self.pair_joint[e] = joint[(i - block.lo) * self.d_sae + j];
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context};
 use serde::Serialize;
 
-use super::Category;
+use super::category::Category;
 
 /// A feature is specific to a family when at least this share of its firing is on it.
 pub const SPECIFIC_SHARE: f64 = 0.5;

@@ -26,6 +26,14 @@ pub struct KnnGraph {
 }
 
 impl KnnGraph {
+    /// Each slot's angular affinity ([`angular_affinity`] of its cosine).
+    pub fn affinities(&self) -> Vec<f32> {
+        self.cosine
+            .iter()
+            .map(|&c| angular_affinity(c) as f32)
+            .collect()
+    }
+
     pub fn of(&self, feature: usize) -> impl Iterator<Item = (usize, f32)> + '_ {
         let at = feature * self.neighbours;
         self.index[at..at + self.neighbours]

@@ -9,15 +9,10 @@
 //! Q = Λ^-1/2 Uᵀ W_C and Q·x̂_C = Λ^1/2 Uᵀ f_C, exact and m-dimensional.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::shape::{member_gram, symmetric_eigen};
-use crate::data::{BatchStream, Shard, StreamConfig};
-use crate::sae::pass::ForwardPass;
 
 /// Engels et al.'s ε for the mixture index.
 pub const MIXTURE_EPSILON: f64 = 0.1;
@@ -46,8 +41,8 @@ pub struct CategorySamples {
     /// Rows where any member fired (the sample is uniform over them).
     pub rows_fired: u64,
     /// Sum of each member's activation where it fired, for its typical point.
-    act_sum: Vec<f64>,
-    act_count: Vec<u64>,
+    pub(super) act_sum: Vec<f64>,
+    pub(super) act_count: Vec<u64>,
 }
 
 impl CategorySamples {
@@ -84,8 +79,13 @@ impl CategorySamples {
         }
     }
 
+    /// The coordinates of sample `s`.
+    fn point(&self, s: usize) -> &[f32] {
+        &self.coords[s * self.rank..(s + 1) * self.rank]
+    }
+
     /// Coordinates of Σ f_i W_i for member activations given as (member slot, f).
-    fn project(&self, fired: &[(usize, f32)]) -> Vec<f32> {
+    pub(super) fn project(&self, fired: &[(usize, f32)]) -> Vec<f32> {
         let m = self.members.len();
         (0..self.rank)
             .map(|c| {
@@ -96,116 +96,6 @@ impl CategorySamples {
             })
             .collect()
     }
-}
-
-/// What one streaming pass gathers: every feature's fire count and the categories' samples.
-pub struct Gathered {
-    pub rows: u64,
-    pub fire_count: Vec<u64>,
-    /// With token families: [families, d_sae] fires on each family's tokens.
-    pub family_fires: Vec<u64>,
-    pub categories: Vec<CategorySamples>,
-    /// Token ids seen in the shards (for checking a tokenizer covers them), if any.
-    pub max_token: Option<i32>,
-}
-
-/// How many reconstructions each category keeps, and the reservoir's seed.
-#[derive(Clone, Copy, Debug)]
-pub struct Sampling {
-    pub per_category: usize,
-    pub seed: u64,
-}
-
-/// Streams `shards` through `sae`, keeping up to `sampling.per_category` reconstructions per
-/// category (reservoir sampling, seeded) for each of `categories`.
-pub fn gather(
-    pass: &ForwardPass<'_, '_>,
-    shards: Arc<Vec<Shard>>,
-    mut categories: Vec<CategorySamples>,
-    sampling: Sampling,
-    families: Option<&super::families::TokenFamilies>,
-    mut on_rows: impl FnMut(u64),
-) -> anyhow::Result<Gathered> {
-    let samples = sampling.per_category;
-    let (d_sae, k) = (pass.sae.d_sae, pass.sae.k);
-    // feature → (category, member slot); a feature is in at most one category.
-    let mut slot_of: HashMap<usize, (usize, usize)> = HashMap::new();
-    for (c, cat) in categories.iter().enumerate() {
-        for (s, &f) in cat.members.iter().enumerate() {
-            slot_of.insert(f, (c, s));
-        }
-    }
-    let mut fire_count = vec![0u64; d_sae];
-    let mut family_fires = vec![0u64; families.map_or(0, |f| f.names.len()) * d_sae];
-    let no_families = Vec::new();
-    let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
-    let mut rows = 0u64;
-    let mut max_token: Option<i32> = None;
-    let stream = BatchStream::start(shards, StreamConfig::sequential(pass.capacity()))?;
-    let mut fired: HashMap<usize, Vec<(usize, f32)>> = HashMap::new();
-    for batch in stream {
-        let batch = batch?;
-        pass.run(&batch.x, batch.rows, |_, _| Ok(()))?;
-        let (idx, val) = pass.codes(batch.rows)?;
-        for r in 0..batch.rows {
-            let token = batch.tokens.get(r).copied().unwrap_or(-1);
-            if token >= 0 {
-                max_token = Some(max_token.map_or(token, |t| t.max(token)));
-            }
-            fired.clear();
-            let token_families = families
-                .and_then(|f| f.of_token.get(&token))
-                .unwrap_or(&no_families);
-            for e in r * k..(r + 1) * k {
-                if val[e] <= 0.0 {
-                    continue;
-                }
-                let feature = idx[e] as usize;
-                fire_count[feature] += 1;
-                for &f in token_families {
-                    family_fires[f * d_sae + feature] += 1;
-                }
-                if let Some(&(c, s)) = slot_of.get(&feature) {
-                    fired.entry(c).or_default().push((s, val[e]));
-                }
-            }
-            for (&c, members) in &fired {
-                let cat = &mut categories[c];
-                cat.rows_fired += 1;
-                for &(s, f) in members {
-                    cat.act_sum[s] += f64::from(f);
-                    cat.act_count[s] += 1;
-                }
-                // Reservoir sampling: row number t (1-based) replaces a kept one with odds n/t.
-                let kept = cat.tokens.len();
-                let slot = if kept < samples {
-                    Some(kept)
-                } else {
-                    let pick = rng.random_range(0..cat.rows_fired);
-                    (pick < samples as u64).then_some(pick as usize)
-                };
-                if let Some(slot) = slot {
-                    let point = cat.project(members);
-                    if slot == kept {
-                        cat.coords.extend_from_slice(&point);
-                        cat.tokens.push(token);
-                    } else {
-                        cat.coords[slot * cat.rank..(slot + 1) * cat.rank].copy_from_slice(&point);
-                        cat.tokens[slot] = token;
-                    }
-                }
-            }
-        }
-        rows += batch.rows as u64;
-        on_rows(batch.rows as u64);
-    }
-    Ok(Gathered {
-        rows,
-        fire_count,
-        family_fires,
-        categories,
-        max_token,
-    })
 }
 
 /// Engels et al.'s indices for one pair of principal components.
@@ -267,43 +157,13 @@ pub fn analyse(cat: &CategorySamples, d_in: usize) -> Option<Structure> {
     if n < 3 || r < 2 {
         return None;
     }
-    let point = |s: usize| &cat.coords[s * r..(s + 1) * r];
-    let mut mean = vec![0.0f64; r];
-    for s in 0..n {
-        for (m, &v) in mean.iter_mut().zip(point(s)) {
-            *m += f64::from(v) / n as f64;
-        }
-    }
-    let mut cov = vec![0.0f64; r * r];
-    for s in 0..n {
-        let p = point(s);
-        for a in 0..r {
-            let da = f64::from(p[a]) - mean[a];
-            for b in 0..=a {
-                cov[a * r + b] += da * (f64::from(p[b]) - mean[b]) / n as f64;
-            }
-        }
-    }
-    for a in 0..r {
-        for b in 0..a {
-            cov[b * r + a] = cov[a * r + b];
-        }
-    }
-    let (values, vectors) = symmetric_eigen(&cov, r);
-    let total: f64 = values.iter().map(|v| v.max(0.0)).sum();
-    let components = COMPONENTS.min(r);
-    let pca_variance: Vec<f64> = values[..components]
-        .iter()
-        .map(|v| if total > 0.0 { v.max(0.0) / total } else { 0.0 })
-        .collect();
-    // Projections of the centred samples on each component.
-    let project = |p: &[f64]| -> Vec<f64> {
-        (0..components)
-            .map(|c| (0..r).map(|a| (p[a] - mean[a]) * vectors[a * r + c]).sum())
-            .collect()
-    };
+    let pca = Pca::of(cat);
+    let components = pca.variance.len();
     let projected: Vec<Vec<f64>> = (0..n)
-        .map(|s| project(&point(s).iter().map(|&v| f64::from(v)).collect::<Vec<_>>()))
+        .map(|s| {
+            let p: Vec<f64> = cat.point(s).iter().map(|&v| f64::from(v)).collect();
+            pca.project(&p)
+        })
         .collect();
     let pairs: Vec<PairIndices> = (0..components - 1)
         .map(|c| {
@@ -322,7 +182,7 @@ pub fn analyse(cat: &CategorySamples, d_in: usize) -> Option<Structure> {
     // scored (1 − M)·S 0.52 against the circle plane's 0.50, with 45 % of the variance
     // against 83 %).
     let weighted = |p: &PairIndices| {
-        irreducibility(p) * (pca_variance[p.components[0]] + pca_variance[p.components[1]])
+        irreducibility(p) * (pca.variance[p.components[0]] + pca.variance[p.components[1]])
     };
     let best = pairs
         .iter()
@@ -335,14 +195,122 @@ pub fn analyse(cat: &CategorySamples, d_in: usize) -> Option<Structure> {
         .collect();
     let xy: Vec<[f64; 2]> = points.iter().map(|(p, _)| *p).collect();
     let circle = fit_circle(&xy, best);
-    let angle = |p: [f64; 2]| {
-        (p[1] - circle.centre[1])
-            .atan2(p[0] - circle.centre[0])
-            .to_degrees()
-            .rem_euclid(360.0)
-    };
-    // Each member's typical point: its mean activation times its decoder row, alone.
-    let m = cat.members.len();
+    let members = member_angles(cat, &pca, best, &circle);
+    let tokens = token_angles(&points, &circle);
+    Some(Structure {
+        rows_fired: cat.rows_fired,
+        samples: n,
+        subspace_rank: r,
+        axes: pca.axes(cat, d_in),
+        pca_variance: pca.variance,
+        pairs,
+        engels_score,
+        best_pair: best,
+        circle,
+        cyclic_order: members.iter().map(|&(_, f)| f).collect(),
+        member_angles_deg: members.iter().map(|&(a, _)| a).collect(),
+        token_order: tokens.iter().map(|&(_, t)| t).collect(),
+        token_angles_deg: tokens.iter().map(|&(a, _)| a).collect(),
+        points,
+    })
+}
+
+/// The principal components of a category's sampled coordinates.
+struct Pca {
+    /// The rank of the coordinates (the category's basis).
+    rank: usize,
+    mean: Vec<f64>,
+    /// [rank, rank] eigenvectors of the covariance, by column, largest first.
+    vectors: Vec<f64>,
+    /// Each kept component's share of the variance.
+    variance: Vec<f64>,
+}
+
+impl Pca {
+    fn of(cat: &CategorySamples) -> Pca {
+        let (n, r) = (cat.tokens.len(), cat.rank);
+        let mut mean = vec![0.0f64; r];
+        for s in 0..n {
+            for (m, &v) in mean.iter_mut().zip(cat.point(s)) {
+                *m += f64::from(v) / n as f64;
+            }
+        }
+        let mut cov = vec![0.0f64; r * r];
+        for s in 0..n {
+            let p = cat.point(s);
+            for a in 0..r {
+                let da = f64::from(p[a]) - mean[a];
+                for b in 0..=a {
+                    cov[a * r + b] += da * (f64::from(p[b]) - mean[b]) / n as f64;
+                }
+            }
+        }
+        for a in 0..r {
+            for b in 0..a {
+                cov[b * r + a] = cov[a * r + b];
+            }
+        }
+        let (values, vectors) = symmetric_eigen(&cov, r);
+        let total: f64 = values.iter().map(|v| v.max(0.0)).sum();
+        let variance = values[..COMPONENTS.min(r)]
+            .iter()
+            .map(|v| if total > 0.0 { v.max(0.0) / total } else { 0.0 })
+            .collect();
+        Pca {
+            rank: r,
+            mean,
+            vectors,
+            variance,
+        }
+    }
+
+    /// A point (coordinates in the basis) on each kept component, centred.
+    fn project(&self, p: &[f64]) -> Vec<f64> {
+        let r = self.rank;
+        (0..self.variance.len())
+            .map(|c| {
+                (0..r)
+                    .map(|a| (p[a] - self.mean[a]) * self.vectors[a * r + c])
+                    .sum()
+            })
+            .collect()
+    }
+
+    /// The components as directions in the input space, [components][d_in].
+    fn axes(&self, cat: &CategorySamples, d_in: usize) -> Vec<Vec<f64>> {
+        let r = self.rank;
+        (0..self.variance.len())
+            .map(|c| {
+                let mut axis = vec![0.0f64; d_in];
+                for a in 0..r {
+                    let w = self.vectors[a * r + c];
+                    for (x, q) in axis.iter_mut().zip(&cat.basis[a * d_in..(a + 1) * d_in]) {
+                        *x += w * q;
+                    }
+                }
+                axis
+            })
+            .collect()
+    }
+}
+
+/// A point's angle around the circle, in degrees in [0, 360).
+fn circle_angle(circle: &SampleCircle, p: [f64; 2]) -> f64 {
+    (p[1] - circle.centre[1])
+        .atan2(p[0] - circle.centre[0])
+        .to_degrees()
+        .rem_euclid(360.0)
+}
+
+/// Each member's angle at its typical point (its mean activation times its decoder row,
+/// alone), in cyclic order: (angle, feature).
+fn member_angles(
+    cat: &CategorySamples,
+    pca: &Pca,
+    best: [usize; 2],
+    circle: &SampleCircle,
+) -> Vec<(f64, usize)> {
+    let (m, r) = (cat.members.len(), cat.rank);
     let mut members: Vec<(f64, usize)> = (0..m)
         .map(|s| {
             let f = if cat.act_count[s] > 0 {
@@ -351,15 +319,22 @@ pub fn analyse(cat: &CategorySamples, d_in: usize) -> Option<Structure> {
                 1.0
             };
             let z: Vec<f64> = (0..r).map(|c| cat.to_basis[c * m + s] * f).collect();
-            let p = project(&z);
-            (angle([p[best[0]], p[best[1]]]), cat.members[s])
+            let p = pca.project(&z);
+            (
+                circle_angle(circle, [p[best[0]], p[best[1]]]),
+                cat.members[s],
+            )
         })
         .collect();
     members.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    // The most frequent tokens, at their circular-mean angle.
+    members
+}
+
+/// The most frequent tokens at their circular-mean angle, in cyclic order: (angle, token).
+fn token_angles(points: &[([f64; 2], i32)], circle: &SampleCircle) -> Vec<(f64, i32)> {
     let mut by_token: HashMap<i32, (usize, f64, f64)> = HashMap::new();
-    for (p, t) in &points {
-        let a = angle(*p).to_radians();
+    for (p, t) in points {
+        let a = circle_angle(circle, *p).to_radians();
         let e = by_token.entry(*t).or_insert((0, 0.0, 0.0));
         e.0 += 1;
         e.1 += a.cos();
@@ -373,34 +348,7 @@ pub fn analyse(cat: &CategorySamples, d_in: usize) -> Option<Structure> {
         .map(|(t, (_, c, s))| (s.atan2(*c).to_degrees().rem_euclid(360.0), *t))
         .collect();
     tokens.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    let axes = (0..components)
-        .map(|c| {
-            let mut axis = vec![0.0f64; d_in];
-            for a in 0..r {
-                let w = vectors[a * r + c];
-                for (x, q) in axis.iter_mut().zip(&cat.basis[a * d_in..(a + 1) * d_in]) {
-                    *x += w * q;
-                }
-            }
-            axis
-        })
-        .collect();
-    Some(Structure {
-        rows_fired: cat.rows_fired,
-        samples: n,
-        subspace_rank: r,
-        pca_variance,
-        pairs,
-        engels_score,
-        best_pair: best,
-        circle,
-        cyclic_order: members.iter().map(|&(_, f)| f).collect(),
-        member_angles_deg: members.iter().map(|&(a, _)| a).collect(),
-        token_order: tokens.iter().map(|&(_, t)| t).collect(),
-        token_angles_deg: tokens.iter().map(|&(a, _)| a).collect(),
-        points,
-        axes,
-    })
+    tokens
 }
 
 /// Engels et al.'s ε-mixture index of 2-D points: max over lines (direction v, offset c) of

@@ -2,6 +2,7 @@
 //! (which entries chose each latent, in row order) followed by segmented reductions.
 
 use super::{check_len, dim, LatentRange};
+use crate::gpu::bindings::backward::*;
 use crate::gpu::dispatch::{tiles, Grid};
 use crate::gpu::error::GpuResult;
 use crate::gpu::params::BackwardParams;
@@ -176,7 +177,7 @@ pub fn launch_loss_grad_into(
     rec.launch(
         &key(KERNEL),
         &params,
-        &[(1, x_hat), (2, x), (3, stats), (4, grad_out)],
+        &[(X_HAT, x_hat), (X, x), (STATS, stats), (GRAD_OUT, grad_out)],
         grid,
     )
 }
@@ -200,7 +201,7 @@ pub fn launch_aux_residual(
     rec.launch(
         &key(KERNEL),
         &params,
-        &[(1, x_hat), (2, x), (19, e_hat), (20, aux_diff)],
+        &[(X_HAT, x_hat), (X, x), (E_HAT, e_hat), (AUX_DIFF, aux_diff)],
         grid,
     )
 }
@@ -253,11 +254,11 @@ pub fn launch_code_grad_block(
         &key(entry),
         &params,
         &[
-            (4, grad_out),
-            (5, top_idx),
-            (6, top_val),
-            (7, w_dec),
-            (8, code_grad),
+            (GRAD_OUT, grad_out),
+            (TOP_IDX, top_idx),
+            (TOP_VAL, top_val),
+            (W_DEC, w_dec),
+            (CODE_GRAD_OUT, code_grad),
         ],
         grid,
     )
@@ -279,23 +280,27 @@ pub fn launch_reverse_index(
     rec.launch(
         &key("mark_latents"),
         &params,
-        &[(5, top_idx), (9, &index.row_bits), (10, &index.counts)],
+        &[
+            (TOP_IDX, top_idx),
+            (ROW_BITS, &index.row_bits),
+            (COUNTS, &index.counts),
+        ],
         per_entry,
     )?;
     rec.launch(
         &key("scan_counts"),
         &params,
-        &[(10, &index.counts), (11, &index.offsets)],
+        &[(COUNTS, &index.counts), (OFFSETS, &index.offsets)],
         Grid::new(1, 1, 1),
     )?;
     rec.launch(
         &key("scatter_entries"),
         &params,
         &[
-            (5, top_idx),
-            (9, &index.row_bits),
-            (11, &index.offsets),
-            (12, &index.entries),
+            (TOP_IDX, top_idx),
+            (ROW_BITS, &index.row_bits),
+            (OFFSETS, &index.offsets),
+            (REVERSE_INDEX, &index.entries),
         ],
         per_entry,
     )
@@ -337,11 +342,11 @@ pub fn launch_decoder_weight_grad_block(
         &key(KERNEL),
         &params,
         &[
-            (4, grad_out),
-            (6, top_val),
-            (11, &index.offsets),
-            (12, &index.entries),
-            (14, grad_w_dec),
+            (GRAD_OUT, grad_out),
+            (TOP_VAL, top_val),
+            (OFFSETS, &index.offsets),
+            (REVERSE_INDEX, &index.entries),
+            (GRAD_W_DEC, grad_w_dec),
         ],
         grid,
     )
@@ -393,13 +398,13 @@ pub fn launch_encoder_weight_grad_block(
         &key(KERNEL),
         &params,
         &[
-            (2, x),
-            (8, code_grad),
-            (11, &index.offsets),
-            (12, &index.entries),
-            (13, b_dec),
-            (15, grad_w_enc),
-            (16, grad_b_enc),
+            (X, x),
+            (CODE_GRAD_OUT, code_grad),
+            (OFFSETS, &index.offsets),
+            (REVERSE_INDEX, &index.entries),
+            (B_DEC, b_dec),
+            (GRAD_W_ENC, grad_w_enc),
+            (GRAD_B_ENC, grad_b_enc),
         ],
         grid,
     )
@@ -442,10 +447,10 @@ pub fn launch_bias_dec_grad_block(
         &key(KERNEL),
         &params,
         &[
-            (4, grad_out),
-            (16, grad_b_enc),
-            (17, w_enc),
-            (18, grad_b_dec),
+            (GRAD_OUT, grad_out),
+            (GRAD_B_ENC, grad_b_enc),
+            (W_ENC, w_enc),
+            (GRAD_B_DEC, grad_b_dec),
         ],
         grid,
     )

@@ -2,6 +2,7 @@
 //! entries, keep the k·rows largest, zero the rest, and move the inference threshold θ.
 
 use super::{check_len, dim};
+use crate::gpu::bindings::batch_topk::*;
 use crate::gpu::dispatch::Grid;
 use crate::gpu::error::GpuResult;
 use crate::gpu::params::BatchTopKParams;
@@ -41,7 +42,7 @@ pub fn launch_batch_topk(
         _pad: 0,
     };
     let key = |entry: &'static str| PipelineKey::new(Shader::BatchTopK, entry).define("WG", WG);
-    let buffers = [(1, top_val), (2, state_buf)];
+    let buffers = [(TOP_VAL, top_val), (STATE, state_buf)];
     rec.launch(
         &key("batch_threshold"),
         &params,

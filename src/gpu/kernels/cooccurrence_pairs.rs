@@ -3,6 +3,7 @@
 //! per pair for the per-feature TopK of partners.
 
 use super::{check_len, dim};
+use crate::gpu::bindings::cooccurrence_pairs::*;
 use crate::gpu::error::{ensure, GpuResult};
 use crate::gpu::params::PairCountParams;
 use crate::gpu::{GpuBuffer, PipelineKey, Recorder, Shader};
@@ -95,10 +96,10 @@ pub fn launch_count_unit_pairs(
         &key(KERNEL),
         &params,
         &[
-            (1, units.entry_unit),
-            (2, units.unit_start),
-            (3, units.unit_features),
-            (4, counts),
+            (ENTRY_UNIT, units.entry_unit),
+            (UNIT_START, units.unit_start),
+            (UNIT_FEATURES, units.unit_features),
+            (COUNTS, counts),
         ],
         grid,
     )
@@ -136,7 +137,11 @@ pub fn launch_pair_scores(
     rec.launch(
         &key(KERNEL),
         &params,
-        &[(4, counts), (5, feature_units), (6, scores)],
+        &[
+            (COUNTS, counts),
+            (FEATURE_UNITS, feature_units),
+            (SCORES, scores),
+        ],
         grid,
     )
 }

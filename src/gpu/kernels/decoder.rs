@@ -1,6 +1,7 @@
 //! Sparse decoder forward: `x̂ = b_dec + Σ_j f_j · W_dec[idx_j]`, a gather over the k latents.
 
 use super::{check_len, dim, LatentRange};
+use crate::gpu::bindings::decoder::*;
 use crate::gpu::dispatch::{tiles, Grid};
 use crate::gpu::error::GpuResult;
 use crate::gpu::params::DecoderParams;
@@ -76,11 +77,11 @@ pub fn launch_decode_sparse_block(
         &key,
         &params,
         &[
-            (1, top_idx),
-            (2, top_val),
-            (3, w_dec),
-            (4, b_dec),
-            (5, x_hat),
+            (TOP_IDX, top_idx),
+            (TOP_VAL, top_val),
+            (W_DEC, w_dec),
+            (B_DEC, b_dec),
+            (X_HAT, x_hat),
         ],
         grid,
     )

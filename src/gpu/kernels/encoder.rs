@@ -1,6 +1,7 @@
 //! Encoder pre-activation GEMM: `h = (x − b_dec)·W_enc + b_enc`.
 
 use super::{check_len, dim};
+use crate::gpu::bindings::encoder_gemm::*;
 use crate::gpu::dispatch::{tiles, Grid};
 use crate::gpu::error::{ensure, GpuResult};
 use crate::gpu::params::GemmParams;
@@ -229,7 +230,13 @@ pub fn launch_encode_gemm(
     rec.launch(
         &tiles_shape.key(precision),
         &params,
-        &[(1, x), (2, w_enc), (3, b_dec), (4, b_enc), (5, h)],
+        &[
+            (X, x),
+            (W_ENC, w_enc),
+            (B_DEC, b_dec),
+            (B_ENC, b_enc),
+            (H, h),
+        ],
         grid,
     )
 }

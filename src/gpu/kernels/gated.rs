@@ -1,6 +1,7 @@
 //! The gated SAE's activation on one block's bias-free pre-activations (shaders/gated.wgsl).
 
 use super::{check_len, dim};
+use crate::gpu::bindings::gated::*;
 use crate::gpu::error::GpuResult;
 use crate::gpu::params::GatedParams;
 use crate::gpu::{GpuBuffer, PipelineKey, Recorder, Shader};
@@ -39,10 +40,10 @@ pub fn launch_gate(
         &key,
         &params,
         &[
-            (1, h),
-            (2, gate.b_gate),
-            (3, gate.mag_scale),
-            (4, gate.b_mag),
+            (H, h),
+            (B_GATE, gate.b_gate),
+            (MAG_SCALE, gate.mag_scale),
+            (B_MAG, gate.b_mag),
         ],
         grid,
     )

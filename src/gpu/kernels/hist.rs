@@ -3,6 +3,7 @@
 
 use super::backward::ReverseIndex;
 use super::{check_len, dim};
+use crate::gpu::bindings::hist::*;
 use crate::gpu::error::{ensure, GpuResult};
 use crate::gpu::params::HistParams;
 use crate::gpu::{GpuBuffer, PipelineKey, Recorder, Shader};
@@ -70,10 +71,10 @@ pub fn launch_batch_stats(
         &key("batch_stats_per_latent", 1),
         &params,
         &[
-            (2, top_val),
-            (3, &index.offsets),
-            (4, &index.entries),
-            (5, batch_stats),
+            (TOP_VAL, top_val),
+            (OFFSETS, &index.offsets),
+            (REVERSE_INDEX, &index.entries),
+            (BATCH_STATS, batch_stats),
         ],
         grid,
     )
@@ -102,7 +103,7 @@ pub fn launch_bin_counts(
     rec.launch(
         &key("bin_counts", 1),
         &params,
-        &[(1, top_idx), (2, top_val), (6, bins)],
+        &[(TOP_IDX, top_idx), (TOP_VAL, top_val), (BINS, bins)],
         grid,
     )
 }
@@ -130,12 +131,12 @@ pub fn launch_top_rows(
         &key("top_rows", top_m),
         &params,
         &[
-            (2, top_val),
-            (3, &index.offsets),
-            (4, &index.entries),
-            (7, row_origin),
-            (8, best_val),
-            (9, best_origin),
+            (TOP_VAL, top_val),
+            (OFFSETS, &index.offsets),
+            (REVERSE_INDEX, &index.entries),
+            (ROW_ORIGIN, row_origin),
+            (BEST_VAL, best_val),
+            (BEST_ORIGIN, best_origin),
         ],
         grid,
     )
@@ -164,7 +165,12 @@ pub fn launch_cooccurrence(
     rec.launch(
         &key("cooccurrence", 1),
         &params,
-        &[(1, top_idx), (2, top_val), (10, slot_of), (11, pairs)],
+        &[
+            (TOP_IDX, top_idx),
+            (TOP_VAL, top_val),
+            (SLOT_OF, slot_of),
+            (PAIRS, pairs),
+        ],
         grid,
     )
 }

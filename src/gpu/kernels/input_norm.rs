@@ -2,6 +2,7 @@
 //! each reconstruction denormalised with the same row's statistics after the decoder.
 
 use super::{check_len, dim};
+use crate::gpu::bindings::input_norm::*;
 use crate::gpu::dispatch::Grid;
 use crate::gpu::error::GpuResult;
 use crate::gpu::params::InputNormParams;
@@ -56,7 +57,7 @@ pub fn launch_normalize_rows(
     rec.launch(
         &key,
         &params(KERNEL, norm, rows, d_in)?,
-        &[(1, x), (2, row_stats)],
+        &[(X, x), (ROW_STATS, row_stats)],
         grid,
     )
 }
@@ -78,7 +79,7 @@ pub fn launch_denormalize_rows(
     rec.launch(
         &key,
         &params(KERNEL, norm, rows, d_in)?,
-        &[(1, x_hat), (2, row_stats)],
+        &[(X, x_hat), (ROW_STATS, row_stats)],
         grid,
     )
 }

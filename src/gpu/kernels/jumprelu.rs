@@ -2,6 +2,7 @@
 //! gradient on each latent's threshold, and θ from the trained parameter after the optimiser.
 
 use super::{check_len, dim, LatentRange};
+use crate::gpu::bindings::jumprelu::*;
 use crate::gpu::dispatch::Grid;
 use crate::gpu::error::GpuResult;
 use crate::gpu::params::JumpReluParams;
@@ -73,12 +74,12 @@ pub fn launch_threshold_grad(
         &key(KERNEL),
         &params,
         &[
-            (1, b.pre),
-            (2, b.grad_out),
-            (3, b.w_dec),
-            (4, b.norms),
-            (5, b.thresholds),
-            (6, b.grad_param),
+            (PRE, b.pre),
+            (GRAD_OUT, b.grad_out),
+            (W_DEC, b.w_dec),
+            (NORMS, b.norms),
+            (THRESHOLDS, b.thresholds),
+            (GRAD_PARAM, b.grad_param),
         ],
         grid,
     )
@@ -100,5 +101,10 @@ pub fn launch_threshold_from_param(
         ..JumpReluParams::default()
     };
     let grid = rec.threads_grid(n, WG);
-    rec.launch(&key(KERNEL), &params, &[(5, thresholds), (7, param)], grid)
+    rec.launch(
+        &key(KERNEL),
+        &params,
+        &[(THRESHOLDS, thresholds), (PARAM, param)],
+        grid,
+    )
 }

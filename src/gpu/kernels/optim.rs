@@ -1,6 +1,7 @@
 //! Adam with bias correction, and the unit-norm decoder constraint.
 
 use super::{check_len, dim};
+use crate::gpu::bindings::optim::*;
 use crate::gpu::dispatch::Grid;
 use crate::gpu::error::{ensure, GpuResult};
 use crate::gpu::params::OptimParams;
@@ -89,7 +90,12 @@ pub fn launch_adam(
     rec.launch(
         &key(KERNEL),
         &params,
-        &[(1, param), (2, grad), (3, exp_avg), (4, exp_avg_sq)],
+        &[
+            (PARAM, param),
+            (GRAD, grad),
+            (EXP_AVG, exp_avg),
+            (EXP_AVG_SQ, exp_avg_sq),
+        ],
         grid,
     )
 }
@@ -116,7 +122,7 @@ pub fn launch_remove_parallel_grad(
     check_len(KERNEL, grad_w_dec, rows * cols)?;
     let params = row_params(KERNEL, rows, cols)?;
     let (key, grid) = row_launch(rec, KERNEL, "remove_parallel_grad_narrow", rows, cols);
-    rec.launch(&key, &params, &[(1, w_dec), (2, grad_w_dec)], grid)
+    rec.launch(&key, &params, &[(PARAM, w_dec), (GRAD, grad_w_dec)], grid)
 }
 
 /// Scales each decoder row to unit norm: `w ← w / (‖w‖ + ε)`.
@@ -130,5 +136,5 @@ pub fn launch_normalize_rows(
     check_len(KERNEL, w_dec, rows * cols)?;
     let params = row_params(KERNEL, rows, cols)?;
     let (key, grid) = row_launch(rec, KERNEL, "normalize_rows_narrow", rows, cols);
-    rec.launch(&key, &params, &[(1, w_dec)], grid)
+    rec.launch(&key, &params, &[(PARAM, w_dec)], grid)
 }

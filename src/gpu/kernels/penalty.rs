@@ -4,6 +4,7 @@
 
 use super::backward::ReverseIndex;
 use super::{check_len, dim, LatentRange};
+use crate::gpu::bindings::penalty::*;
 use crate::gpu::dispatch::{tiles, Grid};
 use crate::gpu::error::GpuResult;
 use crate::gpu::params::PenaltyParams;
@@ -62,7 +63,12 @@ pub fn launch_row_norms(
     check_len(KERNEL, norms, block.end())?;
     let params = block_params(KERNEL, block, d_in)?;
     let grid = workgroups(rec, block.len);
-    rec.launch(&key(KERNEL), &params, &[(1, w_dec), (2, norms)], grid)
+    rec.launch(
+        &key(KERNEL),
+        &params,
+        &[(W_DEC, w_dec), (NORMS, norms)],
+        grid,
+    )
 }
 
 /// `code_grad[e] += coeff · ∂penalty/∂f` for the `entries` entries of the block's latents that
@@ -94,7 +100,12 @@ pub fn launch_penalty_code_grad(
     rec.launch(
         &key(KERNEL),
         &params,
-        &[(2, norms), (3, top_idx), (4, top_val), (5, code_grad)],
+        &[
+            (NORMS, norms),
+            (TOP_IDX, top_idx),
+            (TOP_VAL, top_val),
+            (CODE_GRAD, code_grad),
+        ],
         grid,
     )
 }
@@ -129,12 +140,12 @@ pub fn launch_penalty_decoder_grad(
         &key(KERNEL),
         &params,
         &[
-            (1, w_dec),
-            (2, norms),
-            (4, top_val),
-            (6, &index.offsets),
-            (7, &index.entries),
-            (8, grad_w_dec),
+            (W_DEC, w_dec),
+            (NORMS, norms),
+            (TOP_VAL, top_val),
+            (OFFSETS, &index.offsets),
+            (REVERSE_INDEX, &index.entries),
+            (GRAD_W_DEC, grad_w_dec),
         ],
         grid,
     )
@@ -159,7 +170,7 @@ pub fn launch_clip_factor(
         clip,
         ..PenaltyParams::default()
     };
-    rec.launch(&key(KERNEL), &params, &[(9, stats)], Grid::new(1, 1, 1))
+    rec.launch(&key(KERNEL), &params, &[(STATS, stats)], Grid::new(1, 1, 1))
 }
 
 /// `a[i] *= stats[slot]` for the first `n` elements.
@@ -179,5 +190,5 @@ pub fn launch_scale_by_slot(
         ..PenaltyParams::default()
     };
     let grid = rec.threads_grid(n, WG);
-    rec.launch(&key(KERNEL), &params, &[(9, stats), (10, a)], grid)
+    rec.launch(&key(KERNEL), &params, &[(STATS, stats), (A, a)], grid)
 }

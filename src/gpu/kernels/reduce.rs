@@ -2,6 +2,7 @@
 //! per-latent fire counts. Float sums are two-stage in a fixed order (deterministic).
 
 use super::{check_len, dim};
+use crate::gpu::bindings::reduce::*;
 use crate::gpu::dispatch::Grid;
 use crate::gpu::error::GpuResult;
 use crate::gpu::params::ReduceParams;
@@ -40,7 +41,7 @@ impl Reducer {
         rec.launch(
             &key("finish_sum"),
             &params,
-            &[(3, &self.partials), (4, stats)],
+            &[(PARTIAL_OUT, &self.partials), (STATS, stats)],
             Grid::new(1, 1, 1),
         )
     }
@@ -59,7 +60,7 @@ impl Reducer {
         self.sum_of_squares(
             rec,
             "sum_sq_diff_partials",
-            &[(1, a), (2, b)],
+            &[(A, a), (B, b)],
             n,
             stats,
             slot,
@@ -79,7 +80,7 @@ impl Reducer {
         self.sum_of_squares(
             rec,
             "sum_sq_partials",
-            &[(1, a)],
+            &[(A, a)],
             n,
             stats,
             slot,
@@ -113,7 +114,7 @@ impl Reducer {
             ..base
         };
         let mut bindings = inputs.to_vec();
-        bindings.push((3, &self.partials));
+        bindings.push((PARTIAL_OUT, &self.partials));
         rec.launch(
             &key(entry),
             &params,
@@ -144,8 +145,13 @@ impl Reducer {
             ..Default::default()
         };
         let grid = rec.threads_grid(cols, WG);
-        rec.launch(&key("column_mean"), &base, &[(1, x), (5, col_mean)], grid)?;
-        let inputs = [(1, x), (5, col_mean)];
+        rec.launch(
+            &key("column_mean"),
+            &base,
+            &[(A, x), (COL_MEAN, col_mean)],
+            grid,
+        )?;
+        let inputs = [(A, x), (COL_MEAN, col_mean)];
         self.sum_of_squares(
             rec,
             "centered_sq_partials",
@@ -175,7 +181,12 @@ pub fn launch_row_l0(
         ..Default::default()
     };
     let grid = rec.threads_grid(rows, WG);
-    rec.launch(&key(KERNEL), &params, &[(6, top_val), (8, row_l0)], grid)
+    rec.launch(
+        &key(KERNEL),
+        &params,
+        &[(TOP_VAL, top_val), (L0_OUT, row_l0)],
+        grid,
+    )
 }
 
 /// Adds to `fire_counts[i]` (u32, not cleared here) how many of the `entries` chose latent i
@@ -198,7 +209,11 @@ pub fn launch_fire_counts(
     rec.launch(
         &key(KERNEL),
         &params,
-        &[(6, top_val), (7, top_idx), (9, fire_counts)],
+        &[
+            (TOP_VAL, top_val),
+            (TOP_IDX, top_idx),
+            (FIRE_COUNT, fire_counts),
+        ],
         grid,
     )
 }
@@ -223,7 +238,7 @@ pub fn launch_update_dead(
     rec.launch(
         &key(KERNEL),
         &params,
-        &[(9, batch_fired), (10, since_fired)],
+        &[(FIRE_COUNT, batch_fired), (SINCE_FIRED, since_fired)],
         grid,
     )
 }
@@ -251,7 +266,11 @@ pub fn launch_dead_mask(
     rec.launch(
         &key(KERNEL),
         &params,
-        &[(10, since_fired), (11, eligible), (12, dead_count)],
+        &[
+            (SINCE_FIRED, since_fired),
+            (ELIGIBLE, eligible),
+            (DEAD_COUNT, dead_count),
+        ],
         grid,
     )
 }
@@ -274,7 +293,7 @@ pub fn launch_aux_scale(
     rec.launch(
         &key(KERNEL),
         &params,
-        &[(4, stats), (12, dead_count)],
+        &[(STATS, stats), (DEAD_COUNT, dead_count)],
         Grid::new(1, 1, 1),
     )
 }

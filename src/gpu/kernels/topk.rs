@@ -2,6 +2,7 @@
 //! Split dictionaries select per block into candidate slots, then merge the candidates.
 
 use super::{check_len, dim, LatentRange};
+use crate::gpu::bindings::topk::*;
 use crate::gpu::dispatch::Grid;
 use crate::gpu::error::{ensure, GpuResult};
 use crate::gpu::params::TopKParams;
@@ -192,12 +193,12 @@ pub fn launch_topk_block(
         &key,
         &params,
         &[
-            (1, h),
-            (2, out.idx),
-            (3, out.val),
-            (4, mask),
-            (5, theta),
-            (7, h),
+            (H, h),
+            (TOP_IDX, out.idx),
+            (TOP_VAL, out.val),
+            (ELIGIBLE, mask),
+            (THRESHOLD, theta),
+            (CAND_IDX, h),
         ],
         grid,
     )
@@ -232,12 +233,12 @@ pub fn launch_topk_merge(
         &key,
         &params,
         &[
-            (1, cand_val),
-            (2, top_idx),
-            (3, top_val),
-            (4, mask),
-            (5, cand_val),
-            (7, cand_idx),
+            (H, cand_val),
+            (TOP_IDX, top_idx),
+            (TOP_VAL, top_val),
+            (ELIGIBLE, mask),
+            (THRESHOLD, cand_val),
+            (CAND_IDX, cand_idx),
         ],
         grid,
     )
@@ -295,7 +296,11 @@ pub fn launch_count_active_block(
     rec.launch(
         &key("count_active"),
         &params,
-        &[(1, h), (5, thresholds), (6, active_count)],
+        &[
+            (H, h),
+            (THRESHOLD, thresholds),
+            (ACTIVE_COUNT, active_count),
+        ],
         grid,
     )
 }

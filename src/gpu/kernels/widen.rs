@@ -1,6 +1,7 @@
 //! Uploaded activations (f32, or f16 / bf16 as stored) to f32 rows, divided by the input scale.
 
 use super::{check_len, dim};
+use crate::gpu::bindings::widen::*;
 use crate::gpu::error::GpuResult;
 use crate::gpu::params::WidenParams;
 use crate::gpu::{GpuBuffer, PipelineKey, Recorder, Shader};
@@ -58,5 +59,5 @@ pub fn launch_widen(
     };
     let key = PipelineKey::new(Shader::Widen, KERNEL).define("WG", WG);
     let grid = rec.threads_grid(n, WG);
-    rec.launch(&key, &params, &[(1, raw), (2, x)], grid)
+    rec.launch(&key, &params, &[(RAW, raw), (X, x)], grid)
 }

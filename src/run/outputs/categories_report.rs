@@ -11,12 +11,12 @@ use std::path::Path;
 use anyhow::{anyhow, Context};
 use serde_json::json;
 
-use super::cluster::{parents, spectral_embedding};
-use super::graph::{angular_affinity, Matching};
-use super::pipeline::{CategoriesConfig, CategoriesResult, MemberTie, Method};
-use super::shape::member_gram;
-use super::{Category, RankBy};
-use crate::analysis::plots::{heatmap, scatter};
+use super::plots::{heatmap, scatter};
+use crate::analysis::categories::config::{CategoriesConfig, Method};
+use crate::analysis::categories::families::{MIN_FIRES, SPECIFIC_SHARE};
+use crate::analysis::categories::{
+    Across, CategoriesResult, Category, MemberTie, RankBy, SIGNIFICANT_P,
+};
 use crate::io::{write_atomic, write_json_atomic, write_safetensors, TensorOut};
 
 /// The outputs whose presence says "this report is complete"; removed before a run starts so a
@@ -66,11 +66,11 @@ pub struct OutputContext<'a> {
     pub sae: &'a Path,
     pub provenance: serde_json::Value,
     pub sae_description: &'a str,
-    /// The `--across` SAE's directory and width.
-    pub across: Option<(&'a Path, usize)>,
     pub token_text: &'a dyn Fn(i32) -> String,
     /// Top activating contexts per feature (`sae hist --tokenizer`), if given.
     pub contexts: Option<&'a HashMap<usize, Vec<(f32, String)>>>,
+    /// `--across`'s SAE directory.
+    pub across: Option<&'a Path>,
 }
 
 /// Writes the report pages first, then the files whose presence marks a finished run:
@@ -81,16 +81,6 @@ pub fn write_outputs(
     config: &CategoriesConfig,
     context: &OutputContext<'_>,
 ) -> anyhow::Result<()> {
-    let d_sae = result.d_sae;
-    let full = result.knn_pairs.edges(-1.0, None);
-    let dims = 3.min(d_sae);
-    let embedding = spectral_embedding(d_sae, &full, dims, config.seed)?;
-    let map: Vec<(f64, f64)> = (0..d_sae)
-        .map(|i| {
-            let at = |c: usize| embedding.get(i * dims + c).copied().unwrap_or(0.0);
-            (at(1), at(2))
-        })
-        .collect();
     let context_of = |f: usize| {
         context
             .contexts
@@ -103,24 +93,48 @@ pub fn write_outputs(
         &ReportInputs {
             sae: context.sae_description,
             d_in: result.d_in,
-            d_sae,
+            d_sae: result.d_sae,
             method: &result.method,
             rank_by: config.rank_by,
             pages: config.top.min(result.categories.len()),
-            map: &map,
+            map: &result.map,
             unit: &result.unit,
+            member_cosines: &|members| result.member_cosines(members),
             token_text: context.token_text,
             contexts: &context_of,
             feature: config.feature.map(|f| (f, result.member_ties(f))),
         },
     )?;
-    if let (Some(matching), Some((other, other_d_sae))) = (&result.matching, context.across) {
+    if let (Some(across), Some(other)) = (&result.across, context.across) {
         write_json_atomic(
             &out.join("across.json"),
-            &across_json(matching, context.sae, other, d_sae, other_d_sae),
+            &across_json(across, context.sae, other)?,
         )?;
     }
-    let graph = &result.graph;
+    write_safetensors(&out.join("categories.safetensors"), &tensors(result), None)?;
+    if !result.families.is_empty() {
+        write_json_atomic(
+            &out.join("families.json"),
+            &json!({
+                "specific": format!(
+                    "a feature fired at least {} times, at least {} of them on the family's tokens",
+                    MIN_FIRES,
+                    SPECIFIC_SHARE
+                ),
+                "families": result.families,
+            }),
+        )?;
+    }
+    write_json_atomic(
+        &out.join("categories.json"),
+        &categories_json(result, config, context),
+    )
+}
+
+/// categories.safetensors: each feature's category and labels at every level, the decoder
+/// kNN graph, and with co-occurrence its statistics per kNN slot and its own kNN graph.
+fn tensors(result: &CategoriesResult) -> Vec<TensorOut> {
+    let (d_sae, graph) = (result.d_sae, &result.graph);
     let mut rank_of = vec![0i32; d_sae];
     for category in &result.categories {
         for &m in &category.members {
@@ -128,11 +142,6 @@ pub fn write_outputs(
         }
     }
     let index: Vec<i32> = graph.index.iter().map(|&i| i as i32).collect();
-    let affinity: Vec<f32> = graph
-        .cosine
-        .iter()
-        .map(|&c| angular_affinity(c) as f32)
-        .collect();
     let levels = &result.levels;
     let flat_labels: Vec<i32> = levels
         .iter()
@@ -146,138 +155,71 @@ pub fn write_outputs(
         TensorOut::f32("resolutions", &[levels.len()], &resolutions),
         TensorOut::i32("knn_index", &knn_shape, &index),
         TensorOut::f32("knn_cosine", &knn_shape, &graph.cosine),
-        TensorOut::f32("knn_affinity", &knn_shape, &affinity),
+        TensorOut::f32("knn_affinity", &knn_shape, &graph.affinities()),
     ];
-    // Per decoder kNN slot, the co-occurrence statistics of its pair (when counted); the
-    // co-occurrence kNN graph itself.
-    let per_slot = |stat: &dyn Fn(usize) -> f64| -> Vec<f32> {
-        result
-            .knn_pairs
-            .slot_pair
-            .iter()
-            .map(|&e| stat(e) as f32)
-            .collect()
-    };
-    let mut cooc_tensors = None;
-    if let Some(p) = &result.partners {
-        let joint = |e: usize| {
-            let (i, j) = result.knn_pairs.pairs[e];
-            (i, j, p.pair_joint[e])
-        };
-        let with = |measure: super::cooccurrence::CooccurrenceMeasure| {
-            per_slot(&|e| {
-                let (i, j, n) = joint(e);
-                if n == 0 {
-                    return 0.0;
-                }
-                measure.score(
-                    f64::from(n),
-                    f64::from(p.feature_units[i]),
-                    f64::from(p.feature_units[j]),
-                    p.units as f64,
-                )
-            })
-        };
+    if let (Some(stats), Some(p)) = (&result.knn_cooccurrence_stats, &result.partners) {
         let partner_index: Vec<i32> = p.index.iter().map(|&i| i as i32).collect();
-        cooc_tensors = Some((
-            with(super::cooccurrence::CooccurrenceMeasure::Phi),
-            with(super::cooccurrence::CooccurrenceMeasure::Jaccard),
-            partner_index,
-            [d_sae, p.partners],
-        ));
+        let shape = [d_sae, p.partners];
+        tensors.push(TensorOut::f32("knn_phi", &knn_shape, &stats.phi));
+        tensors.push(TensorOut::f32("knn_jaccard", &knn_shape, &stats.jaccard));
+        tensors.push(TensorOut::i32("cooc_index", &shape, &partner_index));
+        tensors.push(TensorOut::f32("cooc_score", &shape, &p.score));
     }
-    if let (Some((phi, jaccard, partner_index, shape)), Some(p)) = (&cooc_tensors, &result.partners)
-    {
-        tensors.push(TensorOut::f32("knn_phi", &knn_shape, phi));
-        tensors.push(TensorOut::f32("knn_jaccard", &knn_shape, jaccard));
-        tensors.push(TensorOut::i32("cooc_index", shape, partner_index));
-        tensors.push(TensorOut::f32("cooc_score", shape, &p.score));
-    }
-    write_safetensors(&out.join("categories.safetensors"), &tensors, None)?;
-    if !result.families.is_empty() {
-        write_json_atomic(
-            &out.join("families.json"),
-            &json!({
-                "specific": format!(
-                    "a feature fired at least {} times, at least {} of them on the family's tokens",
-                    super::families::MIN_FIRES,
-                    super::families::SPECIFIC_SHARE
-                ),
-                "families": result.families,
-            }),
-        )?;
-    }
-    // The hierarchy: levels ordered coarse (low resolution) to fine, each cluster's parent.
-    let mut order: Vec<usize> = (0..levels.len()).collect();
-    order.sort_by(|&a, &b| levels[a].0.total_cmp(&levels[b].0));
-    let hierarchy: Vec<serde_json::Value> = order
-        .iter()
-        .enumerate()
-        .map(|(pos, &l)| {
-            let (resolution, labels) = &levels[l];
-            let clusters = {
-                let mut sizes: HashMap<usize, usize> = HashMap::new();
-                for &v in labels {
-                    *sizes.entry(v).or_default() += 1;
-                }
-                sizes.values().filter(|&&s| s >= 2).count()
-            };
-            let parent = (pos > 0).then(|| {
-                let coarse = &levels[order[pos - 1]].1;
-                parents(coarse, labels)
-                    .into_iter()
-                    .map(|(f, c)| (f.to_string(), c))
-                    .collect::<std::collections::BTreeMap<_, _>>()
-            });
-            json!({
-                "resolution": resolution,
-                "tensor_row": l,
-                "clusters_of_2_or_more": clusters,
-                "parent": parent,
-            })
-        })
-        .collect();
+    tensors
+}
+
+/// categories.json: where the categories came from, how they were found and tested, and the
+/// categories themselves.
+fn categories_json(
+    result: &CategoriesResult,
+    config: &CategoriesConfig,
+    context: &OutputContext<'_>,
+) -> serde_json::Value {
     let significant = result
         .categories
         .iter()
         .filter(|c| c.significant == Some(true))
         .count();
-    write_json_atomic(
-        &out.join("categories.json"),
-        &json!({
-            "sae": context.sae.display().to_string(),
-            "provenance": context.provenance,
-            "d_in": result.d_in,
-            "d_sae": d_sae,
-            "method": result.method,
-            "neighbours": graph.neighbours,
-            "min_cosine": result.min_cosine,
-            "rank_by": config.rank_by,
-            "significance": {
-                "statistic": "density: mean edge weight over all member pairs of the clustering graph",
-                "null": "random connected groups of the same size grown over the same graph",
-                "draws": config.null_draws,
-                "significant_below_p": super::SIGNIFICANT_P,
-                "significant_categories": significant,
-            },
-            "rows": result.rows_read,
-            "cooccurrence": result.partners.as_ref().map(|p| json!({
-                "weight": config.cooccurrence.map(|c| c.weight),
-                "unit": p.config.unit,
-                "chunk": p.config.chunk_rows,
-                "measure": p.config.measure,
-                "partners": p.partners,
-                "min_joint": p.config.min_joint,
-                "fires_above": p.config.fires_above,
-                "units": p.units,
-                "passes": p.passes,
-            })),
-            "graph_edges": result.edges.pairs.len(),
-            "levels": if config.method == Method::Leiden { json!(hierarchy) } else { json!(null) },
-            "categories": result.categories,
-        }),
-    )?;
-    Ok(())
+    let cooccurrence = result.partners.as_ref().map(|p| {
+        json!({
+            "weight": config.cooccurrence.map(|c| c.weight),
+            "unit": p.config.unit,
+            "chunk": p.config.chunk_rows,
+            "measure": p.config.measure,
+            "partners": p.partners,
+            "min_joint": p.config.min_joint,
+            "fires_above": p.config.fires_above,
+            "units": p.units,
+            "passes": p.passes,
+        })
+    });
+    let levels = if config.method == Method::Leiden {
+        json!(result.hierarchy)
+    } else {
+        json!(null)
+    };
+    json!({
+        "sae": context.sae.display().to_string(),
+        "provenance": context.provenance,
+        "d_in": result.d_in,
+        "d_sae": result.d_sae,
+        "method": result.method,
+        "neighbours": result.graph.neighbours,
+        "min_cosine": result.min_cosine,
+        "rank_by": config.rank_by,
+        "significance": {
+            "statistic": "density: mean edge weight over all member pairs of the clustering graph",
+            "null": "random connected groups of the same size grown over the same graph",
+            "draws": config.null_draws,
+            "significant_below_p": SIGNIFICANT_P,
+            "significant_categories": significant,
+        },
+        "rows": result.rows_read,
+        "cooccurrence": cooccurrence,
+        "graph_edges": result.edges.pairs.len(),
+        "levels": levels,
+        "categories": result.categories,
+    })
 }
 
 /// `sae hist`'s top_examples.jsonl: per feature, (activation, decoded context).
@@ -315,52 +257,17 @@ pub fn read_contexts(dir: &Path) -> anyhow::Result<HashMap<usize, Vec<(f32, Stri
     Ok(out)
 }
 
-/// Parents, children and novel features between two dictionaries: a feature of the wider SAE
-/// whose best match in the narrower one has cosine ≥ 0.5 is that feature's child; features of
-/// either side with no match that close are novel.
-fn across_json(
-    m: &Matching,
-    ours: &Path,
-    other: &Path,
-    d_ours: usize,
-    d_other: usize,
-) -> serde_json::Value {
-    const MATCHED: f32 = 0.5;
-    let (narrow_to_wide, wide_to_narrow, narrow, wide) = if d_ours <= d_other {
-        (&m.ours_to_other, &m.other_to_ours, ours, other)
+/// across.json: how our dictionary and `--across`'s relate, with their paths.
+fn across_json(across: &Across, ours: &Path, other: &Path) -> anyhow::Result<serde_json::Value> {
+    let (narrow, wide) = if across.ours_narrow {
+        (ours, other)
     } else {
-        (&m.other_to_ours, &m.ours_to_other, other, ours)
+        (other, ours)
     };
-    let mut children: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
-    let mut novel_wide = Vec::new();
-    for (w, &(n, c)) in wide_to_narrow.iter().enumerate() {
-        if c >= MATCHED {
-            children.entry(n).or_default().push(w as u32);
-        } else {
-            novel_wide.push(w as u32);
-        }
-    }
-    let novel_narrow: Vec<u32> = narrow_to_wide
-        .iter()
-        .enumerate()
-        .filter(|(n, &(_, c))| c < MATCHED && !children.contains_key(&(*n as u32)))
-        .map(|(n, _)| n as u32)
-        .collect();
-    let split: Vec<serde_json::Value> = children
-        .iter()
-        .filter(|(_, kids)| kids.len() >= 2)
-        .map(|(p, kids)| json!({"parent": p, "children": kids}))
-        .collect();
-    json!({
-        "narrow": narrow.display().to_string(),
-        "wide": wide.display().to_string(),
-        "match_cosine": MATCHED,
-        "narrow_best_match": narrow_to_wide,
-        "wide_best_match": wide_to_narrow,
-        "split_parents": split,
-        "novel_in_wide": novel_wide,
-        "unmatched_in_narrow": novel_narrow,
-    })
+    let mut value = serde_json::to_value(across)?;
+    value["narrow"] = json!(narrow.display().to_string());
+    value["wide"] = json!(wide.display().to_string());
+    Ok(value)
 }
 
 /// Tokens coloured in a category's scatter plot (the rest are grey).
@@ -377,8 +284,10 @@ pub struct ReportInputs<'a> {
     pub pages: usize,
     /// The dictionary's 2-D map: (x, y) per feature.
     pub map: &'a [(f64, f64)],
-    /// Unit decoder rows, for the cosine matrices.
+    /// Unit decoder rows.
     pub unit: &'a [f32],
+    /// The decoder cosines between a category's members, for its cosine matrix.
+    pub member_cosines: &'a dyn Fn(&[usize]) -> Vec<f64>,
     /// Decodes a token id for display.
     pub token_text: &'a dyn Fn(i32) -> String,
     /// Top activating contexts per feature (from `sae hist`'s top_examples.jsonl), if given.
@@ -479,7 +388,7 @@ pub fn write_report(
 }
 
 fn category_plots(plots: &Path, c: &Category, inputs: &ReportInputs<'_>) -> anyhow::Result<()> {
-    let cos = member_gram(inputs.unit, inputs.d_in, &c.members);
+    let cos = (inputs.member_cosines)(&c.members);
     let labels: Vec<String> = c.members.iter().map(|f| f.to_string()).collect();
     heatmap(
         &plots.join(format!("category-{:03}-cosines.png", c.rank)),
@@ -662,9 +571,18 @@ fn category_page(c: &Category, inputs: &ReportInputs<'_>) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    null_section(&mut body, c);
+    structure_section(&mut body, c, inputs);
+    members_section(&mut body, c, inputs);
+    writers_section(&mut body, c, inputs);
+    page(&format!("Category #{}", c.rank), &body)
+}
+
+/// The category's density against chance.
+fn null_section(body: &mut String, c: &Category) {
     if let Some(n) = c.null {
         let _ = write!(
-            body,
+            *body,
             "<p>Internal edge density {:.4} against {:.4} ± {:.4} for {} random connected groups \
              of {} features drawn from the same graph: z = {:.1}, p = {:.3}{}.</p>",
             n.density,
@@ -681,6 +599,10 @@ fn category_page(c: &Category, inputs: &ReportInputs<'_>) -> String {
             }
         );
     }
+}
+
+/// The category's reconstructions on data: PCA, Engels' indices, the circle and orders.
+fn structure_section(body: &mut String, c: &Category, inputs: &ReportInputs<'_>) {
     if let Some(s) = &c.structure {
         let _ = write!(
             body,
@@ -729,6 +651,10 @@ fn category_page(c: &Category, inputs: &ReportInputs<'_>) -> String {
             tokens.join(" → ")
         );
     }
+}
+
+/// The members, their fire counts and top contexts, under the cosine matrix.
+fn members_section(body: &mut String, c: &Category, inputs: &ReportInputs<'_>) {
     let _ = write!(
         body,
         "<h2>Members</h2><p><img src=\"plots/category-{:03}-cosines.png\" alt=\"cosine matrix\"></p>\
@@ -752,6 +678,10 @@ fn category_page(c: &Category, inputs: &ReportInputs<'_>) -> String {
         );
     }
     body.push_str("</table>");
+}
+
+/// The model weights that write the category's subspace, and its logit lens.
+fn writers_section(body: &mut String, c: &Category, inputs: &ReportInputs<'_>) {
     if let Some(w) = &c.writers {
         let _ = write!(
             body,
@@ -785,5 +715,4 @@ fn category_page(c: &Category, inputs: &ReportInputs<'_>) -> String {
         }
         body.push_str("</table>");
     }
-    page(&format!("Category #{}", c.rank), &body)
 }

@@ -14,33 +14,11 @@ use crate::gpu::kernels::widen::UploadDtype;
 use crate::gpu::recorder::Timings;
 use crate::gpu::{Gpu, GpuBuffer, GpuError, GpuResult, LaunchCache, Recorder};
 
-use super::trainer::Trainer;
+use super::gpu_state::Trainer;
+use super::step::{MemberStep, Upload};
 
 /// Steps submitted but not known to be finished before the host waits for the oldest.
 pub const MAX_IN_FLIGHT: usize = 2;
-
-/// What one trainer does with the feed's batch.
-#[derive(Clone, Copy, Debug)]
-pub struct MemberStep {
-    /// The factor inputs are divided by (1 when not scaling).
-    pub scale: f32,
-    pub lr: f64,
-    /// Adam steps from 1.
-    pub step: u64,
-    /// Copy the step's figures for [`Trainer::ready_metrics`].
-    pub with_metrics: bool,
-    /// The sparsity coefficient of this step (ReLU + L1's λ after warmup; 0 for the TopK
-    /// family, which ignores it).
-    pub penalty: f64,
-}
-
-/// A batch as uploaded: which buffer, how stored, how many rows.
-#[derive(Clone, Copy)]
-pub struct Upload<'a> {
-    pub raw: &'a GpuBuffer,
-    pub dtype: UploadDtype,
-    pub rows: usize,
-}
 
 pub struct Feed<'g> {
     gpu: &'g Gpu,

@@ -8,7 +8,7 @@ use std::sync::Once;
 use anyhow::{anyhow, Context};
 use plotters::prelude::*;
 
-const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+const FONT: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
 
 fn register_fonts() {
     static ONCE: Once = Once::new();

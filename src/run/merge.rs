@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
+use super::outputs::hist_files::{self, SaeSource};
 use crate::analysis::eval::EvalAccumulator;
-use crate::analysis::hist::{self, Histograms, SaeSource};
+use crate::analysis::hist::{self, Histograms};
 use crate::data::parts::{check_complete, PartInfo};
 use crate::io::write_json_atomic;
 
@@ -189,7 +190,7 @@ pub fn merge_encode(paths: &[PathBuf], out: &Path) -> anyhow::Result<MergedEncod
 pub fn merge_hist(dirs: &[PathBuf]) -> anyhow::Result<(Histograms, SaeSource)> {
     let mut loaded = Vec::with_capacity(dirs.len());
     for dir in dirs {
-        let (hist, source) = hist::load(dir)?;
+        let (hist, source) = hist_files::load(dir)?;
         loaded.push((dir.clone(), hist, source));
     }
     let split_parts = loaded.iter().filter(|(_, h, _)| h.part.is_some()).count();

@@ -15,13 +15,15 @@ use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::train::{
-    default_format, train_group, ExportFormat, MemberSpec, RunOptions, TrainConfig, TrainReport,
-};
+use super::config::{default_format, ExportFormat, TrainConfig};
+use super::group::MemberSpec;
+use super::job::train_group;
+use super::report::TrainReport;
+use super::run_dir::RunOptions;
 use crate::data::parts::Part;
 use crate::gpu::Gpu;
 use crate::io::write_json_atomic;
-use crate::sae::architecture::Architecture;
+use crate::sae::arch::{Architecture, SparsityAxis};
 
 /// The swept values; every combination is a member, in this nesting order (seed innermost).
 #[derive(Clone, Debug, Default)]
@@ -91,17 +93,6 @@ pub struct SweepFile {
     pub sae_wgpu_version: String,
 }
 
-/// What sets a member's sparsity.
-#[derive(Clone, Copy)]
-enum Sparsity {
-    /// k (the TopK family).
-    K,
-    /// ReLU + L1's λ.
-    L1(f64),
-    /// JumpReLU's λ.
-    L0(f64),
-}
-
 /// The members of a sweep: `base` with every combination of `axes` (an empty axis keeps the
 /// base value), data order shared (`base.data_seed`, or the first seed).
 pub fn plan(
@@ -117,44 +108,22 @@ pub fn plan(
             values.to_vec()
         }
     };
-    let ks = or(&axes.k, base.k);
-    let sizes = or(&axes.d_sae, base.d_sae);
+    let ks = or(&axes.k, base.model.k);
+    let sizes = or(&axes.d_sae, base.model.d_sae);
     let seeds = if axes.seed.is_empty() {
-        vec![base.seed]
+        vec![base.init.seed]
     } else {
         axes.seed.clone()
     };
-    let data_seed = base.data_seed.unwrap_or(seeds[0]);
+    let data_seed = base.data.data_seed.unwrap_or(seeds[0]);
     let architectures = if axes.architecture.is_empty() {
-        vec![base.architecture]
+        vec![base.model.architecture]
     } else {
         axes.architecture.clone()
     };
     let mut runs: Vec<SweepRun> = Vec::new();
-    let or_base = |values: &[f64], base: f64| {
-        if values.is_empty() {
-            vec![base]
-        } else {
-            values.to_vec()
-        }
-    };
-    let l1s = or_base(&axes.l1_coefficient, base.l1_coefficient);
-    let l0s = or_base(&axes.l0_coefficient, base.l0_coefficient);
     for &architecture in &architectures {
-        // The sparsity setting: k for the TopK family; for the ReLU family, λ (its k is the
-        // cap).
-        let settings: Vec<(usize, Sparsity)> = match architecture {
-            Architecture::Relu => l1s
-                .iter()
-                .map(|&l1| (axes.relu_cap, Sparsity::L1(l1)))
-                .collect(),
-            Architecture::JumpRelu => l0s
-                .iter()
-                .map(|&l0| (axes.relu_cap, Sparsity::L0(l0)))
-                .collect(),
-            _ => ks.iter().map(|&k| (k, Sparsity::K)).collect(),
-        };
-        for &(k, sparsity) in &settings {
+        for sparsity in sparsities(architecture, axes, base, &ks) {
             for &d_sae in &sizes {
                 let lrs = if axes.lr.is_empty() {
                     vec![default_lr(d_sae)]
@@ -163,73 +132,18 @@ pub fn plan(
                 };
                 for &lr in &lrs {
                     for &seed in &seeds {
-                        let mut dir = match sparsity {
-                            Sparsity::L1(l1) => format!("relu-l1_{l1}"),
-                            Sparsity::L0(l0) => format!("jumprelu-l0_{l0}"),
-                            Sparsity::K => format!("{}-k{k}", architecture.name()),
+                        let member = Member {
+                            architecture,
+                            sparsity,
+                            d_sae,
+                            lr,
+                            seed,
                         };
-                        if d_in > 0 && d_sae % d_in == 0 {
-                            dir.push_str(&format!("-x{}", d_sae / d_in));
-                        } else {
-                            dir.push_str(&format!("-d{d_sae}"));
-                        }
-                        if axes.lr.len() > 1 {
-                            dir.push_str(&format!("-lr{lr}"));
-                        }
-                        if seeds.len() > 1 {
-                            dir.push_str(&format!("-s{seed}"));
-                        }
+                        let dir = member.dir(d_in, axes.lr.len() > 1, seeds.len() > 1);
                         if runs.iter().any(|r| r.dir == dir) {
                             bail!("the sweep lists {dir} twice; give each value once");
                         }
-                        let matryoshka_widths = match architecture {
-                            Architecture::Matryoshka => base.matryoshka_widths.clone(),
-                            _ => Vec::new(),
-                        };
-                        // The ReLU family's cap never exceeds the dictionary.
-                        let k = if architecture.penalized() {
-                            k.min(d_sae)
-                        } else {
-                            k
-                        };
-                        let (l1, l0) = match sparsity {
-                            Sparsity::L1(l1) => (Some(l1), None),
-                            Sparsity::L0(l0) => (None, Some(l0)),
-                            Sparsity::K => (None, None),
-                        };
-                        let config = TrainConfig {
-                            architecture,
-                            matryoshka_widths,
-                            format: axes.format.unwrap_or(default_format(architecture)),
-                            // The ReLU family trains without AuxK (train::uses_auxk).
-                            auxk_alpha: if architecture.penalized() {
-                                0.0
-                            } else {
-                                base.auxk_alpha
-                            },
-                            k,
-                            l1_coefficient: l1.unwrap_or(base.l1_coefficient),
-                            l0_coefficient: l0.unwrap_or(base.l0_coefficient),
-                            d_sae,
-                            lr,
-                            seed,
-                            data_seed: Some(data_seed),
-                            ..base.clone()
-                        };
-                        runs.push(SweepRun {
-                            dir,
-                            architecture: architecture.name().into(),
-                            k,
-                            d_sae,
-                            lr,
-                            seed,
-                            l1_coefficient: l1,
-                            l0_coefficient: l0,
-                            fvu: None,
-                            l0: None,
-                            dead_frac: None,
-                            config,
-                        });
+                        runs.push(member.run(dir, base, axes, data_seed));
                     }
                 }
             }
@@ -240,6 +154,128 @@ pub fn plan(
         data_seed,
         sae_wgpu_version: env!("CARGO_PKG_VERSION").to_string(),
     })
+}
+
+/// What sets a member's sparsity.
+#[derive(Clone, Copy)]
+enum Sparsity {
+    /// k (the TopK family).
+    K(usize),
+    /// ReLU + L1's λ.
+    L1(f64),
+    /// JumpReLU's λ.
+    L0(f64),
+}
+
+/// The sparsity settings `architecture` is swept over: k for the TopK family; for the ReLU
+/// family its coefficient (its k is the cap).
+fn sparsities(
+    architecture: Architecture,
+    axes: &SweepAxes,
+    base: &TrainConfig,
+    ks: &[usize],
+) -> Vec<Sparsity> {
+    let or_base = |values: &[f64], base: f64| {
+        if values.is_empty() {
+            vec![base]
+        } else {
+            values.to_vec()
+        }
+    };
+    let settings = &base.model.settings;
+    match architecture.spec().sparsity() {
+        SparsityAxis::K => ks.iter().map(|&k| Sparsity::K(k)).collect(),
+        SparsityAxis::L1 => or_base(&axes.l1_coefficient, settings.relu.l1_coefficient)
+            .into_iter()
+            .map(Sparsity::L1)
+            .collect(),
+        SparsityAxis::L0 => or_base(&axes.l0_coefficient, settings.jumprelu.l0_coefficient)
+            .into_iter()
+            .map(Sparsity::L0)
+            .collect(),
+    }
+}
+
+/// One combination of the swept values.
+struct Member {
+    architecture: Architecture,
+    sparsity: Sparsity,
+    d_sae: usize,
+    lr: f64,
+    seed: u64,
+}
+
+impl Member {
+    /// The member's directory name: its architecture and sparsity, its width, and the
+    /// learning rate and seed when those are swept.
+    fn dir(&self, d_in: usize, lr_swept: bool, seeds_swept: bool) -> String {
+        let mut dir = match self.sparsity {
+            Sparsity::L1(l1) => format!("relu-l1_{l1}"),
+            Sparsity::L0(l0) => format!("jumprelu-l0_{l0}"),
+            Sparsity::K(k) => format!("{}-k{k}", self.architecture.name()),
+        };
+        let d_sae = self.d_sae;
+        if d_in > 0 && d_sae.is_multiple_of(d_in) {
+            dir.push_str(&format!("-x{}", d_sae / d_in));
+        } else {
+            dir.push_str(&format!("-d{d_sae}"));
+        }
+        if lr_swept {
+            dir.push_str(&format!("-lr{}", self.lr));
+        }
+        if seeds_swept {
+            dir.push_str(&format!("-s{}", self.seed));
+        }
+        dir
+    }
+
+    /// The member as sweep.json lists it, with its whole configuration.
+    fn run(&self, dir: String, base: &TrainConfig, axes: &SweepAxes, data_seed: u64) -> SweepRun {
+        let architecture = self.architecture;
+        let spec = architecture.spec();
+        // The ReLU family's k is its cap, which never exceeds the dictionary.
+        let (k, l1, l0) = match self.sparsity {
+            Sparsity::K(k) => (k, None, None),
+            Sparsity::L1(l1) => (axes.relu_cap.min(self.d_sae), Some(l1), None),
+            Sparsity::L0(l0) => (axes.relu_cap.min(self.d_sae), None, Some(l0)),
+        };
+        let mut config = base.clone();
+        let model = &mut config.model;
+        model.architecture = architecture;
+        model.k = k;
+        model.d_sae = self.d_sae;
+        if architecture != Architecture::Matryoshka {
+            model.settings.matryoshka.matryoshka_widths = Vec::new();
+        }
+        if let Some(l1) = l1 {
+            model.settings.relu.l1_coefficient = l1;
+        }
+        if let Some(l0) = l0 {
+            model.settings.jumprelu.l0_coefficient = l0;
+        }
+        config.output.format = axes.format.unwrap_or(default_format(architecture));
+        // Architectures without AuxK say so in config.json.
+        if !spec.uses_auxk() {
+            config.auxk.auxk_alpha = 0.0;
+        }
+        config.optim.lr = self.lr;
+        config.init.seed = self.seed;
+        config.data.data_seed = Some(data_seed);
+        SweepRun {
+            dir,
+            architecture: architecture.name().into(),
+            k,
+            d_sae: self.d_sae,
+            lr: self.lr,
+            seed: self.seed,
+            l1_coefficient: l1,
+            l0_coefficient: l0,
+            fvu: None,
+            l0: None,
+            dead_frac: None,
+            config,
+        }
+    }
 }
 
 /// Reads `dir/sweep.json`; a missing or damaged file is a one-line error naming it.

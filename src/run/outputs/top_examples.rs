@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context};
 use serde_json::json;
 use tokenizers::Tokenizer;
 
-use super::hist::Histograms;
+use crate::analysis::hist::Histograms;
 use crate::data::Shard;
 use crate::io::temp_path;
 

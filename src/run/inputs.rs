@@ -1,0 +1,77 @@
+//! What every analysis job starts from: an SAE (any layout this project reads), the shards it
+//! runs over (checked against its d_in), this part's share of them when the job is split, and
+//! the GPU with the SAE uploaded.
+
+use std::path::PathBuf;
+
+use crate::data::parts::{split, Part, PartInfo};
+use crate::data::{expand_inputs, open_shards, Shard};
+use crate::gpu::{AdapterRequest, Gpu};
+use crate::sae::formats::{load_sae_at, LoadedSae};
+use crate::sae::forward::GpuSae;
+
+/// An SAE and the shards to run it over.
+#[derive(Clone, Debug, Default)]
+pub struct SaeInputs {
+    /// A sparsify, SAELens or `sae train` directory.
+    pub sae: PathBuf,
+    /// A sparsify run saved for several hookpoints: the one to use.
+    pub hookpoint: Option<String>,
+    /// Files, directories or globs.
+    pub shards: Vec<PathBuf>,
+    pub tensor: String,
+    /// Only part I of N of the shards (sorted by path, whole shards balanced by rows).
+    pub part: Option<Part>,
+    pub adapter: AdapterRequest,
+}
+
+/// The SAE loaded and the shards opened.
+pub struct Opened {
+    pub loaded: LoadedSae,
+    pub shards: Vec<Shard>,
+    /// The part of a split job these shards are.
+    pub part: Option<PartInfo>,
+}
+
+impl Opened {
+    /// Rows over every shard.
+    pub fn rows(&self) -> u64 {
+        self.shards.iter().map(|s| s.rows as u64).sum()
+    }
+}
+
+impl SaeInputs {
+    /// Loads the SAE and opens the shards (this part of them), before any GPU work.
+    pub fn open(&self) -> anyhow::Result<Opened> {
+        let loaded = load_sae_at(&self.sae, self.hookpoint.as_deref())?;
+        let paths = expand_inputs(&self.shards)?;
+        let mut shards = open_shards(&paths, &self.tensor, Some(loaded.params.d_in))?;
+        let mut part = None;
+        if let Some(p) = self.part {
+            let (mine, info) = split(shards, p)?;
+            shards = mine;
+            part = Some(info);
+        }
+        Ok(Opened {
+            loaded,
+            shards,
+            part,
+        })
+    }
+
+    /// The GPU asked for.
+    pub fn gpu(&self) -> anyhow::Result<Gpu> {
+        Ok(Gpu::new(&self.adapter)?)
+    }
+}
+
+/// The SAE on the GPU for batches of `batch_rows` rows, thresholded SAEs keeping `cap` latents
+/// per row.
+pub fn upload(gpu: &Gpu, opened: &Opened, cap: usize, batch_rows: usize) -> anyhow::Result<GpuSae> {
+    Ok(GpuSae::upload_with_cap(
+        gpu,
+        &opened.loaded.params,
+        cap,
+        batch_rows,
+    )?)
+}

@@ -1,0 +1,211 @@
+//! A run's configuration, saved in `config.json` (under "config") and read back by
+//! `--resume`: what it trains on, the model, the optimiser, the initialisation, AuxK and what
+//! it writes. The groups are flattened, so `config.json` keeps one flat object whose keys are
+//! the flags' names.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::choice::Choice;
+use crate::gpu::kernels::optim::AdamConfig;
+use crate::sae::arch::{Architecture, ModelConfig};
+use crate::sae::trainer::AuxKConfig;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainConfig {
+    #[serde(flatten)]
+    pub data: DataConfig,
+    #[serde(flatten)]
+    pub model: ModelConfig,
+    #[serde(flatten)]
+    pub optim: OptimConfig,
+    #[serde(flatten)]
+    pub init: InitConfig,
+    #[serde(flatten)]
+    pub auxk: AuxKSettings,
+    #[serde(flatten)]
+    pub output: OutputConfig,
+}
+
+/// The data and its order: runs trained on the same batches (a sweep) share all of it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DataConfig {
+    pub inputs: Vec<PathBuf>,
+    pub tensor: String,
+    pub eval_inputs: Vec<PathBuf>,
+    /// Fraction of each training shard held out for evaluation (when no eval shards).
+    pub eval_fraction: f64,
+    pub batch_size: usize,
+    pub steps: u64,
+    pub shuffle_buffer: usize,
+    /// Seed of the data order (shard order and shuffle); `None`: the init seed. A sweep gives
+    /// every member the same one, so its members see the same batches.
+    #[serde(default)]
+    pub data_seed: Option<u64>,
+    pub skip_nonfinite: bool,
+}
+
+/// Adam and the learning-rate schedule (linear warmup, then linear decay to 0).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OptimConfig {
+    pub lr: f64,
+    pub lr_warmup_steps: u64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_eps: f64,
+}
+
+/// Where the weights start.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InitConfig {
+    pub seed: u64,
+    pub b_dec_init: BDecInit,
+    pub normalize_activations: bool,
+    /// Rows used to estimate b_dec's geometric median and the input scale.
+    pub init_sample_rows: usize,
+}
+
+/// AuxK (for the architectures it revives) and when a latent counts as dead.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuxKSettings {
+    pub auxk_alpha: f32,
+    pub auxk_k: usize,
+    pub dead_tokens: u64,
+}
+
+/// What the run writes, and when.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OutputConfig {
+    pub eval_every: u64,
+    pub checkpoint_every: u64,
+    pub log_every: u64,
+    pub format: ExportFormat,
+}
+
+impl TrainConfig {
+    /// The seed of the data order.
+    pub fn data_seed(&self) -> u64 {
+        self.data.data_seed.unwrap_or(self.init.seed)
+    }
+
+    /// Names the first setting that must be shared by runs trained on the same batches and
+    /// differs between `self` and `other`.
+    pub fn data_mismatch(&self, other: &TrainConfig) -> Option<&'static str> {
+        let (a, b) = (&self.data, &other.data);
+        let same = [
+            ("inputs", a.inputs == b.inputs),
+            ("tensor", a.tensor == b.tensor),
+            ("eval inputs", a.eval_inputs == b.eval_inputs),
+            ("eval fraction", a.eval_fraction == b.eval_fraction),
+            ("batch size", a.batch_size == b.batch_size),
+            ("steps", a.steps == b.steps),
+            ("shuffle buffer", a.shuffle_buffer == b.shuffle_buffer),
+            ("data seed", self.data_seed() == other.data_seed()),
+            ("skip_nonfinite", a.skip_nonfinite == b.skip_nonfinite),
+        ];
+        same.into_iter().find(|(_, s)| !s).map(|(name, _)| name)
+    }
+
+    pub fn adam(&self) -> AdamConfig {
+        AdamConfig {
+            beta1: self.optim.adam_beta1,
+            beta2: self.optim.adam_beta2,
+            eps: self.optim.adam_eps,
+        }
+    }
+
+    pub fn auxk(&self) -> AuxKConfig {
+        AuxKConfig {
+            alpha: self.auxk.auxk_alpha,
+            k_aux: self.auxk.auxk_k,
+        }
+    }
+
+    /// Whether AuxK trains (the TopK family, with a positive weight).
+    pub fn uses_auxk(&self) -> bool {
+        self.auxk.auxk_alpha > 0.0 && self.model.architecture.spec().uses_auxk()
+    }
+
+    /// Validates hyperparameters against the data before anything runs.
+    pub fn validate(&self, d_in: usize) -> anyhow::Result<()> {
+        self.model.validate(d_in).map_err(|e| anyhow!(e))?;
+        let architecture = self.model.architecture;
+        let format = self.output.format;
+        if !architecture.spec().exports_sparsify() && format != ExportFormat::Saelens {
+            bail!(
+                "--format {}: sparsify has no inference path for --architecture {}; use --format saelens (its default)",
+                format.name(),
+                architecture.name()
+            );
+        }
+        if self.data.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        let fraction = self.data.eval_fraction;
+        if !(0.0..1.0).contains(&fraction) {
+            bail!("--eval-fraction must be in [0, 1), got {fraction}");
+        }
+        if !(self.optim.lr.is_finite() && self.optim.lr >= 0.0) {
+            bail!("--lr must be a finite non-negative number");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BDecInit {
+    GeometricMedian,
+    Mean,
+    Zeros,
+}
+
+impl Choice for BDecInit {
+    const CHOICES: &'static [(&'static str, Self, &'static str)] = &[
+        (
+            "geometric-median",
+            BDecInit::GeometricMedian,
+            "Weiszfeld geometric median of a sample (openai/sparse_autoencoder)",
+        ),
+        ("mean", BDecInit::Mean, "Mean of the first batch (sparsify)"),
+        ("zeros", BDecInit::Zeros, "Zeros"),
+    ];
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportFormat {
+    Sparsify,
+    Saelens,
+    Both,
+}
+
+impl Choice for ExportFormat {
+    const CHOICES: &'static [(&'static str, Self, &'static str)] = &[
+        ("sparsify", ExportFormat::Sparsify, "sparsify's layout"),
+        ("saelens", ExportFormat::Saelens, "SAELens' layout"),
+        ("both", ExportFormat::Both, "both layouts"),
+    ];
+}
+
+impl ExportFormat {
+    pub fn sparsify(self) -> bool {
+        matches!(self, ExportFormat::Sparsify | ExportFormat::Both)
+    }
+
+    pub fn saelens(self) -> bool {
+        matches!(self, ExportFormat::Saelens | ExportFormat::Both)
+    }
+}
+
+/// The layouts a run exports unless told otherwise: both for TopK; SAELens alone for the
+/// other architectures, which sparsify cannot run.
+pub fn default_format(architecture: Architecture) -> ExportFormat {
+    if architecture.spec().exports_sparsify() {
+        ExportFormat::Both
+    } else {
+        ExportFormat::Saelens
+    }
+}
