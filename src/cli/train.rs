@@ -162,7 +162,7 @@ pub struct TrainArgs {
     quiet: bool,
     /// Do not time the encoder GEMM's tile shapes on a new adapter (use a cached choice or the
     /// default; results are the same either way).
-    #[arg(long, env = "SAE_NO_TUNE")]
+    #[arg(long, env = "SAE_NO_TUNE", value_parser = clap::builder::BoolishValueParser::new())]
     no_tune: bool,
     /// Checkpoint and stop after this many steps (continue later with --resume).
     #[arg(long, value_name = "STEPS")]
