@@ -2,7 +2,7 @@
 //! token family too), and for each studied category a uniform sample of the rows where its
 //! members fire, as coordinates of their reconstruction in the category's basis.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
@@ -66,8 +66,9 @@ struct Gatherer<'a> {
     family_fires: Vec<u64>,
     rng: ChaCha8Rng,
     max_token: Option<i32>,
-    /// The members that fired in the current row, by category.
-    fired: HashMap<usize, Vec<(usize, f32)>>,
+    /// The members that fired in the current row, by category (in category order: the
+    /// reservoirs draw from one generator, so the order decides the samples).
+    fired: BTreeMap<usize, Vec<(usize, f32)>>,
 }
 
 impl<'a> Gatherer<'a> {
@@ -92,7 +93,7 @@ impl<'a> Gatherer<'a> {
             family_fires: vec![0u64; families.map_or(0, |f| f.names.len()) * d_sae],
             rng: ChaCha8Rng::seed_from_u64(sampling.seed),
             max_token: None,
-            fired: HashMap::new(),
+            fired: BTreeMap::new(),
         }
     }
 
@@ -177,5 +178,39 @@ impl Consumer for Gatherer<'_> {
             self.row(token, &idx[entries.clone()], &val[entries]);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two categories firing on the same rows, reservoirs of one sample: the samples depend
+    /// on the order the categories draw in, which must not vary between runs.
+    #[test]
+    fn samples_do_not_depend_on_hash_order() {
+        let w_dec: Vec<f32> = (0..4 * 2).map(|i| ((i * 7 % 5) as f32) - 2.0).collect();
+        let sampling = Sampling {
+            per_category: 1,
+            seed: 3,
+        };
+        let run = || {
+            let cats = vec![
+                CategorySamples::new(&[0, 1], &w_dec, 2),
+                CategorySamples::new(&[2, 3], &w_dec, 2),
+            ];
+            let mut g = Gatherer::new(4, cats, sampling, None);
+            for token in 0..64 {
+                g.row(token, &[0, 2], &[1.0, 1.0]);
+            }
+            g.categories
+                .iter()
+                .map(|c| c.tokens.clone())
+                .collect::<Vec<_>>()
+        };
+        let first = run();
+        for _ in 0..32 {
+            assert_eq!(run(), first);
+        }
     }
 }
