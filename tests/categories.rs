@@ -10,6 +10,7 @@ use std::process::Command;
 use common::{gpu, random_vec, rng, temp_dir};
 use sae_wgpu::analysis::categories::{knn_graph, unit_rows};
 use sae_wgpu::data::synth::{write_synthetic, PlantedCircle, SynthConfig, TRUE_DICTIONARY};
+use sae_wgpu::gpu::Matmul;
 use sae_wgpu::io::{write_safetensors, TensorOut};
 use sae_wgpu::sae::formats::{load_sae, read_tensor_f32, save_sparsify};
 use sae_wgpu::sae::params::{Activation, SaeParams};
@@ -46,7 +47,7 @@ fn knn_graph_matches_cpu_reference() {
     for (d_in, d_sae, neighbours, batch) in [(13, 77, 6, 10), (8, 33, 1, 33), (4, 7, 6, 3)] {
         let w_dec = random_vec(&mut rng(d_sae as u64), d_sae * d_in, 1.0);
         let unit = unit_rows(&w_dec, d_in);
-        let graph = knn_graph(gpu, &unit, d_in, d_sae, neighbours, batch).unwrap();
+        let graph = knn_graph(gpu, &unit, d_in, d_sae, neighbours, batch, Matmul::F32).unwrap();
         assert_eq!(graph.neighbours, neighbours);
         assert_eq!(graph.index.len(), d_sae * neighbours);
         for i in 0..d_sae {

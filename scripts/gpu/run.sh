@@ -5,8 +5,9 @@
 #
 # On a machine with an NVIDIA GPU (nvidia-smi works): `sae bench kernels --all-shapes`,
 # `sae bench train` at batch 4096, d_in 576 / 2048 / 4096 × 8× / 32×, k 32 (and every
-# architecture at d_in 576 × 8×), then `sae train`
-# and EleutherAI sparsify (fp32, and its default bf16 autocast) on the same synthetic shards
+# architecture at d_in 576 × 8×), each with `--matmul f32` and, where the adapter has cooperative
+# matrices (tensor cores), `--matmul f16`; then `sae train` (f32, and f16 where it can) and
+# EleutherAI sparsify (fp32, and its default bf16 autocast) on the same synthetic shards
 # (and on real ones with SAE_REAL_TRAIN / SAE_REAL_EVAL), same k, width, batch and schedule.
 # Without one it runs our side only, on whatever adapter wgpu finds (lavapipe), at the quick
 # start's small shape, so the whole script is exercised anywhere. Ends with one table
@@ -52,6 +53,10 @@ HAVE_SPARSIFY=0
 "$PY" -c "import sparsify, torch" 2>/dev/null && HAVE_SPARSIFY=1
 
 "$SAE" adapters --json > "$OUT/adapters.json" || exit 1
+# The encoder GEMM's precisions this adapter runs: f16 on its matrix units where it has them.
+MATMULS=f32
+grep -q EXPERIMENTAL_COOPERATIVE_MATRIX "$OUT/adapters.json" && MATMULS="f32 f16"
+echo "matmul: $MATMULS"
 
 echo "== kernels"
 if [ "$MODE" = gpu ]; then
@@ -63,10 +68,12 @@ fi
 echo "== training steps"
 : > "$OUT/train.jsonl"
 if [ "$MODE" = gpu ]; then
-    for d in 576 2048 4096; do
-        for x in 8 32; do
-            "$SAE" bench train --shape "4096,$d,$((d * x)),32" --warmup 5 --steps 20 --timed-steps 2 \
-                --json >> "$OUT/train.jsonl"
+    for m in $MATMULS; do
+        for d in 576 2048 4096; do
+            for x in 8 32; do
+                "$SAE" bench train --shape "4096,$d,$((d * x)),32" --matmul "$m" --warmup 5 --steps 20 \
+                    --timed-steps 2 --json >> "$OUT/train.jsonl"
+            done
         done
     done
     "$SAE" bench train --shape 4096,576,4608,32 --dtype f16 --warmup 5 --steps 20 --timed-steps 2 \
@@ -77,8 +84,10 @@ if [ "$MODE" = gpu ]; then
     "$SAE" bench train --shape 4096,576,4608,256 --architecture relu,jumprelu \
         --warmup 5 --steps 20 --timed-steps 2 --json >> "$OUT/train.jsonl"
 else
-    "$SAE" bench train --shape 512,64,256,8 --architecture topk,batchtopk,matryoshka,relu,jumprelu \
-        --warmup 3 --steps 10 --timed-steps 1 --json >> "$OUT/train.jsonl"
+    for m in $MATMULS; do
+        "$SAE" bench train --shape 512,64,256,8 --architecture topk,batchtopk,matryoshka,relu,jumprelu \
+            --matmul "$m" --warmup 3 --steps 10 --timed-steps 1 --json >> "$OUT/train.jsonl"
+    done
 fi
 
 echo "== side by side"
@@ -95,17 +104,21 @@ if [ ! -f "$SYN/heldout/synth_0000.safetensors" ]; then
 fi
 side() { # NAME TRAIN EVAL D_IN
     local name="$1" train="$2" eval="$3" d_in="$4" d_sae=$(( $4 * XF ))
-    local run="$OUT/run-$name"
-    rm -rf "$run"
-    if "$SAE" train "$train" --eval "$eval" --out "$run" --k 32 --d-sae "$d_sae" --batch-size "$BATCH" \
-        --tokens $(( STEPS * BATCH )) --auxk-alpha 0 --b-dec-init mean --quiet >/dev/null; then
-        "$PY" - "$run" "$name" >> "$OUT/side.jsonl" <<'PY'
+    local m run
+    for m in $MATMULS; do
+        run="$OUT/run-$name-$m"
+        rm -rf "$run"
+        if "$SAE" train "$train" --eval "$eval" --out "$run" --k 32 --d-sae "$d_sae" --batch-size "$BATCH" \
+            --tokens $(( STEPS * BATCH )) --auxk-alpha 0 --b-dec-init mean --matmul "$m" --quiet >/dev/null; then
+            "$PY" - "$run" "$name" >> "$OUT/side.jsonl" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1] + "/summary.json"))
-print(json.dumps({"data": sys.argv[2], "trainer": "sae-wgpu", "tokens_per_s": s["tokens_per_s"],
-                  "peak_gpu_bytes": s.get("peak_gpu_bytes"), "heldout_fvu": (s.get("heldout") or {}).get("fvu")}))
+print(json.dumps({"data": sys.argv[2], "trainer": "sae-wgpu " + s.get("matmul", "f32"),
+                  "tokens_per_s": s["tokens_per_s"], "peak_gpu_bytes": s.get("peak_gpu_bytes"),
+                  "heldout_fvu": (s.get("heldout") or {}).get("fvu")}))
 PY
-    fi
+        fi
+    done
     if [ "$HAVE_SPARSIFY" = 1 ]; then
         for precision in fp32 bf16; do
             [ "$MODE" = cpu ] && [ "$precision" = bf16 ] && continue

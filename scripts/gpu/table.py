@@ -19,10 +19,11 @@ adapters = lines(out / "adapters.json")
 print(f"adapter: {adapters[0]['name']} ({adapters[0]['backend']}, {adapters[0]['driver']} "
       f"{adapters[0]['driver_info']})" if adapters else "adapter: ?")
 
-print("\n| architecture | shape | dtype | tokens/s | ms/step | host ms/step | GPU busy | peak MiB (min) | tiles |")
-print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+print("\n| architecture | shape | dtype | matmul | tokens/s | ms/step | host ms/step | GPU busy | peak MiB (min) | tiles |")
+print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
 for r in lines(out / "train.jsonl"):
-    print(f"| {r.get('architecture', 'topk')} | {r['shape']} | {r['dtype']} | {r['tokens_per_s']:,.0f} | {r['ms_per_step']:.2f} | "
+    print(f"| {r.get('architecture', 'topk')} | {r['shape']} | {r['dtype']} | {r.get('matmul', 'f32')} | "
+          f"{r['tokens_per_s']:,.0f} | {r['ms_per_step']:.2f} | "
           f"{r['host_ms_per_step']:.3f} | {100 * r['gpu_busy_fraction']:.0f}% | "
           f"{mib(r['peak_gpu_bytes'])} ({mib(r['min_gpu_bytes'])}) | {r['gemm_tiles']} |")
 

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::scan::{Consumer, Scan, Scanned};
 use crate::gpu::kernels::reduce::launch_fire_counts;
-use crate::gpu::{Gpu, GpuBuffer, GpuResult, Recorder};
+use crate::gpu::{F16Overflow, Gpu, GpuBuffer, GpuResult, Matmul, MatmulChoice, Recorder};
 use crate::sae::forward::ForwardBuffers;
 use crate::sae::pass::ForwardPass;
 use crate::sae::GpuSae;
@@ -236,21 +236,37 @@ pub struct EvalOptions {
     /// ReLU / JumpReLU SAEs: latents kept per row.
     pub cap: usize,
     pub skip_nonfinite: bool,
+    /// How the encoder GEMM runs.
+    pub matmul: MatmulChoice,
 }
 
-/// Every row of `shards` once, in file order, through `params` on the GPU: the sums behind
-/// every figure, and the cap the SAE ran with.
+/// What [`evaluate`] found: the sums behind every figure and how the SAE ran.
+pub struct Evaluated {
+    pub stats: EvalAccumulator,
+    /// Latents kept per row.
+    pub cap: usize,
+    pub matmul: Matmul,
+    pub f16_overflow: F16Overflow,
+}
+
+/// Every row of `shards` once, in file order, through `params` on the GPU.
 pub fn evaluate(
     gpu: &Gpu,
     params: &crate::sae::params::SaeParams,
     shards: std::sync::Arc<Vec<crate::data::Shard>>,
     options: EvalOptions,
     on_rows: impl FnMut(u64),
-) -> anyhow::Result<(EvalAccumulator, usize)> {
-    let sae = GpuSae::upload_with_cap(gpu, params, options.cap, options.batch_rows)?;
+) -> anyhow::Result<Evaluated> {
+    let mut sae = GpuSae::upload_with_cap(gpu, params, options.cap, options.batch_rows)?;
+    sae.set_matmul(gpu, gpu.matmul(options.matmul)?)?;
     let mut stream_cfg = crate::data::StreamConfig::sequential(options.batch_rows);
     stream_cfg.skip_nonfinite = options.skip_nonfinite;
     let stream = crate::data::BatchStream::start(shards, stream_cfg)?;
-    let acc = evaluate_stream(gpu, &sae, options.batch_rows, stream, 1.0, on_rows)?;
-    Ok((acc, sae.k))
+    let stats = evaluate_stream(gpu, &sae, options.batch_rows, stream, 1.0, on_rows)?;
+    Ok(Evaluated {
+        stats,
+        cap: sae.k,
+        matmul: sae.matmul(),
+        f16_overflow: sae.f16_overflow(gpu)?,
+    })
 }

@@ -10,10 +10,13 @@ use serde::Serialize;
 
 use super::{median, AdapterRecord};
 use crate::data::Batch;
+use crate::gpu::kernels::coop::{
+    launch_encode_coop, launch_pack_rows, launch_pack_weights, CoopShape, PackedRows,
+};
 use crate::gpu::kernels::encoder::{EncoderShape, GemmTiles};
 use crate::gpu::kernels::optim::AdamConfig;
-use crate::gpu::tune::time_gemm;
-use crate::gpu::{Gpu, GpuResult};
+use crate::gpu::tune::{time_gemm, time_recording, GemmOperands};
+use crate::gpu::{CoopTile, Gpu, GpuResult, Recorder};
 use crate::sae::params::SaeParams;
 use crate::sae::trainer::Trainer;
 use crate::sae::trainer::{Feed, MemberStep};
@@ -220,5 +223,65 @@ pub fn bench_kernels(
             work("encode_gemm", shape),
         );
     }
+    // The same GEMM on the matrix units (f16 operands), where the adapter has them.
+    let coop_kernels = ["encode_coop", "pack_rows", "pack_weights"];
+    let wants_coop =
+        wants_gemm || filter.is_some_and(|f| coop_kernels.iter().any(|k| k.contains(f)));
+    if let (Some(tile), true) = (gpu.coop, wants_coop) {
+        for (kernel, ms) in time_coop(gpu, gemm, tile, reps)? {
+            let flops = work("encode_gemm", shape).and_then(|(f, _)| f);
+            let (b, d, n) = (batch as f64, d_in as f64, d_sae as f64);
+            let bytes = match kernel {
+                "encode_coop" => 2.0 * (b * d + d * n) + 4.0 * (b * n + b),
+                "pack_rows" => 4.0 * b * d + 2.0 * b * d,
+                _ => 4.0 * d * n + 2.0 * d * n,
+            };
+            let work = Some((flops.filter(|_| kernel == "encode_coop"), bytes));
+            let label = format!("{kernel}[{}x{}]", tile.edge, tile.edge);
+            emit(label, vec![ms], 1, work);
+        }
+    }
     Ok(records)
+}
+
+/// The f16 encoder GEMM's kernels at `shape`: the GEMM itself, packing a batch's rows, and
+/// refreshing the f16 copy of W_enc (what a training step adds), in ms.
+fn time_coop(
+    gpu: &Gpu,
+    shape: EncoderShape,
+    tile: CoopTile,
+    reps: usize,
+) -> GpuResult<Vec<(&'static str, f64)>> {
+    let EncoderShape { rows, d_in, d_sae } = shape;
+    let GemmOperands {
+        x,
+        w_enc: w,
+        b_dec,
+        b_enc,
+        h,
+    } = GemmOperands::new(gpu, shape)?;
+    let a = gpu.storage::<half::f16>("x f16", rows * d_in)?;
+    let row_scale = gpu.storage::<f32>("row scales", rows)?;
+    let w16 = gpu.storage::<half::f16>("w_enc f16", d_in * d_sae)?;
+    let overflow = gpu.storage::<u32>("overflow", 2)?;
+    let packed = PackedRows {
+        a: &a,
+        row_scale: &row_scale,
+        overflow: &overflow,
+    };
+    let coop = CoopShape {
+        rows,
+        k: d_in,
+        n: d_sae,
+    };
+    let pack_rows = |rec: &mut Recorder<'_>| launch_pack_rows(rec, &x, &b_dec, &packed, coop, tile);
+    let pack_weights =
+        |rec: &mut Recorder<'_>| launch_pack_weights(rec, &w, &w16, &overflow, d_in, d_sae, tile);
+    let gemm =
+        |rec: &mut Recorder<'_>| launch_encode_coop(rec, &packed, &w16, &b_enc, &h, coop, tile);
+    Ok(vec![
+        ("encode_coop", time_recording(gpu, reps, gemm)?),
+        ("pack_rows", time_recording(gpu, reps, pack_rows)?),
+        ("pack_weights", time_recording(gpu, reps, pack_weights)?),
+    ])
 }

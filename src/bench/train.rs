@@ -18,7 +18,7 @@ use crate::data::{open_shards, ActDtype, BatchStream, StreamConfig};
 use crate::gpu::kernels::encoder::EncoderShape;
 use crate::gpu::kernels::optim::AdamConfig;
 use crate::gpu::tune::tiles_for;
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, Matmul};
 use crate::io::{write_safetensors, TensorOut};
 use crate::sae::arch::{build_trainer, ArchSettings, Architecture, ModelConfig, TrainerOptions};
 use crate::sae::trainer::{AuxKConfig, Feed, MemberStep};
@@ -41,6 +41,8 @@ pub struct TrainBench {
     pub dtype: ActDtype,
     /// Log metrics every this many steps, as `sae train --log-every` (10 by default).
     pub log_every: usize,
+    /// How the encoder GEMM runs.
+    pub matmul: Matmul,
 }
 
 /// One JSON line of `sae bench train --json`.
@@ -48,6 +50,9 @@ pub struct TrainBench {
 pub struct TrainBenchRecord {
     pub bench: &'static str,
     pub architecture: &'static str,
+    /// `f32`, or `f16` on the matrix units (its f16 copy of W_enc refreshed every step, in
+    /// the optimiser stage).
+    pub matmul: &'static str,
     pub shape: String,
     pub dtype: String,
     pub steps: usize,
@@ -75,7 +80,8 @@ pub struct TrainBenchRecord {
     pub bind_groups_created_in_steady_state: u64,
     /// The most bytes of GPU buffers alive at once during the run.
     pub peak_gpu_bytes: u64,
-    /// The encoder GEMM's tile shape (the cached choice for this adapter, or the default).
+    /// The encoder GEMM's tiles: the f32 shape (the cached choice for this adapter, or the
+    /// default), or the f16 layout when `matmul` is f16.
     pub gemm_tiles: String,
     /// Parameters, their Adam moments and one batch: what any trainer must hold.
     pub min_gpu_bytes: u64,
@@ -180,6 +186,7 @@ fn run(
             alpha: 1.0 / 32.0,
             k_aux: (d_in / 2).clamp(1, 512),
         },
+        matmul: bench.matmul,
     };
     gpu.allocations.reset_peak();
     let mut trainer = build_trainer(gpu, &params, &model, &options, None)?;
@@ -257,6 +264,7 @@ fn run(
     let record = TrainBenchRecord {
         bench: "train",
         architecture: architecture.name(),
+        matmul: bench.matmul.name(),
         shape: bench.shape.label(),
         dtype: format!("{:?}", bench.dtype).to_lowercase(),
         steps: bench.steps,
@@ -277,7 +285,10 @@ fn run(
         buffers_created_in_steady_state: after.buffers - before.buffers,
         bind_groups_created_in_steady_state: after.bind_groups - before.bind_groups,
         peak_gpu_bytes: gpu.allocations.counts().peak_bytes,
-        gemm_tiles: trainer.sae.gemm_tiles.label(),
+        gemm_tiles: match trainer.sae.matmul() {
+            Matmul::F32 => trainer.sae.gemm_tiles.label(),
+            Matmul::F16(tile) => tile.label(),
+        },
         min_gpu_bytes: 3 * params_bytes + 4 * (batch * d_in) as u64,
         adapter: AdapterRecord::of(gpu),
         timing_method: if gpu.has_timestamps() {

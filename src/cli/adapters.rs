@@ -2,7 +2,8 @@
 
 use clap::Args;
 
-use crate::gpu::{list_adapters, BackendChoice, GpuError};
+use crate::gpu::coop::f16_tile;
+use crate::gpu::{list_adapters, AdapterSummary, BackendChoice, GpuError};
 
 #[derive(Args, Debug)]
 pub struct AdaptersArgs {
@@ -57,6 +58,28 @@ pub fn run(args: &AdaptersArgs) -> anyhow::Result<()> {
             adapter.features.join(", ")
         };
         println!("    features       {features}");
+        println!(
+            "    subgroups      {}..{} invocations",
+            adapter.subgroup_min_size, adapter.subgroup_max_size
+        );
+        println!("    matrix units   {}", matrix_units(adapter));
     }
     Ok(())
+}
+
+/// The cooperative-matrix configurations, and whether `--matmul auto` uses them.
+fn matrix_units(adapter: &AdapterSummary) -> String {
+    if adapter.cooperative_matrices.is_empty() {
+        return "none (no cooperative matrices: --matmul auto runs f32)".into();
+    }
+    let configs: Vec<String> = adapter
+        .cooperative_matrices
+        .iter()
+        .map(|c| format!("{}×{}×{} {}→{}", c.m, c.n, c.k, c.ab, c.cr))
+        .collect();
+    let use_ = match f16_tile(&adapter.cooperative_matrices) {
+        Some(t) => format!("--matmul auto runs f16 on {t}×{t} tiles"),
+        None => "none is f16 → f32: --matmul auto runs f32".into(),
+    };
+    format!("{} ({use_})", configs.join(", "))
 }

@@ -13,7 +13,7 @@ use crate::analysis::categories::cooccurrence::{CooccurrenceMeasure, Cooccurrenc
 use crate::analysis::categories::RankBy;
 use crate::choice::Choice;
 use crate::data::parts::Part;
-use crate::gpu::{AdapterRequest, BackendChoice};
+use crate::gpu::{AdapterRequest, BackendChoice, MatmulChoice};
 use crate::run::encode::ValueDtype;
 use crate::run::inputs::SaeInputs;
 use crate::run::train::{BDecInit, ExportFormat};
@@ -40,6 +40,7 @@ macro_rules! value_enums {
 }
 
 value_enums!(
+    MatmulChoice,
     Architecture,
     L0Penalty,
     ThresholdParam,
@@ -109,8 +110,14 @@ pub struct InputArgs {
 }
 
 impl InputArgs {
-    /// The inputs of a job on `gpu`'s adapter; `usage` is the error without an SAE.
-    pub fn inputs(&self, gpu: &GpuArgs, usage: &str) -> anyhow::Result<SaeInputs> {
+    /// The inputs of a job on `gpu`'s adapter with the encoder GEMM as `matmul` says; `usage`
+    /// is the error without an SAE.
+    pub fn inputs(
+        &self,
+        gpu: &GpuArgs,
+        matmul: MatmulChoice,
+        usage: &str,
+    ) -> anyhow::Result<SaeInputs> {
         let Some(sae) = self.sae.clone() else {
             anyhow::bail!("{usage}");
         };
@@ -121,11 +128,12 @@ impl InputArgs {
             tensor: self.tensor.clone(),
             part: self.part,
             adapter: gpu.request(),
+            matmul,
         })
     }
 }
 
-/// How SAEs run over shards: batch rows and the cap of thresholded SAEs.
+/// How SAEs run over shards: batch rows, the cap of thresholded SAEs, the encoder GEMM.
 #[derive(Args, Debug)]
 pub struct PassArgs {
     /// Rows per GPU batch.
@@ -134,4 +142,19 @@ pub struct PassArgs {
     /// ReLU / JumpReLU SAEs: latents kept per row (the rest are counted as dropped).
     #[arg(long, default_value_t = DEFAULT_CAP)]
     pub cap: usize,
+    /// auto: f16 operands on the matrix units (tensor cores) where the adapter has cooperative
+    /// matrices, f32 elsewhere, as PyTorch's autocast would; f32; or f16 (an error on an
+    /// adapter without them).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub matmul: MatmulChoice,
+}
+
+/// How the encoder GEMM runs (every command that runs the forward pass).
+#[derive(Args, Debug, Clone, Copy)]
+pub struct MatmulArgs {
+    /// auto: f16 operands on the matrix units (tensor cores) where the adapter has cooperative
+    /// matrices, f32 elsewhere, as PyTorch's autocast would; f32; or f16 (an error on an
+    /// adapter without them).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub matmul: MatmulChoice,
 }

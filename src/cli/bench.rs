@@ -3,7 +3,7 @@
 
 use clap::{Args, Subcommand};
 
-use super::GpuArgs;
+use super::{GpuArgs, MatmulArgs};
 use crate::bench::train::{bench_train, TrainBench, TrainBenchRecord};
 use crate::bench::{bench_kernels, BenchRecord, BenchShape};
 use crate::data::ActDtype;
@@ -72,6 +72,8 @@ pub struct TrainArgs {
     /// One JSON object per shape on stdout.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    matmul: MatmulArgs,
     #[command(flatten)]
     gpu: GpuArgs,
 }
@@ -186,8 +188,9 @@ fn kernels(args: KernelsArgs) -> anyhow::Result<()> {
 
 fn print_train(record: &TrainBenchRecord) {
     println!(
-        "{} {} {}: {:.0} tokens/s, {:.2} ms/step (host {:.3} ms = {:.2}%, in submit {:.2} ms, data wait {:.3} ms), GPU {:.2} ms/step, busy {:.1}%",
+        "{} {} {} {}: {:.0} tokens/s, {:.2} ms/step (host {:.3} ms = {:.2}%, in submit {:.2} ms, data wait {:.3} ms), GPU {:.2} ms/step, busy {:.1}%",
         record.architecture,
+        record.matmul,
         record.shape,
         record.dtype,
         record.tokens_per_s,
@@ -249,6 +252,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
                 timed_steps: args.timed_steps,
                 dtype: args.dtype,
                 log_every: 10,
+                matmul: gpu.matmul(args.matmul.matmul)?,
             };
             match bench_train(&gpu, bench, &scratch) {
                 Ok(record) if args.json => print_json(&record),

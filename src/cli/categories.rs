@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::args::InputArgs;
-use super::GpuArgs;
+use super::{GpuArgs, MatmulArgs};
 use crate::analysis::categories::cluster::LeidenQuality;
 use crate::analysis::categories::config::{CategoriesConfig, Method};
 use crate::analysis::categories::cooccurrence::{CooccurrenceMeasure, CooccurrenceUnit};
@@ -132,6 +132,8 @@ pub struct CategoriesArgs {
     #[arg(long)]
     quiet: bool,
     #[command(flatten)]
+    matmul: MatmulArgs,
+    #[command(flatten)]
     gpu: GpuArgs,
 }
 
@@ -139,7 +141,7 @@ impl CategoriesArgs {
     fn request(&self) -> anyhow::Result<CategoriesRequest> {
         let usage = "usage: sae categories SAE [SHARDS…] --out DIR";
         Ok(CategoriesRequest {
-            inputs: self.input.inputs(&self.gpu, usage)?,
+            inputs: self.input.inputs(&self.gpu, self.matmul.matmul, usage)?,
             out: self.out.clone(),
             config: CategoriesConfig {
                 neighbours: self.neighbours,
@@ -158,6 +160,7 @@ impl CategoriesArgs {
                 rank_by: self.rank_by,
                 null_draws: self.null_draws,
                 batch_size: self.batch_size,
+                matmul: self.matmul.matmul,
             },
             cooccurrence: CooccurrenceRequest {
                 weight: self.cooccurrence_weight,

@@ -53,7 +53,7 @@ pub fn run(args: EncodeArgs) -> anyhow::Result<()> {
         bail!("{usage}");
     };
     let request = EncodeRequest {
-        inputs: args.input.inputs(&args.gpu, usage)?,
+        inputs: args.input.inputs(&args.gpu, args.pass.matmul, usage)?,
         out,
         values: args.values,
         batch_size: args.pass.batch_size,

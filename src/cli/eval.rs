@@ -9,6 +9,7 @@ use serde_json::json;
 use super::args::{InputArgs, PassArgs};
 use super::GpuArgs;
 use crate::analysis::eval::{EvalOptions, EvalSummary};
+use crate::gpu::{F16Overflow, Matmul};
 use crate::run::eval::{eval, EvalRequest};
 use crate::run::merge::merge_eval;
 
@@ -64,11 +65,13 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let request = EvalRequest {
         inputs: args.input.inputs(
             &args.gpu,
+            args.pass.matmul,
             "usage: sae eval SAE SHARDS… (or sae eval merge PART_JSONS…)",
         )?,
         options: EvalOptions {
             batch_rows: args.pass.batch_size,
             cap: args.pass.cap,
+            matmul: args.pass.matmul,
             skip_nonfinite: args.skip_nonfinite,
         },
         quiet: args.json,
@@ -94,7 +97,22 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         );
     }
     print_summary(&report.summary, report.cap);
+    print_matmul(report.matmul, report.f16_overflow);
     Ok(())
+}
+
+/// How the encoder GEMM ran, and what f16 could not hold (only when something).
+pub fn print_matmul(matmul: Matmul, overflow: F16Overflow) {
+    match matmul.tile() {
+        None => println!("matmul          f32"),
+        Some(tile) => println!("matmul          f16 ({})", tile.label()),
+    }
+    if overflow != F16Overflow::default() {
+        println!(
+            "f16 overflow    {} rows not finite, {} weights clamped to ±65504",
+            overflow.rows, overflow.weights
+        );
+    }
 }
 
 fn merge(paths: &[PathBuf], json_out: bool) -> anyhow::Result<()> {

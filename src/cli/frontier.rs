@@ -41,6 +41,7 @@ pub fn run(args: FrontierArgs) -> anyhow::Result<()> {
         options: EvalOptions {
             batch_rows: args.pass.batch_size,
             cap: args.pass.cap,
+            matmul: args.pass.matmul,
             skip_nonfinite: false,
         },
         out: args.out,

@@ -104,7 +104,7 @@ pub fn run(args: HistArgs) -> anyhow::Result<()> {
         bail!("{usage}");
     };
     let request = HistRequest {
-        inputs: args.input.inputs(&args.gpu, usage)?,
+        inputs: args.input.inputs(&args.gpu, args.pass.matmul, usage)?,
         out,
         config: HistConfig {
             batch_size: args.pass.batch_size,

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-pub use args::GpuArgs;
+pub use args::{GpuArgs, MatmulArgs};
 
 #[derive(Parser, Debug)]
 #[command(

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::GpuArgs;
+use super::{GpuArgs, MatmulArgs};
 use crate::data::parts::Part;
+use crate::gpu::F16Overflow;
 use crate::run::train::{
     resolve, BDecInit, ExportFormat, SweepReport, TrainOutcome, TrainReport, TrainRequest,
 };
@@ -168,6 +169,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "STEPS")]
     stop_after: Option<u64>,
     #[command(flatten)]
+    matmul: MatmulArgs,
+    #[command(flatten)]
     gpu: GpuArgs,
 }
 
@@ -226,6 +229,7 @@ impl TrainArgs {
             log_every: self.log_every,
             eval_every: self.eval_every,
             format: self.format,
+            matmul: self.matmul.matmul,
         }
     }
 }
@@ -268,8 +272,8 @@ fn print_sweep(report: &SweepReport) {
 
 fn print_report(report: &TrainReport) {
     println!(
-        "trained {} steps ({} tokens) in {:.1} s, {:.0} tokens/s",
-        report.steps, report.tokens, report.seconds, report.tokens_per_s
+        "trained {} steps ({} tokens) in {:.1} s, {:.0} tokens/s, matmul {}",
+        report.steps, report.tokens, report.seconds, report.tokens_per_s, report.matmul
     );
     if let Some(h) = &report.heldout {
         println!(
@@ -278,6 +282,12 @@ fn print_report(report: &TrainReport) {
             h.fvu,
             h.l0,
             100.0 * h.dead_frac
+        );
+    }
+    if let Some(o) = report.f16_overflow.filter(|o| *o != F16Overflow::default()) {
+        println!(
+            "f16 overflow: {} rows not finite, {} weights clamped to ±65504",
+            o.rows, o.weights
         );
     }
     println!("run directory: {}", report.run_dir.display());

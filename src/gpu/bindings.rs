@@ -315,3 +315,30 @@ pub mod widen {
 
     pub const ALL: super::Slots = &[("PARAMS", PARAMS), ("RAW", RAW), ("X", X)];
 }
+
+/// shaders/encoder_coop.wgsl
+pub mod encoder_coop {
+    pub const PARAMS: u32 = 0;
+    pub const X: u32 = 1;
+    pub const B_DEC: u32 = 2;
+    pub const A: u32 = 3;
+    pub const ROW_SCALE: u32 = 4;
+    pub const W: u32 = 5;
+    pub const W16: u32 = 6;
+    pub const B_ENC: u32 = 7;
+    pub const H: u32 = 8;
+    pub const OVERFLOW: u32 = 9;
+
+    pub const ALL: super::Slots = &[
+        ("PARAMS", PARAMS),
+        ("X", X),
+        ("B_DEC", B_DEC),
+        ("A", A),
+        ("ROW_SCALE", ROW_SCALE),
+        ("W", W),
+        ("W16", W16),
+        ("B_ENC", B_ENC),
+        ("H", H),
+        ("OVERFLOW", OVERFLOW),
+    ];
+}

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::alloc::{Allocations, TrackedBuffer};
+use super::coop::{self, CoopConfig, CoopTile, Matmul, MatmulChoice};
 use super::error::{first_line, GpuError, GpuResult};
 use super::pipeline::PipelineCache;
 
@@ -98,6 +99,11 @@ pub struct AdapterSummary {
     pub max_compute_invocations_per_workgroup: u32,
     pub max_compute_workgroups_per_dimension: u32,
     pub max_storage_buffers_per_shader_stage: u32,
+    /// Invocations per subgroup, smallest and largest.
+    pub subgroup_min_size: u32,
+    pub subgroup_max_size: u32,
+    /// The matrix shapes and types its cooperative matrices run (empty without them).
+    pub cooperative_matrices: Vec<CoopConfig>,
     /// Bytes in the adapter's device-local memory heaps, where the backend reports them
     /// (Vulkan); `None` elsewhere.
     pub device_memory_bytes: Option<u64>,
@@ -124,9 +130,17 @@ impl AdapterSummary {
             max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
             max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
             max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+            subgroup_min_size: info.subgroup_min_size,
+            subgroup_max_size: info.subgroup_max_size,
+            cooperative_matrices: coop::configs(adapter),
             device_memory_bytes: device_memory(adapter),
+            // The experimental feature is listed but requested only by `coop_layout`'s rule.
             features: OPTIONAL_FEATURES
                 .iter()
+                .chain([&(
+                    wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX,
+                    "EXPERIMENTAL_COOPERATIVE_MATRIX",
+                )])
                 .filter(|(flag, _)| features.contains(*flag))
                 .map(|(_, name)| *name)
                 .collect(),
@@ -196,6 +210,26 @@ pub fn list_adapters(backend: Option<BackendChoice>) -> Vec<AdapterSummary> {
         .collect()
 }
 
+/// The f16 encoder's layout when the adapter's cooperative matrices run f16 × f16 → f32 and
+/// it has the f16 arithmetic and subgroups the shader needs; `SAE_NO_COOP=1` leaves them off.
+fn coop_layout(adapter: &wgpu::Adapter, features: wgpu::Features) -> Option<CoopTile> {
+    let off = std::env::var("SAE_NO_COOP").is_ok_and(|v| !v.is_empty() && v != "0");
+    let needs = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+    let offered = adapter
+        .features()
+        .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+    if off || !offered || !features.contains(needs) {
+        return None;
+    }
+    let edge = coop::f16_tile(&coop::configs(adapter))?;
+    let info = adapter.get_info();
+    Some(CoopTile::new(
+        edge,
+        info.subgroup_min_size,
+        info.subgroup_max_size,
+    ))
+}
+
 /// Lower is better: real GPUs before software rasterisers; native APIs before GL.
 fn preference(info: &wgpu::AdapterInfo) -> (u8, u8) {
     let kind = match info.device_type {
@@ -262,6 +296,8 @@ pub struct Gpu {
     pub summary: AdapterSummary,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// The f16 encoder GEMM's layout on the matrix units, when the adapter has them.
+    pub coop: Option<CoopTile>,
     pub pipelines: PipelineCache,
     /// Reused by [`Gpu::read`]; grows to the largest readback.
     pub(crate) staging: Mutex<Option<TrackedBuffer>>,
@@ -282,7 +318,11 @@ impl Gpu {
         let wanted = OPTIONAL_FEATURES
             .iter()
             .fold(wgpu::Features::empty(), |acc, (flag, _)| acc | *flag);
-        let features = available & wanted;
+        let mut features = available & wanted;
+        let coop = coop_layout(&adapter, features);
+        if coop.is_some() {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
         let mut limits = adapter.limits();
         if let Some(cap) = request.max_binding_override {
             limits.max_storage_buffer_binding_size =
@@ -292,7 +332,15 @@ impl Gpu {
             label: Some("sae-wgpu"),
             required_features: features,
             required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            experimental_features: if coop.is_some() {
+                // SAFETY: wgpu asks callers of experimental features to accept that they may
+                // have bugs; we use only the cooperative-matrix operations, in one shader whose
+                // results are tested against an f64 reference, and never by default on an
+                // adapter without them.
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            },
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
@@ -339,12 +387,19 @@ impl Gpu {
             summary,
             limits,
             features,
+            coop,
             pipelines: PipelineCache::default(),
             staging: Mutex::new(None),
             allocations: Arc::default(),
             uncaptured,
             lost,
         })
+    }
+
+    /// How the dense products run for `choice` on this adapter; f16 without cooperative
+    /// matrices is an error naming what is missing.
+    pub fn matmul(&self, choice: MatmulChoice) -> GpuResult<Matmul> {
+        Matmul::resolve(choice, self.coop, &self.info.name)
     }
 
     pub fn has_f16(&self) -> bool {

@@ -55,6 +55,9 @@ pub enum GpuError {
         limit_name: &'static str,
     },
 
+    #[error("{what}: {message}")]
+    Unsupported { what: String, message: String },
+
     #[error("kernel '{kernel}': {message}")]
     Shape {
         kernel: &'static str,

@@ -4,6 +4,7 @@
 pub mod alloc;
 pub mod bindings;
 pub mod buffers;
+pub mod coop;
 pub mod device;
 pub mod dispatch;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod tune;
 
 pub use alloc::AllocationCounts;
 pub use buffers::GpuBuffer;
+pub use coop::{CoopConfig, CoopTile, F16Overflow, Matmul, MatmulChoice};
 pub use device::{
     list_adapters, AdapterRequest, AdapterSummary, BackendChoice, Gpu, InjectedFault,
 };

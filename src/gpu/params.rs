@@ -219,7 +219,19 @@ pub struct JumpReluParams {
     pub _pad: [u32; 3],
 }
 
+/// shaders/encoder_coop.wgsl
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct CoopParams {
+    pub rows: u32,
+    pub k: u32,
+    pub n: u32,
+    /// Workgroups of `encode` along n.
+    pub blocks_n: u32,
+}
+
 const _: () = {
+    assert!(std::mem::size_of::<CoopParams>() == 16);
     assert!(std::mem::size_of::<PenaltyParams>() == 48);
     assert!(std::mem::size_of::<JumpReluParams>() == 48);
     assert!(std::mem::size_of::<BatchTopKParams>() == 16);

@@ -127,7 +127,8 @@ impl PipelineCache {
             });
         }
         let source = format!(
-            "{}{}{}{}",
+            "{}{}{}{}{}",
+            shader.preamble(&key.defines),
             key.header(),
             shader.slots_header(),
             shader.prelude(),

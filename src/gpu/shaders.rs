@@ -20,6 +20,7 @@ pub enum Shader {
     BatchTopK,
     Penalty,
     JumpRelu,
+    EncoderCoop,
 }
 
 impl Shader {
@@ -39,6 +40,7 @@ impl Shader {
             Shader::BatchTopK => "batch_topk",
             Shader::Penalty => "penalty",
             Shader::JumpRelu => "jumprelu",
+            Shader::EncoderCoop => "encoder_coop",
         }
     }
 
@@ -64,6 +66,7 @@ impl Shader {
             Shader::BatchTopK => bindings::batch_topk::ALL,
             Shader::Penalty => bindings::penalty::ALL,
             Shader::JumpRelu => bindings::jumprelu::ALL,
+            Shader::EncoderCoop => bindings::encoder_coop::ALL,
         }
     }
 
@@ -92,6 +95,27 @@ impl Shader {
             Shader::BatchTopK => include_str!("../../shaders/batch_topk.wgsl"),
             Shader::Penalty => include_str!("../../shaders/penalty.wgsl"),
             Shader::JumpRelu => include_str!("../../shaders/jumprelu.wgsl"),
+            Shader::EncoderCoop => include_str!("../../shaders/encoder_coop.wgsl"),
+        }
+    }
+
+    /// What must open the module: extensions it enables, and (for the cooperative-matrix
+    /// shader) its tile types for the tile edge `T` among `defines`.
+    pub fn preamble(self, defines: &[(&'static str, u32)]) -> String {
+        match self {
+            Shader::EncoderCoop => {
+                let t = defines
+                    .iter()
+                    .find(|(name, _)| *name == "T")
+                    .map_or(16, |&(_, v)| v);
+                format!(
+                    "enable f16;\nenable wgpu_cooperative_matrix;\n\
+                     alias tile_a = coop_mat{t}x{t}<f16, A>;\n\
+                     alias tile_b = coop_mat{t}x{t}<f16, B>;\n\
+                     alias tile_acc = coop_mat{t}x{t}<f32, C>;\n"
+                )
+            }
+            _ => String::new(),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::kernels::encoder::{launch_encode_gemm, EncoderShape, GemmTiles};
-use super::{Gpu, GpuResult, InputPrecision, Recorder};
+use super::{Gpu, GpuBuffer, GpuResult, InputPrecision, Recorder};
 
 /// The tuning cache file: `$SAE_CACHE_DIR`, else `$XDG_CACHE_HOME/sae-wgpu`, else
 /// `~/.cache/sae-wgpu`; `gemm-tiles.json` inside.
@@ -93,39 +93,66 @@ pub struct Tuned {
 
 /// Milliseconds of one GEMM at `shape` with `tiles` (median of `reps` after a warm-up).
 pub fn time_gemm(gpu: &Gpu, shape: EncoderShape, tiles: GemmTiles, reps: usize) -> GpuResult<f64> {
-    let EncoderShape { rows, d_in, d_sae } = shape;
-    let x = gpu.upload("x", &vec![0.5f32; rows * d_in])?;
-    let w = gpu.upload("w_enc", &vec![0.01f32; d_in * d_sae])?;
-    let b_dec = gpu.storage::<f32>("b_dec", d_in)?;
-    let b_enc = gpu.storage::<f32>("b_enc", d_sae)?;
-    let h = gpu.storage::<f32>("h", rows * d_sae)?;
-    let record = |rec: &mut Recorder<'_>| {
+    let op = GemmOperands::new(gpu, shape)?;
+    time_recording(gpu, reps, |rec| {
         launch_encode_gemm(
             rec,
-            &x,
+            &op.x,
             InputPrecision::F32,
-            &w,
-            &b_dec,
-            &b_enc,
-            &h,
+            &op.w_enc,
+            &op.b_dec,
+            &op.b_enc,
+            &op.h,
             shape,
             tiles,
         )
-    };
-    let mut warm = Recorder::new(gpu, "tune warm-up");
+    })
+}
+
+/// Stand-in operands of the encoder GEMM at a shape, for timing (the values do not matter).
+pub struct GemmOperands {
+    pub x: GpuBuffer,
+    pub w_enc: GpuBuffer,
+    pub b_dec: GpuBuffer,
+    pub b_enc: GpuBuffer,
+    pub h: GpuBuffer,
+}
+
+impl GemmOperands {
+    pub fn new(gpu: &Gpu, shape: EncoderShape) -> GpuResult<GemmOperands> {
+        let EncoderShape { rows, d_in, d_sae } = shape;
+        Ok(GemmOperands {
+            x: gpu.upload("x", &vec![0.5f32; rows * d_in])?,
+            w_enc: gpu.upload("w_enc", &vec![0.01f32; d_in * d_sae])?,
+            b_dec: gpu.storage::<f32>("b_dec", d_in)?,
+            b_enc: gpu.storage::<f32>("b_enc", d_sae)?,
+            h: gpu.storage::<f32>("h", rows * d_sae)?,
+        })
+    }
+}
+
+/// The median GPU time (ms) of what `record` records, over `reps` repetitions after one
+/// warm-up: GPU timestamps where the adapter has them, else wall time around a wait.
+pub fn time_recording(
+    gpu: &Gpu,
+    reps: usize,
+    record: impl Fn(&mut Recorder<'_>) -> GpuResult<()>,
+) -> GpuResult<f64> {
+    let reps = reps.max(1);
+    let mut warm = Recorder::new(gpu, "timing warm-up");
     record(&mut warm)?;
     warm.submit()?;
     gpu.wait()?;
     let mut times = Vec::with_capacity(reps);
     if gpu.has_timestamps() {
-        let mut rec = Recorder::timed(gpu, "tune", reps as u32)?;
+        let mut rec = Recorder::timed(gpu, "timing", reps as u32)?;
         for _ in 0..reps {
             record(&mut rec)?;
         }
         times.extend(rec.submit_timed()?.into_iter().map(|(_, _, ms)| ms));
     } else {
         for _ in 0..reps {
-            let mut rec = Recorder::new(gpu, "tune");
+            let mut rec = Recorder::new(gpu, "timing");
             record(&mut rec)?;
             let start = Instant::now();
             rec.submit()?;

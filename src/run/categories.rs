@@ -374,7 +374,8 @@ fn count_part(
     prepare_output_dir(&request.out)?;
     let gpu = request.inputs.gpu()?;
     let batch_rows = request.config.batch_size;
-    let sae = GpuSae::upload_with_cap(&gpu, &loaded.sae.params, DEFAULT_CAP, batch_rows)?;
+    let mut sae = GpuSae::upload_with_cap(&gpu, &loaded.sae.params, DEFAULT_CAP, batch_rows)?;
+    sae.set_matmul(&gpu, gpu.matmul(request.config.matmul)?)?;
     let bar = progress::rows(info.rows, request.quiet);
     let counts = pair_counts(
         &gpu,

@@ -11,7 +11,7 @@ use safetensors::Dtype;
 use serde::Serialize;
 use serde_json::json;
 
-use super::inputs::{upload, SaeInputs};
+use super::inputs::SaeInputs;
 use super::merge::encode_part_file;
 use super::progress;
 use crate::analysis::encode::{CodeSink, EncodeConsumer};
@@ -74,7 +74,9 @@ pub fn encode(request: &EncodeRequest) -> anyhow::Result<EncodeReport> {
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("{}: cannot create", out_dir.display()))?;
     let gpu = request.inputs.gpu()?;
-    let sae = upload(&gpu, &opened, request.cap, request.batch_size)?;
+    let sae = request
+        .inputs
+        .upload(&gpu, &opened, request.cap, request.batch_size)?;
     let scan = Scan::new(&gpu, &sae, request.batch_size, false)?;
     let total = opened.rows();
     let bar = progress::rows(total, request.quiet);

@@ -7,6 +7,7 @@ use super::inputs::SaeInputs;
 use super::progress;
 use crate::analysis::eval::{evaluate, EvalAccumulator, EvalOptions, EvalSummary};
 use crate::data::parts::PartInfo;
+use crate::gpu::{F16Overflow, Matmul};
 use crate::sae::formats::Provenance;
 
 pub struct EvalRequest {
@@ -22,6 +23,9 @@ pub struct EvalReport {
     pub stats: EvalAccumulator,
     /// Latents kept per row of a thresholded SAE.
     pub cap: usize,
+    pub matmul: Matmul,
+    /// With f16 operands: rows that were not finite and weights clamped to f16's range.
+    pub f16_overflow: F16Overflow,
     pub provenance: Provenance,
     pub part: Option<PartInfo>,
 }
@@ -32,6 +36,11 @@ impl EvalReport {
         let mut value = serde_json::to_value(&self.summary)?;
         value["sae"] = serde_json::to_value(&self.provenance)?;
         value["cap"] = json!(self.cap);
+        value["matmul"] = json!(self.matmul.name());
+        if let Matmul::F16(tile) = self.matmul {
+            value["matmul_tile"] = serde_json::to_value(tile)?;
+            value["f16_overflow"] = serde_json::to_value(self.f16_overflow)?;
+        }
         value["stats"] = serde_json::to_value(&self.stats)?;
         if let Some(info) = &self.part {
             value["part"] = serde_json::to_value(info)?;
@@ -51,12 +60,14 @@ pub fn eval(request: &EvalRequest) -> anyhow::Result<EvalReport> {
     let bar = progress::rows(opened.rows(), request.quiet);
     let shards = std::sync::Arc::new(opened.shards);
     let params = &opened.loaded.params;
-    let (stats, cap) = evaluate(&gpu, params, shards, request.options, |rows| bar.inc(rows))?;
+    let done = evaluate(&gpu, params, shards, request.options, |rows| bar.inc(rows))?;
     bar.finish_and_clear();
     Ok(EvalReport {
-        summary: stats.summary(),
-        stats,
-        cap,
+        summary: done.stats.summary(),
+        stats: done.stats,
+        cap: done.cap,
+        matmul: done.matmul,
+        f16_overflow: done.f16_overflow,
         provenance: opened.loaded.provenance,
         part: opened.part,
     })

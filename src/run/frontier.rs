@@ -127,9 +127,9 @@ fn evaluate_runs(
     }
     let mut points = Vec::with_capacity(loaded.len());
     for (dir, sae) in &loaded {
-        let (acc, _) = evaluate(gpu, &sae.params, Arc::clone(&shards), options, &mut on_rows)
+        let done = evaluate(gpu, &sae.params, Arc::clone(&shards), options, &mut on_rows)
             .with_context(|| format!("evaluating {}", dir.display()))?;
-        let summary = acc.summary();
+        let summary = done.stats.summary();
         points.push(FrontierRun {
             dir: dir.display().to_string(),
             architecture: trained_architecture(dir)

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 
-use super::inputs::{upload, SaeInputs};
+use super::inputs::SaeInputs;
 use super::merge::merge_hist;
 use super::outputs::{hist_files, top_examples};
 use super::progress;
@@ -46,7 +46,7 @@ pub fn hist(request: &HistRequest) -> anyhow::Result<Histograms> {
     let passes: u64 = if config.cooccurrence > 0 { 2 } else { 1 };
     let total = passes * opened.rows();
     let gpu = inputs.gpu()?;
-    let sae = upload(&gpu, &opened, request.cap, config.batch_size)?;
+    let sae = inputs.upload(&gpu, &opened, request.cap, config.batch_size)?;
     let bar = progress::rows(total, request.quiet);
     let mut hist = compute(&gpu, &sae, opened.shards, config, |rows| bar.inc(rows))?;
     hist.part = opened.part;

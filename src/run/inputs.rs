@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crate::data::parts::{split, Part, PartInfo};
 use crate::data::{expand_inputs, open_shards, Shard};
-use crate::gpu::{AdapterRequest, Gpu};
+use crate::gpu::{AdapterRequest, Gpu, MatmulChoice};
 use crate::sae::formats::{load_sae_at, LoadedSae};
 use crate::sae::forward::GpuSae;
 
@@ -23,6 +23,8 @@ pub struct SaeInputs {
     /// Only part I of N of the shards (sorted by path, whole shards balanced by rows).
     pub part: Option<Part>,
     pub adapter: AdapterRequest,
+    /// How the encoder GEMM runs.
+    pub matmul: MatmulChoice,
 }
 
 /// The SAE loaded and the shards opened.
@@ -65,13 +67,19 @@ impl SaeInputs {
     }
 }
 
-/// The SAE on the GPU for batches of `batch_rows` rows, thresholded SAEs keeping `cap` latents
-/// per row.
-pub fn upload(gpu: &Gpu, opened: &Opened, cap: usize, batch_rows: usize) -> anyhow::Result<GpuSae> {
-    Ok(GpuSae::upload_with_cap(
-        gpu,
-        &opened.loaded.params,
-        cap,
-        batch_rows,
-    )?)
+impl SaeInputs {
+    /// The SAE on the GPU for batches of `batch_rows` rows, thresholded SAEs keeping `cap`
+    /// latents per row, its encoder GEMM as asked.
+    pub fn upload(
+        &self,
+        gpu: &Gpu,
+        opened: &Opened,
+        cap: usize,
+        batch_rows: usize,
+    ) -> anyhow::Result<GpuSae> {
+        let params = &opened.loaded.params;
+        let mut sae = GpuSae::upload_with_cap(gpu, params, cap, batch_rows)?;
+        sae.set_matmul(gpu, gpu.matmul(self.matmul)?)?;
+        Ok(sae)
+    }
 }

@@ -1,6 +1,9 @@
 //! SAE weights on the GPU and the recorded forward pass (encode GEMM → TopK → sparse decode),
 //! for a dictionary in one buffer or split into blocks of latents (src/sae/blocks.rs).
 
+use crate::gpu::kernels::coop::{
+    launch_encode_coop, launch_pack_rows, launch_pack_weights, CoopShape, PackedRows,
+};
 use crate::gpu::kernels::decoder::launch_decode_sparse_block;
 use crate::gpu::kernels::encoder::{launch_encode_gemm, EncoderShape, GemmTiles};
 use crate::gpu::kernels::gated::{launch_gate, GateParams};
@@ -9,7 +12,9 @@ use crate::gpu::kernels::topk::{
     launch_count_active_block, launch_topk_block, launch_topk_merge, Thresholds, TopKOut, MAX_K,
 };
 use crate::gpu::kernels::LatentRange;
-use crate::gpu::{Gpu, GpuBuffer, GpuError, GpuResult, InputPrecision, Recorder};
+use crate::gpu::{
+    CoopTile, F16Overflow, Gpu, GpuBuffer, GpuError, GpuResult, InputPrecision, Matmul, Recorder,
+};
 
 use super::blocks::{LatentBlocks, LatentTensor};
 use super::params::{Activation, InputNorm, SaeParams};
@@ -42,6 +47,8 @@ pub struct GpuSae {
     pub input_norm: Option<RowNorm>,
     /// Tile shape of the encoder GEMM (speed only: every shape gives the same bits).
     pub gemm_tiles: GemmTiles,
+    /// The encoder GEMM on the matrix units (f16 operands), when chosen ([`GpuSae::set_matmul`]).
+    pub coop: Option<CoopEncoder>,
     activation: Activation,
     pub layout: LatentBlocks,
     pub blocks: Vec<LatentBlock>,
@@ -163,11 +170,72 @@ impl GpuSae {
             thresholds,
             input_norm: params.input_norm.row_norm(),
             gemm_tiles: GemmTiles::default(),
+            coop: None,
             activation: params.activation.clone(),
             layout,
             blocks,
             b_dec: gpu.upload("b_dec", &params.b_dec)?,
         })
+    }
+
+    /// Runs the encoder GEMM as `matmul` says: on the matrix units with f16 copies of W_enc
+    /// (made here; a trainer refreshes them after each step), or in f32.
+    pub fn set_matmul(&mut self, gpu: &Gpu, matmul: Matmul) -> GpuResult<()> {
+        let Matmul::F16(tile) = matmul else {
+            self.coop = None;
+            return Ok(());
+        };
+        let w16 = self
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(b, block)| {
+                let label = block_label("W_enc f16", &self.layout, b);
+                gpu.storage::<half::f16>(&label, block.w_enc.len)
+            })
+            .collect::<GpuResult<Vec<_>>>()?;
+        self.coop = Some(CoopEncoder {
+            tile,
+            w16,
+            overflow: gpu.storage::<u32>("f16 overflow", 2)?,
+        });
+        let mut rec = Recorder::new(gpu, "W_enc to f16");
+        self.record_pack_weights(&mut rec)?;
+        rec.submit()?;
+        Ok(())
+    }
+
+    /// How the encoder GEMM runs.
+    pub fn matmul(&self) -> Matmul {
+        self.coop
+            .as_ref()
+            .map_or(Matmul::F32, |c| Matmul::F16(c.tile))
+    }
+
+    /// Records the refresh of the f16 copies of W_enc (nothing without them).
+    pub fn record_pack_weights(&self, rec: &mut Recorder<'_>) -> GpuResult<()> {
+        let Some(coop) = &self.coop else {
+            return Ok(());
+        };
+        for (block, w16) in self.blocks.iter().zip(&coop.w16) {
+            let (k, n) = (self.d_in, block.range.len);
+            launch_pack_weights(rec, &block.w_enc, w16, &coop.overflow, k, n, coop.tile)?;
+        }
+        Ok(())
+    }
+
+    /// What f16 could not hold so far (zeros without the f16 path). Waits for the GPU.
+    pub fn f16_overflow(&self, gpu: &Gpu) -> GpuResult<F16Overflow> {
+        match &self.coop {
+            None => Ok(F16Overflow::default()),
+            Some(coop) => {
+                let counts: Vec<u32> = gpu.read(&coop.overflow)?;
+                Ok(F16Overflow {
+                    rows: counts[0],
+                    weights: counts[1],
+                })
+            }
+        }
     }
 
     pub fn download(&self, gpu: &Gpu) -> GpuResult<SaeParams> {
@@ -221,6 +289,14 @@ pub fn block_label(tensor: &str, layout: &LatentBlocks, block: usize) -> String 
     }
 }
 
+/// The encoder GEMM on the matrix units: its layout, f16 copies of each block's W_enc, and
+/// the counts of what f16 could not hold (non-finite rows, clamped weights).
+pub struct CoopEncoder {
+    pub tile: CoopTile,
+    pub w16: Vec<GpuBuffer>,
+    pub overflow: GpuBuffer,
+}
+
 /// Per-row candidate slots where the blocks of a split dictionary put their own top k.
 pub struct Candidates {
     pub idx: GpuBuffer,
@@ -256,9 +332,32 @@ pub struct ForwardBuffers {
     pub candidates: Option<Candidates>,
     /// [capacity, 2] per-row statistics of the input normalisation, when the SAE has one.
     pub row_stats: Option<GpuBuffer>,
+    /// The f16 GEMM's packed rows: (x − b_dec) [capacity, d_in] f16 and each row's scale.
+    pub packed: Option<(GpuBuffer, GpuBuffer)>,
 }
 
 impl ForwardBuffers {
+    /// The packed rows the f16 GEMM of `sae` reads (none for the f32 GEMM).
+    fn packed_for(
+        gpu: &Gpu,
+        sae: &GpuSae,
+        capacity: usize,
+    ) -> GpuResult<Option<(GpuBuffer, GpuBuffer)>> {
+        match sae.coop {
+            Some(_) => Ok(Some((
+                gpu.storage::<half::f16>("x packed f16", capacity * sae.d_in)?,
+                gpu.storage::<f32>("x row scales", capacity)?,
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// Buffers for `sae` as its encoder GEMM now runs (after [`GpuSae::set_matmul`]).
+    pub fn follow_matmul(&mut self, gpu: &Gpu, sae: &GpuSae) -> GpuResult<()> {
+        self.packed = ForwardBuffers::packed_for(gpu, sae, self.capacity)?;
+        Ok(())
+    }
+
     pub fn new(gpu: &Gpu, sae: &GpuSae, capacity: usize) -> GpuResult<ForwardBuffers> {
         let h = sae
             .blocks
@@ -285,6 +384,7 @@ impl ForwardBuffers {
                 Some(_) => Some(gpu.storage::<f32>("input_norm_row_stats", capacity * 2)?),
                 None => None,
             },
+            packed: ForwardBuffers::packed_for(gpu, sae, capacity)?,
         })
     }
 }
@@ -443,23 +543,52 @@ pub fn record_encode_select(
         })?;
         launch_normalize_rows(rec, norm, &fw.x, stats, rows, sae.d_in)?;
     }
-    for (block, h) in sae.blocks.iter().zip(&fw.h) {
-        let shape = EncoderShape {
-            rows,
-            d_in: sae.d_in,
-            d_sae: block.range.len,
-        };
-        launch_encode_gemm(
-            rec,
-            &fw.x,
-            InputPrecision::F32,
-            &block.w_enc,
-            &sae.b_dec,
-            &block.b_enc,
-            h,
-            shape,
-            sae.gemm_tiles,
-        )?;
+    let coop = match (&sae.coop, &fw.packed) {
+        (Some(coop), Some((a, row_scale))) => {
+            let packed = PackedRows {
+                a,
+                row_scale,
+                overflow: &coop.overflow,
+            };
+            let shape = CoopShape {
+                rows,
+                k: sae.d_in,
+                n: 0,
+            };
+            launch_pack_rows(rec, &fw.x, &sae.b_dec, &packed, shape, coop.tile)?;
+            Some((coop, packed))
+        }
+        _ => None,
+    };
+    for (b, (block, h)) in sae.blocks.iter().zip(&fw.h).enumerate() {
+        match &coop {
+            Some((coop, packed)) => {
+                let shape = CoopShape {
+                    rows,
+                    k: sae.d_in,
+                    n: block.range.len,
+                };
+                launch_encode_coop(rec, packed, &coop.w16[b], &block.b_enc, h, shape, coop.tile)?;
+            }
+            None => {
+                let shape = EncoderShape {
+                    rows,
+                    d_in: sae.d_in,
+                    d_sae: block.range.len,
+                };
+                launch_encode_gemm(
+                    rec,
+                    &fw.x,
+                    InputPrecision::F32,
+                    &block.w_enc,
+                    &sae.b_dec,
+                    &block.b_enc,
+                    h,
+                    shape,
+                    sae.gemm_tiles,
+                )?;
+            }
+        }
         if let Some([b_gate, mag_scale, b_mag]) = &block.gate {
             let gate = GateParams {
                 b_gate,

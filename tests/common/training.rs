@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::path::Path;
 
 use sae_wgpu::run::train::{
-    AuxKSettings, BDecInit, DataConfig, ExportFormat, InitConfig, OptimConfig, OutputConfig,
-    RunOptions, TrainConfig,
+    AuxKSettings, BDecInit, ComputeConfig, DataConfig, ExportFormat, InitConfig, OptimConfig,
+    OutputConfig, RunOptions, TrainConfig,
 };
 use sae_wgpu::sae::arch::{ArchSettings, JumpReluSettings, ModelConfig};
 
@@ -62,6 +62,7 @@ pub fn tiny_config(inputs: Vec<PathBuf>, d_sae: usize, k: usize, steps: u64) -> 
             log_every: 50,
             format: ExportFormat::Sparsify,
         },
+        compute: ComputeConfig::default(),
     }
 }
 

@@ -12,6 +12,7 @@ use super::families::TokenFamilies;
 use super::writers::ModelWeights;
 use crate::data::column::RowColumn;
 use crate::data::Shard;
+use crate::gpu::MatmulChoice;
 use crate::sae::params::SaeParams;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -76,6 +77,8 @@ pub struct CategoriesConfig {
     /// Random groups drawn per category size for the significance test.
     pub null_draws: usize,
     pub batch_size: usize,
+    /// How the dense products run (the kNN graph, and the encoder on the shards).
+    pub matmul: MatmulChoice,
 }
 
 /// What the pipeline reads besides its config.

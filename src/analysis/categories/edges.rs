@@ -54,7 +54,15 @@ pub fn build_graph(
     let (d_in, d_sae) = (params.d_in, params.d_sae);
     let neighbours = config.neighbours.min(d_sae - 1);
     let unit = unit_rows(&params.w_dec, d_in);
-    let knn = knn_graph(gpu, &unit, d_in, d_sae, neighbours, config.batch_size)?;
+    let knn = knn_graph(
+        gpu,
+        &unit,
+        d_in,
+        d_sae,
+        neighbours,
+        config.batch_size,
+        gpu.matmul(config.matmul)?,
+    )?;
     let min_cosine = config
         .min_cosine
         .unwrap_or_else(|| chance_floor(d_in, d_sae))

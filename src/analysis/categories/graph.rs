@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use crate::gpu::{Gpu, GpuResult};
+use crate::gpu::{Gpu, GpuResult, Matmul};
 use crate::sae::forward::GpuSae;
 use crate::sae::params::{Activation, SaeParams};
 use crate::sae::pass::{ForwardPass, PassDepth};
@@ -70,6 +70,7 @@ pub fn nearest(
     d_in: usize,
     k: usize,
     batch_rows: usize,
+    matmul: Matmul,
 ) -> GpuResult<(Vec<u32>, Vec<f32>)> {
     let n_keys = keys.len() / d_in;
     let n = queries.len() / d_in;
@@ -86,7 +87,8 @@ pub fn nearest(
     };
     gram.w_enc = gram.w_dec_transposed();
     let batch_rows = batch_rows.clamp(1, n.max(1));
-    let sae = GpuSae::upload(gpu, &gram, batch_rows)?;
+    let mut sae = GpuSae::upload(gpu, &gram, batch_rows)?;
+    sae.set_matmul(gpu, matmul)?;
     let pass = ForwardPass::new(gpu, &sae, batch_rows, PassDepth::Codes)?;
     let mut index = Vec::with_capacity(n * k);
     let mut value = Vec::with_capacity(n * k);
@@ -105,7 +107,7 @@ pub fn nearest(
 }
 
 /// The decoder-cosine kNN graph of `unit` (W_dec [d_sae, d_in] with unit rows, see
-/// [`unit_rows`]), `batch_rows` features at a time.
+/// [`unit_rows`]), `batch_rows` features at a time, the dot products as `matmul` says.
 pub fn knn_graph(
     gpu: &Gpu,
     unit: &[f32],
@@ -113,10 +115,11 @@ pub fn knn_graph(
     d_sae: usize,
     neighbours: usize,
     batch_rows: usize,
+    matmul: Matmul,
 ) -> GpuResult<KnnGraph> {
     // One extra slot: a feature is its own nearest neighbour, and is dropped below.
     let k = (neighbours + 1).min(d_sae);
-    let (idx, val) = nearest(gpu, unit, unit, d_in, k, batch_rows)?;
+    let (idx, val) = nearest(gpu, unit, unit, d_in, k, batch_rows, matmul)?;
     let kept = k - 1;
     let mut index = Vec::with_capacity(d_sae * kept);
     let mut cosine = Vec::with_capacity(d_sae * kept);
@@ -232,9 +235,10 @@ pub fn match_across(
     other: &[f32],
     d_in: usize,
     batch_rows: usize,
+    matmul: Matmul,
 ) -> GpuResult<Matching> {
     let best = |q: &[f32], k: &[f32]| -> GpuResult<Vec<(u32, f32)>> {
-        let (i, v) = nearest(gpu, q, k, d_in, 1, batch_rows)?;
+        let (i, v) = nearest(gpu, q, k, d_in, 1, batch_rows, matmul)?;
         Ok(i.into_iter().zip(v).collect())
     };
     Ok(Matching {

@@ -44,9 +44,14 @@ pub fn find_categories(
     if config.cooccurrence.is_some() && !has_shards && inputs.counts.is_none() {
         bail!("co-occurrence needs shards: it is counted on data");
     }
-    let sae = has_shards
-        .then(|| GpuSae::upload_with_cap(gpu, params, DEFAULT_CAP, config.batch_size))
-        .transpose()?;
+    let sae = match has_shards {
+        true => {
+            let mut sae = GpuSae::upload_with_cap(gpu, params, DEFAULT_CAP, config.batch_size)?;
+            sae.set_matmul(gpu, gpu.matmul(config.matmul)?)?;
+            Some(sae)
+        }
+        false => None,
+    };
     let graph = build_graph(gpu, inputs, config, sae.as_ref(), &mut on_rows)?;
     let (levels, method) = cluster(d_sae, &graph, config)?;
     let mut found = categories(&levels[0].1, &graph.unit, d_in);
@@ -74,6 +79,7 @@ pub fn find_categories(
                 &unit_rows(&o.w_dec, d_in),
                 d_in,
                 config.batch_size,
+                gpu.matmul(config.matmul)?,
             )
         })
         .transpose()?;

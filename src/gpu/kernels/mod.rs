@@ -4,6 +4,7 @@
 pub mod backward;
 pub mod batch_topk;
 pub mod cooccurrence_pairs;
+pub mod coop;
 pub mod decoder;
 pub mod encoder;
 pub mod gated;

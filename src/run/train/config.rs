@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::choice::Choice;
 use crate::gpu::kernels::optim::AdamConfig;
+use crate::gpu::MatmulChoice;
 use crate::sae::arch::{Architecture, ModelConfig};
 use crate::sae::trainer::AuxKConfig;
 
@@ -27,6 +28,8 @@ pub struct TrainConfig {
     pub auxk: AuxKSettings,
     #[serde(flatten)]
     pub output: OutputConfig,
+    #[serde(flatten)]
+    pub compute: ComputeConfig,
 }
 
 /// The data and its order: runs trained on the same batches (a sweep) share all of it.
@@ -82,6 +85,19 @@ pub struct OutputConfig {
     pub checkpoint_every: u64,
     pub log_every: u64,
     pub format: ExportFormat,
+}
+
+/// How the GPU computes (never what: a run's figures do not depend on it beyond f16 rounding).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ComputeConfig {
+    /// The encoder GEMM: f16 on the matrix units where the adapter has them (`auto`), or as
+    /// asked. Runs written before it was recorded ran f32.
+    #[serde(default = "f32_matmul")]
+    pub matmul: MatmulChoice,
+}
+
+fn f32_matmul() -> MatmulChoice {
+    MatmulChoice::F32
 }
 
 impl TrainConfig {

@@ -32,7 +32,11 @@ pub fn evaluate(
     let sae = match member.trainer.inference_activation()? {
         None => &member.trainer.sae,
         Some(_) => {
-            uploaded = GpuSae::upload(gpu, &member.inference_params()?, batch_rows)?;
+            uploaded = {
+                let mut sae = GpuSae::upload(gpu, &member.inference_params()?, batch_rows)?;
+                sae.set_matmul(gpu, member.trainer.sae.matmul())?;
+                sae
+            };
             &uploaded
         }
     };
@@ -74,6 +78,11 @@ pub fn finish_member(
         heldout,
         run_dir: run_dir.clone(),
         peak_gpu_bytes: gpu.allocations.counts().peak_bytes,
+        matmul: member.trainer.sae.matmul().name(),
+        f16_overflow: match member.trainer.sae.coop {
+            Some(_) => Some(member.trainer.sae.f16_overflow(gpu)?),
+            None => None,
+        },
     };
     write_json_atomic(&run_dir.join("summary.json"), &report)?;
     let metrics = run_dir.join("metrics.jsonl");

@@ -109,6 +109,7 @@ pub fn check_runs(gpu: &Gpu, runs: &mut Runs, data: &Data) -> anyhow::Result<()>
             check_same_data(recorded, &data.train_infos())?;
         }
         config.validate(d_in)?;
+        gpu.matmul(config.compute.matmul)?;
         let k_aux = if config.uses_auxk() {
             config.auxk.auxk_k
         } else {

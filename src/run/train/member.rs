@@ -85,6 +85,7 @@ impl<'g> Member<'g> {
             adam: config.adam(),
             dead_tokens: config.auxk.dead_tokens,
             auxk: config.auxk(),
+            matmul: gpu.matmul(config.compute.matmul)?,
         };
         let resume = start.restored.as_ref().map(|r| &r.arch);
         let mut trainer =

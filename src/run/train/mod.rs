@@ -25,8 +25,8 @@ mod sweep;
 mod train_loop;
 
 pub use config::{
-    default_format, AuxKSettings, BDecInit, DataConfig, ExportFormat, InitConfig, OptimConfig,
-    OutputConfig, TrainConfig,
+    default_format, AuxKSettings, BDecInit, ComputeConfig, DataConfig, ExportFormat, InitConfig,
+    OptimConfig, OutputConfig, TrainConfig,
 };
 pub use group::{gpu_bytes_needed, MemberSpec};
 pub use job::{train, train_group};

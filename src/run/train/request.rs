@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail};
 
 use super::config::{
-    default_format, AuxKSettings, BDecInit, DataConfig, ExportFormat, InitConfig, OptimConfig,
-    OutputConfig, TrainConfig,
+    default_format, AuxKSettings, BDecInit, ComputeConfig, DataConfig, ExportFormat, InitConfig,
+    OptimConfig, OutputConfig, TrainConfig,
 };
 use super::report::TrainReport;
 use super::run_dir::{refuse_existing_run, RunOptions};
@@ -18,7 +18,7 @@ use crate::data::parts::Part;
 use crate::data::synth::{write_synthetic, SynthConfig};
 use crate::data::{expand_inputs, open_shards, RowRange};
 use crate::gpu::kernels::topk::MAX_K;
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, MatmulChoice};
 use crate::sae::arch::{ArchSettings, Architecture, L0Penalty, ModelConfig, ThresholdParam};
 use crate::sae::forward::DEFAULT_CAP;
 use crate::sae::schedule::default_lr;
@@ -79,6 +79,7 @@ pub struct TrainRequest {
     pub log_every: u64,
     pub eval_every: u64,
     pub format: Option<ExportFormat>,
+    pub matmul: MatmulChoice,
 }
 
 /// What `sae train` will do.
@@ -315,6 +316,9 @@ fn base_config(
             checkpoint_every: request.checkpoint_every,
             log_every: request.log_every,
             format: request.format.unwrap_or(default_format(architecture)),
+        },
+        compute: ComputeConfig {
+            matmul: request.matmul,
         },
         model,
     };

@@ -112,6 +112,7 @@ pub fn write_config(
     estimated_gpu_bytes: u64,
 ) -> anyhow::Result<()> {
     let config_value = serde_json::to_value(config).context("recording the configuration")?;
+    let matmul = gpu.matmul(config.compute.matmul)?;
     write_json_atomic(
         &run_dir.join("config.json"),
         &json!({
@@ -120,6 +121,8 @@ pub fn write_config(
             "data": data.train_infos(),
             "eval_data": data.eval_infos(),
             "adapter": gpu.summary,
+            "matmul": matmul.name(),
+            "matmul_tile": matmul.tile(),
             "sae_wgpu_version": env!("CARGO_PKG_VERSION"),
             "estimated_gpu_bytes": estimated_gpu_bytes,
         }),

@@ -180,6 +180,8 @@ fn stop(
             heldout: None,
             run_dir: member.run_dir.clone(),
             peak_gpu_bytes: 0,
+            matmul: member.trainer.sae.matmul().name(),
+            f16_overflow: None,
         });
     }
     Ok(reports)

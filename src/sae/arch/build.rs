@@ -2,7 +2,7 @@
 //! additions attached. `sae train` (run::train) and `sae bench train` both make theirs here.
 
 use crate::gpu::kernels::optim::AdamConfig;
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, Matmul};
 use crate::sae::params::SaeParams;
 use crate::sae::trainer::{AuxKConfig, Trainer};
 
@@ -18,6 +18,8 @@ pub struct TrainerOptions {
     pub dead_tokens: u64,
     /// AuxK, for the architectures it revives (`ArchSpec::uses_auxk`).
     pub auxk: AuxKConfig,
+    /// How the encoder GEMM runs.
+    pub matmul: Matmul,
 }
 
 /// The trainer of `model` from `params`, with the architecture's own state from a checkpoint
@@ -38,6 +40,7 @@ pub fn build_trainer<'g>(
         options.adam,
         options.dead_tokens,
         auxk,
-    )?;
+    )?
+    .with_matmul(options.matmul)?;
     spec.attach(trainer, model, resume)
 }

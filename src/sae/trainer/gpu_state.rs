@@ -4,7 +4,7 @@
 use crate::gpu::kernels::backward::{BackwardShape, ReverseIndex};
 use crate::gpu::kernels::optim::AdamConfig;
 use crate::gpu::kernels::reduce::Reducer;
-use crate::gpu::{Gpu, GpuBuffer, GpuError, GpuResult, Recorder};
+use crate::gpu::{Gpu, GpuBuffer, GpuError, GpuResult, Matmul, Recorder};
 
 use crate::sae::forward::{ForwardBuffers, GpuSae};
 use crate::sae::params::{Activation, SaeParams};
@@ -116,6 +116,14 @@ impl<'g> Trainer<'g> {
         // where the caller can say how much memory the run needs, not at the first step.
         gpu.wait()?;
         Ok(trainer)
+    }
+
+    /// Runs the encoder GEMM as `matmul` says (f16 on the matrix units: W_enc's f16 copy is
+    /// refreshed after every optimiser step).
+    pub fn with_matmul(mut self, matmul: Matmul) -> GpuResult<Self> {
+        self.sae.set_matmul(self.gpu, matmul)?;
+        self.fw.follow_matmul(self.gpu, &self.sae)?;
+        Ok(self)
     }
 
     /// Makes this a trainer of the architecture whose step additions are `hooks`.

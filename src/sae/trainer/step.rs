@@ -332,6 +332,7 @@ impl<'g> Trainer<'g> {
                 launch_normalize_rows(rec, &block.w_dec, block.range.len, d_in)?;
             }
         }
+        sae.record_pack_weights(rec)?;
         self.hooks.after_optimiser(rec, sae)
     }
 
