@@ -1,22 +1,25 @@
 // Backward pass of the TopK SAE reconstruction loss, without float atomics.
-// Notation: entry e = r·k + j is the j-th chosen latent of row r; g = ∂L/∂x_hat [rows, d_in].
+// Notation: entry e = r·k + j is the j-th chosen latent of row r; g = ∂L/∂x_hat [rows, d_out];
+// x is the input [rows, d_in]; the target is x for an SAE (d_out = d_in), y for a transcoder
+// (bound as `x` in loss_grad and aux_residual, which see only the output side).
 //
 //   loss_grad            g = scale · (x_hat − x) / stats[stat_slot] · stats[scale_slot]
 //                        (FVU: scale 2, slot = Σ‖x − x̄‖², no scale slot)
 //   aux_residual         d = e_hat − (x − x_hat), the AuxK error (the residual is a constant)
 //   code_grad            dh[e] = ⟨g[r], w_dec[i]⟩ · 1{top_val[e] > 0}   (ReLU's derivative);
-//                        code_grad_narrow: the same, one invocation per entry (small d_in)
+//                        code_grad_narrow: the same, one invocation per entry (small d_out)
 //   mark_latents         which rows chose latent i (a bitmask per latent) and how many
 //   scan_counts          offsets[i] = Σ_{i' < i} count[i'], offsets[d_sae] = total
 //   scatter_entries      reverse_index[offsets[i] + rank] = e, rank = rows before r that chose i:
 //                        stable (row order), so every sum below has a fixed order
 //   decoder_weight_grad  ∂W_dec[i, c] = Σ_{e ∈ seg(i)} top_val[e] · g[r(e), c]
 //   encoder_weight_grad  ∂W_enc[c, i] = Σ_{e ∈ seg(i)} dh[e] · (x[r(e), c] − b_dec[c]);
-//                        ∂b_enc[i] = Σ dh[e]
+//                        ∂b_enc[i] = Σ dh[e]   (a transcoder binds zeros for b_dec: no centre)
 //   With `accumulate` set, loss_grad, code_grad and the weight-gradient kernels add to their
 //   outputs (AuxK's entries on top of the main ones; Matryoshka's prefix losses).
 //   bias_dec_grad        ∂b_dec[c] = Σ_r g[r, c] − Σ_i W_enc[c, i] · ∂b_enc[i]
-//                        (b_dec is subtracted from the input as well as added to the output)
+//                        (b_dec is subtracted from the input as well as added to the output;
+//                        with `centred` 0, a transcoder's, only the first term)
 // Split dictionaries (src/sae/blocks.rs): w_dec, w_enc and their gradients hold the latents
 // [latent_start, latent_start + block_len) only; code_grad skips entries of other blocks, the
 // weight gradients cover the block's latents, and bias_dec_grad's later blocks add their part.
@@ -36,9 +39,9 @@ struct Params {
     accumulate: u32,
     latent_start: u32,
     block_len: u32,
+    d_out: u32,
+    centred: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 const NO_SLOT: u32 = 0xffffffffu;
@@ -74,7 +77,7 @@ fn loss_grad(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let i = linear_id(wg, nwg) * WG + lid;
-    let n = p.rows * p.d_in;
+    let n = p.rows * p.d_out;
     if (i >= n) {
         return;
     }
@@ -97,13 +100,13 @@ fn aux_residual(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let i = linear_id(wg, nwg) * WG + lid;
-    if (i >= p.rows * p.d_in) {
+    if (i >= p.rows * p.d_out) {
         return;
     }
     aux_diff[i] = e_hat[i] - (x[i] - x_hat[i]);
 }
 
-// One workgroup per entry: a dot product of length d_in.
+// One workgroup per entry: a dot product of length d_out.
 @compute @workgroup_size(WG)
 fn code_grad(
     @builtin(local_invocation_index) lid: u32,
@@ -121,8 +124,8 @@ fn code_grad(
         return;
     }
     var acc = 0.0;
-    for (var c = lid; c < p.d_in; c += WG) {
-        acc = fma(grad_out[r * p.d_in + c], w_dec[local * p.d_in + c], acc);
+    for (var c = lid; c < p.d_out; c += WG) {
+        acc = fma(grad_out[r * p.d_out + c], w_dec[local * p.d_out + c], acc);
     }
     partial[lid] = acc;
     reduce_partial(lid);
@@ -135,7 +138,7 @@ fn code_grad(
     }
 }
 
-// Narrow rows (small d_in): one invocation per entry, the same dot product in one thread.
+// Narrow rows (small d_out): one invocation per entry, the same dot product in one thread.
 // No workgroup reduction, so no barriers (which is where a workgroup per entry spends its time
 // when the dot product is this short).
 @compute @workgroup_size(WG)
@@ -154,8 +157,8 @@ fn code_grad_narrow(
         return;
     }
     var acc = 0.0;
-    for (var c = 0u; c < p.d_in; c++) {
-        acc = fma(grad_out[r * p.d_in + c], w_dec[local * p.d_in + c], acc);
+    for (var c = 0u; c < p.d_out; c++) {
+        acc = fma(grad_out[r * p.d_out + c], w_dec[local * p.d_out + c], acc);
     }
     var g = select(0.0, acc, top_val[e] > 0.0);
     if (p.accumulate != 0u) {
@@ -244,19 +247,19 @@ fn decoder_weight_grad(
     let tile = linear_id(wg, nwg);
     let local = tile / p.col_tiles;
     let c = (tile % p.col_tiles) * WG + lid;
-    if (local >= p.block_len || c >= p.d_in) {
+    if (local >= p.block_len || c >= p.d_out) {
         return;
     }
     let latent = p.latent_start + local;
     var acc = 0.0;
     for (var s = offsets[latent]; s < offsets[latent + 1u]; s++) {
         let e = reverse_index[s];
-        acc = fma(top_val[e], grad_out[(e / p.k) * p.d_in + c], acc);
+        acc = fma(top_val[e], grad_out[(e / p.k) * p.d_out + c], acc);
     }
     if (p.accumulate != 0u) {
-        acc += grad_w_dec[local * p.d_in + c];
+        acc += grad_w_dec[local * p.d_out + c];
     }
-    grad_w_dec[local * p.d_in + c] = acc;
+    grad_w_dec[local * p.d_out + c] = acc;
 }
 
 @compute @workgroup_size(WG)
@@ -307,17 +310,19 @@ fn bias_dec_grad(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let c = linear_id(wg, nwg);
-    if (c >= p.d_in) {
+    if (c >= p.d_out) {
         return;
     }
     var acc = 0.0;
     if (p.accumulate == 0u) {
         for (var r = lid; r < p.rows; r += WG) {
-            acc += grad_out[r * p.d_in + c];
+            acc += grad_out[r * p.d_out + c];
         }
     }
-    for (var i = lid; i < p.block_len; i += WG) {
-        acc -= w_enc[c * p.block_len + i] * grad_b_enc[i];
+    if (p.centred != 0u) {
+        for (var i = lid; i < p.block_len; i += WG) {
+            acc -= w_enc[c * p.block_len + i] * grad_b_enc[i];
+        }
     }
     partial[lid] = acc;
     reduce_partial(lid);

@@ -1,6 +1,9 @@
 // Sparse decoder forward, a gather over the k chosen latents (2·k·d flops per row, not a dense
-// GEMM):  x_hat[r, c] = b_dec[c] + Σ_j top_val[r, j] · w_dec[top_idx[r, j], c]
-// Bindings: top_idx, top_val [rows, k]; w_dec [d_sae, d_in]; b_dec [d_in]; x_hat [rows, d_in].
+// GEMM):  x_hat[r, c] = base[r, c] + Σ_j top_val[r, j] · w_dec[top_idx[r, j], c], where base is
+// b_dec[c] (one row), or with `base_rows` a row per output row (a skip-transcoder's
+// x·W_skipᵀ + b_dec).
+// Bindings: top_idx, top_val [rows, k]; w_dec [d_sae, d_out]; b_dec [d_out] or [rows, d_out];
+// x_hat [rows, d_out].
 // Generated header: WG. One thread per output element; a workgroup covers WG columns of a row.
 // A split dictionary (src/sae/blocks.rs) runs once per block: `w_dec` then holds latents
 // [latent_start, latent_start + block_len), other latents are skipped, and blocks after the
@@ -8,13 +11,13 @@
 
 struct Params {
     rows: u32,
-    d_in: u32,
+    d_out: u32,
     k: u32,
     col_tiles: u32,
     latent_start: u32,
     block_len: u32,
     accumulate: u32,
-    _pad0: u32,
+    base_rows: u32,
 }
 
 @group(0) @binding(BIND_PARAMS) var<uniform> p: Params;
@@ -33,7 +36,7 @@ fn decode_sparse(
     let tile = linear_id(wg, nwg);
     let row = tile / p.col_tiles;
     let c = (tile % p.col_tiles) * WG + lid;
-    if (row >= p.rows || c >= p.d_in) {
+    if (row >= p.rows || c >= p.d_out) {
         return;
     }
     var acc = 0.0;
@@ -42,12 +45,14 @@ fn decode_sparse(
         // Wraps below latent_start, so one comparison tests both ends of the block.
         let local = top_idx[e] - p.latent_start;
         if (local < p.block_len) {
-            acc = fma(top_val[e], w_dec[local * p.d_in + c], acc);
+            acc = fma(top_val[e], w_dec[local * p.d_out + c], acc);
         }
     }
-    let out = row * p.d_in + c;
+    let out = row * p.d_out + c;
     if (p.accumulate != 0u) {
         x_hat[out] += acc;
+    } else if (p.base_rows != 0u) {
+        x_hat[out] = acc + b_dec[out];
     } else {
         x_hat[out] = acc + b_dec[c];
     }

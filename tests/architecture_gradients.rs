@@ -200,6 +200,7 @@ fn one_step_gradients<'g>(
     let mut feed = Feed::new(gpu, ROWS, d_in).unwrap();
     let args = MemberStep {
         scale: 1.0,
+        target_scale: 1.0,
         lr: 0.0,
         step: 1,
         with_metrics: false,

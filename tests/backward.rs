@@ -64,6 +64,7 @@ impl Case {
         BackwardShape {
             rows: self.rows,
             d_in: self.d_in,
+            d_out: self.d_in,
             d_sae: self.d_sae,
             k: self.k,
         }

@@ -384,6 +384,7 @@ fn dictionary_sae(w_dec: Vec<f32>, d_in: usize, k: usize) -> SaeParams {
         b_enc: vec![0.0; d_sae],
         w_dec,
         b_dec: vec![0.0; d_in],
+        transcoder: None,
     };
     params.w_enc = params.w_dec_transposed();
     params
@@ -574,6 +575,7 @@ fn tiny_inputs(dir: &Path, max_token: i32) -> (PathBuf, PathBuf) {
         b_enc: vec![0.0; 6],
         w_dec: random_vec(&mut r, 24, 1.0),
         b_dec: vec![0.0; 4],
+        transcoder: None,
     };
     save_sparsify(&dir.join("sae"), &params).unwrap();
     let x = random_vec(&mut r, 200, 1.0);

@@ -26,6 +26,7 @@ fn small_sae(dir: &Path, d_in: usize) -> PathBuf {
         b_enc: vec![0.0; 12],
         w_dec: random_vec(&mut r, 12 * d_in, 0.5),
         b_dec: vec![0.0; d_in],
+        transcoder: None,
     };
     let path = dir.join("sae");
     save_sparsify(&path, &params).unwrap();

@@ -66,6 +66,7 @@ fn random_topk_sae(seed: u64) -> SaeParams {
         b_enc: random_vec(&mut r, D_SAE, 0.2),
         w_dec: random_vec(&mut r, D_SAE * D_IN, 0.6),
         b_dec: random_vec(&mut r, D_IN, 0.2),
+        transcoder: None,
     }
 }
 

@@ -22,7 +22,7 @@ fn threshold_grad_reference(
     block: LatentRange,
     args: ThresholdGrad,
 ) -> Vec<f64> {
-    let (rows, d_in) = (args.rows, args.d_in);
+    let (rows, d_in) = (args.rows, args.d_out);
     let eps = f64::from(args.bandwidth);
     let coeff = f64::from(args.coeff);
     (0..block.len)
@@ -95,7 +95,7 @@ fn threshold_grad_matches_reference() {
                 .collect();
             let args = ThresholdGrad {
                 rows,
-                d_in,
+                d_out: d_in,
                 bandwidth: 0.1,
                 tanh_scale,
                 coeff: 0.3 / rows as f32,

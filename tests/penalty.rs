@@ -136,6 +136,7 @@ fn penalty_gradients_match_reference() {
             let shape = BackwardShape {
                 rows,
                 d_in,
+                d_out: d_in,
                 d_sae,
                 k,
             };

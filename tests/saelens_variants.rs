@@ -195,9 +195,9 @@ fn fields_that_change_the_computation_are_never_ignored() {
         ),
         (
             edited_variant("standard", "arch", |c| {
-                c["architecture"] = "transcoder".into()
+                c["architecture"] = "matching_pursuit".into()
             }),
-            vec!["architecture", "transcoder", "gated"],
+            vec!["architecture", "matching_pursuit", "gated"],
         ),
     ];
     for (dir, expect) in cases {

@@ -80,9 +80,15 @@ fn split_forward_matches_one_buffer() {
         let params = random_sae(case as u64, d_in, d_sae, activation);
         let x = random_vec(&mut rng(100 + case as u64), rows * d_in, 1.0);
         let limit = (4 * d_in.max(rows) * per_block + 16) as u64;
-        let split = LatentBlocks::plan(d_in, d_sae, rows, limit).unwrap();
+        let split = LatentBlocks::plan(d_in, d_in, d_sae, rows, limit).unwrap();
         assert!(split.ranges.len() >= 3, "case {case}: {split:?}");
-        let whole = forward(gpu, &params, LatentBlocks::single(d_in, d_sae), &x, rows);
+        let whole = forward(
+            gpu,
+            &params,
+            LatentBlocks::single(d_in, d_in, d_sae),
+            &x,
+            rows,
+        );
         let parts = forward(gpu, &params, split, &x, rows);
         assert_eq!(parts.idx, whole.idx, "case {case}: TopK ids");
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
@@ -139,7 +145,7 @@ fn split_training_matches_one_buffer_and_resumes_exactly() {
         ..AdapterRequest::default()
     })
     .unwrap();
-    let plan = LatentBlocks::plan(64, 64, 16, split_gpu.binding_limit()).unwrap();
+    let plan = LatentBlocks::plan(64, 64, 64, 16, split_gpu.binding_limit()).unwrap();
     assert_eq!(plan.ranges.len(), 4, "{plan:?}");
 
     let whole = root.join("whole");

@@ -75,6 +75,7 @@ fn steady_state_steps_and_batches_allocate_nothing() {
             };
             let args = MemberStep {
                 scale: 1.5,
+                target_scale: 1.5,
                 lr: 1e-3,
                 step,
                 with_metrics: step.is_multiple_of(2),

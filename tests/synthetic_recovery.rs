@@ -52,7 +52,7 @@ fn training_recovers_a_planted_dictionary() {
         let k = 4;
         let mut config = tiny_config(shards.clone(), 64, k, steps);
         config.model.architecture = architecture;
-        config.output.format = default_format(architecture);
+        config.output.format = default_format(architecture, false);
         config.data.eval_inputs = heldout.clone();
         if architecture == Architecture::Relu {
             config.model.k = 64; // the cap: every code

@@ -97,6 +97,7 @@ fn gpu_training_steps_match_cpu_reference() {
         let lr = 1e-2;
         let args = MemberStep {
             scale: 1.0,
+            target_scale: 1.0,
             lr,
             step,
             with_metrics: false,

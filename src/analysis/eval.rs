@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::scan::{Consumer, Scan, Scanned};
+use super::scan::{Consumer, Scales, Scan, Scanned};
 use crate::gpu::kernels::reduce::launch_fire_counts;
 use crate::gpu::{F16Overflow, Gpu, GpuBuffer, GpuResult, Matmul, MatmulChoice, Recorder};
 use crate::sae::forward::ForwardBuffers;
@@ -181,7 +181,8 @@ impl EvalConsumer {
         Ok(EvalConsumer {
             fired: gpu.storage::<u32>("eval_fired", sae.d_sae)?,
             k: sae.k,
-            acc: EvalAccumulator::new(sae.d_in, sae.d_sae),
+            // What is compared: the reconstruction, or a transcoder's prediction of its target.
+            acc: EvalAccumulator::new(sae.d_out, sae.d_sae),
         })
     }
 }
@@ -203,9 +204,19 @@ impl Consumer for EvalConsumer {
     }
 
     fn consume(&mut self, pass: &ForwardPass<'_, '_>, batch: &Scanned<'_>) -> anyhow::Result<()> {
+        let target = match (batch.y, pass.sae.transcoder.is_some()) {
+            (Some(y), true) => y,
+            (None, false) => batch.x,
+            (None, true) => anyhow::bail!(
+                "a transcoder is evaluated against its targets: give them with --target or --target-tensor"
+            ),
+            (Some(_), false) => anyhow::bail!(
+                "targets were given for an SAE, which reconstructs its input: drop --target"
+            ),
+        };
         let x_hat = pass.reconstructions(batch.rows)?;
         let fired: Vec<u32> = pass.gpu.read(&self.fired)?;
-        self.acc.add(batch.x, &x_hat, &fired);
+        self.acc.add(target, &x_hat, &fired);
         if let Some(counts) = pass.active_counts(batch.rows)? {
             self.acc.add_active(&counts, self.k);
         }
@@ -213,18 +224,18 @@ impl Consumer for EvalConsumer {
     }
 }
 
-/// The eval sums of `sae` over a stream of batches (inputs divided by `input_scale`).
+/// The eval sums of `sae` over a stream of batches (inputs and targets divided by `scales`).
 pub fn evaluate_stream(
     gpu: &Gpu,
     sae: &GpuSae,
     batch_rows: usize,
     stream: impl Iterator<Item = Result<crate::data::Batch, crate::data::DataError>>,
-    input_scale: f32,
+    scales: Scales,
     on_rows: impl FnMut(u64),
 ) -> anyhow::Result<EvalAccumulator> {
     let mut consumer = EvalConsumer::new(gpu, sae)?;
     let scan = Scan::new(gpu, sae, batch_rows, true)?;
-    scan.run(stream, input_scale, &mut [&mut consumer], on_rows)?;
+    scan.run(stream, scales, &mut [&mut consumer], on_rows)?;
     Ok(consumer.acc)
 }
 
@@ -262,7 +273,7 @@ pub fn evaluate(
     let mut stream_cfg = crate::data::StreamConfig::sequential(options.batch_rows);
     stream_cfg.skip_nonfinite = options.skip_nonfinite;
     let stream = crate::data::BatchStream::start(shards, stream_cfg)?;
-    let stats = evaluate_stream(gpu, &sae, options.batch_rows, stream, 1.0, on_rows)?;
+    let stats = evaluate_stream(gpu, &sae, options.batch_rows, stream, Scales::NONE, on_rows)?;
     Ok(Evaluated {
         stats,
         cap: sae.k,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 
-use super::scan::{Consumer, Scan, Scanned};
+use super::scan::{Consumer, Scales, Scan, Scanned};
 use crate::data::parts::PartInfo;
 use crate::data::{BatchStream, Shard, StreamConfig};
 use crate::gpu::kernels::backward::{launch_reverse_index, BackwardShape, ReverseIndex};
@@ -127,11 +127,11 @@ pub fn compute(
         )
     };
     let mut stats = StatsConsumer::new(gpu, sae, config)?;
-    scan.run(stream()?, 1.0, &mut [&mut stats], &mut on_rows)?;
+    scan.run(stream()?, Scales::NONE, &mut [&mut stats], &mut on_rows)?;
     let mut hist = stats.finish(gpu)?;
     if config.cooccurrence > 0 {
         let mut pairs = PairsConsumer::new(gpu, sae, &hist, config)?;
-        scan.run(stream()?, 1.0, &mut [&mut pairs], &mut on_rows)?;
+        scan.run(stream()?, Scales::NONE, &mut [&mut pairs], &mut on_rows)?;
         pairs.finish(gpu, &mut hist)?;
     }
     hist.shards = entries;
@@ -193,6 +193,7 @@ impl StatsConsumer {
         let shape = BackwardShape {
             rows: config.batch_size,
             d_in: sae.d_in,
+            d_out: sae.d_out,
             d_sae,
             k: sae.k,
         };
@@ -350,6 +351,7 @@ impl PairsConsumer {
         let shape = BackwardShape {
             rows: config.batch_size,
             d_in: sae.d_in,
+            d_out: sae.d_out,
             d_sae,
             k: sae.k,
         };

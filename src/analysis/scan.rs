@@ -16,7 +16,33 @@ pub struct Scanned<'a> {
     pub batch: &'a Batch,
     /// The rows as the SAE saw them (divided by the scan's input scale), [rows, d_in].
     pub x: &'a [f32],
+    /// A paired stream's targets (divided by the target scale), [rows, d_out].
+    pub y: Option<&'a [f32]>,
     pub rows: usize,
+}
+
+/// The factors a scan divides inputs and targets by (a run's activation normalisation).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scales {
+    pub input: f32,
+    pub target: f32,
+}
+
+impl Scales {
+    /// The data as stored.
+    pub const NONE: Scales = Scales {
+        input: 1.0,
+        target: 1.0,
+    };
+}
+
+/// `values` divided by `scale`, borrowed as they are when it is 1.
+fn scaled<'a>(values: &'a [f32], scale: f32, buffer: &'a mut Vec<f32>) -> &'a [f32] {
+    if scale == 1.0 {
+        return values;
+    }
+    *buffer = values.iter().map(|v| v / scale).collect();
+    buffer
 }
 
 /// Something computed from every batch of a scan.
@@ -74,28 +100,29 @@ impl<'g, 's> Scan<'g, 's> {
         Scan::new(gpu, sae, batch_rows, reconstruct)
     }
 
-    /// Runs every batch of `stream` (inputs divided by `input_scale`) through the SAE and
-    /// hands it to each consumer in turn; `on_rows` sees each batch's rows. Returns the rows.
+    /// Runs every batch of `stream` (inputs and targets divided by `scales`) through the SAE
+    /// and hands it to each consumer in turn; `on_rows` sees each batch's rows. Returns the
+    /// rows.
     pub fn run(
         &self,
         stream: impl Iterator<Item = Result<Batch, DataError>>,
-        input_scale: f32,
+        scales: Scales,
         consumers: &mut [&mut dyn Consumer],
         mut on_rows: impl FnMut(u64),
     ) -> anyhow::Result<u64> {
         let mut rows = 0u64;
+        let (mut x_buffer, mut y_buffer) = (Vec::new(), Vec::new());
         for batch in stream {
             let batch = batch?;
-            let scaled: Vec<f32>;
-            let x: &[f32] = if input_scale == 1.0 {
-                &batch.x
-            } else {
-                scaled = batch.x.iter().map(|v| v / input_scale).collect();
-                &scaled
+            let x = scaled(&batch.x, scales.input, &mut x_buffer);
+            let y = match batch.y.is_empty() {
+                true => None,
+                false => Some(scaled(&batch.y, scales.target, &mut y_buffer)),
             };
             let scanned = Scanned {
                 batch: &batch,
                 x,
+                y,
                 rows: batch.rows,
             };
             self.pass.run(x, batch.rows, |rec, fw| {

@@ -138,6 +138,7 @@ pub fn bench_kernels(
     let mut feed = Feed::new(gpu, batch, d_in)?;
     let args = |step: u64| MemberStep {
         scale: 1.0,
+        target_scale: 1.0,
         lr: 1e-4,
         step,
         with_metrics: false,

@@ -176,6 +176,8 @@ fn run(
         settings,
         k,
         d_sae,
+        transcoder: false,
+        skip: false,
     };
     let params = spec.init(d_in, &model, 0);
     let options = TrainerOptions {
@@ -201,6 +203,7 @@ fn run(
     let mut feed = Feed::new(gpu, batch, d_in)?;
     let args = |step: u64| MemberStep {
         scale: 1.0,
+        target_scale: 1.0,
         lr: 1e-4,
         step,
         with_metrics: step.is_multiple_of(log_every as u64),

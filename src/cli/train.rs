@@ -30,6 +30,25 @@ pub struct TrainArgs {
     /// Name of the activation tensor in the shards.
     #[arg(long, default_value = "activations")]
     tensor: String,
+    /// Train a transcoder: its decoder predicts these targets (e.g. an MLP's output) from the
+    /// shards (its input). Files, directories or globs pairing with the shards file for file,
+    /// row for row.
+    #[arg(long, num_args = 1.., value_name = "TARGETS")]
+    target: Vec<PathBuf>,
+    /// Train a transcoder whose targets are this tensor: of the --target files, or without
+    /// them of the shards themselves (e.g. --tensor mlp_in --target-tensor mlp_out).
+    #[arg(long, value_name = "NAME")]
+    target_tensor: Option<String>,
+    /// The held-out targets beside --eval, when the targets are separate files (--target).
+    #[arg(long, num_args = 1.., value_name = "TARGETS")]
+    eval_target: Vec<PathBuf>,
+    /// Train a transcoder (implied by --target or --target-tensor; without them, an error).
+    #[arg(long)]
+    transcoder: bool,
+    /// A skip-transcoder: add a linear path W_skip from input to output, initialised to zero
+    /// and trained with the rest (sparsify's skip connection).
+    #[arg(long)]
+    skip: bool,
     /// What to train: topk (k per token), batchtopk (k·B over each batch of B tokens),
     /// matryoshka (batchtopk whose nested prefixes each reconstruct the input; both exported as
     /// SAELens jumprelu with the learned threshold), relu (ReLU + decoder-norm weighted L1,
@@ -191,6 +210,11 @@ impl TrainArgs {
             stop_after: self.stop_after,
             sweep_part: self.sweep_part,
             tensor: self.tensor,
+            target: self.target,
+            target_tensor: self.target_tensor,
+            eval_target: self.eval_target,
+            transcoder: self.transcoder,
+            skip: self.skip,
             architecture: self.architecture,
             k: self.k,
             expansion_factor: self.expansion_factor,

@@ -21,4 +21,4 @@ pub use error::DataError;
 pub use npy::NpyArray;
 pub use shard::{Shard, ShardFormat, ShardInfo, ShardLayout, DEFAULT_TENSOR};
 pub use source::{expand_inputs, open_shards};
-pub use stream::{Batch, BatchStream, RowRange, StreamConfig};
+pub use stream::{check_pairs, Batch, BatchStream, RowRange, StreamConfig};

@@ -91,6 +91,11 @@ pub struct Batch {
     /// (`half_dtype`), for the GPU to widen; `x` is then empty.
     pub half: Vec<u16>,
     pub half_dtype: Option<ActDtype>,
+    /// A paired stream's targets (a transcoder's): the same rows of the target shards,
+    /// `[rows, d_out]` as f32 in `y`, or as stored in `half_y` exactly when the inputs are in
+    /// `half`. Empty for a stream of inputs alone.
+    pub y: Vec<f32>,
+    pub half_y: Vec<u16>,
     pub tokens: Vec<i32>,
     /// (shard index, row) of every row, for tools that point back into the data.
     pub origin: Vec<(u32, u32)>,
@@ -107,15 +112,60 @@ pub struct BatchStream {
     pub d_in: usize,
 }
 
+/// Checks that `targets` pair row for row with `inputs`: as many shards, each of the same row
+/// count as its input, all of one width (returned: d_out).
+pub fn check_pairs(inputs: &[Shard], targets: &[Shard]) -> Result<usize, DataError> {
+    if inputs.len() != targets.len() {
+        return Err(DataError::Input(format!(
+            "{} input shards but {} target shards: the targets must pair with the inputs file for file",
+            inputs.len(),
+            targets.len()
+        )));
+    }
+    let d_out = targets.first().map_or(0, |t| t.d_in);
+    for (input, target) in inputs.iter().zip(targets) {
+        if input.rows != target.rows {
+            return Err(DataError::Input(format!(
+                "{} has {} rows but its target {} has {}: paired files must hold the same rows",
+                input.path.display(),
+                input.rows,
+                target.path.display(),
+                target.rows
+            )));
+        }
+        if target.d_in != d_out {
+            return Err(DataError::tensor(
+                &target.path,
+                format!(
+                    "width {} but {} has {d_out}: every target must have the same width",
+                    target.d_in,
+                    targets[0].path.display()
+                ),
+            ));
+        }
+    }
+    Ok(d_out)
+}
+
 impl BatchStream {
-    pub fn start(
+    pub fn start(shards: Arc<Vec<Shard>>, config: StreamConfig) -> Result<BatchStream, DataError> {
+        BatchStream::start_paired(shards, None, config)
+    }
+
+    /// A stream of inputs and, with `targets` (checked with [`check_pairs`]), the same rows of
+    /// the targets beside them: the pair stays a pair through the shuffle.
+    pub fn start_paired(
         shards: Arc<Vec<Shard>>,
+        targets: Option<Arc<Vec<Shard>>>,
         mut config: StreamConfig,
     ) -> Result<BatchStream, DataError> {
         let d_in = shards
             .first()
             .map(|s| s.d_in)
             .ok_or_else(|| DataError::Input("no input shards given".into()))?;
+        if let Some(targets) = &targets {
+            check_pairs(&shards, targets)?;
+        }
         if config.batch_rows == 0 {
             return Err(DataError::Input("batch size must be at least 1 row".into()));
         }
@@ -132,11 +182,16 @@ impl BatchStream {
         // row, repeating rows within one pass.
         config.shuffle_rows = config.shuffle_rows.min(total);
         let (sender, receiver) = sync_channel(config.queue_depth.max(1));
-        // Rows stay 16-bit only when every shard stores the same 16-bit type.
+        // Rows stay 16-bit only when every shard (targets too) stores the same 16-bit type.
+        let every = |dtype| {
+            shards.iter().all(|s| s.dtype == dtype)
+                && targets
+                    .iter()
+                    .flat_map(|t| t.iter())
+                    .all(|s| s.dtype == dtype)
+        };
         let half = match shards[0].dtype {
-            dtype @ (ActDtype::F16 | ActDtype::Bf16)
-                if config.keep_16bit && shards.iter().all(|s| s.dtype == dtype) =>
-            {
+            dtype @ (ActDtype::F16 | ActDtype::Bf16) if config.keep_16bit && every(dtype) => {
                 Some(dtype)
             }
             _ => None,
@@ -144,9 +199,14 @@ impl BatchStream {
         let handle = std::thread::Builder::new()
             .name("shard-reader".into())
             .spawn(move || {
+                let targets = targets.as_deref().map(Vec::as_slice);
                 let result = match half {
-                    Some(dtype) => Producer::<u16>::new(&shards, config, sender, dtype).run(),
-                    None => Producer::<f32>::new(&shards, config, sender, ActDtype::F32).run(),
+                    Some(dtype) => {
+                        Producer::<u16>::new(&shards, targets, config, sender, dtype).run()
+                    }
+                    None => {
+                        Producer::<f32>::new(&shards, targets, config, sender, ActDtype::F32).run()
+                    }
                 };
                 if let Err((sender, error)) = result {
                     let _ = sender.send(Err(error));
@@ -189,7 +249,8 @@ struct Stop;
 trait Element: Copy + Default + Send + 'static {
     fn read(shard: &Shard, start: usize, out: &mut [Self]);
     fn finite(row: &[Self], dtype: ActDtype) -> bool;
-    fn into_batch(rows: Vec<Self>, dtype: ActDtype, batch: &mut Batch);
+    /// Puts the inputs `x` (and targets `y`, empty without) into the batch.
+    fn into_batch(x: Vec<Self>, y: Vec<Self>, dtype: ActDtype, batch: &mut Batch);
 }
 
 impl Element for f32 {
@@ -201,8 +262,9 @@ impl Element for f32 {
         row.iter().all(|v| v.is_finite())
     }
 
-    fn into_batch(rows: Vec<f32>, _: ActDtype, batch: &mut Batch) {
-        batch.x = rows;
+    fn into_batch(x: Vec<f32>, y: Vec<f32>, _: ActDtype, batch: &mut Batch) {
+        batch.x = x;
+        batch.y = y;
     }
 }
 
@@ -221,23 +283,29 @@ impl Element for u16 {
         row.iter().all(|v| v & exponent != exponent)
     }
 
-    fn into_batch(rows: Vec<u16>, dtype: ActDtype, batch: &mut Batch) {
-        batch.half = rows;
+    fn into_batch(x: Vec<u16>, y: Vec<u16>, dtype: ActDtype, batch: &mut Batch) {
+        batch.half = x;
+        batch.half_y = y;
         batch.half_dtype = Some(dtype);
     }
 }
 
 struct Producer<'a, E: Element> {
     shards: &'a [Shard],
+    /// A paired stream's target shards, one per input shard.
+    targets: Option<&'a [Shard]>,
     config: StreamConfig,
     sender: SyncSender<Result<Batch, DataError>>,
     d_in: usize,
+    /// Target width (0 without targets); rows move as d_in + d_out values.
+    d_out: usize,
     dtype: ActDtype,
     rng: ChaCha8Rng,
     pool: Vec<E>,
     pool_tokens: Vec<i32>,
     pool_origin: Vec<(u32, u32)>,
     rows: Vec<E>,
+    rows_y: Vec<E>,
     batch: Batch,
     batch_index: u64,
     emitted_rows: u64,
@@ -249,23 +317,28 @@ struct Producer<'a, E: Element> {
 impl<'a, E: Element> Producer<'a, E> {
     fn new(
         shards: &'a [Shard],
+        targets: Option<&'a [Shard]>,
         config: StreamConfig,
         sender: SyncSender<Result<Batch, DataError>>,
         dtype: ActDtype,
     ) -> Self {
         let d_in = shards[0].d_in;
+        let d_out = targets.and_then(|t| t.first()).map_or(0, |t| t.d_in);
         let has_tokens = shards.iter().all(Shard::has_tokens);
         Producer {
             shards,
+            targets,
             rng: ChaCha8Rng::seed_from_u64(config.seed),
-            pool: Vec::with_capacity(config.shuffle_rows * d_in),
+            pool: Vec::with_capacity(config.shuffle_rows * (d_in + d_out)),
             pool_tokens: Vec::new(),
             pool_origin: Vec::new(),
             rows: Vec::new(),
+            rows_y: Vec::new(),
             batch: Batch::default(),
             config,
             sender,
             d_in,
+            d_out,
             dtype,
             batch_index: 0,
             emitted_rows: 0,
@@ -273,6 +346,11 @@ impl<'a, E: Element> Producer<'a, E> {
             epoch: 0,
             has_tokens,
         }
+    }
+
+    /// Values per row as the pool holds it: the input, then the target.
+    fn width(&self) -> usize {
+        self.d_in + self.d_out
     }
 
     /// Produces every batch; on an error, hands back the sender to report it with.
@@ -285,9 +363,6 @@ impl<'a, E: Element> Producer<'a, E> {
     }
 
     fn produce(&mut self) -> Result<(), Result<Stop, DataError>> {
-        const CHUNK_ROWS: usize = 1024;
-        let d = self.d_in;
-        let mut chunk = vec![E::default(); CHUNK_ROWS * d];
         let mut order: Vec<usize> = (0..self.shards.len()).collect();
         loop {
             if self.config.epochs.is_some_and(|e| self.epoch >= e) {
@@ -297,35 +372,13 @@ impl<'a, E: Element> Producer<'a, E> {
                 order.shuffle(&mut self.rng);
             }
             for &s in &order {
-                let shard = &self.shards[s];
-                let range = self.config.range.range(shard.rows);
-                let mut start = range.start;
-                while start < range.end {
-                    let count = CHUNK_ROWS.min(range.end - start);
-                    E::read(shard, start, &mut chunk[..count * d]);
-                    for r in 0..count {
-                        let row = &chunk[r * d..(r + 1) * d];
-                        let at = start + r;
-                        if !E::finite(row, self.dtype) {
-                            if self.config.skip_nonfinite {
-                                self.skipped += 1;
-                                continue;
-                            }
-                            return Err(Err(DataError::NonFinite {
-                                path: shard.path.clone(),
-                                row: at,
-                            }));
-                        }
-                        let token = shard.token(at).unwrap_or(-1);
-                        self.push_row(row, token, (s as u32, at as u32))?;
-                    }
-                    start += count;
-                }
+                self.read_shard(s)?;
             }
             self.epoch += 1;
         }
         // End of data: drain the pool in a random order, then the last partial batch.
-        let n = self.pool.len() / d;
+        let w = self.width();
+        let n = self.pool.len() / w;
         let mut rest: Vec<usize> = (0..n).collect();
         rest.shuffle(&mut self.rng);
         let pool = std::mem::take(&mut self.pool);
@@ -333,10 +386,53 @@ impl<'a, E: Element> Producer<'a, E> {
         let origin = std::mem::take(&mut self.pool_origin);
         for i in rest {
             let token = tokens.get(i).copied().unwrap_or(-1);
-            self.emit(&pool[i * d..(i + 1) * d], token, origin[i])?;
+            self.emit(&pool[i * w..(i + 1) * w], token, origin[i])?;
         }
         if self.batch.rows > 0 && !self.config.drop_last {
             self.send_batch()?;
+        }
+        Ok(())
+    }
+
+    /// Every selected row of shard `s` (and of its target) into the pool, in chunks.
+    fn read_shard(&mut self, s: usize) -> Result<(), Result<Stop, DataError>> {
+        const CHUNK_ROWS: usize = 1024;
+        let (d, d_out, w) = (self.d_in, self.d_out, self.width());
+        let shard = &self.shards[s];
+        let target = self.targets.map(|t| &t[s]);
+        let mut chunk = vec![E::default(); CHUNK_ROWS * d];
+        let mut chunk_y = vec![E::default(); CHUNK_ROWS * d_out];
+        let mut row = vec![E::default(); w];
+        let range = self.config.range.range(shard.rows);
+        let mut start = range.start;
+        while start < range.end {
+            let count = CHUNK_ROWS.min(range.end - start);
+            E::read(shard, start, &mut chunk[..count * d]);
+            if let Some(target) = target {
+                E::read(target, start, &mut chunk_y[..count * d_out]);
+            }
+            for r in 0..count {
+                let at = start + r;
+                row[..d].copy_from_slice(&chunk[r * d..(r + 1) * d]);
+                row[d..].copy_from_slice(&chunk_y[r * d_out..(r + 1) * d_out]);
+                if !E::finite(&row, self.dtype) {
+                    if self.config.skip_nonfinite {
+                        self.skipped += 1;
+                        continue;
+                    }
+                    let bad = match target {
+                        Some(t) if E::finite(&row[..d], self.dtype) => t,
+                        _ => shard,
+                    };
+                    return Err(Err(DataError::NonFinite {
+                        path: bad.path.clone(),
+                        row: at,
+                    }));
+                }
+                let token = shard.token(at).unwrap_or(-1);
+                self.push_row(&row, token, (s as u32, at as u32))?;
+            }
+            start += count;
         }
         Ok(())
     }
@@ -351,7 +447,7 @@ impl<'a, E: Element> Producer<'a, E> {
         if cap == 0 {
             return self.emit(row, token, origin);
         }
-        let d = self.d_in;
+        let d = self.width();
         let len = self.pool.len() / d;
         if len < cap {
             self.pool.extend_from_slice(row);
@@ -377,8 +473,10 @@ impl<'a, E: Element> Producer<'a, E> {
     ) -> Result<(), Result<Stop, DataError>> {
         if self.batch.rows == 0 {
             self.rows.reserve(self.config.batch_rows * self.d_in);
+            self.rows_y.reserve(self.config.batch_rows * self.d_out);
         }
-        self.rows.extend_from_slice(row);
+        self.rows.extend_from_slice(&row[..self.d_in]);
+        self.rows_y.extend_from_slice(&row[self.d_in..]);
         if self.has_tokens {
             self.batch.tokens.push(token);
         }
@@ -392,7 +490,11 @@ impl<'a, E: Element> Producer<'a, E> {
 
     fn send_batch(&mut self) -> Result<(), Result<Stop, DataError>> {
         let mut batch = std::mem::take(&mut self.batch);
-        E::into_batch(std::mem::take(&mut self.rows), self.dtype, &mut batch);
+        let (x, y) = (
+            std::mem::take(&mut self.rows),
+            std::mem::take(&mut self.rows_y),
+        );
+        E::into_batch(x, y, self.dtype, &mut batch);
         batch.index = self.batch_index;
         batch.epoch = self.epoch;
         batch.skipped_nonfinite = self.skipped;

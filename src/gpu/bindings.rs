@@ -57,6 +57,21 @@ pub mod backward {
     ];
 }
 
+/// shaders/skip.wgsl
+pub mod skip {
+    pub const PARAMS: u32 = 0;
+    pub const X: u32 = 1;
+    pub const G: u32 = 2;
+    pub const GRAD_SKIP_T: u32 = 3;
+
+    pub const ALL: super::Slots = &[
+        ("PARAMS", PARAMS),
+        ("X", X),
+        ("G", G),
+        ("GRAD_SKIP_T", GRAD_SKIP_T),
+    ];
+}
+
 /// shaders/batch_topk.wgsl
 pub mod batch_topk {
     pub const PARAMS: u32 = 0;

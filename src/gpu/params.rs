@@ -42,15 +42,17 @@ pub struct TopKParams {
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct DecoderParams {
     pub rows: u32,
-    pub d_in: u32,
+    /// The output's width (d_out).
+    pub d_out: u32,
     pub k: u32,
     pub col_tiles: u32,
     /// Latents [latent_start, latent_start + block_len) live in this `w_dec` block.
     pub latent_start: u32,
     pub block_len: u32,
-    /// 1: add to `x_hat` instead of writing `b_dec + Σ`.
+    /// 1: add to `x_hat` instead of writing `base + Σ`.
     pub accumulate: u32,
-    pub _pad: u32,
+    /// 1: `base` holds a row per output row ([rows, d_out]); 0: one bias row ([d_out]).
+    pub base_rows: u32,
 }
 
 /// shaders/backward.wgsl
@@ -71,7 +73,11 @@ pub struct BackwardParams {
     /// Latents [latent_start, latent_start + block_len) are the block's weights and gradients.
     pub latent_start: u32,
     pub block_len: u32,
-    pub _pad: [u32; 3],
+    /// The decoder's width (d_in for an SAE).
+    pub d_out: u32,
+    /// 1 when b_dec is subtracted from the input too (an SAE; 0 for a transcoder).
+    pub centred: u32,
+    pub _pad: u32,
 }
 
 /// shaders/optim.wgsl
@@ -143,6 +149,16 @@ pub struct InputNormParams {
     /// 1: constant_norm_rescale, 2: layer_norm.
     pub mode: u32,
     pub _pad: u32,
+}
+
+/// shaders/skip.wgsl
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct SkipParams {
+    pub rows: u32,
+    pub d_in: u32,
+    pub d_out: u32,
+    pub accumulate: u32,
 }
 
 /// shaders/gated.wgsl
@@ -235,6 +251,7 @@ const _: () = {
     assert!(std::mem::size_of::<PenaltyParams>() == 48);
     assert!(std::mem::size_of::<JumpReluParams>() == 48);
     assert!(std::mem::size_of::<BatchTopKParams>() == 16);
+    assert!(std::mem::size_of::<SkipParams>() == 16);
     assert!(std::mem::size_of::<WidenParams>() == 16);
     assert!(std::mem::size_of::<InputNormParams>() == 16);
     assert!(std::mem::size_of::<GatedParams>() == 16);

@@ -21,6 +21,7 @@ pub enum Shader {
     Penalty,
     JumpRelu,
     EncoderCoop,
+    Skip,
 }
 
 impl Shader {
@@ -41,6 +42,7 @@ impl Shader {
             Shader::Penalty => "penalty",
             Shader::JumpRelu => "jumprelu",
             Shader::EncoderCoop => "encoder_coop",
+            Shader::Skip => "skip",
         }
     }
 
@@ -67,6 +69,7 @@ impl Shader {
             Shader::Penalty => bindings::penalty::ALL,
             Shader::JumpRelu => bindings::jumprelu::ALL,
             Shader::EncoderCoop => bindings::encoder_coop::ALL,
+            Shader::Skip => bindings::skip::ALL,
         }
     }
 
@@ -96,6 +99,7 @@ impl Shader {
             Shader::Penalty => include_str!("../../shaders/penalty.wgsl"),
             Shader::JumpRelu => include_str!("../../shaders/jumprelu.wgsl"),
             Shader::EncoderCoop => include_str!("../../shaders/encoder_coop.wgsl"),
+            Shader::Skip => include_str!("../../shaders/skip.wgsl"),
         }
     }
 

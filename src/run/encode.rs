@@ -15,7 +15,7 @@ use super::inputs::SaeInputs;
 use super::merge::encode_part_file;
 use super::progress;
 use crate::analysis::encode::{CodeSink, EncodeConsumer};
-use crate::analysis::scan::Scan;
+use crate::analysis::scan::{Scales, Scan};
 use crate::choice::Choice;
 use crate::data::{BatchStream, Shard, StreamConfig};
 use crate::io::stream_writer::{StreamTensor, StreamWriter};
@@ -220,7 +220,7 @@ fn encode_shard(
             StreamConfig::sequential(scan.pass.capacity()),
         )?;
         let mut consumer = EncodeConsumer::new(&mut sink, k, thresholded);
-        scan.run(stream, 1.0, &mut [&mut consumer], on_rows)?;
+        scan.run(stream, Scales::NONE, &mut [&mut consumer], on_rows)?;
         anyhow::ensure!(
             consumer.rows == n,
             "{input}: read {} of {n} rows",

@@ -15,6 +15,8 @@ use crate::gpu::GpuError;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LatentBlocks {
     pub d_in: usize,
+    /// The decoder's width (d_in for an SAE).
+    pub d_out: usize,
     pub d_sae: usize,
     pub ranges: Vec<LatentRange>,
 }
@@ -26,33 +28,43 @@ pub enum LatentTensor {
     Encoder,
     /// b_enc and other [d_sae] vectors.
     Vector,
-    /// W_dec [d_sae, d_in]: a latent is a row.
+    /// W_dec [d_sae, d_out]: a latent is a row.
     Decoder,
 }
 
 impl LatentBlocks {
     /// The whole dictionary in one block.
-    pub fn single(d_in: usize, d_sae: usize) -> Self {
+    pub fn single(d_in: usize, d_out: usize, d_sae: usize) -> Self {
         LatentBlocks {
             d_in,
+            d_out,
             d_sae,
             ranges: vec![LatentRange::whole(d_sae)],
         }
     }
 
-    /// The fewest blocks such that each block's W_enc / W_dec ([d_in, n] f32) and
+    /// The fewest blocks such that each block's W_enc ([d_in, n] f32), W_dec ([n, d_out]) and
     /// pre-activations for `rows` rows ([rows, n] f32) fit in `limit` bytes. Block lengths are
     /// multiples of 4 (the encoder GEMM's vector loads) except the last.
-    pub fn plan(d_in: usize, d_sae: usize, rows: usize, limit: u64) -> Result<Self, GpuError> {
-        let per_latent = 4 * d_in.max(rows).max(1) as u64;
+    pub fn plan(
+        d_in: usize,
+        d_out: usize,
+        d_sae: usize,
+        rows: usize,
+        limit: u64,
+    ) -> Result<Self, GpuError> {
+        let width = d_in.max(d_out);
+        let per_latent = 4 * width.max(rows).max(1) as u64;
         // Buffers are padded to 16 bytes: leave room for that.
         let fit = (limit.saturating_sub(16) / per_latent) as usize;
         if fit >= d_sae {
-            return Ok(LatentBlocks::single(d_in, d_sae));
+            return Ok(LatentBlocks::single(d_in, d_out, d_sae));
         }
         if fit == 0 {
-            let what = if d_in >= rows {
+            let what = if width >= rows && d_out == d_in {
                 format!("one latent's weights (d_in = {d_in})")
+            } else if width >= rows {
+                format!("one latent's weights (d_in = {d_in}, d_out = {d_out})")
             } else {
                 format!("one latent's pre-activations for a batch of {rows} rows")
             };
@@ -77,6 +89,7 @@ impl LatentBlocks {
             .collect();
         Ok(LatentBlocks {
             d_in,
+            d_out,
             d_sae,
             ranges,
         })
@@ -100,7 +113,7 @@ impl LatentBlocks {
 
     fn width_of(&self, tensor: LatentTensor) -> usize {
         match tensor {
-            LatentTensor::Decoder => self.d_in,
+            LatentTensor::Decoder => self.d_out,
             LatentTensor::Encoder | LatentTensor::Vector => 1,
         }
     }
@@ -142,7 +155,7 @@ mod tests {
 
     #[test]
     fn plan_fits_each_block_and_covers_every_latent() {
-        let plan = LatentBlocks::plan(16, 103, 8, 16 * 4 * 24 + 16).unwrap();
+        let plan = LatentBlocks::plan(16, 16, 103, 8, 16 * 4 * 24 + 16).unwrap();
         assert!(plan.is_split());
         let mut next = 0;
         for r in &plan.ranges {
@@ -154,13 +167,15 @@ mod tests {
         // 103 = 4 × 24 + 7: the short last block offers all 7 of its latents.
         assert_eq!(plan.ranges.len(), 5);
         assert_eq!(plan.candidates(8), 4 * 8 + 7);
-        assert!(!LatentBlocks::plan(16, 103, 8, 1 << 20).unwrap().is_split());
-        assert!(LatentBlocks::plan(16, 103, 8, 32).is_err());
+        assert!(!LatentBlocks::plan(16, 16, 103, 8, 1 << 20)
+            .unwrap()
+            .is_split());
+        assert!(LatentBlocks::plan(16, 16, 103, 8, 32).is_err());
     }
 
     #[test]
     fn split_then_join_is_the_identity() {
-        let plan = LatentBlocks::plan(3, 10, 2, 4 * 3 * 4 + 16).unwrap();
+        let plan = LatentBlocks::plan(3, 3, 10, 2, 4 * 3 * 4 + 16).unwrap();
         assert!(plan.ranges.len() >= 3);
         for tensor in [
             LatentTensor::Encoder,

@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context};
 use safetensors::{Dtype, SafeTensors};
 
 use super::formats::read_tensor_f32;
-use super::params::{Activation, SaeParams};
+use super::params::{Activation, SaeParams, Transcoding};
 use super::trainer::TrainerSnapshot;
 use crate::io::{write_safetensors, TensorOut};
 
@@ -17,6 +17,8 @@ const SUFFIX: &str = ".safetensors";
 const PARAM_NAMES: [&str; 4] = ["W_enc", "b_enc", "W_dec", "b_dec"];
 /// JumpReLU's trained threshold parameter (θ or log θ, as the run's config.json says).
 const THRESHOLD_PARAM: &str = "threshold_param";
+/// A skip-transcoder's W_skip [d_out, d_in].
+const W_SKIP: &str = "W_skip";
 
 pub struct Checkpoint {
     /// Optimiser steps completed.
@@ -24,6 +26,8 @@ pub struct Checkpoint {
     pub tokens: u64,
     /// The factor inputs are divided by (1 when not scaling).
     pub input_scale: f32,
+    /// The factor a transcoder's targets are divided by (`input_scale` for an SAE).
+    pub target_scale: f32,
     pub snapshot: TrainerSnapshot,
     /// Fires per latent over all training tokens so far.
     pub fire_counts: Vec<u64>,
@@ -63,8 +67,8 @@ pub fn save(dir: &Path, checkpoint: &Checkpoint) -> anyhow::Result<PathBuf> {
         );
     }
     let k = p.k().ok_or_else(|| anyhow!("checkpoints hold TopK SAEs"))?;
-    let (d, n) = (p.d_in, p.d_sae);
-    let shapes: [Vec<usize>; 4] = [vec![d, n], vec![n], vec![n, d], vec![d]];
+    let (d, d_out, n) = (p.d_in, p.d_out(), p.d_sae);
+    let shapes: [Vec<usize>; 4] = [vec![d, n], vec![n], vec![n, d_out], vec![d_out]];
     let values = [&p.w_enc, &p.b_enc, &p.w_dec, &p.b_dec];
     let mut tensors = Vec::new();
     for i in 0..4 {
@@ -95,6 +99,15 @@ pub fn save(dir: &Path, checkpoint: &Checkpoint) -> anyhow::Result<PathBuf> {
             tensors.push(TensorOut::f32(&name, &[n], data));
         }
     }
+    if let (Some(w), Some((m, v))) = (p.w_skip(), &checkpoint.snapshot.skip_moments) {
+        for (name, data) in [
+            (W_SKIP.to_string(), w),
+            (format!("exp_avg.{W_SKIP}"), m.as_slice()),
+            (format!("exp_avg_sq.{W_SKIP}"), v.as_slice()),
+        ] {
+            tensors.push(TensorOut::f32(&name, &[d_out, d], data));
+        }
+    }
     tensors.push(TensorOut::u32(
         "since_fired",
         &[n],
@@ -111,7 +124,14 @@ pub fn save(dir: &Path, checkpoint: &Checkpoint) -> anyhow::Result<PathBuf> {
             "input_scale".to_string(),
             checkpoint.input_scale.to_string(),
         ),
+        (
+            "target_scale".to_string(),
+            checkpoint.target_scale.to_string(),
+        ),
     ]);
+    if p.is_transcoder() {
+        metadata.insert("transcoder".to_string(), "true".to_string());
+    }
     if let Some(theta) = checkpoint.snapshot.theta {
         metadata.insert("theta".to_string(), theta.to_string());
     }
@@ -157,14 +177,25 @@ pub fn parse(bytes: &[u8], path: &Path) -> anyhow::Result<Checkpoint> {
         .clone()
         .ok_or_else(|| anyhow!("{}: checkpoint has no metadata", path.display()))?;
     let k: usize = meta(&metadata, "k", path)?;
-    let w_dec_view = st
-        .tensor("W_dec")
-        .map_err(|_| anyhow!("{}: missing tensor 'W_dec'", path.display()))?;
-    let (n, d) = match w_dec_view.shape() {
-        [n, d] => (*n, *d),
-        other => bail!("{}: tensor 'W_dec' has shape {other:?}", path.display()),
+    let shape_of = |name: &str| -> anyhow::Result<(usize, usize)> {
+        let view = st
+            .tensor(name)
+            .map_err(|_| anyhow!("{}: missing tensor '{name}'", path.display()))?;
+        match view.shape() {
+            [a, b] => Ok((*a, *b)),
+            other => bail!("{}: tensor '{name}' has shape {other:?}", path.display()),
+        }
     };
-    let shapes: [Vec<usize>; 4] = [vec![d, n], vec![n], vec![n, d], vec![d]];
+    let (n, d_out) = shape_of("W_dec")?;
+    let (d, _) = shape_of("W_enc")?;
+    let transcoder = metadata.get("transcoder").is_some_and(|t| t == "true");
+    if !transcoder && d != d_out {
+        bail!(
+            "{}: W_enc reads {d} values but W_dec writes {d_out}, and the checkpoint is not a transcoder's",
+            path.display()
+        );
+    }
+    let shapes: [Vec<usize>; 4] = [vec![d, n], vec![n], vec![n, d_out], vec![d_out]];
     let mut values = Vec::new();
     let mut moments = Vec::new();
     for i in 0..4 {
@@ -193,6 +224,16 @@ pub fn parse(bytes: &[u8], path: &Path) -> anyhow::Result<Checkpoint> {
         Some(read(THRESHOLD_PARAM)?)
     } else {
         None
+    };
+    let (w_skip, skip_moments) = if st.names().contains(&W_SKIP) {
+        let read = |name: &str| read_tensor_f32(&st, name, &[d_out, d], path);
+        let moments = (
+            read(&format!("exp_avg.{W_SKIP}"))?,
+            read(&format!("exp_avg_sq.{W_SKIP}"))?,
+        );
+        (Some(read(W_SKIP)?), Some(moments))
+    } else {
+        (None, None)
     };
     let since = st
         .tensor("since_fired")
@@ -232,17 +273,24 @@ pub fn parse(bytes: &[u8], path: &Path) -> anyhow::Result<Checkpoint> {
         b_enc: next(),
         w_dec: next(),
         b_dec: next(),
+        transcoder: transcoder.then_some(Transcoding { d_out, w_skip }),
     };
+    let input_scale = meta(&metadata, "input_scale", path)?;
     Ok(Checkpoint {
         step: meta(&metadata, "step", path)?,
         tokens: meta(&metadata, "tokens", path)?,
-        input_scale: meta(&metadata, "input_scale", path)?,
+        input_scale,
+        target_scale: metadata
+            .get("target_scale")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(input_scale),
         snapshot: TrainerSnapshot {
             params,
             moments,
             since_fired,
             theta: metadata.get("theta").and_then(|t| t.parse().ok()),
             threshold_param,
+            skip_moments,
         },
         fire_counts,
     })

@@ -4,7 +4,7 @@
 use crate::gpu::kernels::coop::{
     launch_encode_coop, launch_pack_rows, launch_pack_weights, CoopShape, PackedRows,
 };
-use crate::gpu::kernels::decoder::launch_decode_sparse_block;
+use crate::gpu::kernels::decoder::{launch_decode_sparse_block, DecodeBase};
 use crate::gpu::kernels::encoder::{launch_encode_gemm, EncoderShape, GemmTiles};
 use crate::gpu::kernels::gated::{launch_gate, GateParams};
 use crate::gpu::kernels::input_norm::{launch_denormalize_rows, launch_normalize_rows, RowNorm};
@@ -17,7 +17,7 @@ use crate::gpu::{
 };
 
 use super::blocks::{LatentBlocks, LatentTensor};
-use super::params::{Activation, InputNorm, SaeParams};
+use super::params::{Activation, InputNorm, SaeParams, Transcoding};
 
 /// Latents kept per row for ReLU and JumpReLU SAEs unless the caller says otherwise.
 pub const DEFAULT_CAP: usize = 256;
@@ -29,15 +29,26 @@ pub struct LatentBlock {
     pub w_enc: GpuBuffer,
     /// [range.len]
     pub b_enc: GpuBuffer,
-    /// [range.len, d_in]
+    /// [range.len, d_out]
     pub w_dec: GpuBuffer,
     /// Gated SAEs: the block's `b_gate`, `exp(r_mag)` and `b_mag` ([range.len] each).
     pub gate: Option<[GpuBuffer; 3]>,
 }
 
+/// What a transcoder adds on the GPU: the encoder's input is not centred (a zero centre of
+/// [d_in], so the kernels that subtract b_dec from an SAE's input subtract nothing), and
+/// W_skipᵀ [d_in, d_out] for a skip-transcoder (transposed so the encoder GEMM computes
+/// x·W_skipᵀ + b_dec as it computes x·W_enc + b_enc).
+pub struct GpuTranscoding {
+    pub centre: GpuBuffer,
+    pub skip_t: Option<GpuBuffer>,
+}
+
 /// The parameter tensors of an SAE, resident on the GPU.
 pub struct GpuSae {
     pub d_in: usize,
+    /// The decoder's width: d_in for an SAE.
+    pub d_out: usize,
     pub d_sae: usize,
     /// Latents kept per row: TopK's k, or the cap for ReLU / JumpReLU SAEs.
     pub k: usize,
@@ -52,7 +63,9 @@ pub struct GpuSae {
     activation: Activation,
     pub layout: LatentBlocks,
     pub blocks: Vec<LatentBlock>,
+    /// [d_out]
     pub b_dec: GpuBuffer,
+    pub transcoder: Option<GpuTranscoding>,
 }
 
 impl GpuSae {
@@ -70,10 +83,21 @@ impl GpuSae {
         cap: usize,
         max_rows: usize,
     ) -> GpuResult<GpuSae> {
-        let (d_in, d_sae) = (params.d_in as u64, params.d_sae as u64);
-        let needed = 4 * (2 * d_in * d_sae + max_rows as u64 * (d_sae + 2 * d_in));
+        let (d_in, d_out, d_sae) = (
+            params.d_in as u64,
+            params.d_out() as u64,
+            params.d_sae as u64,
+        );
+        let needed =
+            4 * ((d_in + d_out) * d_sae + max_rows as u64 * (d_sae + d_in + d_out) + d_in * d_out);
         gpu.check_memory("the SAE's weights and one batch's pre-activations", needed)?;
-        let layout = LatentBlocks::plan(params.d_in, params.d_sae, max_rows, gpu.binding_limit())?;
+        let layout = LatentBlocks::plan(
+            params.d_in,
+            params.d_out(),
+            params.d_sae,
+            max_rows,
+            gpu.binding_limit(),
+        )?;
         if layout.is_split() {
             tracing::info!(
                 "the dictionary exceeds one storage binding ({} bytes): split into {} blocks of latents",
@@ -113,12 +137,34 @@ impl GpuSae {
                 ),
             });
         }
-        if layout.d_in != params.d_in || layout.d_sae != params.d_sae {
+        if params.is_transcoder() && params.input_norm != InputNorm::None {
+            return Err(GpuError::Shape {
+                kernel: "forward",
+                message: "a transcoder with a per-row input normalisation is not supported".into(),
+            });
+        }
+        if let Some(w) = params.w_skip() {
+            if w.len() != params.d_out() * params.d_in {
+                return Err(GpuError::Shape {
+                    kernel: "forward",
+                    message: format!(
+                        "W_skip holds {} values, not d_out {} × d_in {}",
+                        w.len(),
+                        params.d_out(),
+                        params.d_in
+                    ),
+                });
+            }
+        }
+        if layout.d_in != params.d_in
+            || layout.d_out != params.d_out()
+            || layout.d_sae != params.d_sae
+        {
             return Err(GpuError::Shape {
                 kernel: "forward",
                 message: format!(
-                    "block layout for d_in {} × d_sae {} given an SAE of d_in {} × d_sae {}",
-                    layout.d_in, layout.d_sae, params.d_in, params.d_sae
+                    "block layout for d_in {} × d_sae {} × d_out {} given an SAE of d_in {} × d_sae {} × d_out {}",
+                    layout.d_in, layout.d_sae, layout.d_out, params.d_in, params.d_sae, params.d_out()
                 ),
             });
         }
@@ -165,6 +211,7 @@ impl GpuSae {
             .collect::<GpuResult<Vec<_>>>()?;
         Ok(GpuSae {
             d_in: params.d_in,
+            d_out: params.d_out(),
             d_sae: params.d_sae,
             k,
             thresholds,
@@ -175,7 +222,29 @@ impl GpuSae {
             layout,
             blocks,
             b_dec: gpu.upload("b_dec", &params.b_dec)?,
+            transcoder: match &params.transcoder {
+                None => None,
+                Some(t) => Some(GpuTranscoding {
+                    centre: gpu.storage::<f32>("input centre (none)", params.d_in)?,
+                    skip_t: match &t.w_skip {
+                        Some(w) => {
+                            Some(gpu.upload("W_skip^T", &transpose(w, t.d_out, params.d_in))?)
+                        }
+                        None => None,
+                    },
+                }),
+            },
         })
+    }
+
+    /// What the encoder subtracts from its input: b_dec for an SAE, zeros for a transcoder.
+    pub fn centre(&self) -> &GpuBuffer {
+        self.transcoder.as_ref().map_or(&self.b_dec, |t| &t.centre)
+    }
+
+    /// W_skipᵀ [d_in, d_out] of a skip-transcoder.
+    pub fn skip_t(&self) -> Option<&GpuBuffer> {
+        self.transcoder.as_ref()?.skip_t.as_ref()
     }
 
     /// Runs the encoder GEMM as `matmul` says: on the matrix units with f16 copies of W_enc
@@ -252,6 +321,16 @@ impl GpuSae {
             b_enc: self.read_joined(gpu, LatentTensor::Vector, |b| &b.b_enc)?,
             w_dec: self.read_joined(gpu, LatentTensor::Decoder, |b| &b.w_dec)?,
             b_dec: gpu.read(&self.b_dec)?,
+            transcoder: match &self.transcoder {
+                None => None,
+                Some(t) => Some(Transcoding {
+                    d_out: self.d_out,
+                    w_skip: match &t.skip_t {
+                        Some(w) => Some(transpose(&gpu.read(w)?, self.d_in, self.d_out)),
+                        None => None,
+                    },
+                }),
+            },
         })
     }
 
@@ -270,14 +349,26 @@ impl GpuSae {
         Ok(self.layout.join(tensor, &parts))
     }
 
-    /// Every parameter buffer: (W_enc, b_enc, W_dec) of each block, then b_dec.
+    /// Every parameter buffer: (W_enc, b_enc, W_dec) of each block, b_dec, then W_skipᵀ.
     pub fn tensors(&self) -> Vec<&GpuBuffer> {
         self.blocks
             .iter()
             .flat_map(|b| [&b.w_enc, &b.b_enc, &b.w_dec])
             .chain([&self.b_dec])
+            .chain(self.skip_t())
             .collect()
     }
+}
+
+/// A row-major [rows, cols] matrix transposed to [cols, rows].
+pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; m.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = m[r * cols + c];
+        }
+    }
+    out
 }
 
 /// "W_enc", or "W_enc block 2/5" for a split dictionary.
@@ -321,12 +412,19 @@ impl Candidates {
 /// Activations of one batch through the forward pass; sized for `capacity` rows.
 pub struct ForwardBuffers {
     pub capacity: usize,
+    /// The encoder's input [capacity, d_in].
     pub x: GpuBuffer,
+    /// A transcoder's target [capacity, d_out] (an SAE's target is `x`): see
+    /// [`ForwardBuffers::target`].
+    pub y: Option<GpuBuffer>,
     /// Pre-activations [capacity, block.len], one buffer per block of latents.
     pub h: Vec<GpuBuffer>,
     pub top_idx: GpuBuffer,
     pub top_val: GpuBuffer,
+    /// The reconstruction (a transcoder's prediction) [capacity, d_out].
     pub x_hat: GpuBuffer,
+    /// A skip-transcoder's x·W_skipᵀ + b_dec [capacity, d_out], what the decode adds to.
+    pub skip_base: Option<GpuBuffer>,
     /// [capacity] u32 non-zero latents per row, for thresholded SAEs.
     pub active: Option<GpuBuffer>,
     pub candidates: Option<Candidates>,
@@ -352,6 +450,19 @@ impl ForwardBuffers {
         }
     }
 
+    /// What the reconstruction is compared with: the target of a transcoder, else the input.
+    pub fn target(&self) -> &GpuBuffer {
+        self.y.as_ref().unwrap_or(&self.x)
+    }
+
+    /// What the decoded codes are added to.
+    pub fn decode_base<'a>(&'a self, sae: &'a GpuSae) -> DecodeBase<'a> {
+        match &self.skip_base {
+            Some(base) => DecodeBase::Rows(base),
+            None => DecodeBase::Bias(&sae.b_dec),
+        }
+    }
+
     /// Buffers for `sae` as its encoder GEMM now runs (after [`GpuSae::set_matmul`]).
     pub fn follow_matmul(&mut self, gpu: &Gpu, sae: &GpuSae) -> GpuResult<()> {
         self.packed = ForwardBuffers::packed_for(gpu, sae, self.capacity)?;
@@ -371,10 +482,18 @@ impl ForwardBuffers {
         Ok(ForwardBuffers {
             capacity,
             x: gpu.storage::<f32>("x", capacity * sae.d_in)?,
+            y: match sae.transcoder {
+                Some(_) => Some(gpu.storage::<f32>("y", capacity * sae.d_out)?),
+                None => None,
+            },
             h,
             top_idx: gpu.storage::<u32>("top_idx", capacity * sae.k)?,
             top_val: gpu.storage::<f32>("top_val", capacity * sae.k)?,
-            x_hat: gpu.storage::<f32>("x_hat", capacity * sae.d_in)?,
+            x_hat: gpu.storage::<f32>("x_hat", capacity * sae.d_out)?,
+            skip_base: match sae.skip_t() {
+                Some(_) => Some(gpu.storage::<f32>("skip base", capacity * sae.d_out)?),
+                None => None,
+            },
             active: match sae.thresholds {
                 Some(_) => Some(gpu.storage::<u32>("active_latents", capacity)?),
                 None => None,
@@ -459,7 +578,7 @@ pub fn record_topk(
     )
 }
 
-/// Records `x_hat = b_dec + Σ_j top_val[r, j] · W_dec[top_idx[r, j]]`, block by block.
+/// Records `x_hat = base + Σ_j top_val[r, j] · W_dec[top_idx[r, j]]`, block by block.
 #[allow(clippy::too_many_arguments)]
 pub fn record_decode(
     rec: &mut Recorder<'_>,
@@ -467,7 +586,7 @@ pub fn record_decode(
     top_idx: &GpuBuffer,
     top_val: &GpuBuffer,
     k: usize,
-    b_dec: &GpuBuffer,
+    base: DecodeBase<'_>,
     x_hat: &GpuBuffer,
     rows: usize,
 ) -> GpuResult<()> {
@@ -479,14 +598,43 @@ pub fn record_decode(
             top_val,
             &block.w_dec,
             block.range,
-            b_dec,
+            base,
             x_hat,
             rows,
-            sae.d_in,
+            sae.d_out,
             k,
         )?;
     }
     Ok(())
+}
+
+/// Records a skip-transcoder's `fw.skip_base = x·W_skipᵀ + b_dec` (nothing for other SAEs),
+/// the encoder GEMM with W_skipᵀ for W_enc, no centre, and b_dec for b_enc.
+pub fn record_skip(
+    rec: &mut Recorder<'_>,
+    sae: &GpuSae,
+    fw: &ForwardBuffers,
+    rows: usize,
+) -> GpuResult<()> {
+    let (Some(skip_t), Some(base)) = (sae.skip_t(), &fw.skip_base) else {
+        return Ok(());
+    };
+    let shape = EncoderShape {
+        rows,
+        d_in: sae.d_in,
+        d_sae: sae.d_out,
+    };
+    launch_encode_gemm(
+        rec,
+        &fw.x,
+        InputPrecision::F32,
+        skip_t,
+        sae.centre(),
+        &sae.b_dec,
+        base,
+        shape,
+        GemmTiles::default(),
+    )
 }
 
 /// Records encode → TopK (or capped threshold selection) → decode for the first `rows` rows
@@ -511,13 +659,14 @@ pub fn record_reconstruct(
     fw: &ForwardBuffers,
     rows: usize,
 ) -> GpuResult<()> {
+    record_skip(rec, sae, fw, rows)?;
     record_decode(
         rec,
         sae,
         &fw.top_idx,
         &fw.top_val,
         sae.k,
-        &sae.b_dec,
+        fw.decode_base(sae),
         &fw.x_hat,
         rows,
     )?;
@@ -555,7 +704,7 @@ pub fn record_encode_select(
                 k: sae.d_in,
                 n: 0,
             };
-            launch_pack_rows(rec, &fw.x, &sae.b_dec, &packed, shape, coop.tile)?;
+            launch_pack_rows(rec, &fw.x, sae.centre(), &packed, shape, coop.tile)?;
             Some((coop, packed))
         }
         _ => None,
@@ -581,7 +730,7 @@ pub fn record_encode_select(
                     &fw.x,
                     InputPrecision::F32,
                     &block.w_enc,
-                    &sae.b_dec,
+                    sae.centre(),
                     &block.b_enc,
                     h,
                     shape,

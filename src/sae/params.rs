@@ -1,5 +1,6 @@
 //! SAE parameters on the host, in the notation of REFERENCE.md:
-//! W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in].
+//! W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_out], b_dec [d_out], where d_out is d_in
+//! for an SAE and the target's width for a transcoder (which may add W_skip [d_out, d_in]).
 
 use rand::{Rng, SeedableRng};
 
@@ -62,6 +63,16 @@ impl InputNorm {
     }
 }
 
+/// What makes a sparse coder a transcoder: its decoder writes another activation (of width
+/// `d_out`) than the one its encoder reads, the encoder reads the input uncentred (b_dec is the
+/// target's bias, not the input's), and an optional linear path adds x·W_skipᵀ.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transcoding {
+    pub d_out: usize,
+    /// W_skip [d_out, d_in] (the layout of SAELens and sparsify).
+    pub w_skip: Option<Vec<f32>>,
+}
+
 #[derive(Clone, Debug)]
 pub struct SaeParams {
     pub input_norm: InputNorm,
@@ -70,8 +81,12 @@ pub struct SaeParams {
     pub activation: Activation,
     pub w_enc: Vec<f32>,
     pub b_enc: Vec<f32>,
+    /// [d_sae, d_out].
     pub w_dec: Vec<f32>,
+    /// [d_out].
     pub b_dec: Vec<f32>,
+    /// `None` for an SAE (the decoder reconstructs its own input).
+    pub transcoder: Option<Transcoding>,
 }
 
 impl SaeParams {
@@ -110,6 +125,39 @@ impl SaeParams {
             b_enc: vec![0.0; d_sae],
             w_dec,
             b_dec: vec![0.0; d_in],
+            transcoder: None,
+        }
+    }
+
+    /// A transcoder of this SAE's encoder writing `d_out` values through the decoder rows
+    /// `w_dec` ([d_sae, d_out]); b_dec zeros (set from data afterwards), and with `skip` a zero
+    /// W_skip (sparsify's start: the skip path learns from nothing).
+    pub fn into_transcoder(mut self, d_out: usize, w_dec: Vec<f32>, skip: bool) -> SaeParams {
+        assert_eq!(
+            w_dec.len(),
+            self.d_sae * d_out,
+            "decoder rows of width d_out"
+        );
+        self.w_dec = w_dec;
+        self.b_dec = vec![0.0; d_out];
+        self.transcoder = Some(Transcoding {
+            d_out,
+            w_skip: skip.then(|| vec![0.0; d_out * self.d_in]),
+        });
+        self
+    }
+
+    /// b_enc = −mean·W_enc: the pre-activations start centred on the data, as subtracting b_dec
+    /// centres an SAE's (sparsify's start for a transcoder, whose input b_dec does not centre).
+    pub fn centre_pre_activations(&mut self, mean: &[f32]) {
+        let n = self.d_sae;
+        for (i, b) in self.b_enc.iter_mut().enumerate() {
+            let dot: f64 = mean
+                .iter()
+                .enumerate()
+                .map(|(c, &m)| f64::from(m) * f64::from(self.w_enc[c * n + i]))
+                .sum();
+            *b = -dot as f32;
         }
     }
 
@@ -123,6 +171,20 @@ impl SaeParams {
         params
     }
 
+    /// The decoder's width: d_in for an SAE, the target's for a transcoder.
+    pub fn d_out(&self) -> usize {
+        self.transcoder.as_ref().map_or(self.d_in, |t| t.d_out)
+    }
+
+    pub fn is_transcoder(&self) -> bool {
+        self.transcoder.is_some()
+    }
+
+    /// W_skip [d_out, d_in], for a skip-transcoder.
+    pub fn w_skip(&self) -> Option<&[f32]> {
+        self.transcoder.as_ref()?.w_skip.as_deref()
+    }
+
     pub fn k(&self) -> Option<usize> {
         match self.activation {
             Activation::TopK { k } => Some(k),
@@ -130,9 +192,9 @@ impl SaeParams {
         }
     }
 
-    /// W_decᵀ laid out as W_enc ([d_in, d_sae]).
+    /// W_decᵀ ([d_out, d_sae]; for an SAE the layout of W_enc).
     pub fn w_dec_transposed(&self) -> Vec<f32> {
-        let (d, n) = (self.d_in, self.d_sae);
+        let (d, n) = (self.d_out(), self.d_sae);
         let mut out = vec![0.0f32; d * n];
         for i in 0..n {
             for c in 0..d {
@@ -158,13 +220,27 @@ impl SaeParams {
     /// the same latents up to the factor s (f' = s·f, TopK selection unchanged, decoder rows
     /// still unit norm): b_enc ← s·b_enc, b_dec ← s·b_dec.
     pub fn fold_input_scale(&mut self, scale: f32) {
-        self.b_enc.iter_mut().for_each(|v| *v *= scale);
-        self.b_dec.iter_mut().for_each(|v| *v *= scale);
+        self.fold_scales(scale, scale);
+    }
+
+    /// [`SaeParams::fold_input_scale`] for a transcoder trained on x / s_x to predict y / s_y:
+    /// the codes become s_x·f, so W_dec ← (s_y/s_x)·W_dec, b_dec ← s_y·b_dec and
+    /// W_skip ← (s_y/s_x)·W_skip (the same as the SAE's fold when s_y = s_x).
+    pub fn fold_scales(&mut self, s_x: f32, s_y: f32) {
+        self.b_enc.iter_mut().for_each(|v| *v *= s_x);
+        self.b_dec.iter_mut().for_each(|v| *v *= s_y);
+        if s_x != s_y {
+            let ratio = s_y / s_x;
+            self.w_dec.iter_mut().for_each(|v| *v *= ratio);
+            if let Some(w) = self.transcoder.as_mut().and_then(|t| t.w_skip.as_mut()) {
+                w.iter_mut().for_each(|v| *v *= ratio);
+            }
+        }
         match &mut self.activation {
-            Activation::JumpRelu { threshold } => threshold.iter_mut().for_each(|v| *v *= scale),
+            Activation::JumpRelu { threshold } => threshold.iter_mut().for_each(|v| *v *= s_x),
             Activation::Gated { b_gate, b_mag, .. } => {
-                b_gate.iter_mut().for_each(|v| *v *= scale);
-                b_mag.iter_mut().for_each(|v| *v *= scale);
+                b_gate.iter_mut().for_each(|v| *v *= s_x);
+                b_mag.iter_mut().for_each(|v| *v *= s_x);
             }
             Activation::TopK { .. } | Activation::Relu => {}
         }
@@ -173,12 +249,13 @@ impl SaeParams {
     /// Names the first tensor holding a NaN or Inf, if any.
     pub fn first_non_finite(&self) -> Option<&'static str> {
         [
-            ("W_enc", &self.w_enc),
+            ("W_enc", self.w_enc.as_slice()),
             ("b_enc", &self.b_enc),
             ("W_dec", &self.w_dec),
             ("b_dec", &self.b_dec),
         ]
         .into_iter()
+        .chain(self.w_skip().map(|w| ("W_skip", w)))
         .find(|(_, v)| v.iter().any(|x| !x.is_finite()))
         .map(|(name, _)| name)
     }

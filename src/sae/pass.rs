@@ -88,10 +88,11 @@ impl<'g, 's> ForwardPass<'g, 's> {
         Ok((idx, val))
     }
 
-    /// The last batch's reconstructions [rows, d_in] (waits for the GPU).
+    /// The last batch's reconstructions (a transcoder's predictions) [rows, d_out] (waits for
+    /// the GPU).
     pub fn reconstructions(&self, rows: usize) -> GpuResult<Vec<f32>> {
         let mut x_hat: Vec<f32> = self.gpu.read(&self.fw.x_hat)?;
-        x_hat.truncate(rows * self.sae.d_in);
+        x_hat.truncate(rows * self.sae.d_out);
         Ok(x_hat)
     }
 

@@ -133,6 +133,7 @@ pub fn random_sae(
         b_enc: random_vec(&mut r, d_sae, 0.3),
         w_dec: random_vec(&mut r, d_sae * d_in, 0.6),
         b_dec: random_vec(&mut r, d_in, 0.3),
+        transcoder: None,
     }
 }
 

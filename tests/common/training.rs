@@ -17,7 +17,10 @@ pub fn tiny_config(inputs: Vec<PathBuf>, d_sae: usize, k: usize, steps: u64) -> 
         data: DataConfig {
             inputs,
             tensor: "activations".into(),
+            targets: vec![],
+            target_tensor: None,
             eval_inputs: vec![],
+            eval_targets: vec![],
             eval_fraction: 0.02,
             batch_size: 128,
             steps,
@@ -37,6 +40,8 @@ pub fn tiny_config(inputs: Vec<PathBuf>, d_sae: usize, k: usize, steps: u64) -> 
             },
             k,
             d_sae,
+            transcoder: false,
+            skip: false,
         },
         optim: OptimConfig {
             lr: 1e-2,

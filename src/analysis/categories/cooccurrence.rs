@@ -13,7 +13,7 @@ use anyhow::bail;
 
 use serde::Serialize;
 
-use crate::analysis::scan::{Consumer, Scan, Scanned};
+use crate::analysis::scan::{Consumer, Scales, Scan, Scanned};
 use crate::data::column::RowColumn;
 use crate::data::{BatchStream, Shard, StreamConfig};
 use crate::gpu::kernels::cooccurrence_pairs::{
@@ -379,7 +379,7 @@ fn count_group(
         Arc::clone(shards),
         StreamConfig::sequential(scan.pass.capacity()),
     )?;
-    scan.run(stream, 1.0, &mut [&mut counter], on_rows)?;
+    scan.run(stream, Scales::NONE, &mut [&mut counter], on_rows)?;
     counter.finish()
 }
 

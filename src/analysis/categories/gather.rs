@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::families::TokenFamilies;
 use super::structure::CategorySamples;
-use crate::analysis::scan::{Consumer, Scan, Scanned};
+use crate::analysis::scan::{Consumer, Scales, Scan, Scanned};
 use crate::data::{BatchStream, Shard, StreamConfig};
 use crate::sae::pass::ForwardPass;
 
@@ -45,7 +45,7 @@ pub fn gather(
 ) -> anyhow::Result<Gathered> {
     let mut gatherer = Gatherer::new(scan.pass.sae.d_sae, categories, sampling, families);
     let stream = BatchStream::start(shards, StreamConfig::sequential(scan.pass.capacity()))?;
-    let rows = scan.run(stream, 1.0, &mut [&mut gatherer], on_rows)?;
+    let rows = scan.run(stream, Scales::NONE, &mut [&mut gatherer], on_rows)?;
     Ok(Gathered {
         rows,
         fire_count: gatherer.fire_count,

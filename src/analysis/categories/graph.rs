@@ -84,6 +84,7 @@ pub fn nearest(
         b_enc: vec![0.0; n_keys],
         w_dec: keys.to_vec(),
         b_dec: vec![0.0; d_in],
+        transcoder: None,
     };
     gram.w_enc = gram.w_dec_transposed();
     let batch_rows = batch_rows.clamp(1, n.max(1));

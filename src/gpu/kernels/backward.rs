@@ -15,11 +15,12 @@ pub const NARROW_D_IN: usize = 256;
 /// `scale_slot` value meaning "no multiplier" (NO_SLOT in the shader).
 const NO_SLOT: u32 = u32::MAX;
 
-/// The shape of one batch through a TopK SAE.
+/// The shape of one batch through a TopK SAE (or transcoder, whose decoder writes d_out).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackwardShape {
     pub rows: usize,
     pub d_in: usize,
+    pub d_out: usize,
     pub d_sae: usize,
     pub k: usize,
 }
@@ -49,7 +50,9 @@ impl BackwardShape {
             accumulate: 0,
             latent_start: 0,
             block_len: dim(kernel, "d_sae", self.d_sae)?,
-            _pad: [0; 3],
+            d_out: dim(kernel, "d_out", self.d_out)?,
+            centred: 1,
+            _pad: 0,
         })
     }
 
@@ -157,7 +160,7 @@ pub fn launch_loss_grad_into(
     accumulate: bool,
 ) -> GpuResult<()> {
     const KERNEL: &str = "loss_grad";
-    let n = shape.rows * shape.d_in;
+    let n = shape.rows * shape.d_out;
     check_len(KERNEL, x_hat, n)?;
     check_len(KERNEL, x, n)?;
     check_len(
@@ -192,7 +195,7 @@ pub fn launch_aux_residual(
     shape: BackwardShape,
 ) -> GpuResult<()> {
     const KERNEL: &str = "aux_residual";
-    let n = shape.rows * shape.d_in;
+    let n = shape.rows * shape.d_out;
     for buffer in [e_hat, x, x_hat, aux_diff] {
         check_len(KERNEL, buffer, n)?;
     }
@@ -238,14 +241,14 @@ pub fn launch_code_grad_block(
     accumulate: bool,
 ) -> GpuResult<()> {
     const KERNEL: &str = "code_grad";
-    check_len(KERNEL, grad_out, shape.rows * shape.d_in)?;
+    check_len(KERNEL, grad_out, shape.rows * shape.d_out)?;
     check_len(KERNEL, top_idx, shape.entries())?;
     check_len(KERNEL, top_val, shape.entries())?;
-    check_len(KERNEL, w_dec, block.len * shape.d_in)?;
+    check_len(KERNEL, w_dec, block.len * shape.d_out)?;
     check_len(KERNEL, code_grad, shape.entries())?;
     let mut params = shape.block_params(KERNEL, block)?;
     params.accumulate = u32::from(accumulate);
-    let (entry, grid) = if shape.d_in <= NARROW_D_IN {
+    let (entry, grid) = if shape.d_out <= NARROW_D_IN {
         ("code_grad_narrow", rec.threads_grid(shape.entries(), WG))
     } else {
         (KERNEL, grid(rec, shape.entries()))
@@ -320,7 +323,7 @@ pub fn launch_decoder_weight_grad(
     launch_decoder_weight_grad_block(rec, index, top_val, grad_out, grad_w_dec, block, accumulate)
 }
 
-/// [`launch_decoder_weight_grad`] for the latents of `block` (`grad_w_dec` [block.len, d_in]).
+/// [`launch_decoder_weight_grad`] for the latents of `block` (`grad_w_dec` [block.len, d_out]).
 pub fn launch_decoder_weight_grad_block(
     rec: &mut Recorder<'_>,
     index: &ReverseIndex,
@@ -333,10 +336,11 @@ pub fn launch_decoder_weight_grad_block(
     const KERNEL: &str = "decoder_weight_grad";
     let shape = index.shape;
     check_len(KERNEL, top_val, shape.entries())?;
-    check_len(KERNEL, grad_out, shape.rows * shape.d_in)?;
-    check_len(KERNEL, grad_w_dec, block.len * shape.d_in)?;
+    check_len(KERNEL, grad_out, shape.rows * shape.d_out)?;
+    check_len(KERNEL, grad_w_dec, block.len * shape.d_out)?;
     let mut params = shape.block_params(KERNEL, block)?;
     params.accumulate = u32::from(accumulate);
+    params.col_tiles = tiles(shape.d_out, WG);
     let grid = grid(rec, block.len * params.col_tiles as usize);
     rec.launch(
         &key(KERNEL),
@@ -420,11 +424,15 @@ pub fn launch_bias_dec_grad(
     shape: BackwardShape,
 ) -> GpuResult<()> {
     let block = LatentRange::whole(shape.d_sae);
-    launch_bias_dec_grad_block(rec, grad_out, w_enc, grad_b_enc, block, grad_b_dec, shape)
+    launch_bias_dec_grad_block(
+        rec, grad_out, w_enc, grad_b_enc, block, grad_b_dec, shape, true,
+    )
 }
 
 /// [`launch_bias_dec_grad`] with one block's W_enc [d_in, block.len] and ∂b_enc: the block
-/// starting at latent 0 writes `Σ_r g − its part`, later blocks subtract theirs.
+/// starting at latent 0 writes `Σ_r g − its part`, later blocks subtract theirs. Without
+/// `centred` (a transcoder, whose b_dec is the output's only) it is `Σ_r g`, which the first
+/// block writes and later blocks leave.
 #[allow(clippy::too_many_arguments)]
 pub fn launch_bias_dec_grad_block(
     rec: &mut Recorder<'_>,
@@ -434,15 +442,26 @@ pub fn launch_bias_dec_grad_block(
     block: LatentRange,
     grad_b_dec: &GpuBuffer,
     shape: BackwardShape,
+    centred: bool,
 ) -> GpuResult<()> {
     const KERNEL: &str = "bias_dec_grad";
-    check_len(KERNEL, grad_out, shape.rows * shape.d_in)?;
+    if !centred && block.start > 0 {
+        return Ok(());
+    }
+    crate::gpu::error::ensure(!centred || shape.d_in == shape.d_out, KERNEL, || {
+        format!(
+            "b_dec centres the input only when d_in = d_out (here {} and {})",
+            shape.d_in, shape.d_out
+        )
+    })?;
+    check_len(KERNEL, grad_out, shape.rows * shape.d_out)?;
     check_len(KERNEL, w_enc, shape.d_in * block.len)?;
     check_len(KERNEL, grad_b_enc, block.len)?;
-    check_len(KERNEL, grad_b_dec, shape.d_in)?;
+    check_len(KERNEL, grad_b_dec, shape.d_out)?;
     let mut params = shape.block_params(KERNEL, block)?;
     params.accumulate = u32::from(block.start > 0);
-    let grid = grid(rec, shape.d_in);
+    params.centred = u32::from(centred);
+    let grid = grid(rec, shape.d_out);
     rec.launch(
         &key(KERNEL),
         &params,

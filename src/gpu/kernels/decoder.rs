@@ -1,4 +1,5 @@
-//! Sparse decoder forward: `x̂ = b_dec + Σ_j f_j · W_dec[idx_j]`, a gather over the k latents.
+//! Sparse decoder forward: `x̂ = b_dec + Σ_j f_j · W_dec[idx_j]`, a gather over the k latents
+//! (a skip-transcoder's base is a row per output row: x·W_skipᵀ + b_dec).
 
 use super::{check_len, dim, LatentRange};
 use crate::gpu::bindings::decoder::*;
@@ -10,6 +11,15 @@ use crate::gpu::{GpuBuffer, PipelineKey, Recorder, Shader};
 const KERNEL: &str = "decode_sparse";
 const WG: u32 = 64;
 
+/// What the decoded sum is added to.
+#[derive(Clone, Copy)]
+pub enum DecodeBase<'a> {
+    /// b_dec [d_out], the same for every row.
+    Bias(&'a GpuBuffer),
+    /// [rows, d_out], one row per output row.
+    Rows(&'a GpuBuffer),
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn launch_decode_sparse(
     rec: &mut Recorder<'_>,
@@ -19,7 +29,7 @@ pub fn launch_decode_sparse(
     b_dec: &GpuBuffer,
     x_hat: &GpuBuffer,
     rows: usize,
-    d_in: usize,
+    d_out: usize,
     d_sae: usize,
     k: usize,
 ) -> GpuResult<()> {
@@ -29,16 +39,16 @@ pub fn launch_decode_sparse(
         top_val,
         w_dec,
         LatentRange::whole(d_sae),
-        b_dec,
+        DecodeBase::Bias(b_dec),
         x_hat,
         rows,
-        d_in,
+        d_out,
         k,
     )
 }
 
-/// The decode restricted to the latents of one `w_dec` block ([block.len, d_in]): the block
-/// starting at latent 0 writes `b_dec + Σ`, later blocks add their part.
+/// The decode restricted to the latents of one `w_dec` block ([block.len, d_out]): the block
+/// starting at latent 0 writes `base + Σ`, later blocks add their part.
 #[allow(clippy::too_many_arguments)]
 pub fn launch_decode_sparse_block(
     rec: &mut Recorder<'_>,
@@ -46,27 +56,31 @@ pub fn launch_decode_sparse_block(
     top_val: &GpuBuffer,
     w_dec: &GpuBuffer,
     block: LatentRange,
-    b_dec: &GpuBuffer,
+    base: DecodeBase<'_>,
     x_hat: &GpuBuffer,
     rows: usize,
-    d_in: usize,
+    d_out: usize,
     k: usize,
 ) -> GpuResult<()> {
     check_len(KERNEL, top_idx, rows * k)?;
     check_len(KERNEL, top_val, rows * k)?;
-    check_len(KERNEL, w_dec, block.len * d_in)?;
-    check_len(KERNEL, b_dec, d_in)?;
-    check_len(KERNEL, x_hat, rows * d_in)?;
-    let col_tiles = tiles(d_in, WG);
+    check_len(KERNEL, w_dec, block.len * d_out)?;
+    let (b_dec, base_rows) = match base {
+        DecodeBase::Bias(b) => (b, false),
+        DecodeBase::Rows(b) => (b, true),
+    };
+    check_len(KERNEL, b_dec, if base_rows { rows * d_out } else { d_out })?;
+    check_len(KERNEL, x_hat, rows * d_out)?;
+    let col_tiles = tiles(d_out, WG);
     let params = DecoderParams {
         rows: dim(KERNEL, "rows", rows)?,
-        d_in: dim(KERNEL, "d_in", d_in)?,
+        d_out: dim(KERNEL, "d_out", d_out)?,
         k: dim(KERNEL, "k", k)?,
         col_tiles,
         latent_start: dim(KERNEL, "first latent", block.start)?,
         block_len: dim(KERNEL, "block latents", block.len)?,
         accumulate: u32::from(block.start > 0),
-        _pad: 0,
+        base_rows: u32::from(base_rows),
     };
     let key = PipelineKey::new(Shader::Decoder, "decode_sparse").define("WG", WG);
     let grid = Grid::linear(

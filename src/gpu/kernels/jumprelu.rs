@@ -18,7 +18,8 @@ fn key(entry: &'static str) -> PipelineKey {
 #[derive(Clone, Copy, Debug)]
 pub struct ThresholdGrad {
     pub rows: usize,
-    pub d_in: usize,
+    /// The decoder rows' width (d_out; d_in for an SAE).
+    pub d_out: usize,
     pub bandwidth: f32,
     /// The L0 penalty: `None` the step penalty λ·mean_b Σᵢ H(hᵢ − θᵢ) (DeepMind), which only
     /// the thresholds see; `Some(s)` the tanh penalty λ·mean_b Σᵢ tanh(s·fᵢ·nᵢ) (Anthropic).
@@ -30,7 +31,7 @@ pub struct ThresholdGrad {
 }
 
 /// The buffers of [`launch_threshold_grad`]: the block's pre-activations [rows, block.len] and
-/// decoder rows, ∂L/∂x̂ [rows, d_in], and the per-latent θ, decoder norms and gradient.
+/// decoder rows, ∂L/∂x̂ [rows, d_out], and the per-latent θ, decoder norms and gradient.
 pub struct ThresholdGradBuffers<'a> {
     pub pre: &'a GpuBuffer,
     pub grad_out: &'a GpuBuffer,
@@ -50,14 +51,14 @@ pub fn launch_threshold_grad(
 ) -> GpuResult<()> {
     const KERNEL: &str = "threshold_grad";
     check_len(KERNEL, b.pre, args.rows * block.len)?;
-    check_len(KERNEL, b.grad_out, args.rows * args.d_in)?;
-    check_len(KERNEL, b.w_dec, block.len * args.d_in)?;
+    check_len(KERNEL, b.grad_out, args.rows * args.d_out)?;
+    check_len(KERNEL, b.w_dec, block.len * args.d_out)?;
     for per_latent in [b.norms, b.thresholds, b.grad_param] {
         check_len(KERNEL, per_latent, block.end())?;
     }
     let params = JumpReluParams {
         rows: dim(KERNEL, "rows", args.rows)?,
-        d_in: dim(KERNEL, "d_in", args.d_in)?,
+        d_in: dim(KERNEL, "d_out", args.d_out)?,
         latent_start: dim(KERNEL, "first latent", block.start)?,
         block_len: dim(KERNEL, "block latents", block.len)?,
         bandwidth: args.bandwidth,

@@ -14,6 +14,7 @@ pub mod jumprelu;
 pub mod optim;
 pub mod penalty;
 pub mod reduce;
+pub mod skip;
 pub mod topk;
 pub mod widen;
 

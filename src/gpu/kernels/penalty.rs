@@ -127,13 +127,13 @@ pub fn launch_penalty_decoder_grad(
     const KERNEL: &str = "penalty_decoder_grad";
     let shape = index.shape;
     check_len(KERNEL, top_val, shape.entries())?;
-    check_len(KERNEL, w_dec, block.len * shape.d_in)?;
-    check_len(KERNEL, grad_w_dec, block.len * shape.d_in)?;
+    check_len(KERNEL, w_dec, block.len * shape.d_out)?;
+    check_len(KERNEL, grad_w_dec, block.len * shape.d_out)?;
     check_len(KERNEL, norms, block.end())?;
     let params = PenaltyParams {
         coeff,
         tanh_scale: penalty.tanh_scale(),
-        ..block_params(KERNEL, block, shape.d_in)?
+        ..block_params(KERNEL, block, shape.d_out)?
     };
     let grid = workgroups(rec, block.len * params.col_tiles as usize);
     rec.launch(

@@ -37,7 +37,18 @@ pub struct TrainConfig {
 pub struct DataConfig {
     pub inputs: Vec<PathBuf>,
     pub tensor: String,
+    /// A transcoder's targets, file for file beside `inputs` (`--target`); empty with
+    /// `target_tensor`: the targets are that tensor of the inputs' own files.
+    #[serde(default)]
+    pub targets: Vec<PathBuf>,
+    /// The targets' tensor (`--target-tensor`; `None` with `targets`: `tensor`).
+    #[serde(default)]
+    pub target_tensor: Option<String>,
     pub eval_inputs: Vec<PathBuf>,
+    /// The held-out targets beside `eval_inputs` (`--eval-target`; empty with
+    /// `target_tensor`: that tensor of the held-out files).
+    #[serde(default)]
+    pub eval_targets: Vec<PathBuf>,
     /// Fraction of each training shard held out for evaluation (when no eval shards).
     pub eval_fraction: f64,
     pub batch_size: usize,
@@ -100,6 +111,38 @@ fn f32_matmul() -> MatmulChoice {
     MatmulChoice::F32
 }
 
+impl DataConfig {
+    /// Whether rows come with targets (a transcoder's data).
+    pub fn is_paired(&self) -> bool {
+        !self.targets.is_empty() || self.target_tensor.is_some()
+    }
+
+    /// The tensor the targets are read from.
+    pub fn target_tensor(&self) -> &str {
+        self.target_tensor.as_deref().unwrap_or(&self.tensor)
+    }
+
+    /// The target files beside `inputs` (the inputs themselves with `--target-tensor` alone).
+    pub fn target_paths(&self) -> &[PathBuf] {
+        if self.targets.is_empty() {
+            &self.inputs
+        } else {
+            &self.targets
+        }
+    }
+
+    /// The held-out target files beside `eval_inputs`, or why there are none.
+    pub fn eval_target_paths(&self) -> anyhow::Result<&[PathBuf]> {
+        if !self.eval_targets.is_empty() {
+            Ok(&self.eval_targets)
+        } else if self.targets.is_empty() {
+            Ok(&self.eval_inputs)
+        } else {
+            bail!("--eval with --target needs the held-out targets beside it: --eval-target")
+        }
+    }
+}
+
 impl TrainConfig {
     /// The seed of the data order.
     pub fn data_seed(&self) -> u64 {
@@ -113,7 +156,10 @@ impl TrainConfig {
         let same = [
             ("inputs", a.inputs == b.inputs),
             ("tensor", a.tensor == b.tensor),
+            ("targets", a.targets == b.targets),
+            ("target tensor", a.target_tensor == b.target_tensor),
             ("eval inputs", a.eval_inputs == b.eval_inputs),
+            ("eval targets", a.eval_targets == b.eval_targets),
             ("eval fraction", a.eval_fraction == b.eval_fraction),
             ("batch size", a.batch_size == b.batch_size),
             ("steps", a.steps == b.steps),
@@ -144,8 +190,9 @@ impl TrainConfig {
         self.auxk.auxk_alpha > 0.0 && self.model.architecture.spec().uses_auxk()
     }
 
-    /// Validates hyperparameters against the data before anything runs.
-    pub fn validate(&self, d_in: usize) -> anyhow::Result<()> {
+    /// Validates hyperparameters against the data (inputs of width `d_in`, targets of width
+    /// `d_out`: d_in for an SAE) before anything runs.
+    pub fn validate(&self, d_in: usize, d_out: usize) -> anyhow::Result<()> {
         self.model.validate(d_in).map_err(|e| anyhow!(e))?;
         let architecture = self.model.architecture;
         let format = self.output.format;
@@ -154,6 +201,25 @@ impl TrainConfig {
                 "--format {}: sparsify has no inference path for --architecture {}; use --format saelens (its default)",
                 format.name(),
                 architecture.name()
+            );
+        }
+        let model = &self.model;
+        if model.transcoder != self.data.is_paired() {
+            bail!("a transcoder needs targets: --target FILES… or --target-tensor NAME");
+        }
+        if model.skip && !model.transcoder {
+            bail!("--skip adds a transcoder's skip connection: give --target or --target-tensor");
+        }
+        if model.transcoder && format.sparsify() && d_out != d_in {
+            bail!(
+                "--format {}: sparsify's transcoders write what they read (d_in {d_in}, the targets have {d_out}); SAELens' layout takes the other architectures' transcoders",
+                format.name()
+            );
+        }
+        if model.transcoder && format.saelens() && architecture == Architecture::TopK {
+            bail!(
+                "--format {}: SAELens has no TopK transcoder; use --format sparsify (for targets as wide as the inputs) or --architecture batchtopk, which exports as jumprelu_transcoder",
+                format.name()
             );
         }
         if self.data.batch_size == 0 {
@@ -218,10 +284,13 @@ impl ExportFormat {
 
 /// The layouts a run exports unless told otherwise: both for TopK; SAELens alone for the
 /// other architectures, which sparsify cannot run.
-pub fn default_format(architecture: Architecture) -> ExportFormat {
-    if architecture.spec().exports_sparsify() {
-        ExportFormat::Both
-    } else {
-        ExportFormat::Saelens
+/// The layouts an SAE (or a transcoder) of `architecture` is written in unless asked: both
+/// where sparsify runs it, else SAELens'. A TopK transcoder gets sparsify's alone (SAELens has
+/// no TopK transcoder).
+pub fn default_format(architecture: Architecture, transcoder: bool) -> ExportFormat {
+    match (architecture.spec().exports_sparsify(), transcoder) {
+        (true, false) => ExportFormat::Both,
+        (true, true) => ExportFormat::Sparsify,
+        (false, _) => ExportFormat::Saelens,
     }
 }

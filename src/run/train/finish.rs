@@ -8,6 +8,8 @@ use super::data::Data;
 use super::member::Member;
 use super::report::TrainReport;
 use crate::analysis::eval::{evaluate_stream, EvalSummary};
+use crate::analysis::scan::Scales;
+use crate::data::DEFAULT_TENSOR;
 use crate::gpu::Gpu;
 use crate::io::{write_json_atomic, write_safetensors, TensorOut};
 use crate::run::outputs::plots;
@@ -41,7 +43,11 @@ pub fn evaluate(
         }
     };
     let stream = data.eval_stream(config)?;
-    let acc = evaluate_stream(gpu, sae, batch_rows, stream, member.scale, |_| {})?;
+    let scales = Scales {
+        input: member.scale,
+        target: member.target_scale,
+    };
+    let acc = evaluate_stream(gpu, sae, batch_rows, stream, scales, |_| {})?;
     Ok(Some(acc.summary()))
 }
 
@@ -57,7 +63,7 @@ pub fn finish_member(
     let (config, run_dir, tokens) = (&member.config, &member.run_dir, member.tokens);
     let heldout = evaluate(gpu, member, data)?;
     let mut params = member.inference_params()?;
-    params.fold_input_scale(member.scale);
+    params.fold_scales(member.scale, member.target_scale);
     let log10_density = crate::analysis::hist::log10_density(&member.fire_counts, tokens);
     write_safetensors(
         &run_dir.join("sparsity.safetensors"),
@@ -99,14 +105,23 @@ fn export(member: &Member<'_>, params: &SaeParams, log10_density: &[f32]) -> any
         save_sparsify(&run_dir.join("sparsify"), params)?;
     }
     if format.saelens() {
-        let metadata = json!({
+        // The tensors read stand for hook points when they are named (not the default name).
+        let data = &member.config.data;
+        let hook = match data.tensor.as_str() {
+            DEFAULT_TENSOR => "unknown",
+            name => name,
+        };
+        let mut metadata = json!({
             "sae_lens_version": "6.0.0",
             "sae_wgpu_version": env!("CARGO_PKG_VERSION"),
             "model_name": "unknown",
-            "hook_name": "unknown",
+            "hook_name": hook,
             "context_size": 0,
             "training_tokens": member.tokens,
         });
+        if data.is_paired() {
+            metadata["hook_name_out"] = json!(data.target_tensor());
+        }
         let dir = run_dir.join("saelens");
         save_saelens(&dir, params, Some(log10_density), metadata)?;
     }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail};
 
 use super::config::TrainConfig;
-use super::data::{check_same_data, init_key, Data, InitKey};
+use super::data::{check_same_data, init_key, Data, InitKey, InitialValues};
 use super::member::{common_checkpoint, Member, Start};
 use super::run_dir::{self, RunOptions};
 use crate::gpu::Gpu;
@@ -102,13 +102,13 @@ pub fn gpu_bytes_needed(d_in: usize, d_sae: usize, k: usize, batch: usize, k_aux
 /// Checks every run against the data (same shards on resume, valid settings) and the GPU (one
 /// latent's column in a binding, the whole group in memory), naming the run that fails.
 pub fn check_runs(gpu: &Gpu, runs: &mut Runs, data: &Data) -> anyhow::Result<()> {
-    let d_in = data.d_in;
+    let (d_in, d_out) = (data.d_in, data.d_out);
     let mut named = Vec::with_capacity(runs.configs.len());
     for ((config, recorded), dir) in runs.configs.iter().zip(&runs.recorded).zip(&runs.dirs) {
         if let Some(recorded) = recorded {
             check_same_data(recorded, &data.train_infos())?;
         }
-        config.validate(d_in)?;
+        config.validate(d_in, d_out)?;
         gpu.matmul(config.compute.matmul)?;
         let k_aux = if config.uses_auxk() {
             config.auxk.auxk_k
@@ -117,12 +117,19 @@ pub fn check_runs(gpu: &Gpu, runs: &mut Runs, data: &Data) -> anyhow::Result<()>
         };
         let model = &config.model;
         let (d_sae, batch) = (model.d_sae, config.data.batch_size);
-        let needed = gpu_bytes_needed(d_in, d_sae, model.row_candidates(), batch, k_aux);
+        // A transcoder's two sides, estimated at the wider (plus W_skip and its state).
+        let skip = if model.skip {
+            16 * (d_in * d_out) as u64
+        } else {
+            0
+        };
+        let width = d_in.max(d_out);
+        let needed = gpu_bytes_needed(width, d_sae, model.row_candidates(), batch, k_aux) + skip;
         // Per-latent tensors larger than one storage binding are split into blocks of latents;
         // this fails only when a single latent's column cannot be bound, before anything is
         // allocated.
         let suggestion = "use a smaller dictionary or --batch-size";
-        LatentBlocks::plan(d_in, d_sae, batch, gpu.binding_limit()).map_err(|e| {
+        LatentBlocks::plan(d_in, d_out, d_sae, batch, gpu.binding_limit()).map_err(|e| {
             anyhow!(
                 "{}: {e}; the run needs about {} MiB of GPU memory in all; {suggestion}",
                 dir.display(),
@@ -135,7 +142,8 @@ pub fn check_runs(gpu: &Gpu, runs: &mut Runs, data: &Data) -> anyhow::Result<()>
         );
         named.push((name, needed));
     }
-    let feed = Feed::bytes(runs.first().data.batch_size, d_in);
+    let paired = runs.first().data.is_paired().then_some(d_out);
+    let feed = Feed::bytes(runs.first().data.batch_size, d_in, paired);
     let total: u64 = named.iter().map(|(_, n)| n).sum::<u64>() + feed;
     tracing::info!("training needs about {} MiB of GPU memory", total >> 20);
     check_group_memory(gpu, &named, feed)?;
@@ -190,7 +198,7 @@ pub fn open_members<'g>(
         say_resuming(found, start_step, runs.first().data.steps);
     }
     let mut resumed = resumed.map(Vec::into_iter);
-    let mut init_cache: Vec<(InitKey, (f32, Vec<f32>))> = Vec::new();
+    let mut init_cache: Vec<(InitKey, InitialValues)> = Vec::new();
     let mut members = Vec::with_capacity(runs.configs.len());
     for ((config, run_dir), needed) in runs.configs.into_iter().zip(runs.dirs).zip(runs.needs) {
         let start = match resumed.as_mut().and_then(Iterator::next) {
@@ -232,24 +240,32 @@ fn say_resuming(found: &[(PathBuf, crate::sae::checkpoint::Checkpoint)], step: u
 fn new_start(
     config: &TrainConfig,
     data: &Data,
-    cache: &mut Vec<(InitKey, (f32, Vec<f32>))>,
+    cache: &mut Vec<(InitKey, InitialValues)>,
 ) -> anyhow::Result<Start> {
     let model = &config.model;
     let spec = model.architecture.spec();
-    let mut params = spec.init(data.d_in, model, config.init.seed);
+    let seed = config.init.seed;
+    let mut params = match model.transcoder {
+        true => spec.init_transcoder(data.d_in, data.d_out, model, seed),
+        false => spec.init(data.d_in, model, seed),
+    };
     let key = init_key(config);
-    let (scale, b_dec) = match cache.iter().find(|(k, _)| *k == key) {
+    let init = match cache.iter().find(|(k, _)| *k == key) {
         Some((_, found)) => found.clone(),
         None => {
-            let found = data.initial_b_dec(config)?;
+            let found = data.initial_values(config)?;
             cache.push((key, found.clone()));
             found
         }
     };
-    params.b_dec = b_dec;
+    params.b_dec = init.b_dec;
+    if let Some(mean) = &init.input_mean {
+        params.centre_pre_activations(mean);
+    }
     Ok(Start {
         params,
-        scale,
+        scale: init.scale,
+        target_scale: init.target_scale,
         tokens: 0,
         fire_counts: vec![0u64; model.d_sae],
         restored: None,

@@ -23,6 +23,8 @@ pub struct Member<'g> {
     pub trainer: Trainer<'g>,
     /// The factor inputs are divided by (1 when not scaling).
     pub scale: f32,
+    /// The factor a transcoder's targets are divided by (`scale` for an SAE).
+    pub target_scale: f32,
     pub tokens: u64,
     /// Fires per latent over all training tokens so far.
     pub fire_counts: Vec<u64>,
@@ -34,6 +36,7 @@ pub struct Member<'g> {
 pub struct Start {
     pub params: SaeParams,
     pub scale: f32,
+    pub target_scale: f32,
     pub tokens: u64,
     pub fire_counts: Vec<u64>,
     /// On resume: the optimiser moments, dead-latent counters and the architecture's state.
@@ -44,6 +47,7 @@ pub struct Start {
 pub struct Restored {
     pub moments: Vec<(Vec<f32>, Vec<f32>)>,
     pub since_fired: Vec<u32>,
+    pub skip_moments: Option<(Vec<f32>, Vec<f32>)>,
     pub arch: ArchResume,
 }
 
@@ -54,11 +58,13 @@ impl Start {
         Start {
             params: snapshot.params,
             scale: ckpt.input_scale,
+            target_scale: ckpt.target_scale,
             tokens: ckpt.tokens,
             fire_counts: ckpt.fire_counts,
             restored: Some(Restored {
                 moments: snapshot.moments,
                 since_fired: snapshot.since_fired,
+                skip_moments: snapshot.skip_moments,
                 arch: ArchResume {
                     theta: snapshot.theta,
                     threshold_param: snapshot.threshold_param,
@@ -92,7 +98,8 @@ impl<'g> Member<'g> {
             build_trainer(gpu, &start.params, &config.model, &trainer_options, resume)
                 .map_err(|e| attach_error(e, &run_dir, needed_bytes))?;
         if let Some(restored) = &start.restored {
-            trainer.restore(&restored.moments, &restored.since_fired)?;
+            let skip = restored.skip_moments.as_ref();
+            trainer.restore(&restored.moments, &restored.since_fired, skip)?;
         }
         let gemm = EncoderShape {
             rows: config.data.batch_size,
@@ -120,6 +127,7 @@ impl<'g> Member<'g> {
             config,
             trainer,
             scale: start.scale,
+            target_scale: start.target_scale,
             tokens: start.tokens,
             fire_counts: start.fire_counts,
             log,
@@ -158,6 +166,7 @@ impl<'g> Member<'g> {
                 step,
                 tokens: self.tokens,
                 input_scale: self.scale,
+                target_scale: self.target_scale,
                 snapshot: self.trainer.snapshot()?,
                 fire_counts: self.fire_counts.clone(),
             },

@@ -16,7 +16,7 @@ use super::run_dir::{refuse_existing_run, RunOptions};
 use super::sweep::{plan, train_sweep, SweepAxes, SweepFile, SweepReport};
 use crate::data::parts::Part;
 use crate::data::synth::{write_synthetic, SynthConfig};
-use crate::data::{expand_inputs, open_shards, RowRange};
+use crate::data::{check_pairs, expand_inputs, open_shards, RowRange, Shard};
 use crate::gpu::kernels::topk::MAX_K;
 use crate::gpu::{Gpu, MatmulChoice};
 use crate::sae::arch::{ArchSettings, Architecture, L0Penalty, ModelConfig, ThresholdParam};
@@ -37,6 +37,16 @@ pub struct TrainRequest {
     pub stop_after: Option<u64>,
     pub sweep_part: Option<Part>,
     pub tensor: String,
+    /// A transcoder's targets, file for file beside the shards (`--target`).
+    pub target: Vec<PathBuf>,
+    /// The targets' tensor (`--target-tensor`): in the shards themselves without `--target`.
+    pub target_tensor: Option<String>,
+    /// Held-out targets beside `--eval` (`--eval-target`).
+    pub eval_target: Vec<PathBuf>,
+    /// `--transcoder`: implied by a target; without one, an error.
+    pub transcoder: bool,
+    /// `--skip`: a skip-transcoder.
+    pub skip: bool,
     // The model and each architecture's settings.
     pub architecture: Vec<Architecture>,
     pub k: Vec<usize>,
@@ -133,7 +143,7 @@ pub fn resolve(request: TrainRequest) -> anyhow::Result<TrainPlan> {
     } else {
         request.shards.clone()
     };
-    let (base, d_in) = base_config(&request, inputs, quickstart)?;
+    let (base, d_in, d_out) = base_config(&request, inputs, quickstart)?;
     let options = options(&request, run_dir.clone(), false);
     let axes = sweep_axes(&request, &base, d_in);
     if axes.is_sweep() || request.sweep_part.is_some() {
@@ -141,7 +151,7 @@ pub fn resolve(request: TrainRequest) -> anyhow::Result<TrainPlan> {
         let sweep = plan(&base, d_in, &axes, lr_for)?;
         for run in &sweep.runs {
             run.config
-                .validate(d_in)
+                .validate(d_in, d_out)
                 .map_err(|e| anyhow!("sweep member {}: {e}", run.dir))?;
         }
         return Ok(TrainPlan::Sweep {
@@ -244,15 +254,44 @@ fn one<T: Copy>(values: &[T], default: T) -> T {
     values.first().copied().unwrap_or(default)
 }
 
+/// The targets' width (d_out) when the request pairs the shards with targets, checked pair by
+/// pair against `shards`.
+fn target_width(
+    request: &TrainRequest,
+    inputs: &[PathBuf],
+    shards: &[Shard],
+) -> anyhow::Result<Option<usize>> {
+    if request.target.is_empty() && request.target_tensor.is_none() {
+        if request.transcoder || request.skip {
+            let flag = if request.skip {
+                "--skip"
+            } else {
+                "--transcoder"
+            };
+            bail!("{flag}: a transcoder needs targets: --target FILES… or --target-tensor NAME");
+        }
+        return Ok(None);
+    }
+    let paths = if request.target.is_empty() {
+        inputs
+    } else {
+        &request.target
+    };
+    let tensor = request.target_tensor.as_deref().unwrap_or(&request.tensor);
+    let targets = open_shards(&expand_inputs(paths)?, tensor, None)?;
+    Ok(Some(check_pairs(shards, &targets)?))
+}
+
 /// The configuration of the first (or only) member, every default resolved against the data,
-/// and the data's d_in.
+/// and the data's d_in and d_out (the targets' width; d_in for an SAE).
 fn base_config(
     request: &TrainRequest,
     inputs: Vec<PathBuf>,
     quickstart: bool,
-) -> anyhow::Result<(TrainConfig, usize)> {
+) -> anyhow::Result<(TrainConfig, usize, usize)> {
     let shards = open_shards(&expand_inputs(&inputs)?, &request.tensor, None)?;
     let d_in = shards[0].d_in;
+    let d_out = target_width(request, &inputs, &shards)?;
     let batch_size = request
         .batch_size
         .unwrap_or(if quickstart { 512 } else { 4096 });
@@ -274,13 +313,18 @@ fn base_config(
         .map(|s| train_range.range(s.rows).len() as u64)
         .sum();
     let steps = steps(request, rows, batch_size, quickstart)?;
-    let model = model_config(request, d_in, steps, quickstart)?;
+    let mut model = model_config(request, d_in, steps, quickstart)?;
+    model.transcoder = d_out.is_some();
+    model.skip = request.skip;
     let architecture = model.architecture;
     let config = TrainConfig {
         data: DataConfig {
             inputs,
             tensor: request.tensor.clone(),
+            targets: request.target.clone(),
+            target_tensor: request.target_tensor.clone(),
             eval_inputs: request.eval.clone(),
+            eval_targets: request.eval_target.clone(),
             eval_fraction,
             batch_size,
             steps,
@@ -308,21 +352,24 @@ fn base_config(
             } else {
                 0.0
             },
-            auxk_k: request.auxk_k.unwrap_or((d_in / 2).max(1)),
+            // sparsify's k_aux: half the width of what is reconstructed.
+            auxk_k: request.auxk_k.unwrap_or((d_out.unwrap_or(d_in) / 2).max(1)),
             dead_tokens: request.dead_tokens,
         },
         output: OutputConfig {
             eval_every: request.eval_every,
             checkpoint_every: request.checkpoint_every,
             log_every: request.log_every,
-            format: request.format.unwrap_or(default_format(architecture)),
+            format: request
+                .format
+                .unwrap_or(default_format(architecture, model.transcoder)),
         },
         compute: ComputeConfig {
             matmul: request.matmul,
         },
         model,
     };
-    Ok((config, d_in))
+    Ok((config, d_in, d_out.unwrap_or(d_in)))
 }
 
 /// The budget in steps: `--tokens`, or `--epochs` over the training rows.
@@ -377,6 +424,8 @@ fn model_config(
         settings: settings(request, steps),
         k,
         d_sae,
+        transcoder: false,
+        skip: false,
     })
 }
 

@@ -253,7 +253,9 @@ impl Member {
         if let Some(l0) = l0 {
             model.settings.jumprelu.l0_coefficient = l0;
         }
-        config.output.format = axes.format.unwrap_or(default_format(architecture));
+        config.output.format = axes
+            .format
+            .unwrap_or(default_format(architecture, model.transcoder));
         // Architectures without AuxK say so in config.json.
         if !spec.uses_auxk() {
             config.auxk.auxk_alpha = 0.0;

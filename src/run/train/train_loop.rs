@@ -31,7 +31,11 @@ pub fn train_members<'g>(
 ) -> anyhow::Result<Vec<TrainReport>> {
     let first = members[0].config.clone();
     let steps = first.data.steps;
-    let mut feed = Feed::new(gpu, first.data.batch_size, data.d_in)?;
+    let batch = first.data.batch_size;
+    let mut feed = match data.train_targets {
+        Some(_) => Feed::paired(gpu, batch, data.d_in, data.d_out)?,
+        None => Feed::new(gpu, batch, data.d_in)?,
+    };
     let max_rows = steps * first.data.batch_size as u64;
     let stream = data.train_stream(&first, max_rows, start_step)?;
     let bar = progress::steps(steps, start_step, options.quiet);
@@ -130,6 +134,7 @@ fn step_members<'g>(
             let (c, spec) = (&m.config, m.config.model.architecture.spec());
             MemberStep {
                 scale: m.scale,
+                target_scale: m.target_scale,
                 lr: lr_at(c.optim.lr, step, c.optim.lr_warmup_steps, c.data.steps),
                 step: step + 1,
                 with_metrics: logged,

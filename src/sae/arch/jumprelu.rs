@@ -65,6 +65,16 @@ impl ArchSpec for JumpRelu {
         penalized::init(d_in, model, seed)
     }
 
+    fn init_transcoder(
+        &self,
+        d_in: usize,
+        d_out: usize,
+        model: &ModelConfig,
+        seed: u64,
+    ) -> SaeParams {
+        penalized::init_transcoder(d_in, d_out, model, seed)
+    }
+
     fn uses_auxk(&self) -> bool {
         false
     }
@@ -208,7 +218,7 @@ impl StepHooks for Step {
         let tanh = self.config.penalty == L0Penalty::Tanh;
         let args = ThresholdGrad {
             rows: step.shape.rows,
-            d_in: step.shape.d_in,
+            d_out: step.shape.d_out,
             bandwidth: self.config.bandwidth,
             tanh_scale: tanh.then_some(TANH_SCALE),
             coeff: step.coeff,

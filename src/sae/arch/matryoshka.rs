@@ -109,7 +109,7 @@ pub fn attach<'g>(
 struct Prefixes {
     /// Widths below d_sae, increasing (the full width is the main reconstruction).
     widths: Vec<usize>,
-    /// One prefix's reconstruction and the gradient of its loss, [rows, d_in].
+    /// One prefix's reconstruction and the gradient of its loss, [rows, d_out].
     x_hat: GpuBuffer,
     grad: GpuBuffer,
 }
@@ -136,7 +136,7 @@ impl Prefixes {
                 ),
             });
         }
-        let n = trainer.batch_rows * sae.d_in;
+        let n = trainer.batch_rows * sae.d_out;
         Ok(Prefixes {
             widths: widths.to_vec(),
             x_hat: gpu.storage::<f32>("prefix x_hat", n)?,
@@ -156,7 +156,7 @@ impl Prefixes {
             return Ok(());
         };
         let (s, shape) = (step.shape, entries.index.shape);
-        let (x, stats) = (&step.fw.x, step.stats);
+        let (x, stats) = (step.fw.target(), step.stats);
         let fvu = LossScale::fvu(slot::VARIANCE);
         for &width in &self.widths {
             // The prefix is the first `width` latents of the one block: its rows start the
@@ -173,10 +173,10 @@ impl Prefixes {
                 val,
                 &block.w_dec,
                 prefix,
-                &step.sae.b_dec,
+                step.fw.decode_base(step.sae),
                 &self.x_hat,
                 s.rows,
-                s.d_in,
+                s.d_out,
                 shape.k,
             )?;
             launch_loss_grad(rec, &self.x_hat, x, stats, fvu, &self.grad, s)?;

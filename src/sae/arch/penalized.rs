@@ -20,6 +20,15 @@ pub fn init(d_in: usize, model: &ModelConfig, seed: u64) -> SaeParams {
     SaeParams::init_relu(d_in, model.d_sae, candidates, seed)
 }
 
+/// The April 2024 initialisation made a transcoder's: decoder rows of width d_out at norm 0.1,
+/// and the encoder's columns random directions at norm 0.1 too (W_enc = W_decᵀ cannot hold
+/// when the widths differ, so the directions are drawn for each side).
+pub fn init_transcoder(d_in: usize, d_out: usize, model: &ModelConfig, seed: u64) -> SaeParams {
+    let encoder = init(d_in, model, seed);
+    let decoder = init(d_out, model, seed ^ 0x00de_c0de);
+    encoder.into_transcoder(d_out, decoder.w_dec, model.skip)
+}
+
 /// Every code above the threshold is kept, up to the cap (`k`).
 pub fn row_candidates(cap: usize, d_sae: usize) -> usize {
     cap.min(d_sae)
@@ -89,9 +98,9 @@ impl Penalized {
         rec: &mut Recorder<'_>,
         step: &StepContext<'_>,
     ) -> GpuResult<LossScale> {
-        let d_in = step.shape.d_in;
+        let d_out = step.shape.d_out;
         for block in &step.sae.blocks {
-            launch_row_norms(rec, &block.w_dec, block.range, d_in, &self.norms)?;
+            launch_row_norms(rec, &block.w_dec, block.range, d_out, &self.norms)?;
         }
         Ok(LossScale {
             constant: 2.0 / step.shape.rows as f32,

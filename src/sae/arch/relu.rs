@@ -32,6 +32,16 @@ impl ArchSpec for Relu {
         penalized::init(d_in, model, seed)
     }
 
+    fn init_transcoder(
+        &self,
+        d_in: usize,
+        d_out: usize,
+        model: &ModelConfig,
+        seed: u64,
+    ) -> SaeParams {
+        penalized::init_transcoder(d_in, d_out, model, seed)
+    }
+
     fn uses_auxk(&self) -> bool {
         false
     }

@@ -58,6 +58,12 @@ pub struct ModelConfig {
     /// Latents kept per row; for the ReLU family, the cap on the codes kept per row.
     pub k: usize,
     pub d_sae: usize,
+    /// A transcoder: the decoder writes the run's targets, not its inputs.
+    #[serde(default)]
+    pub transcoder: bool,
+    /// A skip-transcoder: a linear path W_skip from input to output, trained with the rest.
+    #[serde(default)]
+    pub skip: bool,
 }
 
 /// Every architecture's own settings, each under the key its flag names (`--l1-coefficient` is

@@ -63,6 +63,21 @@ pub trait ArchSpec: Sync {
         SaeParams::init_topk(d_in, model.d_sae, candidates, seed)
     }
 
+    /// The weights a new transcoder (input width `d_in`, target width `d_out`) starts from:
+    /// sparsify's for the TopK family, the encoder of an SAE's start and a zero decoder (b_dec
+    /// and b_enc are set from data afterwards).
+    fn init_transcoder(
+        &self,
+        d_in: usize,
+        d_out: usize,
+        model: &ModelConfig,
+        seed: u64,
+    ) -> SaeParams {
+        let encoder = self.init(d_in, model, seed);
+        let zeros = vec![0.0; model.d_sae * d_out];
+        encoder.into_transcoder(d_out, zeros, model.skip)
+    }
+
     /// Whether AuxK revives its dead latents.
     fn uses_auxk(&self) -> bool {
         true

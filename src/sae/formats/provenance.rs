@@ -19,7 +19,14 @@ pub struct Provenance {
     pub hookpoint: Option<String>,
     /// SAELens architecture name (`topk`, `standard`, `jumprelu`, `gated`).
     pub architecture: &'static str,
+    /// A transcoder: the decoder writes another activation (`hook_name_out`) than the one the
+    /// encoder reads.
+    pub transcoder: bool,
+    /// With a skip path W_skip.
+    pub skip: bool,
     pub d_in: usize,
+    /// What the decoder writes: d_in for an SAE.
+    pub d_out: usize,
     pub d_sae: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub k: Option<usize>,
@@ -27,8 +34,12 @@ pub struct Provenance {
     pub normalize_activations: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_name: Option<String>,
+    /// The hook point the encoder reads.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hook_name: Option<String>,
+    /// A transcoder's target hook point (SAELens `hook_name_out`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook_name_out: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context_size: Option<u64>,
     /// The weights' dtype as stored; computation is in f32.
@@ -42,8 +53,13 @@ pub struct Provenance {
 impl Provenance {
     /// One line for a terminal: what, from where, for which model and hook.
     pub fn describe(&self) -> String {
+        let kind = match (self.transcoder, self.skip) {
+            (false, _) => String::new(),
+            (true, false) => format!(" transcoder → d_out {}", self.d_out),
+            (true, true) => format!(" skip-transcoder → d_out {}", self.d_out),
+        };
         let mut line = format!(
-            "{} ({} layout, {}{}, d_in {}, d_sae {}, normalize_activations {})",
+            "{} ({} layout, {}{}{kind}, d_in {}, d_sae {}, normalize_activations {})",
             self.path,
             self.layout,
             self.architecture,
@@ -63,6 +79,9 @@ impl Provenance {
         }
         if let Some(hook) = known(&self.hook_name) {
             line.push_str(&format!(", hook {hook}"));
+        }
+        if let Some(hook) = known(&self.hook_name_out) {
+            line.push_str(&format!(" → {hook}"));
         }
         if let Some(context) = self.context_size.filter(|&c| c > 0) {
             line.push_str(&format!(", context {context}"));

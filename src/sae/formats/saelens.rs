@@ -1,5 +1,7 @@
 //! SAELens' layout: `cfg.json` + `sae_weights.safetensors` (+ `sparsity.safetensors`), every
-//! architecture we compute exactly (standard, topk, jumprelu, gated), with the configuration
+//! architecture we compute exactly (standard, topk, jumprelu, gated, and the transcoders
+//! transcoder, skip_transcoder, jumprelu_transcoder, jumprelu_skip_transcoder, whose cfg adds
+//! `d_out` and weights `W_skip [d_out, d_in]`; sae_lens/saes/transcoder.py), with the configuration
 //! typed: a value that would change the computation and that we do not compute is refused,
 //! naming the field. Scalers, whitening, decoder-norm rescaling and `apply_b_dec_to_input`
 //! are folded into the weights (super::fold), exactly.
@@ -13,10 +15,19 @@ use super::fold::{read_scaler, times_w_enc, to_f32, Folding};
 use super::provenance::Provenance;
 use super::tensors::{cfg_str, cfg_usize, parse, read_json, read_safetensors, read_tensor_f64};
 use crate::io::{write_json_atomic, write_safetensors, TensorOut};
-use crate::sae::params::{Activation, InputNorm, SaeParams};
+use crate::sae::params::{Activation, InputNorm, SaeParams, Transcoding};
 
 /// SAELens architectures we can load.
-pub const KNOWN_ARCHITECTURES: [&str; 4] = ["standard", "topk", "jumprelu", "gated"];
+pub const KNOWN_ARCHITECTURES: [&str; 8] = [
+    "standard",
+    "topk",
+    "jumprelu",
+    "gated",
+    "transcoder",
+    "skip_transcoder",
+    "jumprelu_transcoder",
+    "jumprelu_skip_transcoder",
+];
 
 /// SAELens `normalize_activations` values we compute exactly.
 pub const KNOWN_NORMALIZATIONS: [&str; 5] = [
@@ -46,12 +57,21 @@ pub enum Normalization {
     CovarianceWhitening,
 }
 
+/// What a transcoder's `cfg.json` adds: the decoder's width, and whether W_skip is there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SaeLensTranscoder {
+    pub d_out: usize,
+    pub skip: bool,
+}
+
 /// SAELens' `cfg.json`, as far as it changes the computation or says what the SAE is.
 #[derive(Clone, Debug)]
 pub struct SaeLensConfig {
     pub d_in: usize,
     pub d_sae: usize,
     pub architecture: SaeLensArchitecture,
+    /// A transcoder (its architecture names one): what it adds.
+    pub transcoder: Option<SaeLensTranscoder>,
     pub normalization: Normalization,
     /// `normalize_activations` as the file states it.
     pub normalization_name: String,
@@ -60,6 +80,8 @@ pub struct SaeLensConfig {
     /// `metadata` (or the top level, in older files): model, hook, context, dtype.
     pub model_name: Option<String>,
     pub hook_name: Option<String>,
+    /// A transcoder's target hook (`metadata.hook_name_out`, as we write it).
+    pub hook_name_out: Option<String>,
     pub context_size: Option<u64>,
     pub dtype: Option<String>,
 }
@@ -87,7 +109,13 @@ impl SaeLensConfig {
         let cfg = read_json(path)?;
         let d_in = cfg_usize(&cfg, "d_in", path)?;
         let d_sae = cfg_usize(&cfg, "d_sae", path)?;
-        let architecture = architecture(&cfg, path)?;
+        let (architecture, transcoder) = match transcoder_architecture(&cfg) {
+            Some((architecture, skip)) => {
+                let d_out = cfg_usize(&cfg, "d_out", path)?;
+                (architecture, Some(SaeLensTranscoder { d_out, skip }))
+            }
+            None => (architecture(&cfg, path)?, None),
+        };
         if cfg
             .get("finetuning_scaling_factor")
             .and_then(Value::as_bool)
@@ -125,6 +153,29 @@ impl SaeLensConfig {
                 known,
             ));
         }
+        // A transcoder's input is never centred by b_dec (SAELens refuses true), and only its
+        // input would be normalised: neither is a computation we would reproduce.
+        let apply_b_dec_to_input = match transcoder {
+            None => cfg_bool(&cfg, "apply_b_dec_to_input", true, path)?,
+            Some(_) if cfg_bool(&cfg, "apply_b_dec_to_input", false, path)? => {
+                return Err(field_error(
+                    path,
+                    "apply_b_dec_to_input",
+                    "true",
+                    "false for transcoders",
+                ))
+            }
+            Some(_) => false,
+        };
+        if transcoder.is_some() && normalization != Normalization::None {
+            let value = format!("\"{normalization_name}\"");
+            return Err(field_error(
+                path,
+                "normalize_activations",
+                &value,
+                "\"none\" for transcoders",
+            ));
+        }
         let metadata = cfg.get("metadata").cloned().unwrap_or(Value::Null);
         let meta = |key: &str| metadata.get(key).or_else(|| cfg.get(key));
         let meta_str = |key: &str| meta(key).and_then(Value::as_str).map(String::from);
@@ -132,12 +183,14 @@ impl SaeLensConfig {
             d_in,
             d_sae,
             architecture,
+            transcoder,
             normalization,
             normalization_name,
             rescale_acts_by_decoder_norm: rescale,
-            apply_b_dec_to_input: cfg_bool(&cfg, "apply_b_dec_to_input", true, path)?,
+            apply_b_dec_to_input,
             model_name: meta_str("model_name"),
             hook_name: meta_str("hook_name"),
+            hook_name_out: meta_str("hook_name_out"),
             context_size: meta("context_size").and_then(Value::as_u64),
             dtype: cfg_str(&cfg, "dtype").map(String::from),
         })
@@ -152,6 +205,17 @@ fn name(architecture: SaeLensArchitecture) -> &'static str {
         SaeLensArchitecture::JumpRelu => "jumprelu",
         SaeLensArchitecture::Gated => "gated",
     }
+}
+
+/// A transcoder's architecture: what it computes and whether it has W_skip.
+fn transcoder_architecture(cfg: &Value) -> Option<(SaeLensArchitecture, bool)> {
+    Some(match cfg_str(cfg, "architecture")? {
+        "transcoder" => (SaeLensArchitecture::Standard, false),
+        "skip_transcoder" => (SaeLensArchitecture::Standard, true),
+        "jumprelu_transcoder" => (SaeLensArchitecture::JumpRelu, false),
+        "jumprelu_skip_transcoder" => (SaeLensArchitecture::JumpRelu, true),
+        _ => return None,
+    })
 }
 
 /// `architecture` (default `standard`), with SAELens < 5's `activation_fn_str` of a
@@ -219,22 +283,27 @@ pub fn save_saelens(
     log10_density: Option<&[f32]>,
     metadata: Value,
 ) -> anyhow::Result<()> {
+    let (d, d_out, n) = (params.d_in, params.d_out(), params.d_sae);
+    let architecture = saelens_name(params)?;
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    let (d, n) = (params.d_in, params.d_sae);
     let mut tensors = vec![
         TensorOut::f32("W_enc", &[d, n], &params.w_enc),
-        TensorOut::f32("W_dec", &[n, d], &params.w_dec),
-        TensorOut::f32("b_dec", &[d], &params.b_dec),
+        TensorOut::f32("W_dec", &[n, d_out], &params.w_dec),
+        TensorOut::f32("b_dec", &[d_out], &params.b_dec),
     ];
     if !matches!(params.activation, Activation::Gated { .. }) {
         tensors.push(TensorOut::f32("b_enc", &[n], &params.b_enc));
     }
+    if let Some(w_skip) = params.w_skip() {
+        tensors.push(TensorOut::f32("W_skip", &[d_out, d], w_skip));
+    }
     let mut cfg = json!({
+        "architecture": architecture,
         "d_in": d,
         "d_sae": n,
         "dtype": "float32",
         "device": "cpu",
-        "apply_b_dec_to_input": true,
+        "apply_b_dec_to_input": !params.is_transcoder(),
         "normalize_activations": match params.input_norm {
             InputNorm::None => "none",
             InputNorm::ConstantNormRescale => "constant_norm_rescale",
@@ -243,15 +312,16 @@ pub fn save_saelens(
         "reshape_activations": "none",
         "metadata": metadata,
     });
+    if params.is_transcoder() {
+        cfg["d_out"] = json!(d_out);
+    }
     match &params.activation {
         Activation::TopK { k } => {
-            cfg["architecture"] = json!("topk");
             cfg["k"] = json!(k);
             cfg["rescale_acts_by_decoder_norm"] = json!(false);
         }
-        Activation::Relu => cfg["architecture"] = json!("standard"),
+        Activation::Relu => {}
         Activation::JumpRelu { threshold } => {
-            cfg["architecture"] = json!("jumprelu");
             tensors.push(TensorOut::f32("threshold", &[n], threshold));
         }
         Activation::Gated {
@@ -259,7 +329,6 @@ pub fn save_saelens(
             r_mag,
             b_mag,
         } => {
-            cfg["architecture"] = json!("gated");
             tensors.push(TensorOut::f32("b_gate", &[n], b_gate));
             tensors.push(TensorOut::f32("r_mag", &[n], r_mag));
             tensors.push(TensorOut::f32("b_mag", &[n], b_mag));
@@ -276,13 +345,33 @@ pub fn save_saelens(
     write_json_atomic(&dir.join("cfg.json"), &cfg)
 }
 
+/// SAELens' architecture name for `params`, or why it has none (a TopK or gated transcoder).
+fn saelens_name(params: &SaeParams) -> anyhow::Result<&'static str> {
+    let skip = params.w_skip().is_some();
+    Ok(match (&params.activation, params.is_transcoder(), skip) {
+        (activation, false, _) => activation.name(),
+        (Activation::Relu, true, false) => "transcoder",
+        (Activation::Relu, true, true) => "skip_transcoder",
+        (Activation::JumpRelu { .. }, true, false) => "jumprelu_transcoder",
+        (Activation::JumpRelu { .. }, true, true) => "jumprelu_skip_transcoder",
+        (activation, true, _) => bail!(
+            "SAELens has no {} transcoder (its transcoders are ReLU and JumpReLU); a TopK transcoder is written in sparsify's layout",
+            activation.name()
+        ),
+    })
+}
+
 /// The weights read in f64, biases in the form our encoder computes ((x − b_dec)·W_enc + b),
 /// and a gated SAE's gate parameters.
 struct Weights {
+    /// A transcoder's `w_dec` and `b_dec` are [d_sae, d_out] and [d_out] (nothing is folded
+    /// into them).
     folding: Folding,
     b_enc: Vec<f64>,
     gate: Option<(Vec<f64>, Vec<f64>, Vec<f64>)>,
     threshold: Option<Vec<f64>>,
+    /// A skip-transcoder's W_skip [d_out, d_in].
+    w_skip: Option<Vec<f64>>,
 }
 
 fn read_weights(dir: &Path, cfg: &SaeLensConfig) -> anyhow::Result<Weights> {
@@ -291,12 +380,17 @@ fn read_weights(dir: &Path, cfg: &SaeLensConfig) -> anyhow::Result<Weights> {
     let bytes = read_safetensors(&path)?;
     let st = parse(&bytes, &path)?;
     let vector = |name: &str| read_tensor_f64(&st, name, &[n], &path);
+    let d_out = cfg.transcoder.map_or(d, |t| t.d_out);
     let folding = Folding {
         d,
         n,
         w_enc: read_tensor_f64(&st, "W_enc", &[d, n], &path)?,
-        w_dec: read_tensor_f64(&st, "W_dec", &[n, d], &path)?,
-        b_dec: read_tensor_f64(&st, "b_dec", &[d], &path)?,
+        w_dec: read_tensor_f64(&st, "W_dec", &[n, d_out], &path)?,
+        b_dec: read_tensor_f64(&st, "b_dec", &[d_out], &path)?,
+    };
+    let w_skip = match cfg.transcoder {
+        Some(t) if t.skip => Some(read_tensor_f64(&st, "W_skip", &[d_out, d], &path)?),
+        _ => None,
     };
     let gated = cfg.architecture == SaeLensArchitecture::Gated;
     let b_enc = if gated {
@@ -319,6 +413,7 @@ fn read_weights(dir: &Path, cfg: &SaeLensConfig) -> anyhow::Result<Weights> {
         b_enc,
         gate,
         threshold,
+        w_skip,
     })
 }
 
@@ -417,7 +512,7 @@ pub fn load_saelens(dir: &Path) -> anyhow::Result<(SaeParams, Provenance)> {
             "rescale_acts_by_decoder_norm: decoder row norms folded into W_enc and b_enc".into(),
         );
     }
-    if !cfg.apply_b_dec_to_input {
+    if !cfg.apply_b_dec_to_input && cfg.transcoder.is_none() {
         weights.fold_b_dec_shift();
         folded
             .push("apply_b_dec_to_input: false, as b_dec·W_enc added to the encoder biases".into());
@@ -438,10 +533,15 @@ pub fn load_saelens(dir: &Path) -> anyhow::Result<(SaeParams, Provenance)> {
             }
         }
     };
+    let d_out = cfg.transcoder.map_or(cfg.d_in, |t| t.d_out);
     let provenance = Provenance {
         layout: "saelens",
         architecture: activation.name(),
+        transcoder: cfg.transcoder.is_some(),
+        skip: cfg.transcoder.is_some_and(|t| t.skip),
         d_in: cfg.d_in,
+        d_out,
+        hook_name_out: cfg.hook_name_out.clone(),
         d_sae: cfg.d_sae,
         k: activation_k(&activation),
         normalize_activations: cfg.normalization_name.clone(),
@@ -462,6 +562,10 @@ pub fn load_saelens(dir: &Path) -> anyhow::Result<(SaeParams, Provenance)> {
         b_enc: to_f32(weights.b_enc),
         w_dec: to_f32(f.w_dec),
         b_dec: to_f32(f.b_dec),
+        transcoder: cfg.transcoder.map(|t| Transcoding {
+            d_out: t.d_out,
+            w_skip: weights.w_skip.take().map(to_f32),
+        }),
     };
     Ok((params, provenance))
 }

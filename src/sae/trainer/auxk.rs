@@ -22,7 +22,7 @@ pub(super) struct AuxK {
     pub e_hat: GpuBuffer,
     pub aux_diff: GpuBuffer,
     pub zeros_rows: GpuBuffer,
-    pub zeros_d_in: GpuBuffer,
+    pub zeros_d_out: GpuBuffer,
     pub grad_aux: GpuBuffer,
     pub aux_code_grad: GpuBuffer,
     pub index: ReverseIndex,
@@ -43,7 +43,7 @@ impl AuxK {
         let rows = shape.rows;
         let k_aux = config.k_aux.clamp(1, MAX_K.min(sae.d_sae));
         let aux_shape = BackwardShape { k: k_aux, ..shape };
-        let n = rows * sae.d_in;
+        let n = rows * sae.d_out;
         Ok(Some(AuxK {
             config: AuxKConfig { k_aux, ..config },
             aux_idx: gpu.storage::<u32>("aux_idx", rows * k_aux)?,
@@ -51,7 +51,7 @@ impl AuxK {
             e_hat: gpu.storage::<f32>("aux_e_hat", n)?,
             aux_diff: gpu.storage::<f32>("aux_diff", n)?,
             zeros_rows: gpu.storage::<f32>("zeros", n)?,
-            zeros_d_in: gpu.storage::<f32>("zeros_d_in", sae.d_in)?,
+            zeros_d_out: gpu.storage::<f32>("zeros_d_out", sae.d_out)?,
             grad_aux: gpu.storage::<f32>("grad_aux", n)?,
             aux_code_grad: gpu.storage::<f32>("aux_code_grad", rows * k_aux)?,
             index: ReverseIndex::new(gpu, aux_shape)?,

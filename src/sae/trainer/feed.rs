@@ -26,6 +26,8 @@ pub struct Feed<'g> {
     d_in: usize,
     /// Raw batches (f32 words, or 16-bit values in pairs).
     uploads: [GpuBuffer; 2],
+    /// A transcoder's targets beside each upload: (d_out, buffers).
+    target_uploads: Option<(usize, [GpuBuffer; 2])>,
     next_upload: usize,
     /// Parameter buffers and bind groups of every trainer's launches, built by the first step.
     cache: LaunchCache,
@@ -48,6 +50,7 @@ impl<'g> Feed<'g> {
                 gpu.storage::<f32>("upload 0", rows * d_in)?,
                 gpu.storage::<f32>("upload 1", rows * d_in)?,
             ],
+            target_uploads: None,
             next_upload: 0,
             cache: LaunchCache::default(),
             in_flight: VecDeque::new(),
@@ -56,9 +59,22 @@ impl<'g> Feed<'g> {
         })
     }
 
-    /// Bytes of GPU memory a feed allocates.
-    pub fn bytes(rows: usize, d_in: usize) -> u64 {
-        2 * 4 * (rows * d_in) as u64
+    /// A feed of rows with their targets (`d_out` values each), for transcoders.
+    pub fn paired(gpu: &'g Gpu, rows: usize, d_in: usize, d_out: usize) -> GpuResult<Feed<'g>> {
+        let mut feed = Feed::new(gpu, rows, d_in)?;
+        feed.target_uploads = Some((
+            d_out,
+            [
+                gpu.storage::<f32>("target upload 0", rows * d_out)?,
+                gpu.storage::<f32>("target upload 1", rows * d_out)?,
+            ],
+        ));
+        Ok(feed)
+    }
+
+    /// Bytes of GPU memory a feed allocates (`d_out`: with targets of that width).
+    pub fn bytes(rows: usize, d_in: usize, d_out: Option<usize>) -> u64 {
+        2 * 4 * (rows * (d_in + d_out.unwrap_or(0))) as u64
     }
 
     /// Writes a streamed batch (f32, or 16-bit as stored) into the next upload buffer. The
@@ -84,8 +100,30 @@ impl<'g> Feed<'g> {
         let slot = self.next_upload;
         self.next_upload = 1 - slot;
         self.gpu.write(&self.uploads[slot], bytes)?;
+        let target = match &self.target_uploads {
+            None => None,
+            Some((d_out, buffers)) => {
+                let bytes: &[u8] = match batch.half_dtype {
+                    Some(_) => bytemuck::cast_slice(&batch.half_y),
+                    None => bytemuck::cast_slice(&batch.y),
+                };
+                if bytes.len() != batch.rows * d_out * dtype.bytes() {
+                    return Err(GpuError::Shape {
+                        kernel: "train step",
+                        message: format!(
+                            "a batch of {} rows with {} bytes of targets for a feed of targets of width {d_out}",
+                            batch.rows,
+                            bytes.len()
+                        ),
+                    });
+                }
+                self.gpu.write(&buffers[slot], bytes)?;
+                Some(&buffers[slot])
+            }
+        };
         Ok(Upload {
             raw: &self.uploads[slot],
+            target,
             dtype,
             rows: batch.rows,
         })
@@ -158,8 +196,20 @@ impl<'g> Feed<'g> {
         trainer: &mut Trainer<'g>,
         args: MemberStep,
     ) -> GpuResult<()> {
+        self.step_pairs(x, &[], trainer, args)
+    }
+
+    /// Steps one trainer on f32 rows and their targets `y` (tests; empty for an SAE).
+    pub fn step_pairs(
+        &mut self,
+        x: &[f32],
+        y: &[f32],
+        trainer: &mut Trainer<'g>,
+        args: MemberStep,
+    ) -> GpuResult<()> {
         let batch = Batch {
             x: x.to_vec(),
+            y: y.to_vec(),
             rows: x.len() / self.d_in.max(1),
             ..Batch::default()
         };

@@ -6,7 +6,7 @@ use crate::gpu::kernels::optim::AdamConfig;
 use crate::gpu::kernels::reduce::Reducer;
 use crate::gpu::{Gpu, GpuBuffer, GpuError, GpuResult, Matmul, Recorder};
 
-use crate::sae::forward::{ForwardBuffers, GpuSae};
+use crate::sae::forward::{transpose, ForwardBuffers, GpuSae};
 use crate::sae::params::{Activation, SaeParams};
 
 use super::auxk::{AuxK, AuxKConfig};
@@ -26,6 +26,9 @@ pub struct TrainerSnapshot {
     /// JumpReLU's trained threshold parameter (θ, or log θ), one per latent; its Adam moments
     /// follow the others in `moments`.
     pub threshold_param: Option<Vec<f32>>,
+    /// A skip-transcoder's W_skip moments, in W_skip's layout [d_out, d_in] (the weights are
+    /// in `params`).
+    pub skip_moments: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 pub struct Trainer<'g> {
@@ -44,6 +47,8 @@ pub struct Trainer<'g> {
     /// One per block of latents, in the order of `sae.blocks`.
     pub(super) blocks: Vec<BlockState>,
     pub(super) b_dec: ParamState,
+    /// A skip-transcoder's W_skipᵀ state.
+    pub(super) skip: Option<ParamState>,
     /// Fires of each latent in the last batch.
     pub(super) batch_fired: GpuBuffer,
     /// Fires of each latent since the last `take_fire_counts`.
@@ -72,6 +77,7 @@ impl<'g> Trainer<'g> {
         let shape = BackwardShape {
             rows: batch_rows,
             d_in: sae.d_in,
+            d_out: sae.d_out,
             d_sae: sae.d_sae,
             k: sae.k,
         };
@@ -92,15 +98,20 @@ impl<'g> Trainer<'g> {
             batch_rows,
             adam,
             dead_tokens: dead_tokens.min(u64::from(u32::MAX - 1)) as u32,
-            // A Σg² slot per trained tensor: 3 per block, b_dec and an architecture's own.
-            stats: gpu.storage::<f32>("stats", slot::GRAD_SQ + 3 * blocks.len() + 2)?,
-            col_mean: gpu.storage::<f32>("col_mean", sae.d_in)?,
-            grad_out: gpu.storage::<f32>("grad_x_hat", batch_rows * sae.d_in)?,
+            // A Σg² slot per trained tensor: 3 per block, b_dec, W_skip and an architecture's
+            // own.
+            stats: gpu.storage::<f32>("stats", slot::GRAD_SQ + 3 * blocks.len() + 3)?,
+            col_mean: gpu.storage::<f32>("col_mean", sae.d_out)?,
+            grad_out: gpu.storage::<f32>("grad_x_hat", batch_rows * sae.d_out)?,
             code_grad: gpu.storage::<f32>("code_grad", batch_rows * sae.k)?,
             index: ReverseIndex::new(gpu, shape)?,
             reducer: Reducer::new(gpu)?,
             blocks,
             b_dec: ParamState::new(gpu, &sae.b_dec)?,
+            skip: match sae.skip_t() {
+                Some(w) => Some(ParamState::new(gpu, w)?),
+                None => None,
+            },
             batch_fired: gpu.storage::<u32>("batch_fired", d_sae)?,
             fire_window: gpu.storage::<u32>("fire_window", d_sae)?,
             since_fired: gpu.storage::<u32>("since_fired", d_sae)?,
@@ -256,18 +267,28 @@ impl<'g> Trainer<'g> {
             }
             None => None,
         };
+        let (d_in, d_out) = (self.sae.d_in, self.sae.d_out);
+        let skip_moments = match &self.skip {
+            Some(st) => Some((
+                transpose(&gpu.read(&st.exp_avg)?, d_in, d_out),
+                transpose(&gpu.read(&st.exp_avg_sq)?, d_in, d_out),
+            )),
+            None => None,
+        };
         Ok(TrainerSnapshot {
             params: self.sae.download(gpu)?,
             moments,
             since_fired: gpu.read(&self.since_fired)?,
             theta: self.theta()?,
             threshold_param,
+            skip_moments,
         })
     }
 
     /// The gradients of the last step (waits for the GPU), in checkpoint order (W_enc, b_enc,
-    /// W_dec, b_dec, then the architecture's own parameter); W_dec's with the component along
-    /// each row removed, as the unit-norm constraint leaves it for Adam. For gradient checks.
+    /// W_dec, b_dec, then the architecture's own parameter, then W_skip's in its layout
+    /// [d_out, d_in]); W_dec's with the component along each row removed, as the unit-norm
+    /// constraint leaves it for Adam. For gradient checks.
     pub fn gradients(&self) -> GpuResult<Vec<Vec<f32>>> {
         let gpu = self.gpu;
         let layout = &self.sae.layout;
@@ -284,13 +305,25 @@ impl<'g> Trainer<'g> {
         if let Some((_, state)) = self.hooks.own_param() {
             out.push(gpu.read(&state.grad)?);
         }
+        if let Some(st) = &self.skip {
+            out.push(transpose(
+                &gpu.read(&st.grad)?,
+                self.sae.d_in,
+                self.sae.d_out,
+            ));
+        }
         Ok(out)
     }
 
     /// Restores optimiser moments (W_enc, b_enc, W_dec, b_dec, then the architecture's own
     /// parameter) and dead-latent counters; weights come in through `new`, an architecture's
     /// own state through its hooks.
-    pub fn restore(&self, moments: &[(Vec<f32>, Vec<f32>)], since_fired: &[u32]) -> GpuResult<()> {
+    pub fn restore(
+        &self,
+        moments: &[(Vec<f32>, Vec<f32>)],
+        since_fired: &[u32],
+        skip_moments: Option<&(Vec<f32>, Vec<f32>)>,
+    ) -> GpuResult<()> {
         let gpu = self.gpu;
         let layout = &self.sae.layout;
         for ((tensor, pick), (m, v)) in PER_BLOCK.into_iter().zip(moments) {
@@ -308,6 +341,11 @@ impl<'g> Trainer<'g> {
         if let (Some((m, v)), Some((_, state))) = (moments.get(4), self.hooks.own_param()) {
             gpu.write(&state.exp_avg, m)?;
             gpu.write(&state.exp_avg_sq, v)?;
+        }
+        if let (Some((m, v)), Some(st)) = (skip_moments, &self.skip) {
+            let (d_in, d_out) = (self.sae.d_in, self.sae.d_out);
+            gpu.write(&st.exp_avg, &transpose(m, d_out, d_in))?;
+            gpu.write(&st.exp_avg_sq, &transpose(v, d_out, d_in))?;
         }
         gpu.write(&self.since_fired, since_fired)
     }

@@ -17,7 +17,7 @@ pub struct StepContext<'a> {
     pub shape: BackwardShape,
     /// The step's reductions ([`slot`]).
     pub stats: &'a GpuBuffer,
-    /// ∂L/∂x̂ of the reconstruction loss, [rows, d_in].
+    /// ∂L/∂x̂ of the reconstruction loss, [rows, d_out].
     pub grad_out: &'a GpuBuffer,
     /// Gradients and moments of each block of latents, in the order of `sae.blocks`.
     pub blocks: &'a [BlockState],

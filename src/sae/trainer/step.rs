@@ -9,11 +9,13 @@ use crate::gpu::kernels::backward::{
     launch_decoder_weight_grad_block, launch_encoder_weight_grad_block, launch_loss_grad,
     launch_reverse_index, BackwardShape, LossScale,
 };
+use crate::gpu::kernels::decoder::DecodeBase;
 use crate::gpu::kernels::optim::{launch_adam, launch_normalize_rows, launch_remove_parallel_grad};
 use crate::gpu::kernels::penalty::{launch_clip_factor, launch_scale_by_slot};
 use crate::gpu::kernels::reduce::{
     launch_aux_scale, launch_dead_mask, launch_fire_counts, launch_update_dead,
 };
+use crate::gpu::kernels::skip::launch_skip_weight_grad;
 use crate::gpu::kernels::widen::{launch_widen, UploadDtype};
 use crate::gpu::{GpuBuffer, GpuError, GpuResult, Recorder};
 use crate::sae::forward::{
@@ -30,6 +32,8 @@ use super::state::{slot, ParamState};
 pub struct MemberStep {
     /// The factor inputs are divided by (1 when not scaling).
     pub scale: f32,
+    /// The factor a transcoder's targets are divided by.
+    pub target_scale: f32,
     pub lr: f64,
     /// Adam steps from 1.
     pub step: u64,
@@ -40,10 +44,11 @@ pub struct MemberStep {
     pub penalty: f64,
 }
 
-/// A batch as uploaded: which buffer, how stored, how many rows.
+/// A batch as uploaded: which buffer (and a transcoder's targets'), how stored, how many rows.
 #[derive(Clone, Copy)]
 pub struct Upload<'a> {
     pub raw: &'a GpuBuffer,
+    pub target: Option<&'a GpuBuffer>,
     pub dtype: UploadDtype,
     pub rows: usize,
 }
@@ -77,6 +82,14 @@ impl<'g> Trainer<'g> {
         rec.stage("input");
         let n = upload.rows * self.sae.d_in;
         launch_widen(rec, upload.raw, upload.dtype, args.scale, &self.fw.x, n)?;
+        if let Some(y) = &self.fw.y {
+            let raw = upload.target.ok_or_else(|| GpuError::Shape {
+                kernel: "train step",
+                message: "a transcoder's step needs the batch's targets".into(),
+            })?;
+            let n = upload.rows * self.sae.d_out;
+            launch_widen(rec, raw, upload.dtype, args.target_scale, y, n)?;
+        }
         self.record_step(rec, args.lr, args.step, args.penalty as f32)?;
         if let Some(slot) = metrics_slot {
             let source = MetricsSource {
@@ -100,6 +113,7 @@ impl<'g> Trainer<'g> {
         BackwardShape {
             rows: self.batch_rows,
             d_in: self.sae.d_in,
+            d_out: self.sae.d_out,
             d_sae: self.sae.d_sae,
             k: self.sae.k,
         }
@@ -148,9 +162,9 @@ impl<'g> Trainer<'g> {
         )?;
         self.reducer.launch_centered_sq(
             rec,
-            &self.fw.x,
+            self.fw.target(),
             s.rows,
-            s.d_in,
+            s.d_out,
             &self.col_mean,
             &self.stats,
             slot::VARIANCE,
@@ -162,8 +176,8 @@ impl<'g> Trainer<'g> {
         self.reducer.launch_sum_sq_diff(
             rec,
             &self.fw.x_hat,
-            &self.fw.x,
-            s.rows * s.d_in,
+            self.fw.target(),
+            s.rows * s.d_out,
             &self.stats,
             slot::SSE,
         )
@@ -175,7 +189,15 @@ impl<'g> Trainer<'g> {
         let s = ctx.shape;
         let scale = self.hooks.reconstruction_loss(rec, ctx)?;
         let fw = &self.fw;
-        launch_loss_grad(rec, &fw.x_hat, &fw.x, &self.stats, scale, &self.grad_out, s)?;
+        launch_loss_grad(
+            rec,
+            &fw.x_hat,
+            fw.target(),
+            &self.stats,
+            scale,
+            &self.grad_out,
+            s,
+        )?;
         let main = Entries {
             top_idx: &fw.top_idx,
             top_val: &fw.top_val,
@@ -186,6 +208,7 @@ impl<'g> Trainer<'g> {
         self.record_weight_grads(rec, &main, false, Some(ctx))?;
         self.hooks.own_grads(rec, ctx)?;
         self.record_auxk(rec)?;
+        let centred = self.sae.transcoder.is_none();
         for (block, st) in self.sae.blocks.iter().zip(&self.blocks) {
             launch_bias_dec_grad_block(
                 rec,
@@ -195,7 +218,12 @@ impl<'g> Trainer<'g> {
                 block.range,
                 &self.b_dec.grad,
                 s,
+                centred,
             )?;
+        }
+        if let Some(skip) = &self.skip {
+            let g = &self.grad_out;
+            launch_skip_weight_grad(rec, &fw.x, g, &skip.grad, s.rows, s.d_in, s.d_out, false)?;
         }
         Ok(())
     }
@@ -224,13 +252,13 @@ impl<'g> Trainer<'g> {
             idx,
             val,
             k_aux,
-            &aux.zeros_d_in,
+            DecodeBase::Bias(&aux.zeros_d_out),
             &aux.e_hat,
             s.rows,
         )?;
         rec.stage("backward");
-        launch_aux_residual(rec, &aux.e_hat, &fw.x, &fw.x_hat, &aux.aux_diff, s)?;
-        let n = s.rows * s.d_in;
+        launch_aux_residual(rec, &aux.e_hat, fw.target(), &fw.x_hat, &aux.aux_diff, s)?;
+        let n = s.rows * s.d_out;
         let stats = &self.stats;
         self.reducer
             .launch_sum_sq(rec, &aux.aux_diff, n, stats, slot::AUX_SSE)?;
@@ -297,7 +325,7 @@ impl<'g> Trainer<'g> {
                 entries.index,
                 entries.code_grad,
                 &self.fw.x,
-                &self.sae.b_dec,
+                self.sae.centre(),
                 (&st.w_enc.grad, &st.b_enc.grad),
                 block.range,
                 accumulate,
@@ -309,13 +337,13 @@ impl<'g> Trainer<'g> {
     /// The unit-norm constraint around Adam (unless the architecture drops it), clipping, Adam
     /// on every trained tensor, then the architecture's own update.
     fn record_optimiser(&self, rec: &mut Recorder<'_>, lr: f64, step: u64) -> GpuResult<()> {
-        let (sae, d_in) = (&self.sae, self.sae.d_in);
-        let unit_norm = self.hooks.unit_norm_decoder();
+        let (sae, d_out) = (&self.sae, self.sae.d_out);
+        let unit_norm = self.unit_norm_decoder();
         rec.stage("optimiser");
         if unit_norm {
             for (block, st) in sae.blocks.iter().zip(&self.blocks) {
                 let n = block.range.len;
-                launch_remove_parallel_grad(rec, &block.w_dec, &st.w_dec.grad, n, d_in)?;
+                launch_remove_parallel_grad(rec, &block.w_dec, &st.w_dec.grad, n, d_out)?;
             }
         }
         if let Some(clip) = self.hooks.clip() {
@@ -329,7 +357,7 @@ impl<'g> Trainer<'g> {
         }
         if unit_norm {
             for block in &sae.blocks {
-                launch_normalize_rows(rec, &block.w_dec, block.range.len, d_in)?;
+                launch_normalize_rows(rec, &block.w_dec, block.range.len, d_out)?;
             }
         }
         sae.record_pack_weights(rec)?;
@@ -364,14 +392,22 @@ impl<'g> Trainer<'g> {
         launch_update_dead(rec, &self.batch_fired, &self.since_fired, s.d_sae, s.rows)
     }
 
-    /// Parameter states in the order of [`crate::sae::GpuSae::tensors`], then the
-    /// architecture's own parameter.
+    /// Parameter states in the order of [`crate::sae::GpuSae::tensors`] (W_skipᵀ last), then
+    /// the architecture's own parameter.
     pub(super) fn param_states(&self) -> Vec<&ParamState> {
         self.blocks
             .iter()
             .flat_map(|b| [&b.w_enc, &b.b_enc, &b.w_dec])
             .chain([&self.b_dec])
+            .chain(self.skip.as_ref())
             .chain(self.hooks.own_param().map(|(_, state)| state))
             .collect()
+    }
+
+    /// Whether W_dec's rows are kept at unit norm: as the architecture says for an SAE; never
+    /// for a transcoder (sparsify's rule: its decoder writes another activation, whose scale
+    /// the rows carry).
+    pub(super) fn unit_norm_decoder(&self) -> bool {
+        self.hooks.unit_norm_decoder() && self.sae.transcoder.is_none()
     }
 }
