@@ -350,6 +350,7 @@ fn planted_sae(dir: &Path) -> (PathBuf, Vec<PathBuf>, Vec<usize>) {
         shards: 1,
         mean_active: 2.0,
         circle: Some(PlantedCircle::default()),
+        transcoder: None,
         seed: 3,
         ..SynthConfig::default()
     };
@@ -684,7 +685,7 @@ fn bad_inputs_are_one_line_and_leave_no_report() {
         ),
         (
             vec!["--model".into(), s(&wide)],
-            "d_in is 4 but the model's hidden size is 8",
+            "decoder writes 4 values but the model's hidden size is 8",
         ),
         (
             with_tokenizer(&["--families".into(), s(&dir.join("absent.json"))]),

@@ -28,6 +28,7 @@ fn training_recovers_a_planted_dictionary() {
         noise_std: 0.0,
         seed: 1,
         circle: None,
+        transcoder: None,
     };
     let shards = write_synthetic(&synth, &dir.join("data")).unwrap();
     let heldout_synth = SynthConfig {

@@ -8,6 +8,7 @@ use super::scan::{Consumer, Scales, Scan, Scanned};
 use crate::gpu::kernels::reduce::launch_fire_counts;
 use crate::gpu::{F16Overflow, Gpu, GpuBuffer, GpuResult, Matmul, MatmulChoice, Recorder};
 use crate::sae::forward::ForwardBuffers;
+use crate::sae::params::SaeParams;
 use crate::sae::pass::ForwardPass;
 use crate::sae::GpuSae;
 
@@ -260,19 +261,38 @@ pub struct Evaluated {
     pub f16_overflow: F16Overflow,
 }
 
-/// Every row of `shards` once, in file order, through `params` on the GPU.
+/// Refuses to evaluate a transcoder without targets (its predictions are of something else
+/// than its input) or an SAE with them, in one line.
+pub fn check_targets(params: &SaeParams, has_targets: bool) -> anyhow::Result<()> {
+    match (params.is_transcoder(), has_targets) {
+        (true, false) => anyhow::bail!(
+            "this is a transcoder ({} → {} values): evaluating it needs its targets, --target FILES… or --target-tensor NAME",
+            params.d_in,
+            params.d_out()
+        ),
+        (false, true) => anyhow::bail!(
+            "this is an SAE, which reconstructs its input: --target and --target-tensor are for transcoders"
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Every row of `shards` once, in file order, through `params` on the GPU; a transcoder's
+/// predictions compared with `targets` (shard for shard beside `shards`).
 pub fn evaluate(
     gpu: &Gpu,
-    params: &crate::sae::params::SaeParams,
+    params: &SaeParams,
     shards: std::sync::Arc<Vec<crate::data::Shard>>,
+    targets: Option<std::sync::Arc<Vec<crate::data::Shard>>>,
     options: EvalOptions,
     on_rows: impl FnMut(u64),
 ) -> anyhow::Result<Evaluated> {
+    check_targets(params, targets.is_some())?;
     let mut sae = GpuSae::upload_with_cap(gpu, params, options.cap, options.batch_rows)?;
     sae.set_matmul(gpu, gpu.matmul(options.matmul)?)?;
     let mut stream_cfg = crate::data::StreamConfig::sequential(options.batch_rows);
     stream_cfg.skip_nonfinite = options.skip_nonfinite;
-    let stream = crate::data::BatchStream::start(shards, stream_cfg)?;
+    let stream = crate::data::BatchStream::start_paired(shards, targets, stream_cfg)?;
     let stats = evaluate_stream(gpu, &sae, options.batch_rows, stream, Scales::NONE, on_rows)?;
     Ok(Evaluated {
         stats,

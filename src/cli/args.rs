@@ -15,7 +15,7 @@ use crate::choice::Choice;
 use crate::data::parts::Part;
 use crate::gpu::{AdapterRequest, BackendChoice, MatmulChoice};
 use crate::run::encode::ValueDtype;
-use crate::run::inputs::SaeInputs;
+use crate::run::inputs::{SaeInputs, Targets};
 use crate::run::train::{BDecInit, ExportFormat};
 use crate::sae::arch::{Architecture, L0Penalty, ThresholdParam};
 use crate::sae::forward::DEFAULT_CAP;
@@ -126,9 +126,39 @@ impl InputArgs {
             hookpoint: self.hookpoint.clone(),
             shards: self.shards.clone(),
             tensor: self.tensor.clone(),
+            targets: None,
             part: self.part,
             adapter: gpu.request(),
             matmul,
+        })
+    }
+}
+
+/// A transcoder's targets, which its evaluation compares the predictions with.
+#[derive(Args, Debug)]
+pub struct TargetArgs {
+    /// A transcoder's targets: files, directories or globs pairing with the shards file for
+    /// file, row for row.
+    #[arg(long, num_args = 1.., value_name = "TARGETS")]
+    pub target: Vec<PathBuf>,
+    /// The targets' tensor: in the --target files, or without them in the shards themselves
+    /// (e.g. --tensor mlp_in --target-tensor mlp_out).
+    #[arg(long, value_name = "NAME")]
+    pub target_tensor: Option<String>,
+}
+
+impl TargetArgs {
+    /// The targets given, if any; `tensor` is the shards' (the targets' too unless named).
+    pub fn targets(&self, tensor: &str) -> Option<Targets> {
+        if self.target.is_empty() && self.target_tensor.is_none() {
+            return None;
+        }
+        Some(Targets {
+            files: self.target.clone(),
+            tensor: self
+                .target_tensor
+                .clone()
+                .unwrap_or_else(|| tensor.to_string()),
         })
     }
 }

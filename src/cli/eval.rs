@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::args::{InputArgs, PassArgs};
+use super::args::{InputArgs, PassArgs, TargetArgs};
 use super::GpuArgs;
 use crate::analysis::eval::{EvalOptions, EvalSummary};
 use crate::gpu::{F16Overflow, Matmul};
@@ -20,6 +20,8 @@ pub struct EvalArgs {
     merge: Option<EvalCommand>,
     #[command(flatten)]
     input: InputArgs,
+    #[command(flatten)]
+    targets: TargetArgs,
     #[command(flatten)]
     pass: PassArgs,
     /// Skip (and count) rows holding NaN or Inf instead of stopping.
@@ -62,12 +64,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if let Some(EvalCommand::Merge { parts, json }) = args.merge {
         return merge(&parts, json);
     }
+    let mut inputs = args.input.inputs(
+        &args.gpu,
+        args.pass.matmul,
+        "usage: sae eval SAE SHARDS… (or sae eval merge PART_JSONS…)",
+    )?;
+    inputs.targets = args.targets.targets(&args.input.tensor);
     let request = EvalRequest {
-        inputs: args.input.inputs(
-            &args.gpu,
-            args.pass.matmul,
-            "usage: sae eval SAE SHARDS… (or sae eval merge PART_JSONS…)",
-        )?,
+        inputs,
         options: EvalOptions {
             batch_rows: args.pass.batch_size,
             cap: args.pass.cap,

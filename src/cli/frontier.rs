@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::args::PassArgs;
+use super::args::{PassArgs, TargetArgs};
 use super::GpuArgs;
 use crate::analysis::eval::EvalOptions;
 use crate::run::frontier::{frontier, FrontierRequest};
@@ -26,6 +26,8 @@ pub struct FrontierArgs {
     #[arg(long, default_value = "activations")]
     tensor: String,
     #[command(flatten)]
+    targets: TargetArgs,
+    #[command(flatten)]
     pass: PassArgs,
     #[arg(long)]
     quiet: bool,
@@ -37,6 +39,7 @@ pub fn run(args: FrontierArgs) -> anyhow::Result<()> {
     let request = FrontierRequest {
         runs: args.runs,
         eval: args.eval,
+        targets: args.targets.targets(&args.tensor),
         tensor: args.tensor,
         options: EvalOptions {
             batch_rows: args.pass.batch_size,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::data::synth::{write_synthetic, PlantedCircle, SynthConfig};
+use crate::data::synth::{write_synthetic, PlantedCircle, PlantedTranscoder, SynthConfig};
 
 #[derive(Args, Debug)]
 pub struct SynthArgs {
@@ -49,6 +49,21 @@ pub struct SynthArgs {
     /// learn the points rather than any ring of latents covering the plane).
     #[arg(long, default_value_t = 0.0, requires = "circle")]
     circle_identity: f64,
+    /// Plant a transcoder: write beside each row x = Σ sᵢaᵢuᵢ (each feature with a random sign)
+    /// a target y = Σ aᵢvᵢ + S·x (+ noise) as the tensor `target`, from the same codes, with
+    /// random unit output directions V and a random skip S (truth/: output_features, skip); y's
+    /// linear part is exactly S·x. Train with --target-tensor target.
+    #[arg(long, conflicts_with = "circle")]
+    transcoder: bool,
+    /// The targets' width (default d_in).
+    #[arg(long, requires = "transcoder")]
+    d_out: Option<usize>,
+    /// ‖S·x‖ ≈ skip_scale·‖x‖ (0: no skip path).
+    #[arg(long, default_value_t = 0.5, requires = "transcoder")]
+    skip_scale: f64,
+    /// Standard deviation of the target's own noise.
+    #[arg(long, default_value_t = 0.0, requires = "transcoder")]
+    target_noise_std: f64,
 }
 
 pub fn run(args: SynthArgs) -> anyhow::Result<()> {
@@ -88,7 +103,16 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
             jitter: args.circle_jitter,
             identity: args.circle_identity,
         }),
+        transcoder: args.transcoder.then_some(PlantedTranscoder {
+            d_out: args.d_out.unwrap_or(args.d_in),
+            skip_scale: args.skip_scale,
+            target_noise_std: args.target_noise_std,
+        }),
     };
+    anyhow::ensure!(
+        config.transcoder.is_none_or(|t| t.d_out > 0),
+        "--d-out must be positive"
+    );
     let paths = write_synthetic(&config, &args.out)?;
     println!(
         "wrote {} shards and truth/true_dictionary.safetensors to {}",

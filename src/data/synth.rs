@@ -6,6 +6,14 @@
 //! may also carry a small direction of its own outside the plane (as "Monday" carries more
 //! than its place in the week); without one, the p points are not identifiable by a TopK SAE,
 //! which covers the plane with any ring of 4–6 latents just as well.
+//! Or a planted transcoder: the same sparse codes a write an input x = Σ sᵢaᵢuᵢ (+ noise), each
+//! active feature with a random sign sᵢ, and a target y = Σ aᵢvᵢ + S·x (+ noise) with known input
+//! directions U, output directions V and skip S, the structure a skip-transcoder must recover.
+//! The target sees each feature's magnitude whatever its sign (as an MLP computing |uᵢ·x|), so
+//! the sparse part is uncorrelated with x: y's best linear prediction from x is exactly S·x (plus
+//! a constant), which makes S identifiable as the skip path, and each feature takes two latents
+//! (encoder directions ±uᵢ, both decoding to vᵢ). Were the signs fixed, any linear map on the
+//! features' span could move between W_skip and the decoder.
 
 use std::path::{Path, PathBuf};
 
@@ -30,7 +38,24 @@ pub struct SynthConfig {
     pub seed: u64,
     /// A planted circle among the ordinary features, if any.
     pub circle: Option<PlantedCircle>,
+    /// A planted transcoder: targets beside the inputs, if any.
+    pub transcoder: Option<PlantedTranscoder>,
 }
+
+/// Targets y = Σ aᵢvᵢ + S·x + noise of width `d_out`, written beside the inputs (which then
+/// carry each feature with a random sign) as the tensor `target`: V's rows are random unit
+/// directions, S a random matrix whose entries have spread `skip_scale`/√d_in (so ‖S·x‖ ≈
+/// skip_scale·‖x‖).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct PlantedTranscoder {
+    pub d_out: usize,
+    pub skip_scale: f64,
+    /// Standard deviation of the target's own noise.
+    pub target_noise_std: f64,
+}
+
+/// The tensor a planted transcoder's targets are written as.
+pub const TARGET_TENSOR: &str = "target";
 
 /// A circular variable with `points` values, represented at angles 2πj/points in a random
 /// plane: the points are features `n_features + j` of the true dictionary,
@@ -70,6 +95,7 @@ impl Default for SynthConfig {
             noise_std: 0.0,
             seed: 0,
             circle: None,
+            transcoder: None,
         }
     }
 }
@@ -161,6 +187,41 @@ pub fn make_dictionary(config: &SynthConfig, rng: &mut ChaCha8Rng) -> TrueDictio
     }
 }
 
+/// A planted transcoder's maps: V [n_features, d_out] unit rows and S [d_out, d_in].
+struct PlantedMaps {
+    config: PlantedTranscoder,
+    v: Vec<f32>,
+    s: Vec<f32>,
+}
+
+impl PlantedMaps {
+    /// Drawn after the dictionary, so inputs are the same with or without targets.
+    fn new(config: PlantedTranscoder, n: usize, d_in: usize, rng: &mut ChaCha8Rng) -> Self {
+        let d_out = config.d_out;
+        let v = (0..n)
+            .flat_map(|_| random_unit(d_out, rng))
+            .map(|x| x as f32)
+            .collect();
+        let spread = config.skip_scale / (d_in as f64).sqrt();
+        let s = (0..d_out * d_in)
+            .map(|_| (gaussian(rng) * spread) as f32)
+            .collect();
+        PlantedMaps { config, v, s }
+    }
+
+    /// y += S·x, then the target's noise.
+    fn finish_row(&self, x: &[f32], y: &mut [f32], rng: &mut ChaCha8Rng) {
+        let d_in = x.len();
+        for (c, out) in y.iter_mut().enumerate() {
+            let row = &self.s[c * d_in..(c + 1) * d_in];
+            *out += row.iter().zip(x).map(|(a, b)| a * b).sum::<f32>();
+            if self.config.target_noise_std > 0.0 {
+                *out += (gaussian(rng) * self.config.target_noise_std) as f32;
+            }
+        }
+    }
+}
+
 /// Removes from `v` its components along the orthonormal `basis`, then rescales it to unit norm.
 fn orthogonalise(v: &mut [f64], basis: &[&[f64]]) {
     for b in basis {
@@ -190,19 +251,37 @@ pub fn write_synthetic(config: &SynthConfig, out: &Path) -> anyhow::Result<Vec<P
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let dict = make_dictionary(config, &mut rng);
     let (n, d) = (config.n_features, config.d_in);
+    let maps = config
+        .transcoder
+        .map(|t| PlantedMaps::new(t, n, d, &mut rng));
+    let d_out = config.transcoder.map_or(0, |t| t.d_out);
     let mut paths = Vec::new();
     for s in 0..config.shards {
         let rows = config.rows_per_shard;
         let mut x = vec![0.0f32; rows * d];
+        let mut y = vec![0.0f32; rows * d_out];
         let mut tokens = vec![0i32; rows];
         for r in 0..rows {
             let row = &mut x[r * d..(r + 1) * d];
+            let target = &mut y[r * d_out..(r + 1) * d_out];
             let mut strongest = (-1i32, 0.0f32);
             for i in 0..n {
                 if rng.random::<f32>() < dict.probabilities[i] {
                     let magnitude = rng.random_range(0.5f32..1.5);
+                    // A planted transcoder's input carries the feature with a random sign.
+                    let signed = match &maps {
+                        Some(_) if rng.random::<bool>() => -magnitude,
+                        _ => magnitude,
+                    };
                     for (o, f) in row.iter_mut().zip(&dict.features[i * d..(i + 1) * d]) {
-                        *o += magnitude * f;
+                        *o += signed * f;
+                    }
+                    if let Some(maps) = &maps {
+                        let v = &maps.v[i * d_out..(i + 1) * d_out];
+                        target
+                            .iter_mut()
+                            .zip(v)
+                            .for_each(|(o, f)| *o += magnitude * f);
                     }
                     if magnitude > strongest.1 {
                         strongest = (i as i32, magnitude);
@@ -235,17 +314,20 @@ pub fn write_synthetic(config: &SynthConfig, out: &Path) -> anyhow::Result<Vec<P
                     *o += (gaussian(&mut rng) * config.noise_std) as f32;
                 }
             }
+            if let Some(maps) = &maps {
+                maps.finish_row(row, target, &mut rng);
+            }
             tokens[r] = strongest.0;
         }
         let path = out.join(format!("synth_{s:04}.safetensors"));
-        write_safetensors(
-            &path,
-            &[
-                TensorOut::f32("activations", &[rows, d], &x),
-                TensorOut::i32("tokens", &[rows], &tokens),
-            ],
-            None,
-        )?;
+        let mut tensors = vec![
+            TensorOut::f32("activations", &[rows, d], &x),
+            TensorOut::i32("tokens", &[rows], &tokens),
+        ];
+        if maps.is_some() {
+            tensors.push(TensorOut::f32(TARGET_TENSOR, &[rows, d_out], &y));
+        }
+        write_safetensors(&path, &tensors, None)?;
         paths.push(path);
     }
     std::fs::create_dir_all(out.join("truth"))?;
@@ -255,6 +337,10 @@ pub fn write_synthetic(config: &SynthConfig, out: &Path) -> anyhow::Result<Vec<P
         TensorOut::f32("probabilities", &[total], &dict.probabilities),
     ];
     let circle_ids: Vec<i32> = (n..total).map(|i| i as i32).collect();
+    if let Some(maps) = &maps {
+        truth.push(TensorOut::f32("output_features", &[n, d_out], &maps.v));
+        truth.push(TensorOut::f32("skip", &[d_out, d], &maps.s));
+    }
     if let Some(plane) = &dict.circle_plane {
         truth.push(TensorOut::f32("circle_plane", &[2, d], plane));
         truth.push(TensorOut::i32(

@@ -240,7 +240,7 @@ fn check_settings(request: &CategoriesRequest) -> anyhow::Result<()> {
 fn load_inputs(request: &CategoriesRequest) -> anyhow::Result<Loaded> {
     let inputs = &request.inputs;
     let sae = load_sae_at(&inputs.sae, inputs.hookpoint.as_deref())?;
-    let (d_in, d_sae) = (sae.params.d_in, sae.params.d_sae);
+    let (d_in, d_out, d_sae) = (sae.params.d_in, sae.params.d_out(), sae.params.d_sae);
     let name = inputs.sae.display();
     anyhow::ensure!(d_sae >= 2, "{name}: the SAE has one feature");
     if let Some(feature) = request.config.feature.filter(|&f| f >= d_sae) {
@@ -250,9 +250,10 @@ fn load_inputs(request: &CategoriesRequest) -> anyhow::Result<Loaded> {
         );
     }
     let model = request.model.as_deref().map(load_model).transpose()?;
-    if let Some(model) = model.as_ref().filter(|m| m.d_model != d_in) {
+    // The model's writers are compared with the decoder rows, in the space the decoder writes.
+    if let Some(model) = model.as_ref().filter(|m| m.d_model != d_out) {
         bail!(
-            "{name}: the SAE's d_in is {d_in} but the model's hidden size is {} ({})",
+            "{name}: the SAE's decoder writes {d_out} values but the model's hidden size is {} ({})",
             model.d_model,
             model.path.with_file_name("config.json").display()
         );
@@ -266,11 +267,11 @@ fn load_inputs(request: &CategoriesRequest) -> anyhow::Result<Loaded> {
     );
     let families = load_token_families(request, &tokens)?;
     let across = request.across.as_deref().map(load_sae).transpose()?;
-    if let Some(other) = across.as_ref().filter(|o| o.params.d_in != d_in) {
+    if let Some(other) = across.as_ref().filter(|o| o.params.d_out() != d_out) {
         bail!(
-            "--across {}: d_in {} differs from {name}'s {d_in}",
+            "--across {}: its decoder writes {} values, {name}'s {d_out}",
             other.dir.display(),
-            other.params.d_in
+            other.params.d_out()
         );
     }
     let shards = Arc::new(if inputs.shards.is_empty() {

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::inputs::SaeInputs;
 use super::progress;
-use crate::analysis::eval::{evaluate, EvalAccumulator, EvalOptions, EvalSummary};
+use crate::analysis::eval::{check_targets, evaluate, EvalAccumulator, EvalOptions, EvalSummary};
 use crate::data::parts::PartInfo;
 use crate::gpu::{F16Overflow, Matmul};
 use crate::sae::formats::Provenance;
@@ -56,11 +56,14 @@ pub fn eval(request: &EvalRequest) -> anyhow::Result<EvalReport> {
         "--batch-size must be at least 1"
     );
     let opened = request.inputs.open()?;
+    let params = &opened.loaded.params;
+    check_targets(params, opened.targets.is_some())?;
     let gpu = request.inputs.gpu()?;
     let bar = progress::rows(opened.rows(), request.quiet);
     let shards = std::sync::Arc::new(opened.shards);
-    let params = &opened.loaded.params;
-    let done = evaluate(&gpu, params, shards, request.options, |rows| bar.inc(rows))?;
+    let targets = opened.targets.map(std::sync::Arc::new);
+    let options = request.options;
+    let done = evaluate(&gpu, params, shards, targets, options, |rows| bar.inc(rows))?;
     bar.finish_and_clear();
     Ok(EvalReport {
         summary: done.stats.summary(),

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use serde::Serialize;
 
+use super::inputs::Targets;
 use super::outputs::plots;
 use super::progress;
-use crate::analysis::eval::{evaluate, EvalOptions};
-use crate::data::{expand_inputs, open_shards, Shard};
+use crate::analysis::eval::{check_targets, evaluate, EvalOptions};
+use crate::data::{check_pairs, expand_inputs, open_shards, Shard};
 use crate::gpu::{AdapterRequest, Gpu};
 use crate::io::write_json_atomic;
 use crate::sae::formats::load_sae_at;
@@ -24,6 +25,8 @@ pub struct FrontierRequest {
     pub runs: Vec<PathBuf>,
     pub eval: Vec<PathBuf>,
     pub tensor: String,
+    /// Transcoders' targets beside the held-out shards.
+    pub targets: Option<Targets>,
     pub options: EvalOptions,
     pub out: PathBuf,
     pub quiet: bool,
@@ -94,14 +97,27 @@ pub fn frontier(request: &FrontierRequest) -> anyhow::Result<Vec<FrontierRun>> {
         "--batch-size must be at least 1"
     );
     let runs = expand_runs(&request.runs)?;
-    let shards = open_shards(&expand_inputs(&request.eval)?, &request.tensor, None)?;
+    let paths = expand_inputs(&request.eval)?;
+    let shards = open_shards(&paths, &request.tensor, None)?;
+    let targets = match &request.targets {
+        None => None,
+        Some(t) => {
+            let files = match t.files.is_empty() {
+                true => paths.clone(),
+                false => expand_inputs(&t.files)?,
+            };
+            let opened = open_shards(&files, &t.tensor, None)?;
+            check_pairs(&shards, &opened)?;
+            Some(Arc::new(opened))
+        }
+    };
     let total: u64 = shards.iter().map(|s| s.rows as u64).sum::<u64>() * runs.len() as u64;
     let gpu = Gpu::new(&request.adapter)?;
     let bar = progress::rows(total, request.quiet);
     let points = evaluate_runs(
         &gpu,
         &runs,
-        Arc::new(shards),
+        (Arc::new(shards), targets),
         request.options,
         &request.out,
         |rows| bar.inc(rows),
@@ -110,24 +126,29 @@ pub fn frontier(request: &FrontierRequest) -> anyhow::Result<Vec<FrontierRun>> {
     Ok(points)
 }
 
-/// Evaluates every SAE of `runs` on `shards` and writes `out/frontier.json` and
-/// `out/frontier.png`. `on_rows` sees every batch of every evaluation.
+/// Evaluates every SAE of `runs` on `data` (the shards, and transcoders' targets) and writes
+/// `out/frontier.json` and `out/frontier.png`. `on_rows` sees every batch of every evaluation.
 fn evaluate_runs(
     gpu: &Gpu,
     runs: &[PathBuf],
-    shards: Arc<Vec<Shard>>,
+    data: (Arc<Vec<Shard>>, Option<Arc<Vec<Shard>>>),
     options: EvalOptions,
     out: &Path,
     mut on_rows: impl FnMut(u64),
 ) -> anyhow::Result<Vec<FrontierRun>> {
     // Every SAE is loaded (and so checked) before any evaluation.
     let mut loaded = Vec::with_capacity(runs.len());
+    let (shards, targets) = data;
     for dir in runs {
-        loaded.push((dir, load_sae_at(dir, None)?));
+        let sae = load_sae_at(dir, None)?;
+        check_targets(&sae.params, targets.is_some())
+            .with_context(|| format!("{}", dir.display()))?;
+        loaded.push((dir, sae));
     }
     let mut points = Vec::with_capacity(loaded.len());
     for (dir, sae) in &loaded {
-        let done = evaluate(gpu, &sae.params, Arc::clone(&shards), options, &mut on_rows)
+        let pair = (Arc::clone(&shards), targets.clone());
+        let done = evaluate(gpu, &sae.params, pair.0, pair.1, options, &mut on_rows)
             .with_context(|| format!("evaluating {}", dir.display()))?;
         let summary = done.stats.summary();
         points.push(FrontierRun {

@@ -1,11 +1,11 @@
 //! What every analysis job starts from: an SAE (any layout this project reads), the shards it
-//! runs over (checked against its d_in), this part's share of them when the job is split, and
-//! the GPU with the SAE uploaded.
+//! runs over (checked against its d_in) and a transcoder's targets beside them, this part's
+//! share of them when the job is split, and the GPU with the SAE uploaded.
 
 use std::path::PathBuf;
 
 use crate::data::parts::{split, Part, PartInfo};
-use crate::data::{expand_inputs, open_shards, Shard};
+use crate::data::{check_pairs, expand_inputs, open_shards, Shard};
 use crate::gpu::{AdapterRequest, Gpu, MatmulChoice};
 use crate::sae::formats::{load_sae_at, LoadedSae};
 use crate::sae::forward::GpuSae;
@@ -20,6 +20,8 @@ pub struct SaeInputs {
     /// Files, directories or globs.
     pub shards: Vec<PathBuf>,
     pub tensor: String,
+    /// A transcoder's targets beside the shards (only evaluation reads them).
+    pub targets: Option<Targets>,
     /// Only part I of N of the shards (sorted by path, whole shards balanced by rows).
     pub part: Option<Part>,
     pub adapter: AdapterRequest,
@@ -27,10 +29,20 @@ pub struct SaeInputs {
     pub matmul: MatmulChoice,
 }
 
+/// Where a transcoder's targets are: files beside the shards, file for file (none: the shards
+/// themselves), and the tensor in them.
+#[derive(Clone, Debug, Default)]
+pub struct Targets {
+    pub files: Vec<PathBuf>,
+    pub tensor: String,
+}
+
 /// The SAE loaded and the shards opened.
 pub struct Opened {
     pub loaded: LoadedSae,
     pub shards: Vec<Shard>,
+    /// The targets, shard for shard beside `shards`.
+    pub targets: Option<Vec<Shard>>,
     /// The part of a split job these shards are.
     pub part: Option<PartInfo>,
 }
@@ -48,15 +60,39 @@ impl SaeInputs {
         let loaded = load_sae_at(&self.sae, self.hookpoint.as_deref())?;
         let paths = expand_inputs(&self.shards)?;
         let mut shards = open_shards(&paths, &self.tensor, Some(loaded.params.d_in))?;
+        let mut targets = match &self.targets {
+            None => None,
+            Some(t) => {
+                let files = match t.files.is_empty() {
+                    true => paths.clone(),
+                    false => expand_inputs(&t.files)?,
+                };
+                let opened = open_shards(&files, &t.tensor, Some(loaded.params.d_out()))?;
+                check_pairs(&shards, &opened)?;
+                Some(opened)
+            }
+        };
         let mut part = None;
         if let Some(p) = self.part {
+            let all: Vec<PathBuf> = shards.iter().map(|s| s.path.clone()).collect();
             let (mine, info) = split(shards, p)?;
+            // The targets of the shards this part kept, in the part's order.
+            targets = targets.map(|t| {
+                let mut by_input: Vec<Option<Shard>> = t.into_iter().map(Some).collect();
+                mine.iter()
+                    .filter_map(|s| {
+                        let at = all.iter().position(|p| *p == s.path)?;
+                        by_input[at].take()
+                    })
+                    .collect()
+            });
             shards = mine;
             part = Some(info);
         }
         Ok(Opened {
             loaded,
             shards,
+            targets,
             part,
         })
     }

@@ -15,7 +15,7 @@ use crate::sae::forward::GpuSae;
 
 /// The graph stage's results.
 pub struct Graph {
-    /// Unit decoder rows [d_sae, d_in].
+    /// Unit decoder rows [d_sae, d_out].
     pub unit: Vec<f32>,
     pub knn: KnnGraph,
     pub knn_pairs: KnnPairs,
@@ -51,13 +51,14 @@ pub fn build_graph(
     on_rows: &mut dyn FnMut(u64),
 ) -> anyhow::Result<Graph> {
     let params = inputs.params;
-    let (d_in, d_sae) = (params.d_in, params.d_sae);
+    // Decoder rows live where the decoder writes: d_in for an SAE, d_out for a transcoder.
+    let (d_out, d_sae) = (params.d_out(), params.d_sae);
     let neighbours = config.neighbours.min(d_sae - 1);
-    let unit = unit_rows(&params.w_dec, d_in);
+    let unit = unit_rows(&params.w_dec, d_out);
     let knn = knn_graph(
         gpu,
         &unit,
-        d_in,
+        d_out,
         d_sae,
         neighbours,
         config.batch_size,
@@ -65,7 +66,7 @@ pub fn build_graph(
     )?;
     let min_cosine = config
         .min_cosine
-        .unwrap_or_else(|| chance_floor(d_in, d_sae))
+        .unwrap_or_else(|| chance_floor(d_out, d_sae))
         .clamp(-1.0, 1.0);
     let knn_pairs = knn.pairs();
     let counted = count_partners(gpu, inputs, config, sae, &knn_pairs, on_rows)?;

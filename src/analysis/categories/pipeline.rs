@@ -39,7 +39,8 @@ pub fn find_categories(
     mut on_rows: impl FnMut(u64),
 ) -> anyhow::Result<CategoriesResult> {
     let params = inputs.params;
-    let (d_in, d_sae) = (params.d_in, params.d_sae);
+    // Decoder rows (and the reconstructions' subspaces) are d_out wide: d_in for an SAE.
+    let (d_in, d_out, d_sae) = (params.d_in, params.d_out(), params.d_sae);
     let has_shards = !inputs.shards.is_empty();
     if config.cooccurrence.is_some() && !has_shards && inputs.counts.is_none() {
         bail!("co-occurrence needs shards: it is counted on data");
@@ -54,7 +55,7 @@ pub fn find_categories(
     };
     let graph = build_graph(gpu, inputs, config, sae.as_ref(), &mut on_rows)?;
     let (levels, method) = cluster(d_sae, &graph, config)?;
-    let mut found = categories(&levels[0].1, &graph.unit, d_in);
+    let mut found = categories(&levels[0].1, &graph.unit, d_out);
     // Significance: each category's density against random groups of its size.
     let mut null = NullModel::new(d_sae, &graph.edges, config.null_draws, config.seed);
     for c in found.iter_mut().filter(|c| c.size >= 3) {
@@ -76,8 +77,8 @@ pub fn find_categories(
             match_across(
                 gpu,
                 &graph.unit,
-                &unit_rows(&o.w_dec, d_in),
-                d_in,
+                &unit_rows(&o.w_dec, d_out),
+                d_out,
                 config.batch_size,
                 gpu.matmul(config.matmul)?,
             )
@@ -85,6 +86,7 @@ pub fn find_categories(
         .transpose()?;
     Ok(CategoriesResult {
         d_in,
+        d_out,
         d_sae,
         categories: found,
         method,

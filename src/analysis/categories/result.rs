@@ -15,6 +15,8 @@ use super::shape::member_gram;
 /// Everything found, for the report and the printed summary.
 pub struct CategoriesResult {
     pub d_in: usize,
+    /// The decoder rows' width (d_in for an SAE; a transcoder's target width).
+    pub d_out: usize,
     pub d_sae: usize,
     /// Ranked.
     pub categories: Vec<Category>,
@@ -32,7 +34,7 @@ pub struct CategoriesResult {
     pub levels: Vec<(f64, Vec<usize>)>,
     pub rows_read: Option<u64>,
     pub matching: Option<Matching>,
-    /// Unit decoder rows [d_sae, d_in].
+    /// Unit decoder rows [d_sae, d_out].
     pub unit: Vec<f32>,
     /// Each token family's best-matching category, with precision and recall.
     pub families: Vec<FamilyScore>,
@@ -141,12 +143,12 @@ impl CategoriesResult {
 
     /// The decoder cosines between `members`, [m, m].
     pub fn member_cosines(&self, members: &[usize]) -> Vec<f64> {
-        member_gram(&self.unit, self.d_in, members)
+        member_gram(&self.unit, self.d_out, members)
     }
 
     /// Cosine of two features' decoder rows.
     pub fn cosine(&self, a: usize, b: usize) -> f64 {
-        let d = self.d_in;
+        let d = self.d_out;
         self.unit[a * d..(a + 1) * d]
             .iter()
             .zip(&self.unit[b * d..(b + 1) * d])

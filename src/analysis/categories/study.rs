@@ -46,7 +46,8 @@ pub fn study(
     on_rows: &mut dyn FnMut(u64),
 ) -> anyhow::Result<Studied> {
     let studied = studied(found, config);
-    let (params, d_in) = (inputs.params, inputs.params.d_in);
+    // The members' decoder rows, d_out wide (d_in for an SAE).
+    let (params, d_in) = (inputs.params, inputs.params.d_out());
     if inputs.families.is_some() && sae.is_none() {
         bail!("token families need shards: specific features are counted on data");
     }

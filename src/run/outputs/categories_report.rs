@@ -92,7 +92,7 @@ pub fn write_outputs(
         &result.categories,
         &ReportInputs {
             sae: context.sae_description,
-            d_in: result.d_in,
+            d_in: result.d_out,
             d_sae: result.d_sae,
             method: &result.method,
             rank_by: config.rank_by,
@@ -202,6 +202,7 @@ fn categories_json(
         "sae": context.sae.display().to_string(),
         "provenance": context.provenance,
         "d_in": result.d_in,
+        "d_out": result.d_out,
         "d_sae": result.d_sae,
         "method": result.method,
         "neighbours": result.graph.neighbours,
