@@ -5,6 +5,13 @@
   saelens/expected/<variant>.safetensors: SAELens's own `encode` (`feature_acts`) and
   `decode` (`sae_out`) of the rows in saelens/rows.safetensors (rows of very different norms,
   so any normalisation matters).
+- transcoders/<variant>/: transcoders saved by the packages themselves: SAELens' four
+  transcoder classes (transcoder, skip_transcoder, jumprelu_transcoder,
+  jumprelu_skip_transcoder; d_out ≠ d_in) and sparsify's (transcode, with and without
+  skip_connection; d_out = d_in), with transcoders/expected/<variant>.safetensors: the package's
+  own codes (`feature_acts`) and forward output (`sae_out`, skip path included) on the rows of
+  transcoders/rows.safetensors (`activations` of varied norms, and `target` / `target_square`
+  to compare them with).
 - saelens-cache/: an activation cache written by SAELens's own shard path
   (`CacheActivationsRunner._create_shard`, `Dataset.save_to_disk`, `_consolidate_shards`),
   with cache-flat.safetensors holding the same rows flattened, as a shard.
@@ -142,6 +149,69 @@ def write_saelens(root):
               f"L0 {(acts != 0).sum(-1).float().mean():.1f}")
 
 
+D_OUT = 17
+
+
+def randomise_transcoder(params, gen, d_sae):
+    """Random weights (decoder rows of norms 0.5–2, non-zero biases, a non-zero skip)."""
+    with torch.no_grad():
+        for name, param in params.named_parameters():
+            param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+        w_dec = params.W_dec
+        norms = 0.5 + 1.5 * torch.rand(d_sae, 1, generator=gen)
+        w_dec.copy_(w_dec / w_dec.norm(dim=-1, keepdim=True) * norms)
+        if hasattr(params, "threshold"):
+            params.threshold.copy_(0.2 * torch.rand(d_sae, generator=gen) + 0.01)
+    return params
+
+
+def write_transcoders(root):
+    from sae_lens import (JumpReLUSkipTranscoder, JumpReLUSkipTranscoderConfig, JumpReLUTranscoder,
+                          JumpReLUTranscoderConfig, SkipTranscoder, SkipTranscoderConfig, Transcoder,
+                          TranscoderConfig)
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    gen = torch.Generator().manual_seed(4321)
+    x = rows(gen)
+    target = torch.randn(ROWS, D_OUT, generator=gen) * 2 + 0.5
+    target_square = torch.randn(ROWS, D_IN, generator=gen) * 2 + 0.5
+    base = root / "transcoders"
+    if base.exists():
+        shutil.rmtree(base)
+    (base / "expected").mkdir(parents=True)
+    save_file({"activations": x.contiguous(), "target": target.contiguous(),
+               "target_square": target_square.contiguous()}, base / "rows.safetensors")
+    common = dict(d_in=D_IN, d_sae=D_SAE, d_out=D_OUT)
+    saelens_classes = [
+        ("transcoder", Transcoder, TranscoderConfig),
+        ("skip_transcoder", SkipTranscoder, SkipTranscoderConfig),
+        ("jumprelu_transcoder", JumpReLUTranscoder, JumpReLUTranscoderConfig),
+        ("jumprelu_skip_transcoder", JumpReLUSkipTranscoder, JumpReLUSkipTranscoderConfig),
+    ]
+    for name, cls, cfg_cls in saelens_classes:
+        sae = randomise_transcoder(cls(cfg_cls(**common, apply_b_dec_to_input=False)), gen, D_SAE)
+        save(name, sae, base / name)
+        loaded = sae_lens.SAE.load_from_disk(str(base / name), device="cpu")
+        with torch.no_grad():
+            acts = loaded.encode(x)
+            out = loaded(x)
+        save_file({"feature_acts": acts.contiguous(), "sae_out": out.contiguous()},
+                  base / "expected" / f"{name}.safetensors")
+        print(f"{name}: {type(loaded).__name__}, L0 {(acts != 0).sum(-1).float().mean():.1f}")
+    for name, skip in [("sparsify-transcoder", False), ("sparsify-skip-transcoder", True)]:
+        cfg = SparseCoderConfig(num_latents=D_SAE, k=K, transcode=True, skip_connection=skip)
+        coder = randomise_transcoder(SparseCoder(D_IN, cfg), gen, D_SAE)
+        coder.save_to_disk(base / name)
+        loaded = SparseCoder.load_from_disk(base / name, device="cpu")
+        with torch.no_grad():
+            top_acts, top_indices, _ = loaded.encode(x)
+            acts = torch.zeros(ROWS, D_SAE).scatter(1, top_indices, top_acts)
+            out = loaded(x, target_square).sae_out
+        save_file({"feature_acts": acts.contiguous(), "sae_out": out.contiguous()},
+                  base / "expected" / f"{name}.safetensors")
+        print(f"{name}: skip_connection {skip}, L0 {(acts != 0).sum(-1).float().mean():.1f}")
+
+
 class _Cfg:
     pass
 
@@ -203,6 +273,7 @@ if __name__ == "__main__":
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures")
     root.mkdir(parents=True, exist_ok=True)
     write_saelens(root)
+    write_transcoders(root)
     write_cache(root)
     write_npy(root)
     print(f"sae-lens {sae_lens.__version__}, numpy {np.__version__}, torch {torch.__version__}")

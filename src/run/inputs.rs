@@ -67,8 +67,17 @@ impl SaeInputs {
                     true => paths.clone(),
                     false => expand_inputs(&t.files)?,
                 };
-                let opened = open_shards(&files, &t.tensor, Some(loaded.params.d_out()))?;
-                check_pairs(&shards, &opened)?;
+                let opened = open_shards(&files, &t.tensor, None)?;
+                let width = check_pairs(&shards, &opened)?;
+                let d_out = loaded.params.d_out();
+                if width != d_out {
+                    anyhow::bail!(
+                        "{}: the targets ('{}') have width {width} but {} writes {d_out} values",
+                        opened[0].path.display(),
+                        t.tensor,
+                        self.sae.display()
+                    );
+                }
                 Some(opened)
             }
         };
