@@ -182,6 +182,7 @@ fn transcoder_sweeps_parts_and_refusals() {
         serde_json::from_str(&whole).unwrap(),
         serde_json::from_str(&merged).unwrap(),
     );
+    assert_eq!(w["sae"]["hook_name_out"], "target", "the target's tensor");
     for key in ["fvu", "mse", "l0", "mean_cosine"] {
         let (x, y) = (w[key].as_f64().unwrap(), m[key].as_f64().unwrap());
         assert!(
@@ -189,6 +190,48 @@ fn transcoder_sweeps_parts_and_refusals() {
             "{key}: {x} vs {y}"
         );
     }
+
+    // Categories of a transcoder: in the space its decoder writes.
+    let categories = root.join("categories");
+    let cat_arg = s(&categories);
+    sae_ok(&["categories", &run, &a, "--out", &cat_arg, "--quiet"]);
+    let found: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(categories.join("categories.json")).unwrap())
+            .unwrap();
+    assert_eq!(found["d_in"], D_IN);
+    assert_eq!(found["d_out"], D_OUT);
+
+    // Two SAELens caches of the same rows pair (their token columns agree).
+    let cache = common::fixture("saelens-cache");
+    let copy = root.join("cache-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(&cache).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+    }
+    let paired = root.join("paired-caches");
+    sae_ok(&[
+        "train",
+        &s(&cache),
+        "--target",
+        &s(&copy),
+        "--skip",
+        "--architecture",
+        "batchtopk",
+        "--k",
+        "2",
+        "--expansion-factor",
+        "2",
+        "--batch-size",
+        "16",
+        "--tokens",
+        "32",
+        "--out",
+        &s(&paired),
+        "--quiet",
+        "--no-tune",
+    ]);
+    assert!(load_sae(&paired).unwrap().params.is_transcoder());
 
     // Refusals, one line each.
     let train = |extra: &[&str], expect: &[&str]| {
@@ -208,6 +251,21 @@ fn transcoder_sweeps_parts_and_refusals() {
         &["--target", &e, "--target-tensor", "target", "--quiet"],
         &["3000 rows", "1000", &e],
     );
+    // Targets whose tokens are not the inputs' (the same rows in another order).
+    let bytes = std::fs::read(&shards[0]).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let target = st.tensor(TARGET_TENSOR).unwrap();
+    let values: Vec<f32> = bytemuck::pod_collect_to_vec(target.data());
+    let mut tokens: Vec<i32> = bytemuck::pod_collect_to_vec(st.tensor("tokens").unwrap().data());
+    tokens.reverse();
+    let reordered = root.join("reordered.safetensors");
+    let tensors = [
+        TensorOut::f32("activations", target.shape(), &values),
+        TensorOut::i32("tokens", &[tokens.len()], &tokens),
+    ];
+    write_safetensors(&reordered, &tensors, None).unwrap();
+    let r = s(&reordered);
+    train(&["--target", &r, "--quiet"], &["different tokens", &r]);
     let c = s(&square[0]);
     // TopK transcoders: sparsify's layout only, which writes what it reads.
     train(
@@ -224,12 +282,13 @@ fn transcoder_sweeps_parts_and_refusals() {
         &["--target-tensor", "target", "--quiet"],
         &["sparsify", "d_in 12", "9"],
     );
-    let d = s(&square[1]);
+    // The input file is its own target file (tensor "target"), so the pair is valid and
+    // only the missing --eval-target is wrong.
     let eval_without = [
         "train",
         c.as_str(),
         "--target",
-        d.as_str(),
+        c.as_str(),
         "--target-tensor",
         "target",
         "--eval",

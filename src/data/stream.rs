@@ -112,8 +112,13 @@ pub struct BatchStream {
     pub d_in: usize,
 }
 
+/// Rows whose tokens [`check_pairs`] compares, from the start of each pair of files.
+const PAIR_TOKEN_ROWS: usize = 65_536;
+
 /// Checks that `targets` pair row for row with `inputs`: as many shards, each of the same row
-/// count as its input, all of one width (returned: d_out).
+/// count as its input, all of one width (returned: d_out), and, where both files of a pair
+/// hold tokens, the same tokens on their first rows (two caches of one dataset written in
+/// different orders would otherwise pair silently).
 pub fn check_pairs(inputs: &[Shard], targets: &[Shard]) -> Result<usize, DataError> {
     if inputs.len() != targets.len() {
         return Err(DataError::Input(format!(
@@ -132,6 +137,18 @@ pub fn check_pairs(inputs: &[Shard], targets: &[Shard]) -> Result<usize, DataErr
                 target.path.display(),
                 target.rows
             )));
+        }
+        if input.path != target.path && input.has_tokens() && target.has_tokens() {
+            let rows = input.rows.min(PAIR_TOKEN_ROWS);
+            if let Some(r) = (0..rows).find(|&r| input.token(r) != target.token(r)) {
+                return Err(DataError::Input(format!(
+                    "{} and its target {} hold different tokens at row {r} ({:?} and {:?}): the files do not pair row for row",
+                    input.path.display(),
+                    target.path.display(),
+                    input.token(r).unwrap_or(-1),
+                    target.token(r).unwrap_or(-1)
+                )));
+            }
         }
         if target.d_in != d_out {
             return Err(DataError::tensor(

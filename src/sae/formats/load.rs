@@ -37,6 +37,32 @@ pub fn hookpoints(dir: &Path) -> Vec<String> {
     found
 }
 
+/// A `sae train` run's tensors, where its export does not name them (sparsify's layout has no
+/// hook names): the input's as `hook_name` and a transcoder's target as `hook_name_out`.
+fn name_run_tensors(run: &Path, provenance: &mut Provenance) {
+    let Ok(text) = std::fs::read_to_string(run.join("config.json")) else {
+        return;
+    };
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return;
+    };
+    let config = &value["config"];
+    // The default tensor name says nothing about where the activations came from.
+    let named = |key: &str| {
+        config[key]
+            .as_str()
+            .filter(|t| *t != crate::data::DEFAULT_TENSOR)
+            .map(String::from)
+    };
+    let unknown = |v: &Option<String>| v.as_deref().is_none_or(|v| v == "unknown");
+    if unknown(&provenance.hook_name) {
+        provenance.hook_name = named("tensor");
+    }
+    if provenance.transcoder && unknown(&provenance.hook_name_out) {
+        provenance.hook_name_out = named("target_tensor").or_else(|| named("tensor"));
+    }
+}
+
 /// Loads an SAE from a sparsify directory, a SAELens directory, or a `sae train` run
 /// directory (its `sparsify/` or `saelens/` export), detecting the layout from the files.
 pub fn load_sae(path: &Path) -> anyhow::Result<LoadedSae> {
@@ -80,7 +106,9 @@ pub fn load_sae_at(path: &Path, hookpoint: Option<&str>) -> anyhow::Result<Loade
         for sub in ["sparsify", "saelens"] {
             let inner = path.join(sub);
             if inner.join("cfg.json").is_file() {
-                return load_sae_at(&inner, None);
+                let mut loaded = load_sae_at(&inner, None)?;
+                name_run_tensors(path, &mut loaded.provenance);
+                return Ok(loaded);
             }
         }
         let present = hookpoints(path);
