@@ -37,6 +37,15 @@ def geometric_median(points: torch.Tensor, iterations: int = 100, tol: float = 1
     return g.float()
 
 
+def decay_steps(args, steps: int) -> int:
+    """The steps of the final linear decay: sae train's default (a fifth of the steps) or
+    --lr-decay-steps for our schedule, none for SAELens' own."""
+    if args.schedule == "saelens":
+        return 0
+    decay = steps // 5 if args.lr_decay_steps < 0 else args.lr_decay_steps
+    return min(decay, max(steps - args.lr_warmup_steps, 0))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--architecture",
@@ -59,6 +68,13 @@ def main() -> None:
                         help="jumprelu only")
     parser.add_argument("--jumprelu-bandwidth", type=float, default=0.05)
     parser.add_argument("--jumprelu-init-threshold", type=float, default=0.01)
+    parser.add_argument("--schedule", choices=["ours", "saelens"], default="ours",
+                        help="ours: warm-up, constant, then linear decay to 0 over the last "
+                             "--lr-decay-steps (sae train's); saelens: warm-up then constant "
+                             "(SAELens' default)")
+    parser.add_argument("--lr-decay-steps", type=int, default=-1,
+                        help="with --schedule ours: default the last 20%% of the steps, as sae "
+                             "train")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--b-dec-init", choices=["geometric-median", "zeros"],
@@ -121,10 +137,10 @@ def main() -> None:
         total_training_samples=steps * args.batch_size,
         train_batch_size_samples=args.batch_size,
         lr=args.lr,
-        # sae train's schedule: linear warmup, then linear decay to 0 at the last step.
+        # sae train's schedule: linear warmup, constant, then linear decay to 0 at the end.
         lr_warm_up_steps=args.lr_warmup_steps,
-        lr_decay_steps=max(steps - args.lr_warmup_steps, 0),
-        lr_end=0.0,
+        lr_decay_steps=decay_steps(args, steps),
+        lr_end=0.0 if args.schedule == "ours" else args.lr / 10,  # unused when constant
         device="cpu",
         n_batches_for_norm_estimate=1,
     )

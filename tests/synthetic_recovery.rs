@@ -26,6 +26,7 @@ fn training_recovers_a_planted_dictionary() {
         mean_active: 3.0,
         power_law_exponent: 0.5,
         noise_std: 0.0,
+        magnitudes: (0.5, 1.5),
         seed: 1,
         circle: None,
         transcoder: None,

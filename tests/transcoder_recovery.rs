@@ -46,6 +46,7 @@ fn plant(dir: &Path, d_out: usize) -> Planted {
         mean_active: 3.0,
         power_law_exponent: 0.5,
         noise_std: 0.1,
+        magnitudes: (0.5, 1.5),
         seed: 1,
         circle: None,
         transcoder: Some(PlantedTranscoder {

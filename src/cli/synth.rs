@@ -29,6 +29,12 @@ pub struct SynthArgs {
     /// Standard deviation of Gaussian noise added to each row.
     #[arg(long, default_value_t = 0.0)]
     noise_std: f64,
+    /// Smallest magnitude of an active feature (magnitudes are uniform in [min, max)).
+    #[arg(long, default_value_t = 0.5)]
+    magnitude_min: f32,
+    /// Largest magnitude of an active feature.
+    #[arg(long, default_value_t = 1.5)]
+    magnitude_max: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Plant a circle: a circular variable written at evenly spaced angles in a random plane,
@@ -88,6 +94,10 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
         (0.0..1.0).contains(&args.circle_identity),
         "--circle-identity must lie in [0, 1)"
     );
+    anyhow::ensure!(
+        0.0 < args.magnitude_min && args.magnitude_min < args.magnitude_max,
+        "--magnitude-min must be positive and below --magnitude-max"
+    );
     let config = SynthConfig {
         d_in: args.d_in,
         n_features: args.n_features,
@@ -96,6 +106,7 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
         mean_active: args.mean_active,
         power_law_exponent: args.power_law_exponent,
         noise_std: args.noise_std,
+        magnitudes: (args.magnitude_min, args.magnitude_max),
         seed: args.seed,
         circle: args.circle.then_some(PlantedCircle {
             points: args.circle_points,

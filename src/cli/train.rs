@@ -115,6 +115,11 @@ pub struct TrainArgs {
     /// Linear warmup steps (default: 10% of the steps, at most 1000).
     #[arg(long)]
     lr_warmup_steps: Option<u64>,
+    /// Steps at the end over which the rate decays linearly to 0 (default: the last 20% of
+    /// the steps, Anthropic's schedule; 0: constant after the warmup, SAELens' default; the
+    /// step count: decay from the warmup on, sparsify's).
+    #[arg(long)]
+    lr_decay_steps: Option<u64>,
     /// Training budget in tokens.
     #[arg(long, conflicts_with = "epochs")]
     tokens: Option<u64>,
@@ -240,6 +245,7 @@ impl TrainArgs {
             skip_nonfinite: self.skip_nonfinite,
             lr: self.lr,
             lr_warmup_steps: self.lr_warmup_steps,
+            lr_decay_steps: self.lr_decay_steps,
             adam_beta1: self.adam_beta1,
             adam_beta2: self.adam_beta2,
             adam_eps: self.adam_eps,

@@ -35,6 +35,8 @@ pub struct SynthConfig {
     pub power_law_exponent: f64,
     /// Standard deviation of isotropic Gaussian noise added to every row.
     pub noise_std: f64,
+    /// An active feature's magnitude is uniform in [min, max).
+    pub magnitudes: (f32, f32),
     pub seed: u64,
     /// A planted circle among the ordinary features, if any.
     pub circle: Option<PlantedCircle>,
@@ -93,6 +95,7 @@ impl Default for SynthConfig {
             mean_active: 5.0,
             power_law_exponent: 0.5,
             noise_std: 0.0,
+            magnitudes: (0.5, 1.5),
             seed: 0,
             circle: None,
             transcoder: None,
@@ -267,7 +270,7 @@ pub fn write_synthetic(config: &SynthConfig, out: &Path) -> anyhow::Result<Vec<P
             let mut strongest = (-1i32, 0.0f32);
             for i in 0..n {
                 if rng.random::<f32>() < dict.probabilities[i] {
-                    let magnitude = rng.random_range(0.5f32..1.5);
+                    let magnitude = rng.random_range(config.magnitudes.0..config.magnitudes.1);
                     // A planted transcoder's input carries the feature with a random sign.
                     let signed = match &maps {
                         Some(_) if rng.random::<bool>() => -magnitude,
@@ -293,7 +296,7 @@ pub fn write_synthetic(config: &SynthConfig, out: &Path) -> anyhow::Result<Vec<P
                     let point = rng.random_range(0..circle.points);
                     let position = point as f64 + circle.jitter * gaussian(&mut rng);
                     let angle = circle_angle(position, circle.points);
-                    let magnitude = rng.random_range(0.5f32..1.5);
+                    let magnitude = rng.random_range(config.magnitudes.0..config.magnitudes.1);
                     let in_plane = (1.0 - circle.identity * circle.identity).sqrt() as f32;
                     let (cos, sin) = (angle.cos() as f32, angle.sin() as f32);
                     let (u, v) = plane.split_at(d);

@@ -46,6 +46,7 @@ pub fn tiny_config(inputs: Vec<PathBuf>, d_sae: usize, k: usize, steps: u64) -> 
         optim: OptimConfig {
             lr: 1e-2,
             lr_warmup_steps: steps / 20,
+            lr_decay_steps: None,
             adam_beta1: 0.9,
             adam_beta2: 0.999,
             adam_eps: 1e-8,

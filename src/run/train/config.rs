@@ -12,6 +12,7 @@ use crate::choice::Choice;
 use crate::gpu::kernels::optim::AdamConfig;
 use crate::gpu::MatmulChoice;
 use crate::sae::arch::{Architecture, ModelConfig};
+use crate::sae::schedule::Schedule;
 use crate::sae::trainer::AuxKConfig;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -61,14 +62,29 @@ pub struct DataConfig {
     pub skip_nonfinite: bool,
 }
 
-/// Adam and the learning-rate schedule (linear warmup, then linear decay to 0).
+/// Adam and the learning-rate schedule (linear warmup, constant, then linear decay to 0 over
+/// the last `lr_decay_steps`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OptimConfig {
     pub lr: f64,
     pub lr_warmup_steps: u64,
+    /// Steps at the end over which the rate decays linearly to 0; `None` (runs written before
+    /// the setting existed): every step after the warmup.
+    #[serde(default)]
+    pub lr_decay_steps: Option<u64>,
     pub adam_beta1: f64,
     pub adam_beta2: f64,
     pub adam_eps: f64,
+}
+
+impl OptimConfig {
+    /// The learning-rate schedule's phases.
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            warmup: self.lr_warmup_steps,
+            decay: self.lr_decay_steps.unwrap_or(u64::MAX),
+        }
+    }
 }
 
 /// Where the weights start.
@@ -292,5 +308,21 @@ pub fn default_format(architecture: Architecture, transcoder: bool) -> ExportFor
         (true, false) => ExportFormat::Both,
         (true, true) => ExportFormat::Sparsify,
         (false, _) => ExportFormat::Saelens,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run written before `lr_decay_steps` existed resumes on the schedule it started with:
+    /// decay from the warm-up on.
+    #[test]
+    fn runs_without_decay_steps_keep_the_old_schedule() {
+        let json = r#"{"lr": 1.0, "lr_warmup_steps": 2, "adam_beta1": 0.9,
+                       "adam_beta2": 0.999, "adam_eps": 1e-8}"#;
+        let optim: OptimConfig = serde_json::from_str(json).unwrap();
+        let lr = crate::sae::schedule::lr_at(1.0, 6, optim.schedule(), 10);
+        assert!((lr - 0.5).abs() < 1e-12, "{lr}");
     }
 }

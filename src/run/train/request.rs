@@ -75,6 +75,7 @@ pub struct TrainRequest {
     // Optimiser, initialisation, AuxK.
     pub lr: Vec<f64>,
     pub lr_warmup_steps: Option<u64>,
+    pub lr_decay_steps: Option<u64>,
     pub adam_beta1: f64,
     pub adam_beta2: f64,
     pub adam_eps: f64,
@@ -335,6 +336,7 @@ fn base_config(
         optim: OptimConfig {
             lr: one(&request.lr, default_lr_for(model.d_sae, quickstart)),
             lr_warmup_steps: request.lr_warmup_steps.unwrap_or((steps / 10).min(1000)),
+            lr_decay_steps: Some(request.lr_decay_steps.unwrap_or(steps / 5)),
             adam_beta1: request.adam_beta1,
             adam_beta2: request.adam_beta2,
             adam_eps: request.adam_eps,

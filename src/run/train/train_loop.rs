@@ -135,7 +135,7 @@ fn step_members<'g>(
             MemberStep {
                 scale: m.scale,
                 target_scale: m.target_scale,
-                lr: lr_at(c.optim.lr, step, c.optim.lr_warmup_steps, c.data.steps),
+                lr: lr_at(c.optim.lr, step, c.optim.schedule(), c.data.steps),
                 step: step + 1,
                 with_metrics: logged,
                 penalty: spec.penalty_at(&c.model.settings, step),
