@@ -34,10 +34,12 @@ for seed in $seeds; do
         --log "$out/sparsify-$seed.fvu" | tail -n 1 >> "$out/results.jsonl"
     run="$out/sae-wgpu-$seed"
     rm -rf "$run"
+    # sparsify's schedule (decay from the warm-up on), not our default's final 20%.
     # shellcheck disable=SC2086  # SAE_ARGS is a list of flags
     "$sae" train "$train" --tensor "$input" --target-tensor "$target" --skip --eval "$heldout" \
         --k "$k" --d-sae "$d_sae" --batch-size "$batch" --tokens $((steps * batch)) \
-        --b-dec-init mean --auxk-alpha 0 --seed "$seed" --out "$run" --quiet ${SAE_ARGS:-}
+        --b-dec-init mean --auxk-alpha 0 --lr-decay-steps "$steps" --seed "$seed" \
+        --out "$run" --quiet ${SAE_ARGS:-}
     "$venv/bin/python" - "$run" "$seed" >> "$out/results.jsonl" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1] + "/summary.json"))
