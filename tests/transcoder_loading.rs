@@ -7,11 +7,9 @@
 
 mod common;
 
-use std::path::Path;
-
+use common::fixtures::{encoded_dense, fvu, read_f32};
 use common::{fixture, sae_fails, sae_ok, temp_dir};
 use sae_wgpu::sae::formats::{load_sae, save_saelens, save_sparsify};
-use safetensors::SafeTensors;
 
 /// (variant, the rows' target tensor, its width).
 const VARIANTS: [(&str, &str, usize); 6] = [
@@ -22,42 +20,6 @@ const VARIANTS: [(&str, &str, usize); 6] = [
     ("sparsify-transcoder", "target_square", 24),
     ("sparsify-skip-transcoder", "target_square", 24),
 ];
-
-fn read_f32(path: &Path, name: &str) -> (Vec<f32>, Vec<usize>) {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let view = st.tensor(name).unwrap();
-    let data = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    (data, view.shape().to_vec())
-}
-
-fn read_u32(path: &Path, name: &str) -> Vec<u32> {
-    let (values, _) = read_f32(path, name);
-    values.into_iter().map(f32::to_bits).collect()
-}
-
-/// FVU (centred by the mean row) of predictions `y_hat` of `y`, in f64.
-fn fvu(y: &[f32], y_hat: &[f32], d: usize) -> f64 {
-    let rows = y.len() / d;
-    let mut mean = vec![0.0f64; d];
-    for row in y.chunks_exact(d) {
-        for (m, v) in mean.iter_mut().zip(row) {
-            *m += f64::from(*v) / rows as f64;
-        }
-    }
-    let (mut sse, mut var) = (0.0, 0.0);
-    for (row, row_hat) in y.chunks_exact(d).zip(y_hat.chunks_exact(d)) {
-        for c in 0..d {
-            sse += (f64::from(row[c]) - f64::from(row_hat[c])).powi(2);
-            var += (f64::from(row[c]) - mean[c]).powi(2);
-        }
-    }
-    sse / var
-}
 
 #[test]
 fn the_ecosystems_transcoders_match_their_own_forward() {
@@ -103,29 +65,7 @@ fn the_ecosystems_transcoders_match_their_own_forward() {
 
         // The codes, from the input alone.
         let codes = out.join(variant);
-        sae_ok(&[
-            "encode".as_ref(),
-            dir.as_os_str(),
-            rows_path.as_os_str(),
-            "--out".as_ref(),
-            codes.as_os_str(),
-            "--values".as_ref(),
-            "f32".as_ref(),
-            "--quiet".as_ref(),
-        ]);
-        let coded = codes.join("rows.safetensors");
-        let idx = read_u32(&coded, "indices");
-        let (val, val_shape) = read_f32(&coded, "values");
-        let k = val_shape[1];
-        let mut dense = vec![0.0f32; n * d_sae];
-        for r in 0..n {
-            for j in 0..k {
-                let v = val[r * k + j];
-                if v != 0.0 {
-                    dense[r * d_sae + idx[r * k + j] as usize] += v;
-                }
-            }
-        }
+        let dense = encoded_dense(&dir, &rows_path, &codes, n, d_sae);
         let reference: Vec<f64> = acts.iter().map(|&a| f64::from(a)).collect();
         common::assert_close(&format!("{variant}: codes"), &dense, &reference, 1e-5);
 
