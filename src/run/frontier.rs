@@ -14,7 +14,7 @@ use super::inputs::Targets;
 use super::outputs::plots;
 use super::progress;
 use crate::analysis::eval::{check_targets, evaluate, EvalOptions};
-use crate::data::{check_pairs, expand_inputs, open_shards, Shard};
+use crate::data::{expand_inputs, open_shards, Shard};
 use crate::gpu::{AdapterRequest, Gpu};
 use crate::io::write_json_atomic;
 use crate::sae::formats::load_sae_at;
@@ -101,15 +101,7 @@ pub fn frontier(request: &FrontierRequest) -> anyhow::Result<Vec<FrontierRun>> {
     let shards = open_shards(&paths, &request.tensor, None)?;
     let targets = match &request.targets {
         None => None,
-        Some(t) => {
-            let files = match t.files.is_empty() {
-                true => paths.clone(),
-                false => expand_inputs(&t.files)?,
-            };
-            let opened = open_shards(&files, &t.tensor, None)?;
-            check_pairs(&shards, &opened)?;
-            Some(Arc::new(opened))
-        }
+        Some(t) => Some(Arc::new(t.open_beside(&paths, &shards)?.0)),
     };
     let total: u64 = shards.iter().map(|s| s.rows as u64).sum::<u64>() * runs.len() as u64;
     let gpu = Gpu::new(&request.adapter)?;

@@ -37,6 +37,24 @@ pub struct Targets {
     pub tensor: String,
 }
 
+impl Targets {
+    /// Opens the targets beside the input `shards` (opened from `paths`: the same files when
+    /// no target files were given) and checks that they pair; returns them and their width.
+    pub fn open_beside(
+        &self,
+        paths: &[PathBuf],
+        shards: &[Shard],
+    ) -> anyhow::Result<(Vec<Shard>, usize)> {
+        let files = match self.files.is_empty() {
+            true => paths.to_vec(),
+            false => expand_inputs(&self.files)?,
+        };
+        let opened = open_shards(&files, &self.tensor, None)?;
+        let width = check_pairs(shards, &opened)?;
+        Ok((opened, width))
+    }
+}
+
 /// The SAE loaded and the shards opened.
 pub struct Opened {
     pub loaded: LoadedSae,
@@ -63,12 +81,7 @@ impl SaeInputs {
         let mut targets = match &self.targets {
             None => None,
             Some(t) => {
-                let files = match t.files.is_empty() {
-                    true => paths.clone(),
-                    false => expand_inputs(&t.files)?,
-                };
-                let opened = open_shards(&files, &t.tensor, None)?;
-                let width = check_pairs(&shards, &opened)?;
+                let (opened, width) = t.open_beside(&paths, &shards)?;
                 let d_out = loaded.params.d_out();
                 if width != d_out {
                     anyhow::bail!(
