@@ -352,7 +352,7 @@ fn jumprelu_pseudo_gradient_matches_the_estimator() {
                     f64::NAN
                 };
             }
-            assert_relative(&format!("{name} {tensor}"), &fd, &got[t], stride);
+            common::assert_gradient_close(&format!("{name} {tensor}"), &fd, &got[t], stride);
         }
         // The thresholds: the estimator −(θ/ε)·K(u)·∂L/∂f (− (1/ε)·K(u)·λ/B for the step
         // penalty), with ∂L/∂f by central differences of the loss in the codes.
@@ -386,32 +386,6 @@ fn jumprelu_pseudo_gradient_matches_the_estimator() {
             in_window >= 10,
             "{name}: only {in_window} entries in the window"
         );
-        assert_relative(&format!("{name} threshold"), &want, &got[4], 1);
+        common::assert_gradient_close(&format!("{name} threshold"), &want, &got[4], 1);
     }
-}
-
-/// ‖want − got‖ / ‖want‖ < 1e-3 over every `stride`-th element (NaN in `want`: left out, at
-/// most a few), the gradient non-zero.
-fn assert_relative(name: &str, want: &[f64], got: &[f32], stride: usize) {
-    let compared: Vec<(f64, f64)> = want
-        .iter()
-        .zip(got)
-        .step_by(stride)
-        .map(|(a, b)| (*a, f64::from(*b)))
-        .collect();
-    let left_out = compared.iter().filter(|(a, _)| a.is_nan()).count();
-    assert!(
-        left_out * 20 <= compared.len(),
-        "{name}: {left_out} of {} differences cross a threshold",
-        compared.len()
-    );
-    let kept = || compared.iter().filter(|(a, _)| !a.is_nan());
-    let norm: f64 = kept().map(|(a, _)| a * a).sum::<f64>().sqrt();
-    let err: f64 = kept().map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
-    assert!(norm > 1e-6, "{name}: the gradient is zero");
-    assert!(
-        err / norm < 1e-3,
-        "{name}: relative error {:.2e} against the reference",
-        err / norm
-    );
 }

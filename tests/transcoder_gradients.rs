@@ -314,33 +314,6 @@ fn check(gpu: &Gpu, case: &Case) {
                 }
             })
             .collect();
-        assert_relative(&format!("{name} {tensor}"), &fd, &got[t], case.stride);
+        common::assert_gradient_close(&format!("{name} {tensor}"), &fd, &got[t], case.stride);
     }
-}
-
-/// ‖want − got‖ / ‖want‖ < 1e-3 over every `stride`-th element (NaN in `want`: left out, at
-/// most a few), the gradient non-zero.
-fn assert_relative(name: &str, want: &[f64], got: &[f32], stride: usize) {
-    assert_eq!(want.len(), got.len(), "{name}: lengths");
-    let compared: Vec<(f64, f64)> = want
-        .iter()
-        .zip(got)
-        .step_by(stride)
-        .map(|(a, b)| (*a, f64::from(*b)))
-        .collect();
-    let left_out = compared.iter().filter(|(a, _)| a.is_nan()).count();
-    assert!(
-        left_out * 20 <= compared.len(),
-        "{name}: {left_out} of {} differences cross the selection",
-        compared.len()
-    );
-    let kept = || compared.iter().filter(|(a, _)| !a.is_nan());
-    let norm: f64 = kept().map(|(a, _)| a * a).sum::<f64>().sqrt();
-    let err: f64 = kept().map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
-    assert!(norm > 1e-6, "{name}: the gradient is zero");
-    assert!(
-        err / norm < 1e-3,
-        "{name}: relative error {:.2e} against finite differences",
-        err / norm
-    );
 }

@@ -259,3 +259,32 @@ pub fn fake_slurm_bin(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::set_permissions(&sbatch, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     bin
 }
+
+/// A gradient `got` against its reference `want` (finite differences, or an estimator's
+/// formula): ‖want − got‖ / ‖want‖ < 1e-3
+/// over every `stride`-th element (NaN in `want`, a difference that crossed a selection
+/// threshold: left out, at most one in 20), the gradient non-zero.
+pub fn assert_gradient_close(name: &str, want: &[f64], got: &[f32], stride: usize) {
+    assert_eq!(want.len(), got.len(), "{name}: lengths");
+    let compared: Vec<(f64, f64)> = want
+        .iter()
+        .zip(got)
+        .step_by(stride)
+        .map(|(a, b)| (*a, f64::from(*b)))
+        .collect();
+    let left_out = compared.iter().filter(|(a, _)| a.is_nan()).count();
+    assert!(
+        left_out * 20 <= compared.len(),
+        "{name}: {left_out} of {} differences cross a selection threshold",
+        compared.len()
+    );
+    let kept = || compared.iter().filter(|(a, _)| !a.is_nan());
+    let norm: f64 = kept().map(|(a, _)| a * a).sum::<f64>().sqrt();
+    let err: f64 = kept().map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+    assert!(norm > 1e-6, "{name}: the gradient is zero");
+    assert!(
+        err / norm < 1e-3,
+        "{name}: relative error {:.2e} against the reference",
+        err / norm
+    );
+}
