@@ -95,3 +95,19 @@ fn downstream_loss_script() {
     );
     println!("{}", tail(&output.stdout, 40));
 }
+
+#[test]
+fn cache_components_script() {
+    let Some(python) = python_or_skip("cache_components_script") else {
+        return;
+    };
+    let output = run_script(&python, "scripts/test_cache_components.py");
+    assert!(
+        output.status.success(),
+        "scripts/test_cache_components.py failed ({}):\n{}\n{}",
+        output.status,
+        tail(&output.stdout, 40),
+        tail(&output.stderr, 40)
+    );
+    println!("{}", tail(&output.stdout, 40));
+}

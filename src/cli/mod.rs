@@ -4,6 +4,7 @@
 
 mod adapters;
 mod args;
+mod attribute;
 mod bench;
 mod categories;
 mod encode;
@@ -48,6 +49,10 @@ enum Command {
     /// Held-out FVU against L0 for several SAEs (a sweep counts as its members): frontier.json
     /// and frontier.png.
     Frontier(frontier::FrontierArgs),
+    /// What writes each group of latents: every component's, head's and upstream transcoder
+    /// feature's exact share of their pre-activations over a component cache, against a null
+    /// of matched random groups.
+    Attribute(Box<attribute::AttributeArgs>),
     /// Write synthetic activation shards from a known dictionary.
     Synth(synth::SynthArgs),
     /// Benchmarks (JSON lines with --json).
@@ -108,6 +113,7 @@ pub fn main() -> ExitCode {
         Command::Synth(args) => synth::run(args),
         Command::Categories(args) => categories::run(*args),
         Command::Eval(args) => eval::run(args),
+        Command::Attribute(args) => attribute::run(*args),
         Command::Frontier(args) => frontier::run(args),
         Command::Encode(args) => encode::run(args),
         Command::Hist(args) => hist::run(*args),

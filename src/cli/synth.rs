@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::data::synth::{write_synthetic, PlantedCircle, PlantedTranscoder, SynthConfig};
+use crate::run::synth_components::{write_components, ComponentsConfig};
 
 #[derive(Args, Debug)]
 pub struct SynthArgs {
@@ -67,6 +68,17 @@ pub struct SynthArgs {
     /// ‖S·x‖ ≈ skip_scale·‖x‖ (0: no skip path).
     #[arg(long, default_value_t = 0.5, requires = "transcoder")]
     skip_scale: f64,
+    /// Write a component cache with a planted mechanism instead (out/cache, out/sae,
+    /// out/transcoder, out/truth.json): a toy 3-block model whose residual is the sum of its
+    /// components, an SAE over it (--n-features latents, TopK 4), and a transcoder of block
+    /// 1's MLP; one group of latents is written by that MLP through planted transcoder
+    /// features, one by head L2H1, the others by components drawn at random. For testing
+    /// `sae attribute`. Rows: --rows-per-shard.
+    #[arg(long, conflicts_with_all = ["circle", "transcoder"])]
+    components: bool,
+    /// With --components: the transcoder's features.
+    #[arg(long, default_value_t = 32, requires = "components")]
+    tc_features: usize,
     /// Standard deviation of the target's own noise.
     #[arg(long, default_value_t = 0.0, requires = "transcoder")]
     target_noise_std: f64,
@@ -77,6 +89,23 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
         args.d_in > 0 && args.n_features > 0,
         "--d-in and --n-features must be positive"
     );
+    if args.components {
+        let config = ComponentsConfig {
+            d: args.d_in,
+            d_sae: args.n_features,
+            rows: args.rows_per_shard,
+            mean_active: args.mean_active,
+            d_tc: args.tc_features,
+            noise_std: args.noise_std,
+            seed: args.seed,
+        };
+        write_components(&config, &args.out)?;
+        println!(
+            "wrote a component cache, an SAE, a transcoder and truth.json to {}",
+            args.out.display()
+        );
+        return Ok(());
+    }
     anyhow::ensure!(
         args.rows_per_shard > 0 && args.shards > 0,
         "--rows-per-shard and --shards must be positive"

@@ -4,6 +4,7 @@
 
 pub mod arrow;
 pub mod column;
+pub mod components;
 pub mod dtype;
 pub mod error;
 pub mod fuzzing;
@@ -16,6 +17,7 @@ pub mod stream;
 pub mod synth;
 
 pub use arrow::ArrowLayout;
+pub use components::{ComponentBatch, ComponentCache, ComponentStream};
 pub use dtype::ActDtype;
 pub use error::DataError;
 pub use npy::NpyArray;

@@ -124,7 +124,7 @@ pub fn true_feature_count(config: &SynthConfig) -> usize {
     config.n_features + config.circle.map_or(0, |c| c.points)
 }
 
-fn gaussian(rng: &mut ChaCha8Rng) -> f64 {
+pub fn gaussian(rng: &mut ChaCha8Rng) -> f64 {
     // Box–Muller: two uniforms to one standard normal.
     let u1: f64 = rng.random_range(f64::EPSILON..1.0);
     let u2: f64 = rng.random::<f64>();

@@ -357,3 +357,22 @@ pub mod encoder_coop {
         ("OVERFLOW", OVERFLOW),
     ];
 }
+
+/// shaders/pair_dot.wgsl
+pub mod pair_dot {
+    pub const PARAMS: u32 = 0;
+    pub const X: u32 = 1;
+    pub const Y: u32 = 2;
+    pub const IA: u32 = 3;
+    pub const IB: u32 = 4;
+    pub const OUT: u32 = 5;
+
+    pub const ALL: super::Slots = &[
+        ("PARAMS", PARAMS),
+        ("X", X),
+        ("Y", Y),
+        ("IA", IA),
+        ("IB", IB),
+        ("OUT", OUT),
+    ];
+}

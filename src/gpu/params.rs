@@ -181,6 +181,20 @@ pub struct WidenParams {
     pub _pad: u32,
 }
 
+/// shaders/pair_dot.wgsl
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct PairDotParams {
+    pub rows: u32,
+    pub ka: u32,
+    pub kb: u32,
+    pub dim: u32,
+    pub y_step: u32,
+    pub nx: u32,
+    pub ny: u32,
+    pub _pad: u32,
+}
+
 /// shaders/batch_topk.wgsl
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
@@ -253,6 +267,7 @@ const _: () = {
     assert!(std::mem::size_of::<BatchTopKParams>() == 16);
     assert!(std::mem::size_of::<SkipParams>() == 16);
     assert!(std::mem::size_of::<WidenParams>() == 16);
+    assert!(std::mem::size_of::<PairDotParams>() == 32);
     assert!(std::mem::size_of::<InputNormParams>() == 16);
     assert!(std::mem::size_of::<GatedParams>() == 16);
     assert!(std::mem::size_of::<GemmParams>() == 16);

@@ -22,6 +22,7 @@ pub enum Shader {
     JumpRelu,
     EncoderCoop,
     Skip,
+    PairDot,
 }
 
 impl Shader {
@@ -43,6 +44,7 @@ impl Shader {
             Shader::JumpRelu => "jumprelu",
             Shader::EncoderCoop => "encoder_coop",
             Shader::Skip => "skip",
+            Shader::PairDot => "pair_dot",
         }
     }
 
@@ -70,6 +72,7 @@ impl Shader {
             Shader::JumpRelu => bindings::jumprelu::ALL,
             Shader::EncoderCoop => bindings::encoder_coop::ALL,
             Shader::Skip => bindings::skip::ALL,
+            Shader::PairDot => bindings::pair_dot::ALL,
         }
     }
 
@@ -100,6 +103,7 @@ impl Shader {
             Shader::JumpRelu => include_str!("../../shaders/jumprelu.wgsl"),
             Shader::EncoderCoop => include_str!("../../shaders/encoder_coop.wgsl"),
             Shader::Skip => include_str!("../../shaders/skip.wgsl"),
+            Shader::PairDot => include_str!("../../shaders/pair_dot.wgsl"),
         }
     }
 

@@ -3,6 +3,7 @@
 //! defaults it resolves against the data, and returning a report; the files each job writes
 //! (`outputs/`), merges of split jobs (`merge.rs`) and progress bars.
 
+pub mod attribute;
 pub mod categories;
 pub mod encode;
 pub mod eval;
@@ -12,4 +13,5 @@ pub mod inputs;
 pub mod merge;
 pub mod outputs;
 pub mod progress;
+pub mod synth_components;
 pub mod train;

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod attribution;
 pub mod fixtures;
 pub mod reference;
 pub mod training;

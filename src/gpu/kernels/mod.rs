@@ -12,6 +12,7 @@ pub mod hist;
 pub mod input_norm;
 pub mod jumprelu;
 pub mod optim;
+pub mod pair_dot;
 pub mod penalty;
 pub mod reduce;
 pub mod skip;

@@ -297,7 +297,7 @@ pub struct ReportInputs<'a> {
     pub feature: Option<(usize, Vec<MemberTie>)>,
 }
 
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -316,7 +316,7 @@ table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:
 th{background:#f3f3f3}td.l{text-align:left}img{max-width:100%;border:1px solid #ddd}\
 code{background:#f6f6f6;padding:1px 4px}.ctx{font-family:monospace;white-space:pre-wrap;text-align:left}";
 
-fn page(title: &str, body: &str) -> String {
+pub(crate) fn page(title: &str, body: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>\
          <style>{STYLE}</style></head><body>\n{body}\n</body></html>\n",

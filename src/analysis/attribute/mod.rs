@@ -1,0 +1,13 @@
+//! Direct attribution (REFERENCE.md, "Direct attribution"): from latents to the components
+//! that write them. A latent's pre-activation is linear in the residual, which is the sum of
+//! its writers, so it splits exactly into one term per component (heads, and the features of
+//! a transcoder standing in for an MLP) plus a constant; [`pass`] sums those terms per latent
+//! over a cache, [`groups`] asks which writers a group of latents shares beyond chance.
+
+pub mod groups;
+pub mod pass;
+pub mod totals;
+
+pub use groups::{attribute_group, random_groups, GroupReport, GroupRequest, NullConfig, Universe};
+pub use pass::{attribute, AttributionSetup, HeadWeights, TranscoderSpec};
+pub use totals::{top_tokens, Completeness, Totals, BIAS, HOOK_PARTS};

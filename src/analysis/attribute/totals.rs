@@ -1,0 +1,349 @@
+//! What the attribution pass adds up per latent, in f64: how often it fires, its summed
+//! pre-activation, and each component's, head's and upstream feature's summed term, with the
+//! gaps that show the parts are complete.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::pass::{row_factor, AttributionSetup, Terms, TranscoderRows};
+use crate::data::ComponentBatch;
+
+/// The name of the constant term: b_enc − b_dec·W_enc (the last component column).
+pub const BIAS: &str = "bias";
+/// The four parts a transcoder splits its MLP's term into.
+pub const HOOK_PARTS: [&str; 4] = ["features", "skip", "bias", "error"];
+
+/// Gaps between a whole and the sum of its parts over (row, latent) pairs.
+#[derive(Clone, Debug, Default)]
+pub struct Gaps {
+    pub pairs: u64,
+    pub max_abs: f64,
+    pub sum_sq: f64,
+    /// Σ h² over the same pairs (the scale the gaps are relative to).
+    pub sum_h_sq: f64,
+}
+
+impl Gaps {
+    fn add(&mut self, gap: f64, h: f64) {
+        self.pairs += 1;
+        self.max_abs = self.max_abs.max(gap.abs());
+        self.sum_sq += gap * gap;
+        self.sum_h_sq += h * h;
+    }
+
+    fn rms_h(&self) -> f64 {
+        (self.sum_h_sq / self.pairs.max(1) as f64).sqrt()
+    }
+
+    /// max |gap| / RMS h.
+    pub fn max_rel_error(&self) -> f64 {
+        self.max_abs / self.rms_h().max(f64::MIN_POSITIVE)
+    }
+
+    /// RMS gap / RMS h.
+    pub fn rms_rel_error(&self) -> f64 {
+        (self.sum_sq / self.sum_h_sq.max(f64::MIN_POSITIVE)).sqrt()
+    }
+}
+
+/// The completeness figures of attribution.json.
+#[derive(Clone, Debug, Serialize)]
+pub struct Completeness {
+    pub rows: u64,
+    pub pairs: u64,
+    pub max_rel_error: f64,
+    pub rms_rel_error: f64,
+}
+
+/// One transcoded MLP: its parts and upstream features per latent.
+pub struct HookTotals {
+    pub hook: String,
+    /// [d_sae, 4]: features, skip, bias, error.
+    pub parts: Vec<f64>,
+    /// Per latent: upstream feature → summed term.
+    pub upstream: Vec<HashMap<u32, f64>>,
+    /// The MLP's term against the sum of its four parts.
+    pub gaps: Gaps,
+    /// Per upstream feature: the tokens of the rows where it fires, counted.
+    pub feature_tokens: HashMap<u32, HashMap<i32, u32>>,
+    has_skip: bool,
+    k: usize,
+}
+
+/// Sums per latent over every row where it fires.
+pub struct Totals {
+    pub d_sae: usize,
+    /// The component columns: the cache's components, then [`BIAS`].
+    pub components: Vec<String>,
+    /// `L{l}H{h}`, block by block.
+    pub heads: Vec<String>,
+    pub rows: u64,
+    pub fire_count: Vec<u64>,
+    pub sum_pre: Vec<f64>,
+    /// [d_sae, components].
+    pub contribution: Vec<f64>,
+    /// [d_sae, heads].
+    pub head_contribution: Vec<f64>,
+    pub hooks: Vec<HookTotals>,
+    /// h against the sum of its component terms and bias.
+    pub gaps: Gaps,
+    /// Each block's attn_out term against the sum of its heads'.
+    pub head_gaps: Gaps,
+    /// Per latent: the tokens of the rows where it fires, counted.
+    pub latent_tokens: Vec<HashMap<i32, u32>>,
+    /// b_enc − b_dec·W_enc per latent (b_enc alone for a transcoder, which reads x uncentred).
+    bias: Vec<f64>,
+    channels: usize,
+    n_heads: usize,
+}
+
+fn latent_bias(setup: &AttributionSetup<'_>) -> Vec<f64> {
+    let p = setup.sae;
+    (0..p.d_sae)
+        .map(|i| {
+            let centre: f64 = match p.is_transcoder() {
+                true => 0.0,
+                false => (0..p.d_in)
+                    .map(|c| f64::from(p.b_dec[c]) * f64::from(p.w_enc[c * p.d_sae + i]))
+                    .sum(),
+            };
+            f64::from(p.b_enc[i]) - centre
+        })
+        .collect()
+}
+
+impl Totals {
+    pub(super) fn new(setup: &AttributionSetup<'_>, channels: usize, tc_ks: &[usize]) -> Self {
+        let d_sae = setup.sae.d_sae;
+        let mut components = setup.components.clone();
+        components.push(BIAS.to_string());
+        let (heads, n_heads) = match &setup.heads {
+            None => (Vec::new(), 0),
+            Some(h) => (
+                h.blocks
+                    .iter()
+                    .flat_map(|(l, _)| (0..h.n_heads).map(move |i| format!("L{l}H{i}")))
+                    .collect(),
+                h.n_heads,
+            ),
+        };
+        let hooks = setup
+            .transcoders
+            .iter()
+            .zip(tc_ks)
+            .map(|(tc, &k)| HookTotals {
+                hook: tc.hook.clone(),
+                parts: vec![0.0; d_sae * HOOK_PARTS.len()],
+                upstream: vec![HashMap::new(); d_sae],
+                gaps: Gaps::default(),
+                feature_tokens: HashMap::new(),
+                has_skip: tc.params.w_skip().is_some(),
+                k,
+            })
+            .collect();
+        Totals {
+            d_sae,
+            contribution: vec![0.0; d_sae * components.len()],
+            head_contribution: vec![0.0; d_sae * heads.len()],
+            components,
+            heads,
+            rows: 0,
+            fire_count: vec![0; d_sae],
+            sum_pre: vec![0.0; d_sae],
+            hooks,
+            gaps: Gaps::default(),
+            head_gaps: Gaps::default(),
+            latent_tokens: vec![HashMap::new(); d_sae],
+            bias: latent_bias(setup),
+            channels,
+            n_heads,
+        }
+    }
+
+    /// Adds one batch: every (row, selected latent) pair.
+    pub(super) fn add_batch(
+        &mut self,
+        setup: &AttributionSetup<'_>,
+        batch: &ComponentBatch,
+        idx: &[u32],
+        val: &[f32],
+        tc_rows: &[TranscoderRows],
+        terms: &Terms,
+    ) {
+        let rows = batch.rows;
+        let k = idx.len() / rows.max(1);
+        let d = setup.sae.d_in;
+        for r in 0..rows {
+            let f = row_factor(setup.sae, &batch.values[0][r * d..(r + 1) * d]);
+            for s in 0..k {
+                let e = r * k + s;
+                if val[e] == 0.0 {
+                    continue;
+                }
+                let i = idx[e] as usize;
+                if let Some(&token) = batch.tokens.get(r) {
+                    *self.latent_tokens[i].entry(token).or_insert(0) += 1;
+                }
+                let t = &terms.channels[e * self.channels..(e + 1) * self.channels];
+                let h = self.add_components(setup, i, t, f);
+                self.add_heads(setup, i, e, t, terms, f, h);
+                self.add_hooks(setup, (i, r, e), t, tc_rows, terms, f, h);
+            }
+        }
+        self.count_feature_tokens(batch, tc_rows);
+        self.rows += rows as u64;
+    }
+
+    /// Each upstream feature's tokens, over the rows where it fires.
+    fn count_feature_tokens(&mut self, batch: &ComponentBatch, tc_rows: &[TranscoderRows]) {
+        for (hook, tc) in self.hooks.iter_mut().zip(tc_rows) {
+            for (r, &token) in batch.tokens.iter().enumerate() {
+                for s in 0..hook.k {
+                    if tc.val[r * hook.k + s] != 0.0 {
+                        let counts = hook
+                            .feature_tokens
+                            .entry(tc.idx[r * hook.k + s])
+                            .or_default();
+                        *counts.entry(token).or_insert(0) += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The components' and bias' terms of latent i on one row; returns h.
+    fn add_components(&mut self, setup: &AttributionSetup<'_>, i: usize, t: &[f32], f: f64) -> f64 {
+        let n = setup.components.len();
+        let cols = n + 1;
+        let h = f * f64::from(t[0]) + self.bias[i];
+        let mut sum = self.bias[i];
+        for c in 0..n {
+            let part = f * f64::from(t[1 + c]);
+            self.contribution[i * cols + c] += part;
+            sum += part;
+        }
+        self.contribution[i * cols + n] += self.bias[i];
+        self.gaps.add(h - sum, h);
+        self.fire_count[i] += 1;
+        self.sum_pre[i] += h;
+        h
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_heads(
+        &mut self,
+        setup: &AttributionSetup<'_>,
+        i: usize,
+        e: usize,
+        t: &[f32],
+        terms: &Terms,
+        f: f64,
+        h: f64,
+    ) {
+        let Some(hw) = &setup.heads else { return };
+        let (nh, total) = (self.n_heads, self.heads.len());
+        for (b, (l, _)) in hw.blocks.iter().enumerate() {
+            let out = &terms.heads[b][e * nh..(e + 1) * nh];
+            let mut sum = 0.0;
+            for (hh, &v) in out.iter().enumerate() {
+                let part = f * f64::from(v);
+                self.head_contribution[i * total + b * nh + hh] += part;
+                sum += part;
+            }
+            let attn = format!("blocks.{l}.hook_attn_out");
+            if let Some(c) = setup.components.iter().position(|n| *n == attn) {
+                self.head_gaps.add(f * f64::from(t[1 + c]) - sum, h);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_hooks(
+        &mut self,
+        setup: &AttributionSetup<'_>,
+        (i, r, e): (usize, usize, usize),
+        t: &[f32],
+        tc_rows: &[TranscoderRows],
+        terms: &Terms,
+        f: f64,
+        h: f64,
+    ) {
+        // The transcoders' extra channels follow the residual and the components.
+        let mut extra = 1 + setup.components.len();
+        let parts = HOOK_PARTS.len();
+        for (n, hook) in self.hooks.iter_mut().enumerate() {
+            let (tc, up) = (&tc_rows[n], &terms.upstream[n]);
+            let mut features = 0.0;
+            let kt = hook.k;
+            for s in 0..kt {
+                let g = tc.val[r * kt + s];
+                if g == 0.0 {
+                    continue;
+                }
+                let term = f * f64::from(g) * f64::from(up[e * kt + s]);
+                *hook.upstream[i].entry(tc.idx[r * kt + s]).or_insert(0.0) += term;
+                features += term;
+            }
+            let skip = match hook.has_skip {
+                true => {
+                    extra += 1;
+                    f * f64::from(t[extra - 1])
+                }
+                false => 0.0,
+            };
+            let (bias, error) = (f * f64::from(t[extra]), f * f64::from(t[extra + 1]));
+            extra += 2;
+            for (p, v) in [features, skip, bias, error].into_iter().enumerate() {
+                hook.parts[i * parts + p] += v;
+            }
+            let c = setup
+                .components
+                .iter()
+                .position(|x| *x == hook.hook)
+                .unwrap_or(0);
+            hook.gaps.add(
+                f * f64::from(t[1 + c]) - (features + skip + bias + error),
+                h,
+            );
+        }
+    }
+
+    /// The completeness figures of attribution.json.
+    pub fn completeness(&self) -> Completeness {
+        Completeness {
+            rows: self.rows,
+            pairs: self.gaps.pairs,
+            max_rel_error: self.gaps.max_rel_error(),
+            rms_rel_error: self.gaps.rms_rel_error(),
+        }
+    }
+
+    pub(super) fn finish(&mut self) {}
+
+    /// `sum / fire_count` per latent and column (0 for latents that never fire).
+    pub fn means(&self, sums: &[f64], cols: usize) -> Vec<f32> {
+        (0..self.d_sae * cols)
+            .map(|e| {
+                let n = self.fire_count[e / cols.max(1)];
+                if n == 0 {
+                    0.0
+                } else {
+                    (sums[e] / n as f64) as f32
+                }
+            })
+            .collect()
+    }
+}
+
+/// The `n` most frequent tokens of a count, most frequent first (ties by id).
+pub fn top_tokens(counts: Option<&HashMap<i32, u32>>, n: usize) -> Vec<(i32, u32)> {
+    let mut v: Vec<(i32, u32)> = counts
+        .into_iter()
+        .flatten()
+        .map(|(&t, &c)| (t, c))
+        .collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(n);
+    v
+}

@@ -1,0 +1,375 @@
+//! The outputs of `sae attribute`: attribution.safetensors (per-latent means), one page per
+//! group (its members × components shares, heads, upstream features with their tokens),
+//! index.html, and attribution.json last, so a directory without it is an unfinished run.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde_json::json;
+use tokenizers::Tokenizer;
+
+use super::categories_report::{escape, page};
+use crate::analysis::attribute::{top_tokens, GroupReport, Totals, HOOK_PARTS};
+use crate::io::{write_atomic, write_json_atomic, write_safetensors, TensorOut};
+use crate::run::attribute::AttributeRequest;
+use crate::sae::formats::LoadedSae;
+
+/// Outputs whose presence says the run finished; removed before a run writes anything.
+const FINAL_OUTPUTS: [&str; 3] = ["attribution.json", "attribution.safetensors", "index.html"];
+/// Marks the link this report adds to a categories report (so it is added once).
+const LINK_MARK: &str = "<!-- sae attribute -->";
+
+pub struct ReportContext<'a> {
+    pub request: &'a AttributeRequest,
+    pub sae: &'a LoadedSae,
+    pub resid: &'a str,
+    pub cache_files: Vec<PathBuf>,
+    pub tokenizer: Option<&'a Tokenizer>,
+    pub seconds: f64,
+}
+
+impl ReportContext<'_> {
+    fn token(&self, t: i32) -> String {
+        match (self.tokenizer, u32::try_from(t)) {
+            (Some(tok), Ok(id)) => tok
+                .decode(&[id], false)
+                .unwrap_or_else(|_| format!("#{id}")),
+            _ => format!("#{t}"),
+        }
+    }
+
+    fn tokens(&self, counts: Option<&HashMap<i32, u32>>) -> String {
+        top_tokens(counts, 8)
+            .iter()
+            .map(|(t, c)| format!("{} ({c})", escape(&format!("{:?}", self.token(*t)))))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn prepare(out: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let mut stale: Vec<PathBuf> = FINAL_OUTPUTS.iter().map(|n| out.join(n)).collect();
+    if let Ok(entries) = std::fs::read_dir(out) {
+        stale.extend(
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("group-") && n.ends_with(".html"))
+                }),
+        );
+    }
+    for path in stale.into_iter().filter(|p| p.exists()) {
+        std::fs::remove_file(&path)
+            .with_context(|| format!("{}: cannot replace", path.display()))?;
+    }
+    Ok(())
+}
+
+pub fn write_report(
+    out: &Path,
+    totals: &Totals,
+    groups: &[GroupReport],
+    context: &ReportContext<'_>,
+) -> anyhow::Result<()> {
+    prepare(out)?;
+    write_tensors(&out.join("attribution.safetensors"), totals)?;
+    for g in groups {
+        write_atomic(
+            &out.join(page_name(&g.id)),
+            group_page(g, totals, context).as_bytes(),
+        )?;
+    }
+    write_atomic(
+        &out.join("index.html"),
+        index_page(groups, totals, context).as_bytes(),
+    )?;
+    if let Some(dir) = &context.request.groups.categories {
+        link_from_categories(dir, out)?;
+    }
+    write_json_atomic(
+        &out.join("attribution.json"),
+        &attribution_json(totals, groups, context),
+    )
+}
+
+fn page_name(id: &str) -> String {
+    format!("group-{id}.html")
+}
+
+fn write_tensors(path: &Path, totals: &Totals) -> anyhow::Result<()> {
+    let d = totals.d_sae;
+    let (nc, nh) = (totals.components.len(), totals.heads.len());
+    let mut tensors = vec![
+        TensorOut::f32(
+            "mean_contribution",
+            &[d, nc],
+            &totals.means(&totals.contribution, nc),
+        ),
+        TensorOut::f32("mean_pre", &[d], &totals.means(&totals.sum_pre, 1)),
+        TensorOut::i64(
+            "fire_count",
+            &[d],
+            &totals
+                .fire_count
+                .iter()
+                .map(|&c| c as i64)
+                .collect::<Vec<_>>(),
+        ),
+    ];
+    if nh > 0 {
+        let means = totals.means(&totals.head_contribution, nh);
+        tensors.push(TensorOut::f32("mean_head_contribution", &[d, nh], &means));
+    }
+    for hook in &totals.hooks {
+        let means = totals.means(&hook.parts, HOOK_PARTS.len());
+        tensors.push(TensorOut::f32(
+            &format!("{}.parts", hook.hook),
+            &[d, HOOK_PARTS.len()],
+            &means,
+        ));
+    }
+    let metadata = HashMap::from([
+        ("components".to_string(), totals.components.join(",")),
+        ("heads".to_string(), totals.heads.join(",")),
+        ("hook_parts".to_string(), HOOK_PARTS.join(",")),
+    ]);
+    write_safetensors(path, &tensors, Some(metadata))
+}
+
+fn attribution_json(
+    totals: &Totals,
+    groups: &[GroupReport],
+    c: &ReportContext<'_>,
+) -> serde_json::Value {
+    let r = c.request;
+    let mut value = json!({
+        "sae": c.sae.dir.display().to_string(),
+        "provenance": c.sae.provenance,
+        "caches": c.cache_files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "residual": c.resid,
+        "rows": totals.rows,
+        "components": totals.components,
+        "heads": totals.heads,
+        "completeness": totals.completeness(),
+        "null": {
+            "draws": r.null.draws,
+            "seed": r.null.seed,
+            "alpha": r.null.alpha,
+            "matching": "each member's partner drawn from the same decile of firing count among live latents, none of the group",
+            "families": "components; heads; per transcoded hook its parts and its upstream features; mechanism similarity — each group's p compared with alpha / families",
+        },
+        "seconds": c.seconds,
+        "groups": groups,
+    });
+    if !totals.heads.is_empty() {
+        value["head_completeness"] = json!({
+            "max_rel_error": totals.head_gaps.max_rel_error(),
+            "rms_rel_error": totals.head_gaps.rms_rel_error(),
+        });
+    }
+    value["transcoders"] = json!(totals
+        .hooks
+        .iter()
+        .zip(&r.transcoders)
+        .map(|(h, (_, dir))| json!({
+            "hook": h.hook,
+            "transcoder": dir.display().to_string(),
+            "parts": HOOK_PARTS,
+            "completeness": {
+                "max_rel_error": h.gaps.max_rel_error(),
+                "rms_rel_error": h.gaps.rms_rel_error(),
+            },
+        }))
+        .collect::<Vec<_>>());
+    value
+}
+
+fn significant_names(g: &GroupReport) -> Vec<String> {
+    let mut names: Vec<String> = g
+        .components
+        .iter()
+        .chain(&g.heads)
+        .filter(|w| w.significant)
+        .map(|w| w.name.clone())
+        .collect();
+    names.extend(
+        g.upstream
+            .iter()
+            .filter(|u| u.significant)
+            .map(|u| format!("{}#{}", u.hook, u.feature)),
+    );
+    names
+}
+
+fn index_page(groups: &[GroupReport], totals: &Totals, c: &ReportContext<'_>) -> String {
+    let comp = totals.completeness();
+    let mut body = format!(
+        "<h1>Attribution</h1><p>{} rows of {}; {} (row, latent) pairs; parts sum to the pre-activation within {:.1e} (max) / {:.1e} (RMS) relative.</p>",
+        comp.rows,
+        escape(c.resid),
+        comp.pairs,
+        comp.max_rel_error,
+        comp.rms_rel_error
+    );
+    body.push_str("<table><tr><th>group</th><th>members</th><th>top writer (share, z)</th><th>similarity (p)</th><th>significant</th></tr>");
+    for g in groups {
+        let top = g
+            .components
+            .iter()
+            .filter(|w| w.name != "bias")
+            .max_by(|a, b| {
+                a.z.unwrap_or(f64::INFINITY)
+                    .total_cmp(&b.z.unwrap_or(f64::INFINITY))
+            });
+        let top = top.map_or(String::new(), |w| {
+            format!("{} ({:.3}, {})", escape(&w.name), w.share, fmt_z(w.z))
+        });
+        let _ = write!(
+            body,
+            "<tr><td class=l><a href=\"{}\">{}</a></td><td>{}</td><td class=l>{top}</td><td>{:.3} ({:.3})</td><td class=l>{}</td></tr>",
+            page_name(&g.id),
+            escape(&g.id),
+            g.members.len(),
+            g.mechanism_similarity.value,
+            g.mechanism_similarity.p,
+            escape(&significant_names(g).join(", "))
+        );
+    }
+    body.push_str("</table>");
+    page("Attribution", &body)
+}
+
+fn fmt_z(z: Option<f64>) -> String {
+    z.map_or("∞".into(), |z| format!("z {z:.1}"))
+}
+
+/// A share as a cell shaded by its size (blue up, red down), for the members × components map.
+fn shade(v: f64) -> String {
+    let a = (v.abs().min(1.0) * 0.85).clamp(0.0, 0.85);
+    let colour = if v >= 0.0 {
+        (60, 110, 200)
+    } else {
+        (200, 70, 60)
+    };
+    format!(
+        "<td style=\"background:rgba({},{},{},{a:.2})\">{v:.2}</td>",
+        colour.0, colour.1, colour.2
+    )
+}
+
+fn writers_table(
+    title: &str,
+    writers: &[crate::analysis::attribute::groups::Writer],
+    top: usize,
+) -> String {
+    let mut sorted: Vec<_> = writers.iter().collect();
+    sorted.sort_by(|a, b| b.share.total_cmp(&a.share));
+    let mut s = format!("<h2>{title}</h2><table><tr><th>writer</th><th>share</th><th>null mean</th><th>z</th><th>p</th></tr>");
+    for w in sorted.iter().take(top) {
+        let _ = write!(
+            s,
+            "<tr><td class=l>{}{}</td><td>{:.4}</td><td>{:.4}</td><td>{}</td><td>{:.4}</td></tr>",
+            escape(&w.name),
+            if w.significant { " ✱" } else { "" },
+            w.share,
+            w.null_mean,
+            fmt_z(w.z),
+            w.p
+        );
+    }
+    s.push_str("</table>");
+    s
+}
+
+fn group_page(g: &GroupReport, totals: &Totals, c: &ReportContext<'_>) -> String {
+    let s = &g.mechanism_similarity;
+    let mut body = format!(
+        "<h1>{}</h1><p>{} members ({} fire), {} (row, member) pairs. Significant (✱) means p &lt; {:.4} (0.01 over the group's families). Mechanism similarity {:.3} (null {:.3}, {}, p {:.4}).</p>",
+        escape(&g.id), g.members.len(), g.live_members, g.rows, g.alpha, s.value, s.null_mean, fmt_z(s.z), s.p
+    );
+    body.push_str(&writers_table(
+        "Components",
+        &g.components,
+        g.components.len(),
+    ));
+    body.push_str("<h2>Members × components</h2><p>Each member's summed terms over its firing rows divided by its summed pre-activation.</p><table><tr><th>member</th>");
+    let names = &totals.components[..totals.components.len() - 1];
+    for n in names {
+        let short = n.replace("blocks.", "").replace(".hook_", " ");
+        let _ = write!(body, "<th>{}</th>", escape(&short));
+    }
+    body.push_str("<th>top tokens</th></tr>");
+    for (i, profile) in &g.member_profiles {
+        let _ = write!(body, "<tr><td>{i}</td>");
+        for v in profile {
+            body.push_str(&shade(*v));
+        }
+        let _ = write!(
+            body,
+            "<td class=l>{}</td></tr>",
+            c.tokens(totals.latent_tokens.get(*i))
+        );
+    }
+    body.push_str("</table>");
+    if !g.heads.is_empty() {
+        body.push_str(&writers_table("Top heads", &g.heads, 12));
+    }
+    for hook in &totals.hooks {
+        let _ = write!(body, "<h2>Upstream features of {}</h2><table><tr><th>feature</th><th>share</th><th>null mean</th><th>z</th><th>p</th><th>tokens where it fires</th></tr>", escape(&hook.hook));
+        for u in g.upstream.iter().filter(|u| u.hook == hook.hook) {
+            let _ = write!(
+                body,
+                "<tr><td>{}{}</td><td>{:.4}</td><td>{:.4}</td><td>{}</td><td>{:.4}</td><td class=l>{}</td></tr>",
+                u.feature,
+                if u.significant { " ✱" } else { "" },
+                u.share,
+                u.null_mean,
+                fmt_z(u.z),
+                u.p,
+                c.tokens(hook.feature_tokens.get(&u.feature))
+            );
+        }
+        body.push_str("</table>");
+        let parts: Vec<_> = g
+            .hook_parts
+            .iter()
+            .filter(|p| p.hook == hook.hook)
+            .map(|p| p.writer.clone())
+            .collect();
+        body.push_str(&writers_table(
+            &format!("Parts of {}", escape(&hook.hook)),
+            &parts,
+            parts.len(),
+        ));
+    }
+    body.push_str("<p><a href=\"index.html\">all groups</a></p>");
+    page(&g.id, &body)
+}
+
+/// Adds a link to this report at the end of the categories report's index (once).
+fn link_from_categories(dir: &Path, out: &Path) -> anyhow::Result<()> {
+    let index = dir.join("index.html");
+    let Ok(text) = std::fs::read_to_string(&index) else {
+        return Ok(());
+    };
+    let target =
+        std::path::absolute(out.join("index.html")).unwrap_or_else(|_| out.join("index.html"));
+    let link = format!(
+        "{LINK_MARK}<p>What writes these categories: <a href=\"file://{}\">attribution</a></p>",
+        escape(&target.display().to_string())
+    );
+    let kept: Vec<&str> = text.lines().filter(|l| !l.contains(LINK_MARK)).collect();
+    let mut updated = kept.join("\n");
+    match updated.rfind("</body>") {
+        Some(at) => updated.insert_str(at, &format!("{link}\n")),
+        None => updated.push_str(&link),
+    }
+    updated.push('\n');
+    write_atomic(&index, updated.as_bytes())
+}

@@ -1,0 +1,198 @@
+//! `sae attribute`'s pass against the f64 reference (tests/common/attribution.rs) on a random
+//! cache at shapes that are not multiples of anything (d 33, 77 latents, 301 rows over two
+//! files, batches of 64, three heads of 11, a skip-transcoder of 19 features): firing counts
+//! exactly, every summed term to 1e-5, and the parts summing to each pre-activation (the
+//! completeness figures) to 1e-5.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::attribution::{reference_totals, RefCache};
+use common::{assert_close, gpu, random_sae, random_vec, rng, temp_dir};
+use sae_wgpu::analysis::attribute::{attribute, AttributionSetup, HeadWeights, TranscoderSpec};
+use sae_wgpu::data::ComponentCache;
+use sae_wgpu::io::{write_safetensors, TensorOut};
+use sae_wgpu::sae::params::Activation;
+
+const D: usize = 33;
+const ROWS: usize = 301;
+const HEADS: usize = 3;
+const D_HEAD: usize = 11;
+const BLOCKS: usize = 2;
+
+fn component_names() -> Vec<String> {
+    let mut names = vec!["hook_embed".to_string()];
+    for l in 0..BLOCKS {
+        names.push(format!("blocks.{l}.hook_attn_out"));
+        names.push(format!("blocks.{l}.hook_mlp_out"));
+    }
+    names
+}
+
+/// attn_out = z·o_projᵀ, in f64.
+fn heads_out(z: &[f32], o: &[f32]) -> Vec<f32> {
+    let width = HEADS * D_HEAD;
+    (0..ROWS * D)
+        .map(|e| {
+            let (r, c) = (e / D, e % D);
+            (0..width)
+                .map(|t| f64::from(z[r * width + t]) * f64::from(o[c * width + t]))
+                .sum::<f64>() as f32
+        })
+        .collect()
+}
+
+fn random_cache() -> RefCache {
+    let mut r = rng(2800);
+    let mut components = vec![random_vec(&mut r, ROWS * D, 1.0)];
+    let mut heads = Vec::new();
+    for _ in 0..BLOCKS {
+        let z = random_vec(&mut r, ROWS * HEADS * D_HEAD, 1.0);
+        let o = random_vec(&mut r, D * HEADS * D_HEAD, 0.3);
+        components.push(heads_out(&z, &o));
+        components.push(random_vec(&mut r, ROWS * D, 1.0));
+        heads.push((z, o));
+    }
+    let resid = (0..ROWS * D)
+        .map(|e| components.iter().map(|c| f64::from(c[e])).sum::<f64>() as f32)
+        .collect();
+    RefCache {
+        rows: ROWS,
+        d: D,
+        components,
+        resid,
+        heads,
+        n_heads: HEADS,
+        tc_input: random_vec(&mut r, ROWS * D, 1.0),
+        tc_component: 4,
+    }
+}
+
+/// Writes the cache as two files (rows 0..200 and 200..301).
+fn write_cache(cache: &RefCache, dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let names = component_names();
+    [(0, 200), (200, ROWS)]
+        .iter()
+        .enumerate()
+        .map(|(f, &(a, b))| {
+            let n = b - a;
+            let rows = |v: &[f32], w: usize| v[a * w..b * w].to_vec();
+            let mut t: Vec<TensorOut> = names
+                .iter()
+                .zip(&cache.components)
+                .map(|(name, c)| TensorOut::f32(name, &[n, D], &rows(c, D)))
+                .collect();
+            for (l, (z, _)) in cache.heads.iter().enumerate() {
+                let name = format!("blocks.{l}.attn.hook_z");
+                t.push(TensorOut::f32(
+                    &name,
+                    &[n, HEADS, D_HEAD],
+                    &rows(z, HEADS * D_HEAD),
+                ));
+            }
+            t.push(TensorOut::f32(
+                "blocks.1.ln2.hook_normalized",
+                &[n, D],
+                &rows(&cache.tc_input, D),
+            ));
+            t.push(TensorOut::f32(
+                "blocks.1.hook_resid_post",
+                &[n, D],
+                &rows(&cache.resid, D),
+            ));
+            let path = dir.join(format!("components_{f:04}.safetensors"));
+            write_safetensors(&path, &t, None).unwrap();
+            path
+        })
+        .collect()
+}
+
+#[test]
+fn attribution_matches_the_f64_reference() {
+    let Some(gpu) = gpu() else { return };
+    let dir = temp_dir("attribution-reference");
+    let cache = random_cache();
+    let files = write_cache(&cache, &dir);
+    let sae = random_sae(2801, D, 77, Activation::TopK { k: 7 });
+    let mut r = rng(2802);
+    let mut tc = random_sae(2803, D, 19, Activation::TopK { k: 5 }).into_transcoder(
+        D,
+        random_vec(&mut r, 19 * D, 0.5),
+        true,
+    );
+    tc.b_dec = random_vec(&mut r, D, 0.3);
+    if let Some(t) = tc.transcoder.as_mut() {
+        t.w_skip = Some(random_vec(&mut r, D * D, 0.2));
+    }
+    let want = reference_totals(&sae, &cache, &tc);
+    let setup = AttributionSetup {
+        sae: &sae,
+        cache: Arc::new(ComponentCache::open(&files).unwrap()),
+        resid: "blocks.1.hook_resid_post".into(),
+        components: component_names(),
+        heads: Some(HeadWeights {
+            n_heads: HEADS,
+            d_head: D_HEAD,
+            blocks: cache
+                .heads
+                .iter()
+                .enumerate()
+                .map(|(l, (_, o))| (l, o.clone()))
+                .collect(),
+        }),
+        transcoders: vec![TranscoderSpec {
+            hook: "blocks.1.hook_mlp_out".into(),
+            input: "blocks.1.ln2.hook_normalized".into(),
+            params: tc.clone(),
+        }],
+        batch_rows: 64,
+        cap: 256,
+    };
+    let got = attribute(gpu, &setup, |_| {}).unwrap();
+    assert_eq!(got.rows, ROWS as u64);
+    assert_eq!(got.fire_count, want.fire_count, "the same latents fire");
+    let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    assert_close("sum_pre", &f32s(&got.sum_pre), &want.sum_pre, 1e-5);
+    assert_close(
+        "contribution",
+        &f32s(&got.contribution),
+        &want.contribution,
+        1e-5,
+    );
+    assert_close("heads", &f32s(&got.head_contribution), &want.heads, 1e-5);
+    assert_close(
+        "transcoder parts",
+        &f32s(&got.hooks[0].parts),
+        &want.parts,
+        1e-5,
+    );
+    let dense = |maps: &[std::collections::HashMap<u32, f64>]| -> Vec<f64> {
+        let mut out = vec![0.0; 77 * 19];
+        for (i, m) in maps.iter().enumerate() {
+            for (&j, &v) in m {
+                out[i * 19 + j as usize] = v;
+            }
+        }
+        out
+    };
+    let up = dense(&got.hooks[0].upstream);
+    assert_close("upstream", &f32s(&up), &dense(&want.upstream), 1e-5);
+    let c = got.completeness();
+    assert_eq!(c.pairs, got.fire_count.iter().sum::<u64>());
+    assert!(
+        c.max_rel_error <= 1e-5,
+        "parts miss h by {}",
+        c.max_rel_error
+    );
+    assert!(
+        got.head_gaps.max_rel_error() <= 1e-5,
+        "heads miss attn_out by {}",
+        got.head_gaps.max_rel_error()
+    );
+    let tc_gap = got.hooks[0].gaps.max_rel_error();
+    assert!(
+        tc_gap <= 1e-5,
+        "the transcoder's parts miss mlp_out by {tc_gap}"
+    );
+}
