@@ -337,7 +337,12 @@ fn bad_inputs_are_one_line_and_write_nothing() {
     t.1[0] = 19;
     t.2.truncate(19 * 8);
     let short = short.write(&dir.join("short.safetensors"));
-    run(&sae8, &short, &members, &["short.safetensors", "19 rows"]);
+    run(
+        &sae8,
+        &short,
+        &members,
+        &["short.safetensors", "blocks.0.hook_mlp_out", "19"],
+    );
 
     let mut broken = tiny_cache();
     broken.tensor("blocks.0.hook_attn_out").2[5] += 1.0;
@@ -362,6 +367,20 @@ fn bad_inputs_are_one_line_and_write_nothing() {
         &["missing.safetensors", "no tensor 'hook_embed'"],
     );
     run(&sae8, &good, &[], &["no groups"]);
+    let t = format!("blocks.0.hook_mlp_out={}", tc9.display());
+    run(
+        &sae8,
+        &good,
+        &[
+            "--members",
+            "0,1",
+            "--transcoder",
+            &t,
+            "--null-draws",
+            "300",
+        ],
+        &["--null-draws 300", "use at least 400"],
+    );
     // And the good cache works.
     sae_ok(&[
         "attribute",
@@ -373,7 +392,153 @@ fn bad_inputs_are_one_line_and_write_nothing() {
         "--members",
         "0,1,2",
         "--null-draws",
-        "50",
+        "200",
     ]);
     assert!(out.join("attribution.json").is_file());
+}
+
+/// The f64 values of every number in a JSON value, in document order.
+fn numbers(v: &Value, out: &mut Vec<f64>) {
+    match v {
+        Value::Number(n) => out.push(n.as_f64().unwrap()),
+        Value::Array(a) => a.iter().for_each(|x| numbers(x, out)),
+        Value::Object(o) => o.values().for_each(|x| numbers(x, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn parts_merge_into_one_pass() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let dir = temp_dir("attribute-parts");
+    let synth = dir.join("synth");
+    sae_ok(&[
+        "synth",
+        "--components",
+        "--out",
+        synth.to_str().unwrap(),
+        "--d-in",
+        "32",
+        "--n-features",
+        "64",
+        "--rows-per-shard",
+        "900",
+        "--mean-active",
+        "3",
+        "--seed",
+        "5",
+    ]);
+    let cache = synth.join("cache");
+    // A second file of other rows: the same toy model, another seed's rows.
+    let other = dir.join("other");
+    sae_ok(&[
+        "synth",
+        "--components",
+        "--out",
+        other.to_str().unwrap(),
+        "--d-in",
+        "32",
+        "--n-features",
+        "64",
+        "--rows-per-shard",
+        "700",
+        "--mean-active",
+        "3",
+        "--seed",
+        "5",
+    ]);
+    std::fs::copy(
+        other.join("cache/components_0000.safetensors"),
+        cache.join("components_0001.safetensors"),
+    )
+    .unwrap();
+    let tc = format!(
+        "blocks.1.hook_mlp_out={}",
+        synth.join("transcoder").display()
+    );
+    let model = synth.join("cache/writers.safetensors");
+    let sae = synth.join("sae");
+    let common_args = |out: &Path| -> Vec<String> {
+        [
+            "attribute",
+            sae.to_str().unwrap(),
+            cache.to_str().unwrap(),
+            "--quiet",
+            "--model",
+            model.to_str().unwrap(),
+            "--transcoder",
+            &tc,
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let groups = [
+        "--members",
+        "0,1,2,3,4",
+        "--members",
+        "5,6,7,8,9",
+        "--random-groups",
+        "3",
+    ];
+    let whole = dir.join("whole");
+    let mut args = common_args(&whole);
+    args.extend(groups.iter().map(|s| s.to_string()));
+    sae_ok(&args);
+    for i in 0..2 {
+        let mut args = common_args(&dir.join(format!("part{i}")));
+        args.extend(["--part".to_string(), format!("{i}/2")]);
+        sae_ok(&args);
+    }
+    let merged = dir.join("merged");
+    let (p0, p1) = (dir.join("part0"), dir.join("part1"));
+    let mut args = vec![
+        "attribute",
+        "merge",
+        p0.to_str().unwrap(),
+        p1.to_str().unwrap(),
+        "--quiet",
+        "--out",
+        merged.to_str().unwrap(),
+    ];
+    args.extend(groups);
+    sae_ok(&args);
+    let read = |d: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("attribution.json")).unwrap()).unwrap()
+    };
+    let (a, b) = (read(&whole), read(&merged));
+    for key in ["completeness", "groups", "components", "heads", "rows"] {
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        numbers(&a[key], &mut x);
+        numbers(&b[key], &mut y);
+        assert_eq!(x.len(), y.len(), "{key}");
+        for (u, v) in x.iter().zip(&y) {
+            assert!(
+                (u - v).abs() <= 1e-9 * u.abs().max(1.0),
+                "{key}: {u} against {v}"
+            );
+        }
+    }
+    let flags = |v: &Value| v.to_string().matches("\"significant\":true").count();
+    assert_eq!(flags(&a["groups"]), flags(&b["groups"]));
+    assert!(flags(&a["groups"]) >= 2, "the planted groups are found");
+    // A part missing is one line naming it.
+    let alone = dir.join("alone");
+    sae_fails(
+        &[
+            "attribute",
+            "merge",
+            p0.to_str().unwrap(),
+            "--out",
+            alone.to_str().unwrap(),
+            "--members",
+            "0,1",
+        ],
+        &["1/2 are missing"],
+    );
+    assert!(!alone.join("attribution.json").exists());
 }

@@ -5,23 +5,25 @@
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail};
-use clap::Args;
+use clap::{Args, Subcommand};
 
 use super::GpuArgs;
 use crate::analysis::attribute::{GroupReport, NullConfig};
-use crate::run::attribute::{run_attribute, AttributeRequest, GroupSources};
+use crate::data::parts::Part;
+use crate::run::attribute::{
+    merge_attribute, run_attribute, AttributeReport, AttributeRequest, GroupSources,
+};
 use crate::sae::forward::DEFAULT_CAP;
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct AttributeArgs {
+    #[command(subcommand)]
+    merge: Option<AttributeCommand>,
     /// SAE directory: sparsify, SAELens, or a `sae train` run directory.
-    sae: PathBuf,
+    sae: Option<PathBuf>,
     /// Component caches (scripts/cache_components.py): files or directories.
-    #[arg(required = true)]
     caches: Vec<PathBuf>,
-    /// Output directory: attribution.json, attribution.safetensors, index.html, group pages.
-    #[arg(long)]
-    out: PathBuf,
     /// A sparsify run saved for several hookpoints: the one to use.
     #[arg(long)]
     hookpoint: Option<String>,
@@ -33,6 +35,42 @@ pub struct AttributeArgs {
     /// bias and error (the cache must hold blocks.N.ln2.hook_normalized). Repeatable.
     #[arg(long, value_name = "HOOK=DIR")]
     transcoder: Vec<String>,
+    /// Only part I of N of the cache files (sorted by path, balanced by rows): writes the
+    /// part's sums into --out for `sae attribute merge`.
+    #[arg(long, value_name = "I/N")]
+    part: Option<Part>,
+    /// Rows per GPU batch.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// ReLU / JumpReLU SAEs: latents kept per row.
+    #[arg(long, default_value_t = DEFAULT_CAP)]
+    cap: usize,
+    #[command(flatten)]
+    groups: GroupArgs,
+    #[command(flatten)]
+    gpu: GpuArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum AttributeCommand {
+    /// Add the sums of `sae attribute --part I/N` outputs into one pass's, then test the
+    /// groups and write the report.
+    Merge {
+        /// The parts' output directories.
+        #[arg(required = true)]
+        parts: Vec<PathBuf>,
+        #[command(flatten)]
+        groups: GroupArgs,
+    },
+}
+
+/// The groups, their null and the report (a pass's or a merge's).
+#[derive(Args, Debug)]
+struct GroupArgs {
+    /// Output directory: attribution.json, attribution.safetensors, index.html, group pages
+    /// (a part's sums with --part). Required.
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// A group of latents, comma-separated. Repeatable: each is one group.
     #[arg(long)]
     members: Vec<String>,
@@ -40,8 +78,11 @@ pub struct AttributeArgs {
     #[arg(long)]
     categories: Option<PathBuf>,
     /// With --categories: only this feature's category.
-    #[arg(long)]
+    #[arg(long, requires = "categories", conflicts_with = "top")]
     feature: Option<usize>,
+    /// With --categories: only the N best-ranked significant categories.
+    #[arg(long, requires = "categories")]
+    top: Option<usize>,
     /// Also attribute this many random groups of live latents (the calibration: at the
     /// level used, about 1 in 100 should show a significant writer).
     #[arg(long, default_value_t = 0)]
@@ -60,17 +101,9 @@ pub struct AttributeArgs {
     /// tokenizer.json: tokens shown as text in the pages.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// Rows per GPU batch.
-    #[arg(long, default_value_t = 256)]
-    batch_size: usize,
-    /// ReLU / JumpReLU SAEs: latents kept per row.
-    #[arg(long, default_value_t = DEFAULT_CAP)]
-    cap: usize,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
-    #[command(flatten)]
-    gpu: GpuArgs,
 }
 
 fn parse_members(text: &str) -> anyhow::Result<Vec<usize>> {
@@ -93,32 +126,40 @@ fn parse_transcoder(text: &str) -> anyhow::Result<(String, PathBuf)> {
     }
 }
 
-fn request(args: &AttributeArgs) -> anyhow::Result<AttributeRequest> {
-    if args.null_draws < 10 {
+/// The request of a pass (`part_of_job`: groups are left to the merge) or of a merge.
+fn request(
+    args: &AttributeArgs,
+    g: &GroupArgs,
+    part_of_job: bool,
+) -> anyhow::Result<AttributeRequest> {
+    let Some(out) = g.out.clone() else {
+        bail!("--out DIR is required (where the report, or a part's sums, go)");
+    };
+    if g.null_draws < 10 {
         bail!(
             "--null-draws {}: at least 10 draws are needed for a null",
-            args.null_draws
+            g.null_draws
         );
     }
-    if !(args.alpha > 0.0 && args.alpha < 1.0) {
-        bail!("--alpha {}: must lie in (0, 1)", args.alpha);
+    if !(g.alpha > 0.0 && g.alpha < 1.0) {
+        bail!("--alpha {}: must lie in (0, 1)", g.alpha);
     }
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let members = args
+    let members = g
         .members
         .iter()
         .map(|m| parse_members(m))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    if members.is_empty() && args.categories.is_none() && args.random_groups == 0 {
+    if !part_of_job && members.is_empty() && g.categories.is_none() && g.random_groups == 0 {
         bail!("no groups: give --members, --categories DIR or --random-groups N");
     }
     Ok(AttributeRequest {
-        sae: args.sae.clone(),
+        sae: args.sae.clone().unwrap_or_default(),
         hookpoint: args.hookpoint.clone(),
         caches: args.caches.clone(),
-        out: args.out.clone(),
+        out,
         model: args.model.clone(),
         transcoders: args
             .transcoder
@@ -127,21 +168,23 @@ fn request(args: &AttributeArgs) -> anyhow::Result<AttributeRequest> {
             .collect::<anyhow::Result<_>>()?,
         groups: GroupSources {
             members,
-            categories: args.categories.clone(),
-            feature: args.feature,
-            random: args.random_groups,
-            random_size: args.random_size,
+            categories: g.categories.clone(),
+            feature: g.feature,
+            top: g.top,
+            random: g.random_groups,
+            random_size: g.random_size,
         },
         null: NullConfig {
-            draws: args.null_draws,
-            seed: args.seed,
-            alpha: args.alpha,
+            draws: g.null_draws,
+            seed: g.seed,
+            alpha: g.alpha,
         },
-        tokenizer: args.tokenizer.clone(),
+        tokenizer: g.tokenizer.clone(),
         batch_rows: args.batch_size,
         cap: args.cap,
         adapter: args.gpu.request(),
-        quiet: args.quiet,
+        quiet: g.quiet,
+        part: args.part,
     })
 }
 
@@ -182,9 +225,7 @@ fn print_group(g: &GroupReport) {
     );
 }
 
-pub fn run(args: AttributeArgs) -> anyhow::Result<()> {
-    let request = request(&args)?;
-    let report = run_attribute(&request)?;
+fn print_report(report: &AttributeReport, out: &std::path::Path) {
     let c = report.totals.completeness();
     println!(
         "{} rows, {} (row, latent) pairs in {:.1} s; parts sum to h within {:.1e} (max relative)",
@@ -193,6 +234,34 @@ pub fn run(args: AttributeArgs) -> anyhow::Result<()> {
     for g in &report.groups {
         print_group(g);
     }
-    println!("report: {}", request.out.join("index.html").display());
+    match &report.part {
+        Some(p) => println!(
+            "part {}/{}: {} of {} rows; sums in {} (combine with `sae attribute merge`)",
+            p.index,
+            p.count,
+            p.rows,
+            p.total_rows,
+            out.display()
+        ),
+        None => println!("report: {}", out.join("index.html").display()),
+    }
+}
+
+pub fn run(args: AttributeArgs) -> anyhow::Result<()> {
+    if let Some(AttributeCommand::Merge { parts, groups }) = &args.merge {
+        let request = request(&args, groups, false)?;
+        let report = merge_attribute(parts, &request)?;
+        println!("merged {} parts", parts.len());
+        print_report(&report, &request.out);
+        return Ok(());
+    }
+    const USAGE: &str =
+        "usage: sae attribute SAE CACHE… --out DIR (or sae attribute merge PARTS… --out DIR)";
+    if args.sae.is_none() || args.caches.is_empty() {
+        bail!("{USAGE}");
+    }
+    let request = request(&args, &args.groups, args.part.is_some())?;
+    let report = run_attribute(&request)?;
+    print_report(&report, &request.out);
     Ok(())
 }

@@ -67,7 +67,10 @@ impl CacheFile {
             })?;
             let mut rows: Option<(usize, String)> = None;
             let (mut floats, mut ints) = (BTreeMap::new(), BTreeMap::new());
-            for (name, view) in st.tensors() {
+            let mut tensors = st.tensors();
+            // In name order, so that errors are the same whatever the header's order.
+            tensors.sort_by(|a, b| a.0.cmp(&b.0));
+            for (name, view) in tensors {
                 if WINDOW_TENSORS.contains(&name.as_str()) {
                     continue;
                 }

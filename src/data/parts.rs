@@ -83,29 +83,38 @@ fn boundaries(rows: &[u64], count: usize) -> Vec<usize> {
 }
 
 /// The shards of `part` (sorted by path, balanced by rows), and what it covers.
-pub fn split(mut shards: Vec<Shard>, part: Part) -> Result<(Vec<Shard>, PartInfo), DataError> {
-    shards.sort_by(|a, b| a.path.cmp(&b.path));
-    if part.count > shards.len() {
+pub fn split(shards: Vec<Shard>, part: Part) -> Result<(Vec<Shard>, PartInfo), DataError> {
+    split_by(shards, |s| (s.path.as_path(), s.rows as u64), part)
+}
+
+/// [`split`] for any whole files: `of` gives each one's path and rows.
+pub fn split_by<T>(
+    mut files: Vec<T>,
+    of: impl Fn(&T) -> (&std::path::Path, u64),
+    part: Part,
+) -> Result<(Vec<T>, PartInfo), DataError> {
+    files.sort_by(|a, b| of(a).0.cmp(of(b).0));
+    if part.count > files.len() {
         return Err(DataError::Input(format!(
             "--part {}/{}: {} parts but only {} shards; parts are whole shards",
             part.index,
             part.count,
             part.count,
-            shards.len()
+            files.len()
         )));
     }
-    let rows: Vec<u64> = shards.iter().map(|s| s.rows as u64).collect();
+    let rows: Vec<u64> = files.iter().map(|f| of(f).1).collect();
     let total_rows: u64 = rows.iter().sum();
-    let total_shards = shards.len();
+    let total_shards = files.len();
     let starts = boundaries(&rows, part.count);
     let start = starts[part.index];
-    let end = starts.get(part.index + 1).copied().unwrap_or(shards.len());
-    let mine: Vec<Shard> = shards.drain(start..end).collect();
+    let end = starts.get(part.index + 1).copied().unwrap_or(files.len());
+    let mine: Vec<T> = files.drain(start..end).collect();
     let info = PartInfo {
         index: part.index,
         count: part.count,
-        shards: mine.iter().map(|s| s.path.display().to_string()).collect(),
-        rows: mine.iter().map(|s| s.rows as u64).sum(),
+        shards: mine.iter().map(|f| of(f).0.display().to_string()).collect(),
+        rows: mine.iter().map(|f| of(f).1).sum(),
         total_shards,
         total_rows,
     };

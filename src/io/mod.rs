@@ -74,6 +74,15 @@ impl TensorOut {
         }
     }
 
+    pub fn f64(name: &str, shape: &[usize], data: &[f64]) -> Self {
+        TensorOut {
+            name: name.to_string(),
+            dtype: Dtype::F64,
+            shape: shape.to_vec(),
+            bytes: bytemuck::cast_slice(data).to_vec(),
+        }
+    }
+
     pub fn i32(name: &str, shape: &[usize], data: &[i32]) -> Self {
         TensorOut {
             name: name.to_string(),

@@ -7,14 +7,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
+use serde_json::json;
 
 use crate::analysis::attribute::{
-    attribute, attribute_group, random_groups, AttributionSetup, GroupReport, GroupRequest,
-    HeadWeights, NullConfig, Totals, TranscoderSpec, Universe,
+    attribute, attribute_group, check_resolution, families, random_groups, AttributionSetup,
+    GroupReport, GroupRequest, HeadWeights, NullConfig, Totals, TranscoderSpec, Universe,
 };
 use crate::analysis::categories::writers::load_model;
+use crate::data::parts::{check_complete, split_by, Part, PartInfo};
 use crate::data::ComponentCache;
 use crate::gpu::{AdapterRequest, Gpu};
+use crate::run::outputs::attribution_parts::{read_part, write_part, PART_JSON};
 use crate::run::outputs::attribution_report::{write_report, ReportContext};
 use crate::run::outputs::top_examples::load_tokenizer;
 use crate::sae::formats::{load_sae_at, LoadedSae};
@@ -26,8 +29,10 @@ pub struct GroupSources {
     pub members: Vec<Vec<usize>>,
     /// `--categories DIR`: every category of a `sae categories` output…
     pub categories: Option<PathBuf>,
-    /// …or with `--feature N` only N's.
+    /// …or with `--feature N` only N's…
     pub feature: Option<usize>,
+    /// …or the N best-ranked significant ones.
+    pub top: Option<usize>,
     /// `--random-groups N`: calibration groups of random live latents.
     pub random: usize,
     /// Their size (default: the median size of the other groups, else 8).
@@ -52,6 +57,8 @@ pub struct AttributeRequest {
     pub cap: usize,
     pub adapter: AdapterRequest,
     pub quiet: bool,
+    /// Only part I of N of the cache files: the sums are written for `sae attribute merge`.
+    pub part: Option<Part>,
 }
 
 /// What the job found and wrote.
@@ -59,6 +66,8 @@ pub struct AttributeReport {
     pub totals: Totals,
     pub groups: Vec<GroupReport>,
     pub seconds: f64,
+    /// A part's: what it covered (its sums are written, its groups left to the merge).
+    pub part: Option<PartInfo>,
 }
 
 /// The cache files: files as given, directories by their `components_*.safetensors`.
@@ -247,7 +256,7 @@ fn requested_groups(sources: &GroupSources, d_sae: usize) -> anyhow::Result<Vec<
         })
         .collect();
     if let Some(dir) = &sources.categories {
-        groups.extend(category_groups(dir, sources.feature)?);
+        groups.extend(category_groups(dir, sources.feature, sources.top)?);
     } else if sources.feature.is_some() {
         bail!("--feature needs --categories DIR (the category of a feature comes from there)");
     }
@@ -265,8 +274,13 @@ fn requested_groups(sources: &GroupSources, d_sae: usize) -> anyhow::Result<Vec<
     Ok(groups)
 }
 
-/// Every category of `dir/categories.json` (or only `feature`'s), ids `category-{label}`.
-fn category_groups(dir: &Path, feature: Option<usize>) -> anyhow::Result<Vec<GroupRequest>> {
+/// Every category of `dir/categories.json` (only `feature`'s, or the `top` best-ranked
+/// significant ones), ids `category-{rank}` as the categories report names its pages.
+fn category_groups(
+    dir: &Path,
+    feature: Option<usize>,
+    top: Option<usize>,
+) -> anyhow::Result<Vec<GroupRequest>> {
     let path = dir.join("categories.json");
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -291,11 +305,21 @@ fn category_groups(dir: &Path, feature: Option<usize>) -> anyhow::Result<Vec<Gro
         if feature.is_some_and(|f| !members.contains(&f)) {
             continue;
         }
-        let label = c["label"].as_u64().unwrap_or(groups.len() as u64 + 1);
-        groups.push(GroupRequest {
-            id: format!("category-{label:03}"),
-            members,
-        });
+        if top.is_some() && c["significant"].as_bool() != Some(true) {
+            continue;
+        }
+        let rank = c["rank"].as_u64().unwrap_or(groups.len() as u64 + 1);
+        groups.push((
+            rank,
+            GroupRequest {
+                id: format!("category-{rank:03}"),
+                members,
+            },
+        ));
+    }
+    if let Some(n) = top {
+        groups.sort_by_key(|g| g.0);
+        groups.truncate(n);
     }
     if let (Some(f), true) = (feature, groups.is_empty()) {
         bail!(
@@ -303,7 +327,7 @@ fn category_groups(dir: &Path, feature: Option<usize>) -> anyhow::Result<Vec<Gro
             path.display()
         );
     }
-    Ok(groups)
+    Ok(groups.into_iter().map(|g| g.1).collect())
 }
 
 /// Everything the pass needs, loaded and checked before the GPU starts.
@@ -315,11 +339,30 @@ struct Loaded {
     heads: Option<HeadWeights>,
     transcoders: Vec<TranscoderSpec>,
     groups: Vec<GroupRequest>,
+    files: Vec<PathBuf>,
+    part: Option<PartInfo>,
+}
+
+/// The cache files of this part (all of them without `--part`).
+fn part_files(request: &AttributeRequest) -> anyhow::Result<(Vec<PathBuf>, Option<PartInfo>)> {
+    let files = cache_files(&request.caches)?;
+    let Some(part) = request.part else {
+        return Ok((files, None));
+    };
+    let all = ComponentCache::open(&files)?;
+    let sized: Vec<(PathBuf, u64)> = files
+        .iter()
+        .enumerate()
+        .map(|(f, p)| (p.clone(), all.file_rows(f) as u64))
+        .collect();
+    let (mine, info) = split_by(sized, |(p, rows)| (p.as_path(), *rows), part)?;
+    Ok((mine.into_iter().map(|(p, _)| p).collect(), Some(info)))
 }
 
 fn load(request: &AttributeRequest) -> anyhow::Result<Loaded> {
     let sae = load_sae_at(&request.sae, request.hookpoint.as_deref())?;
-    let cache = ComponentCache::open(&cache_files(&request.caches)?)?;
+    let (files, part) = part_files(request)?;
+    let cache = ComponentCache::open(&files)?;
     let (resid, layers) = find_residual(&cache)?;
     let d = sae.params.d_in;
     cache.require(&resid, d, &format!("the SAE {}", request.sae.display()))?;
@@ -344,10 +387,16 @@ fn load(request: &AttributeRequest) -> anyhow::Result<Loaded> {
         heads,
         transcoders,
         groups,
+        files,
+        part,
     })
 }
 
 pub fn run_attribute(request: &AttributeRequest) -> anyhow::Result<AttributeReport> {
+    if request.part.is_none() {
+        let families = families(request.model.is_some(), request.transcoders.len());
+        check_resolution(request.null, families).map_err(anyhow::Error::msg)?;
+    }
     let loaded = load(request)?;
     let tokenizer = request
         .tokenizer
@@ -356,6 +405,7 @@ pub fn run_attribute(request: &AttributeRequest) -> anyhow::Result<AttributeRepo
         .transpose()?;
     let gpu = Gpu::new(&request.adapter)?;
     let start = std::time::Instant::now();
+    let hooks = part_hooks(request, &loaded.transcoders);
     let setup = AttributionSetup {
         sae: &loaded.sae.params,
         cache: loaded.cache.clone(),
@@ -369,8 +419,68 @@ pub fn run_attribute(request: &AttributeRequest) -> anyhow::Result<AttributeRepo
     let bar = crate::run::progress::rows(loaded.cache.rows(), request.quiet);
     let totals = attribute(&gpu, &setup, |n| bar.inc(n))?;
     bar.finish_and_clear();
+    if let Some(info) = loaded.part {
+        let meta = json!({
+            "format": "sae attribute part v1",
+            "part": info,
+            "sae": request.sae.display().to_string(),
+            "hookpoint": request.hookpoint,
+            "model": request.model.as_ref().map(|m| m.display().to_string()),
+            "residual": loaded.resid,
+            "d_sae": totals.d_sae,
+            "rows": totals.rows,
+            "components": totals.components,
+            "heads": totals.heads,
+            "hooks": hooks,
+        });
+        write_part(&request.out, &totals, &meta)?;
+        return Ok(AttributeReport {
+            seconds: start.elapsed().as_secs_f64(),
+            totals,
+            groups: Vec::new(),
+            part: Some(info),
+        });
+    }
+    let done = Finished {
+        sae: &loaded.sae,
+        resid: &loaded.resid,
+        cache_files: loaded.files,
+        groups: loaded.groups,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    finish(request, totals, done, tokenizer.as_ref())
+}
+
+/// The transcoded hooks as a part records them.
+fn part_hooks(
+    request: &AttributeRequest,
+    transcoders: &[TranscoderSpec],
+) -> Vec<serde_json::Value> {
+    transcoders
+        .iter()
+        .zip(&request.transcoders)
+        .map(|(t, (_, dir))| json!({"hook": t.hook, "transcoder": dir.display().to_string()}))
+        .collect()
+}
+
+/// What a finished pass (or a merge of parts) hands to the groups and the report.
+struct Finished<'a> {
+    sae: &'a LoadedSae,
+    resid: &'a str,
+    cache_files: Vec<PathBuf>,
+    groups: Vec<GroupRequest>,
+    seconds: f64,
+}
+
+/// Tests every group (and the random ones) against its null and writes the report.
+fn finish(
+    request: &AttributeRequest,
+    totals: Totals,
+    done: Finished<'_>,
+    tokenizer: Option<&tokenizers::Tokenizer>,
+) -> anyhow::Result<AttributeReport> {
     let universe = Universe::new(&totals);
-    let mut groups = loaded.groups;
+    let mut groups = done.groups;
     if request.groups.random > 0 {
         let size = request
             .groups
@@ -389,18 +499,105 @@ pub fn run_attribute(request: &AttributeRequest) -> anyhow::Result<AttributeRepo
         .collect();
     let context = ReportContext {
         request,
-        sae: &loaded.sae,
-        resid: &loaded.resid,
-        cache_files: cache_files(&request.caches)?,
-        tokenizer: tokenizer.as_ref(),
-        seconds: start.elapsed().as_secs_f64(),
+        sae: done.sae,
+        resid: done.resid,
+        cache_files: done.cache_files,
+        tokenizer,
+        seconds: done.seconds,
     };
     write_report(&request.out, &totals, &reports, &context)?;
     Ok(AttributeReport {
-        seconds: context.seconds,
+        seconds: done.seconds,
         totals,
         groups: reports,
+        part: None,
     })
+}
+
+/// `sae attribute merge PARTS… --out DIR`: the parts' sums added (checked to be every part of
+/// one split, of one SAE and the same columns), then the groups and the report as one pass
+/// gives them. `request` gives the groups, null and output; its SAE and transcoders come from
+/// the parts.
+pub fn merge_attribute(
+    parts: &[PathBuf],
+    request: &AttributeRequest,
+) -> anyhow::Result<AttributeReport> {
+    let mut read = Vec::new();
+    for dir in parts {
+        let (meta, totals) = read_part(dir)?;
+        let info: PartInfo = serde_json::from_value(meta["part"].clone())
+            .with_context(|| format!("{}: no \"part\" record", dir.join(PART_JSON).display()))?;
+        read.push((info, (dir.clone(), meta, totals)));
+    }
+    let read = check_complete(read, |(dir, _, _)| dir.display().to_string())
+        .map_err(anyhow::Error::msg)?;
+    let (_, (first_dir, first, _)) = &read[0];
+    for (_, (dir, meta, _)) in &read[1..] {
+        for key in [
+            "sae",
+            "hookpoint",
+            "residual",
+            "d_sae",
+            "components",
+            "heads",
+            "hooks",
+        ] {
+            if meta[key] != first[key] {
+                bail!(
+                    "{}: its '{key}' differs from {}'s: parts of one job share the SAE, the cache's columns and the transcoders",
+                    dir.display(),
+                    first_dir.display()
+                );
+            }
+        }
+    }
+    let hooks = first["hooks"].as_array().map_or(0, Vec::len);
+    let heads = first["heads"].as_array().is_some_and(|h| !h.is_empty());
+    check_resolution(request.null, families(heads, hooks)).map_err(anyhow::Error::msg)?;
+    let mut totals = read[0].1 .2.clone_empty();
+    let mut files = Vec::new();
+    for (info, (_, _, part)) in &read {
+        totals.absorb(part);
+        files.extend(info.shards.iter().map(PathBuf::from));
+    }
+    let sae_dir = PathBuf::from(first["sae"].as_str().unwrap_or_default());
+    let sae = load_sae_at(&sae_dir, first["hookpoint"].as_str())?;
+    if sae.params.d_sae != totals.d_sae {
+        bail!(
+            "{}: has {} latents but the parts have {}",
+            sae_dir.display(),
+            sae.params.d_sae,
+            totals.d_sae
+        );
+    }
+    let mut request = request.clone();
+    request.sae = sae_dir;
+    request.transcoders = first["hooks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| {
+            (
+                h["hook"].as_str().unwrap_or_default().to_string(),
+                PathBuf::from(h["transcoder"].as_str().unwrap_or_default()),
+            )
+        })
+        .collect();
+    let tokenizer = request
+        .tokenizer
+        .as_deref()
+        .map(load_tokenizer)
+        .transpose()?;
+    let groups = requested_groups(&request.groups, totals.d_sae)?;
+    let resid = first["residual"].as_str().unwrap_or_default().to_string();
+    let done = Finished {
+        sae: &sae,
+        resid: &resid,
+        cache_files: files,
+        groups,
+        seconds: 0.0,
+    };
+    finish(&request, totals, done, tokenizer.as_ref())
 }
 
 fn median_size(groups: &[GroupRequest]) -> usize {

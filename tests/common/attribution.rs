@@ -72,7 +72,10 @@ fn transcode(tc: &SaeParams, x: &[f32]) -> (Vec<(usize, f64)>, Vec<f64>, Vec<f64
         .collect();
     for &(j, g) in &codes {
         let row = &tc.w_dec[j * d_out..(j + 1) * d_out];
-        recon.iter_mut().zip(row).for_each(|(o, &w)| *o += g * f64::from(w));
+        recon
+            .iter_mut()
+            .zip(row)
+            .for_each(|(o, &w)| *o += g * f64::from(w));
     }
     (codes, skip, recon)
 }

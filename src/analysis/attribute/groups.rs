@@ -351,7 +351,27 @@ fn family(names: &[String], observed: &[f64], draws: &[Vec<f64>], alpha: f64) ->
 
 /// How many families a group's tests form (the correction's divisor).
 fn family_count(totals: &Totals) -> usize {
-    1 + usize::from(!totals.heads.is_empty()) + 2 * totals.hooks.len() + 1
+    families(!totals.heads.is_empty(), totals.hooks.len())
+}
+
+/// Components, heads (if any), each hook's parts and upstream features, and the similarity.
+pub fn families(heads: bool, hooks: usize) -> usize {
+    1 + usize::from(heads) + 2 * hooks + 1
+}
+
+/// Fails when no p of `null` can fall below the corrected level: the smallest p a null of D
+/// draws gives is 1/(D + 1).
+pub fn check_resolution(null: NullConfig, families: usize) -> Result<(), String> {
+    let level = null.alpha / families as f64;
+    let smallest = 1.0 / (null.draws as f64 + 1.0);
+    if smallest >= level {
+        let needed = (1.0 / level).ceil() as usize;
+        return Err(format!(
+            "--null-draws {}: the smallest p it gives, {smallest:.4}, cannot fall below the level {level:.4} (alpha {} over {families} families); use at least {needed}",
+            null.draws, null.alpha
+        ));
+    }
+    Ok(())
 }
 
 /// Attributes one group against its null.

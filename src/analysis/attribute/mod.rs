@@ -8,6 +8,9 @@ pub mod groups;
 pub mod pass;
 pub mod totals;
 
-pub use groups::{attribute_group, random_groups, GroupReport, GroupRequest, NullConfig, Universe};
+pub use groups::{
+    attribute_group, check_resolution, families, random_groups, GroupReport, GroupRequest,
+    NullConfig, Universe,
+};
 pub use pass::{attribute, AttributionSetup, HeadWeights, TranscoderSpec};
 pub use totals::{top_tokens, Completeness, Totals, BIAS, HOOK_PARTS};

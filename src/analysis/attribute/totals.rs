@@ -25,6 +25,14 @@ pub struct Gaps {
 }
 
 impl Gaps {
+    /// Adds another part's gaps.
+    pub fn merge(&mut self, other: &Gaps) {
+        self.pairs += other.pairs;
+        self.max_abs = self.max_abs.max(other.max_abs);
+        self.sum_sq += other.sum_sq;
+        self.sum_h_sq += other.sum_h_sq;
+    }
+
     fn add(&mut self, gap: f64, h: f64) {
         self.pairs += 1;
         self.max_abs = self.max_abs.max(gap.abs());
@@ -309,6 +317,84 @@ impl Totals {
         }
     }
 
+    /// Empty sums over these columns, for the parts of a split job to be added into.
+    pub fn empty(
+        d_sae: usize,
+        components: Vec<String>,
+        heads: Vec<String>,
+        hooks: &[String],
+    ) -> Totals {
+        Totals {
+            d_sae,
+            contribution: vec![0.0; d_sae * components.len()],
+            head_contribution: vec![0.0; d_sae * heads.len()],
+            components,
+            n_heads: 0,
+            heads,
+            rows: 0,
+            fire_count: vec![0; d_sae],
+            sum_pre: vec![0.0; d_sae],
+            hooks: hooks
+                .iter()
+                .map(|hook| HookTotals {
+                    hook: hook.clone(),
+                    parts: vec![0.0; d_sae * HOOK_PARTS.len()],
+                    upstream: vec![HashMap::new(); d_sae],
+                    gaps: Gaps::default(),
+                    feature_tokens: HashMap::new(),
+                    has_skip: false,
+                    k: 0,
+                })
+                .collect(),
+            gaps: Gaps::default(),
+            head_gaps: Gaps::default(),
+            latent_tokens: vec![HashMap::new(); d_sae],
+            bias: Vec::new(),
+            channels: 0,
+        }
+    }
+
+    /// Empty sums over the same columns as `self`.
+    pub fn clone_empty(&self) -> Totals {
+        let hooks: Vec<String> = self.hooks.iter().map(|h| h.hook.clone()).collect();
+        Totals::empty(
+            self.d_sae,
+            self.components.clone(),
+            self.heads.clone(),
+            &hooks,
+        )
+    }
+
+    /// Adds another part's sums (of the same columns: the caller checks).
+    pub fn absorb(&mut self, other: &Totals) {
+        let add = |a: &mut [f64], b: &[f64]| a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        self.rows += other.rows;
+        self.fire_count
+            .iter_mut()
+            .zip(&other.fire_count)
+            .for_each(|(x, y)| *x += y);
+        add(&mut self.sum_pre, &other.sum_pre);
+        add(&mut self.contribution, &other.contribution);
+        add(&mut self.head_contribution, &other.head_contribution);
+        self.gaps.merge(&other.gaps);
+        self.head_gaps.merge(&other.head_gaps);
+        merge_counts(&mut self.latent_tokens, &other.latent_tokens);
+        for (mine, theirs) in self.hooks.iter_mut().zip(&other.hooks) {
+            add(&mut mine.parts, &theirs.parts);
+            mine.gaps.merge(&theirs.gaps);
+            for (m, t) in mine.upstream.iter_mut().zip(&theirs.upstream) {
+                t.iter()
+                    .for_each(|(&j, &v)| *m.entry(j).or_insert(0.0) += v);
+            }
+            for (&j, counts) in &theirs.feature_tokens {
+                let entry = mine.feature_tokens.entry(j).or_default();
+                counts
+                    .iter()
+                    .for_each(|(&t, &c)| *entry.entry(t).or_insert(0) += c);
+            }
+        }
+    }
+
     /// The completeness figures of attribution.json.
     pub fn completeness(&self) -> Completeness {
         Completeness {
@@ -333,6 +419,13 @@ impl Totals {
                 }
             })
             .collect()
+    }
+}
+
+fn merge_counts(mine: &mut [HashMap<i32, u32>], theirs: &[HashMap<i32, u32>]) {
+    for (m, t) in mine.iter_mut().zip(theirs) {
+        t.iter()
+            .for_each(|(&token, &c)| *m.entry(token).or_insert(0) += c);
     }
 }
 

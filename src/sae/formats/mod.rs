@@ -22,4 +22,4 @@ pub use saelens::{
     KNOWN_NORMALIZATIONS,
 };
 pub use sparsify::{save_sparsify, SparsifyConfig};
-pub use tensors::read_tensor_f32;
+pub use tensors::{read_tensor_f32, read_tensor_f64};
