@@ -18,6 +18,8 @@ use crate::sae::formats::LoadedSae;
 
 /// Outputs whose presence says the run finished; removed before a run writes anything.
 const FINAL_OUTPUTS: [&str; 3] = ["attribution.json", "attribution.safetensors", "index.html"];
+/// A compact heatmap: one narrow cell per component.
+const MAP_STYLE: &str = "<style>table.map td,table.map th{padding:1px 3px;font-size:10px}</style>";
 /// Marks the link this report adds to a categories report (so it is added once).
 const LINK_MARK: &str = "<!-- sae attribute -->";
 
@@ -287,34 +289,43 @@ fn writers_table(
     s
 }
 
+/// The members × components map: each member's terms over its summed pre-activation.
+fn member_map(g: &GroupReport, totals: &Totals) -> String {
+    let mut s = String::from("<h2>Members × components</h2><p>Each member's summed terms over its firing rows divided by its summed pre-activation (blue: writes it up, red: down).</p><table class=map><tr><th>member</th>");
+    for n in &totals.components[..totals.components.len() - 1] {
+        let short = n
+            .replace("blocks.", "")
+            .replace(".hook_", " ")
+            .replace("_out", "");
+        let _ = write!(s, "<th>{}</th>", escape(&short));
+    }
+    s.push_str("</tr>");
+    for (i, profile) in &g.member_profiles {
+        let _ = write!(s, "<tr><td>{i}</td>");
+        profile.iter().for_each(|v| s.push_str(&shade(*v)));
+        s.push_str("</tr>");
+    }
+    s.push_str("</table>");
+    s
+}
+
 fn group_page(g: &GroupReport, totals: &Totals, c: &ReportContext<'_>) -> String {
     let s = &g.mechanism_similarity;
     let mut body = format!(
         "<h1>{}</h1><p>{} members ({} fire), {} (row, member) pairs. Significant (✱) means p &lt; {:.4} (0.01 over the group's families). Mechanism similarity {:.3} (null {:.3}, {}, p {:.4}).</p>",
         escape(&g.id), g.members.len(), g.live_members, g.rows, g.alpha, s.value, s.null_mean, fmt_z(s.z), s.p
     );
+    body.insert_str(0, MAP_STYLE);
     body.push_str(&writers_table(
         "Components",
         &g.components,
         g.components.len(),
     ));
-    body.push_str("<h2>Members × components</h2><p>Each member's summed terms over its firing rows divided by its summed pre-activation.</p><table><tr><th>member</th>");
-    let names = &totals.components[..totals.components.len() - 1];
-    for n in names {
-        let short = n.replace("blocks.", "").replace(".hook_", " ");
-        let _ = write!(body, "<th>{}</th>", escape(&short));
-    }
-    body.push_str("<th>top tokens</th></tr>");
-    for (i, profile) in &g.member_profiles {
-        let _ = write!(body, "<tr><td>{i}</td>");
-        for v in profile {
-            body.push_str(&shade(*v));
-        }
-        let _ = write!(
-            body,
-            "<td class=l>{}</td></tr>",
-            c.tokens(totals.latent_tokens.get(*i))
-        );
+    body.push_str(&member_map(g, totals));
+    body.push_str("<h2>Members' tokens</h2><table><tr><th>member</th><th>most frequent tokens where it fires</th></tr>");
+    for (i, _) in &g.member_profiles {
+        let tokens = c.tokens(totals.latent_tokens.get(*i));
+        let _ = write!(body, "<tr><td>{i}</td><td class=l>{tokens}</td></tr>");
     }
     body.push_str("</table>");
     if !g.heads.is_empty() {
