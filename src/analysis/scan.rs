@@ -2,8 +2,9 @@
 //! in the background, written to the GPU, encoded, selected and (when a consumer asks) decoded,
 //! with what each consumer records after the forward pass in the same submission; then each
 //! consumer takes what it needs from the batch on the host. `sae eval`, `encode`, `hist`, the
-//! passes of `sae categories` and the held-out evaluation of `sae train` are sets of
-//! [`Consumer`]s, not loops of their own.
+//! passes of `sae categories`, the held-out evaluation of `sae train` and the attribution pass
+//! of `sae attribute` (over a component cache's batches) are sets of [`Consumer`]s, not loops
+//! of their own.
 
 use crate::data::{Batch, DataError};
 use crate::gpu::{GpuResult, Recorder};

@@ -17,6 +17,7 @@ use safetensors::{Dtype, SafeTensors};
 use super::dtype::{convert_rows, ActDtype};
 use super::error::DataError;
 use super::shard::map_file;
+use super::stream::Batch;
 
 /// Tensors that describe windows rather than rows (not read per row).
 const WINDOW_TENSORS: [&str; 1] = ["window_tokens"];
@@ -238,25 +239,16 @@ impl ComponentCache {
     }
 }
 
-/// Rows of a cache as the consumer asked for them: one f32 block per requested tensor.
-pub struct ComponentBatch {
-    pub file: usize,
-    /// The first row within its file.
-    pub start: usize,
-    pub rows: usize,
-    /// `[rows, width]` per requested tensor, in the order requested.
-    pub values: Vec<Vec<f32>>,
-    /// Token ids (empty when the cache has none).
-    pub tokens: Vec<i32>,
-}
-
-/// Batches of the listed tensors, read in a background thread, file after file.
+/// Batches of the listed tensors, read in a background thread, file after file: the first
+/// tensor as a [`Batch`]'s `x` (what the SAE reads), the others as its `columns`, the
+/// `origin` of each row (file, row within it) and its token.
 pub struct ComponentStream {
-    receiver: Receiver<ComponentBatch>,
+    receiver: Receiver<Batch>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl ComponentStream {
+    /// Every name must be in the cache ([`ComponentCache::require`]).
     pub fn start(cache: Arc<ComponentCache>, names: Vec<String>, batch_rows: usize) -> Self {
         let (sender, receiver) = sync_channel(2);
         let handle = std::thread::spawn(move || {
@@ -264,11 +256,12 @@ impl ComponentStream {
                 .iter()
                 .map(|n| cache.files[0].floats[n].width)
                 .collect();
+            let mut index = 0u64;
             for file in 0..cache.files.len() {
                 let total = cache.files[file].rows;
                 for start in (0..total).step_by(batch_rows.max(1)) {
                     let rows = batch_rows.min(total - start);
-                    let values = names
+                    let mut values: Vec<Vec<f32>> = names
                         .iter()
                         .zip(&widths)
                         .map(|(name, &w)| {
@@ -277,14 +270,19 @@ impl ComponentStream {
                             out
                         })
                         .collect();
-                    let tokens = cache.read_ints(file, "tokens", start, rows);
-                    let batch = ComponentBatch {
-                        file,
-                        start,
+                    let x = values.remove(0);
+                    let batch = Batch {
+                        x,
+                        columns: values,
+                        tokens: cache.read_ints(file, "tokens", start, rows),
+                        origin: (start..start + rows)
+                            .map(|r| (file as u32, r as u32))
+                            .collect(),
                         rows,
-                        values,
-                        tokens,
+                        index,
+                        ..Batch::default()
                     };
+                    index += 1;
                     if sender.send(batch).is_err() {
                         return;
                     }
@@ -299,15 +297,15 @@ impl ComponentStream {
 }
 
 impl Iterator for ComponentStream {
-    type Item = ComponentBatch;
+    type Item = Result<Batch, DataError>;
 
-    fn next(&mut self) -> Option<ComponentBatch> {
+    fn next(&mut self) -> Option<Self::Item> {
         let batch = self.receiver.recv().ok();
         if batch.is_none() {
             if let Some(handle) = self.handle.take() {
                 let _ = handle.join();
             }
         }
-        batch
+        batch.map(Ok)
     }
 }

@@ -17,7 +17,7 @@ pub mod stream;
 pub mod synth;
 
 pub use arrow::ArrowLayout;
-pub use components::{ComponentBatch, ComponentCache, ComponentStream};
+pub use components::{ComponentCache, ComponentStream};
 pub use dtype::ActDtype;
 pub use error::DataError;
 pub use npy::NpyArray;

@@ -97,6 +97,9 @@ pub struct Batch {
     pub y: Vec<f32>,
     pub half_y: Vec<u16>,
     pub tokens: Vec<i32>,
+    /// More tensors of the same rows, f32 `[rows, width]` each, in the order the stream was
+    /// asked for them (a component cache's: src/data/components.rs). Empty for shards.
+    pub columns: Vec<Vec<f32>>,
     /// (shard index, row) of every row, for tools that point back into the data.
     pub origin: Vec<(u32, u32)>,
     pub rows: usize,

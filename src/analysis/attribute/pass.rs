@@ -10,7 +10,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 
 use super::totals::Totals;
-use crate::data::{ComponentBatch, ComponentCache, ComponentStream};
+use crate::analysis::scan::{Consumer, Scales, Scan, Scanned};
+use crate::data::{Batch, ComponentCache, ComponentStream};
 use crate::gpu::kernels::pair_dot::{launch_pair_dot, PairDotShape, NONE};
 use crate::gpu::{Gpu, GpuBuffer, Recorder};
 use crate::sae::params::{InputNorm, SaeParams};
@@ -281,12 +282,12 @@ fn run_transcoder(
 }
 
 /// ‖Σ components − residual‖ / ‖residual‖ over a batch.
-fn sum_gap(batch: &ComponentBatch, n_components: usize) -> f64 {
-    let resid = &batch.values[0];
+fn sum_gap(batch: &Batch, n_components: usize) -> f64 {
+    let resid = &batch.x;
     let (mut gap, mut norm) = (0.0f64, 0.0f64);
     for (e, &r) in resid.iter().enumerate() {
         let sum: f64 = (1..=n_components)
-            .map(|c| f64::from(batch.values[c][e]))
+            .map(|c| f64::from(batch.columns[c - 1][e]))
             .sum();
         gap += (sum - f64::from(r)).powi(2);
         norm += f64::from(r).powi(2);
@@ -294,67 +295,91 @@ fn sum_gap(batch: &ComponentBatch, n_components: usize) -> f64 {
     (gap / norm.max(f64::MIN_POSITIVE)).sqrt()
 }
 
+/// The pass as a consumer of the scan driver (analysis::scan): the scan encodes each batch's
+/// residual; this runs the transcoders, the attribution launches and the sums.
+struct Attribution<'a, 'g> {
+    setup: &'a AttributionSetup<'a>,
+    launches: Launches<'g>,
+    tc_passes: Vec<ForwardPass<'g, 'a>>,
+    totals: Totals,
+    tolerance: f64,
+}
+
+impl Consumer for Attribution<'_, '_> {
+    fn consume(&mut self, pass: &ForwardPass<'_, '_>, scanned: &Scanned<'_>) -> anyhow::Result<()> {
+        let (setup, batch, rows) = (self.setup, scanned.batch, scanned.rows);
+        let gap = sum_gap(batch, setup.components.len());
+        if gap.is_nan() || gap > self.tolerance {
+            let (file, start) = batch.origin.first().copied().unwrap_or((0, 0));
+            bail!(
+                "{}: the components do not sum to '{}' at rows {start}..{} (relative error {gap:.2e}, more than {:.0e}): the cache is not a decomposition of its residual",
+                setup.cache.path(file as usize).display(),
+                setup.resid,
+                start as usize + rows,
+                self.tolerance
+            );
+        }
+        let (idx, val) = pass.codes(rows)?;
+        let tc_rows = setup
+            .transcoders
+            .iter()
+            .zip(&self.tc_passes)
+            .map(|(tc, tc_pass)| {
+                let input = slot(batch, input_slot(setup, tc));
+                let target = slot(batch, 1 + component_slot(setup, &tc.hook));
+                run_transcoder(tc_pass, &tc.params, input, target, rows)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let terms = self.launches.run(setup, batch, &idx, &val, &tc_rows)?;
+        self.totals
+            .add_batch(setup, batch, &idx, &val, &tc_rows, &terms);
+        Ok(())
+    }
+}
+
+/// Rows of the batch's tensor number `n` in [`stream_names`]' order (0: the residual).
+pub(super) fn slot(batch: &Batch, n: usize) -> &[f32] {
+    match n {
+        0 => &batch.x,
+        _ => &batch.columns[n - 1],
+    }
+}
+
 /// Runs the pass; `on_rows` sees each batch's row count.
 pub fn attribute(
     gpu: &Gpu,
     setup: &AttributionSetup<'_>,
-    mut on_rows: impl FnMut(u64),
+    on_rows: impl FnMut(u64),
 ) -> anyhow::Result<Totals> {
     let sae = setup.sae;
     if sae.input_norm == InputNorm::LayerNorm {
         bail!("an SAE with SAELens' layer_norm input normalisation is not attributed: its per-row centring mixes every component into every other");
     }
     let gpu_sae = GpuSae::upload_with_cap(gpu, sae, setup.cap, setup.batch_rows)?;
-    let sae_pass = ForwardPass::new(gpu, &gpu_sae, setup.batch_rows, PassDepth::Codes)?;
-    let k = gpu_sae.k;
     let tc_gpu = setup
         .transcoders
         .iter()
         .map(|tc| GpuSae::upload_with_cap(gpu, &tc.params, setup.cap, setup.batch_rows))
         .collect::<Result<Vec<_>, _>>()?;
-    let tc_passes = tc_gpu
-        .iter()
-        .map(|g| ForwardPass::new(gpu, g, setup.batch_rows, PassDepth::Reconstruct))
-        .collect::<Result<Vec<_>, _>>()?;
     let tc_ks: Vec<usize> = tc_gpu.iter().map(|g| g.k).collect();
-    let launches = Launches::new(gpu, setup, k, &tc_ks)?;
-    let mut totals = Totals::new(setup, channel_names(setup).len(), &tc_ks);
     let names = stream_names(setup);
     let sixteen = names
         .iter()
         .any(|n| setup.cache.dtype_bytes(n).is_some_and(|b| b == 2));
-    let tolerance = sum_tolerance(sixteen);
-    let stream = ComponentStream::start(setup.cache.clone(), names, setup.batch_rows);
-    for batch in stream {
-        let gap = sum_gap(&batch, setup.components.len());
-        if gap.is_nan() || gap > tolerance {
-            bail!(
-                "{}: the components do not sum to '{}' at rows {}..{} (relative error {gap:.2e}, more than {tolerance:.0e}): the cache is not a decomposition of its residual",
-                setup.cache.path(batch.file).display(),
-                setup.resid,
-                batch.start,
-                batch.start + batch.rows
-            );
-        }
-        let rows = batch.rows;
-        sae_pass.run(&batch.values[0], rows, |_, _| Ok(()))?;
-        let (idx, val) = sae_pass.codes(rows)?;
-        let tc_rows = setup
-            .transcoders
+    let mut consumer = Attribution {
+        setup,
+        launches: Launches::new(gpu, setup, gpu_sae.k, &tc_ks)?,
+        tc_passes: tc_gpu
             .iter()
-            .zip(&tc_passes)
-            .map(|(tc, pass)| {
-                let input = &batch.values[input_slot(setup, tc)];
-                let target = &batch.values[1 + component_slot(setup, &tc.hook)];
-                run_transcoder(pass, &tc.params, input, target, rows)
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let terms = launches.run(setup, &batch, &idx, &val, &tc_rows)?;
-        totals.add_batch(setup, &batch, &idx, &val, &tc_rows, &terms);
-        on_rows(rows as u64);
-    }
-    totals.finish();
-    Ok(totals)
+            .map(|g| ForwardPass::new(gpu, g, setup.batch_rows, PassDepth::Reconstruct))
+            .collect::<Result<Vec<_>, _>>()?,
+        totals: Totals::new(setup, channel_names(setup).len(), &tc_ks),
+        tolerance: sum_tolerance(sixteen),
+    };
+    let scan = Scan::new(gpu, &gpu_sae, setup.batch_rows, false)?;
+    let stream = ComponentStream::start(setup.cache.clone(), names, setup.batch_rows);
+    scan.run(stream, Scales::NONE, &mut [&mut consumer], on_rows)?;
+    Ok(consumer.totals)
 }
 
 /// The cache tensors a batch carries, in this order: the residual, the components, then the
@@ -373,7 +398,7 @@ fn stream_names(setup: &AttributionSetup<'_>) -> Vec<String> {
     names
 }
 
-/// Where a component's rows are among `batch.values` (after the residual: add 1).
+/// Where a component is among the components (its slot: add 1 for the residual).
 fn component_slot(setup: &AttributionSetup<'_>, name: &str) -> usize {
     setup.components.iter().position(|c| c == name).unwrap_or(0)
 }
@@ -403,16 +428,20 @@ impl Launches<'_> {
     fn run(
         &self,
         setup: &AttributionSetup<'_>,
-        batch: &ComponentBatch,
+        batch: &Batch,
         idx: &[u32],
         val: &[f32],
         tc_rows: &[TranscoderRows],
     ) -> anyhow::Result<Terms> {
         let (rows, d, ch) = (batch.rows, self.d, self.channels);
         let mut x = vec![0.0f32; rows * ch * d];
-        let sources: Vec<&Vec<f32>> = batch.values[..1 + setup.components.len()]
-            .iter()
-            .chain(tc_rows.iter().flat_map(|t| t.extra.iter()))
+        let sources: Vec<&[f32]> = (0..=setup.components.len())
+            .map(|n| slot(batch, n))
+            .chain(
+                tc_rows
+                    .iter()
+                    .flat_map(|t| t.extra.iter().map(Vec::as_slice)),
+            )
             .collect();
         for r in 0..rows {
             for (c, src) in sources.iter().enumerate() {
@@ -445,7 +474,7 @@ impl Launches<'_> {
             let width = h.n_heads * h.d_head;
             let mut z = vec![0.0f32; rows * blocks * width];
             for b in 0..blocks {
-                let src = &batch.values[z_from + b];
+                let src = slot(batch, z_from + b);
                 for r in 0..rows {
                     z[(r * blocks + b) * width..(r * blocks + b + 1) * width]
                         .copy_from_slice(&src[r * width..(r + 1) * width]);

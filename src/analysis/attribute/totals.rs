@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::pass::{row_factor, AttributionSetup, Terms, TranscoderRows};
-use crate::data::ComponentBatch;
+use crate::data::Batch;
 
 /// The name of the constant term: b_enc − b_dec·W_enc (the last component column).
 pub const BIAS: &str = "bias";
@@ -173,7 +173,7 @@ impl Totals {
     pub(super) fn add_batch(
         &mut self,
         setup: &AttributionSetup<'_>,
-        batch: &ComponentBatch,
+        batch: &Batch,
         idx: &[u32],
         val: &[f32],
         tc_rows: &[TranscoderRows],
@@ -183,7 +183,7 @@ impl Totals {
         let k = idx.len() / rows.max(1);
         let d = setup.sae.d_in;
         for r in 0..rows {
-            let f = row_factor(setup.sae, &batch.values[0][r * d..(r + 1) * d]);
+            let f = row_factor(setup.sae, &batch.x[r * d..(r + 1) * d]);
             for s in 0..k {
                 let e = r * k + s;
                 if val[e] == 0.0 {
@@ -204,7 +204,7 @@ impl Totals {
     }
 
     /// Each upstream feature's tokens, over the rows where it fires.
-    fn count_feature_tokens(&mut self, batch: &ComponentBatch, tc_rows: &[TranscoderRows]) {
+    fn count_feature_tokens(&mut self, batch: &Batch, tc_rows: &[TranscoderRows]) {
         for (hook, tc) in self.hooks.iter_mut().zip(tc_rows) {
             for (r, &token) in batch.tokens.iter().enumerate() {
                 for s in 0..hook.k {
@@ -404,8 +404,6 @@ impl Totals {
             rms_rel_error: self.gaps.rms_rel_error(),
         }
     }
-
-    pub(super) fn finish(&mut self) {}
 
     /// `sum / fire_count` per latent and column (0 for latents that never fire).
     pub fn means(&self, sums: &[f64], cols: usize) -> Vec<f32> {
