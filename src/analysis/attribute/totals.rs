@@ -100,6 +100,11 @@ pub struct Totals {
     pub head_gaps: Gaps,
     /// Per latent: the tokens of the rows where it fires, counted.
     pub latent_tokens: Vec<HashMap<i32, u32>>,
+    /// Per head: its terms summed over each row's selected latents, summed per token (the
+    /// tokens where it writes the most into what the SAE selects).
+    pub head_tokens: Vec<HashMap<i32, f64>>,
+    /// One row's sums per head (scratch of [`Totals::add_batch`]).
+    row_heads: Vec<f64>,
     /// b_enc − b_dec·W_enc per latent (b_enc alone for a transcoder, which reads x uncentred).
     bias: Vec<f64>,
     channels: usize,
@@ -136,6 +141,7 @@ impl Totals {
                 h.n_heads,
             ),
         };
+        let heads_len = heads.len();
         let hooks = setup
             .transcoders
             .iter()
@@ -163,6 +169,8 @@ impl Totals {
             gaps: Gaps::default(),
             head_gaps: Gaps::default(),
             latent_tokens: vec![HashMap::new(); d_sae],
+            head_tokens: vec![HashMap::new(); heads_len],
+            row_heads: vec![0.0; heads_len],
             bias: latent_bias(setup),
             channels,
             n_heads,
@@ -198,9 +206,20 @@ impl Totals {
                 self.add_heads(setup, i, e, t, terms, f, h);
                 self.add_hooks(setup, (i, r, e), t, tc_rows, terms, f, h);
             }
+            self.flush_row_heads(batch.tokens.get(r).copied());
         }
         self.count_feature_tokens(batch, tc_rows);
         self.rows += rows as u64;
+    }
+
+    /// Adds one row's head sums to its token's, and clears them.
+    fn flush_row_heads(&mut self, token: Option<i32>) {
+        for (hh, v) in self.row_heads.iter_mut().enumerate() {
+            if let (Some(t), true) = (token, *v != 0.0) {
+                *self.head_tokens[hh].entry(t).or_insert(0.0) += *v;
+            }
+            *v = 0.0;
+        }
     }
 
     /// Each upstream feature's tokens, over the rows where it fires.
@@ -257,6 +276,7 @@ impl Totals {
             for (hh, &v) in out.iter().enumerate() {
                 let part = f * f64::from(v);
                 self.head_contribution[i * total + b * nh + hh] += part;
+                self.row_heads[b * nh + hh] += part;
                 sum += part;
             }
             let attn = format!("blocks.{l}.hook_attn_out");
@@ -324,6 +344,7 @@ impl Totals {
         heads: Vec<String>,
         hooks: &[String],
     ) -> Totals {
+        let heads_len = heads.len();
         Totals {
             d_sae,
             contribution: vec![0.0; d_sae * components.len()],
@@ -349,6 +370,8 @@ impl Totals {
             gaps: Gaps::default(),
             head_gaps: Gaps::default(),
             latent_tokens: vec![HashMap::new(); d_sae],
+            head_tokens: vec![HashMap::new(); heads_len],
+            row_heads: vec![0.0; heads_len],
             bias: Vec::new(),
             channels: 0,
         }
@@ -379,6 +402,10 @@ impl Totals {
         self.gaps.merge(&other.gaps);
         self.head_gaps.merge(&other.head_gaps);
         merge_counts(&mut self.latent_tokens, &other.latent_tokens);
+        for (m, t) in self.head_tokens.iter_mut().zip(&other.head_tokens) {
+            t.iter()
+                .for_each(|(&token, &v)| *m.entry(token).or_insert(0.0) += v);
+        }
         for (mine, theirs) in self.hooks.iter_mut().zip(&other.hooks) {
             add(&mut mine.parts, &theirs.parts);
             mine.gaps.merge(&theirs.gaps);
@@ -425,6 +452,14 @@ fn merge_counts(mine: &mut [HashMap<i32, u32>], theirs: &[HashMap<i32, u32>]) {
         t.iter()
             .for_each(|(&token, &c)| *m.entry(token).or_insert(0) += c);
     }
+}
+
+/// The `n` tokens with the largest sums, largest first.
+pub fn top_token_sums(sums: Option<&HashMap<i32, f64>>, n: usize) -> Vec<(i32, f64)> {
+    let mut v: Vec<(i32, f64)> = sums.into_iter().flatten().map(|(&t, &s)| (t, s)).collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(n);
+    v
 }
 
 /// The `n` most frequent tokens of a count, most frequent first (ties by id).

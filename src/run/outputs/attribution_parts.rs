@@ -67,6 +67,18 @@ pub fn write_part(out: &Path, totals: &Totals, meta: &Value) -> anyhow::Result<(
         TensorOut::f64("gaps", &[4], &gaps_row(&totals.gaps)),
         TensorOut::f64("head_gaps", &[4], &gaps_row(&totals.head_gaps)),
     ];
+    let (mut owner, mut token, mut sum) = (Vec::new(), Vec::new(), Vec::new());
+    for (hh, m) in totals.head_tokens.iter().enumerate() {
+        for (&t, &v) in m {
+            owner.push(hh as u32);
+            token.push(t);
+            sum.push(v);
+        }
+    }
+    let n = owner.len();
+    t.push(TensorOut::u32("head_token_owner", &[n], &owner));
+    t.push(TensorOut::i32("head_token_id", &[n], &token));
+    t.push(TensorOut::f64("head_token_sum", &[n], &sum));
     let latents = totals
         .latent_tokens
         .iter()
@@ -227,6 +239,22 @@ pub fn read_part(dir: &Path) -> anyhow::Result<(Value, Totals)> {
             .get_mut(o as usize)
             .ok_or_else(|| out_of_range(&path, o))?;
         *counts.entry(t).or_insert(0) += c;
+    }
+    let owner = ints(
+        &st,
+        "head_token_owner",
+        Dtype::U32,
+        &path,
+        u32::from_le_bytes,
+    )?;
+    let token = ints(&st, "head_token_id", Dtype::I32, &path, i32::from_le_bytes)?;
+    let sums = read_tensor_f64(&st, "head_token_sum", &[owner.len()], &path)?;
+    for ((o, t), v) in owner.into_iter().zip(token).zip(sums) {
+        let head = totals
+            .head_tokens
+            .get_mut(o as usize)
+            .ok_or_else(|| out_of_range(&path, o))?;
+        *head.entry(t).or_insert(0.0) += v;
     }
     for (h, hook) in totals.hooks.iter_mut().enumerate() {
         let p = format!("hook{h}.");

@@ -11,7 +11,8 @@ use serde_json::json;
 use tokenizers::Tokenizer;
 
 use super::categories_report::{escape, page};
-use crate::analysis::attribute::{top_tokens, GroupReport, Totals, HOOK_PARTS};
+use crate::analysis::attribute::groups::Writer;
+use crate::analysis::attribute::{top_token_sums, top_tokens, GroupReport, Totals, HOOK_PARTS};
 use crate::io::{write_atomic, write_json_atomic, write_safetensors, TensorOut};
 use crate::run::attribute::AttributeRequest;
 use crate::sae::formats::LoadedSae;
@@ -265,11 +266,7 @@ fn shade(v: f64) -> String {
     )
 }
 
-fn writers_table(
-    title: &str,
-    writers: &[crate::analysis::attribute::groups::Writer],
-    top: usize,
-) -> String {
+fn writers_table(title: &str, writers: &[Writer], top: usize) -> String {
     let mut sorted: Vec<_> = writers.iter().collect();
     sorted.sort_by(|a, b| b.share.total_cmp(&a.share));
     let mut s = format!("<h2>{title}</h2><table><tr><th>writer</th><th>share</th><th>null mean</th><th>z</th><th>p</th></tr>");
@@ -309,6 +306,33 @@ fn member_map(g: &GroupReport, totals: &Totals) -> String {
     s
 }
 
+/// The heads by share, each with the tokens where it writes the most (into every selected
+/// latent, not only this group's).
+fn heads_table(g: &GroupReport, totals: &Totals, c: &ReportContext<'_>) -> String {
+    let mut sorted: Vec<(usize, &Writer)> = g.heads.iter().enumerate().collect();
+    sorted.sort_by(|a, b| b.1.share.total_cmp(&a.1.share));
+    let mut s = String::from("<h2>Top heads</h2><table><tr><th>head</th><th>share</th><th>null mean</th><th>z</th><th>p</th><th>tokens where it writes most (all latents)</th></tr>");
+    for (at, w) in sorted.into_iter().take(12) {
+        let tokens = top_token_sums(totals.head_tokens.get(at), 5)
+            .iter()
+            .map(|(t, _)| escape(&format!("{:?}", c.token(*t))))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = write!(
+            s,
+            "<tr><td class=l>{}{}</td><td>{:.4}</td><td>{:.4}</td><td>{}</td><td>{:.4}</td><td class=l>{tokens}</td></tr>",
+            escape(&w.name),
+            if w.significant { " ✱" } else { "" },
+            w.share,
+            w.null_mean,
+            fmt_z(w.z),
+            w.p
+        );
+    }
+    s.push_str("</table>");
+    s
+}
+
 fn group_page(g: &GroupReport, totals: &Totals, c: &ReportContext<'_>) -> String {
     let s = &g.mechanism_similarity;
     let mut body = format!(
@@ -329,7 +353,7 @@ fn group_page(g: &GroupReport, totals: &Totals, c: &ReportContext<'_>) -> String
     }
     body.push_str("</table>");
     if !g.heads.is_empty() {
-        body.push_str(&writers_table("Top heads", &g.heads, 12));
+        body.push_str(&heads_table(g, totals, c));
     }
     for hook in &totals.hooks {
         let _ = write!(body, "<h2>Upstream features of {}</h2><table><tr><th>feature</th><th>share</th><th>null mean</th><th>z</th><th>p</th><th>tokens where it fires</th></tr>", escape(&hook.hook));
