@@ -367,6 +367,32 @@ fn bad_inputs_are_one_line_and_write_nothing() {
         &["missing.safetensors", "no tensor 'hook_embed'"],
     );
     run(&sae8, &good, &[], &["no groups"]);
+    run(
+        &sae8,
+        &good,
+        &["--members", "0,3,0"],
+        &["latent 0 appears twice"],
+    );
+    let t = format!("blocks.0.hook_mlp_out={}", sae8.display());
+    run(
+        &sae8,
+        &good,
+        &["--members", "0,1", "--transcoder", &t],
+        &["sae8", "not a transcoder"],
+    );
+    let tc8 = dir.join("tc8");
+    let tc = random_sae(2825, 8, 6, Activation::TopK { k: 2 }).into_transcoder(
+        8,
+        random_vec(&mut r, 6 * 8, 0.5),
+        false,
+    );
+    save_sparsify(&tc8, &tc).unwrap();
+    run(
+        &tc8,
+        &good,
+        &members,
+        &["tc8", "a transcoder reads another activation"],
+    );
     let t = format!("blocks.0.hook_mlp_out={}", tc9.display());
     run(
         &sae8,

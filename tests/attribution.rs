@@ -13,7 +13,7 @@ use common::{assert_close, gpu, random_sae, random_vec, rng, temp_dir};
 use sae_wgpu::analysis::attribute::{attribute, AttributionSetup, HeadWeights, TranscoderSpec};
 use sae_wgpu::data::ComponentCache;
 use sae_wgpu::io::{write_safetensors, TensorOut};
-use sae_wgpu::sae::params::Activation;
+use sae_wgpu::sae::params::{Activation, InputNorm, SaeParams};
 
 const D: usize = 33;
 const ROWS: usize = 301;
@@ -110,11 +110,24 @@ fn write_cache(cache: &RefCache, dir: &std::path::Path) -> Vec<std::path::PathBu
 
 #[test]
 fn attribution_matches_the_f64_reference() {
+    let sae = random_sae(2801, D, 77, Activation::TopK { k: 7 });
+    check_against_reference("attribution-reference", &sae, 256);
+}
+
+/// A ReLU SAE that rescales each row to norm √d and keeps 5 latents per row (most rows have
+/// more positive pre-activations: they are counted as dropped).
+#[test]
+fn thresholded_rescaling_sae_matches_the_f64_reference() {
+    let mut sae = random_sae(2805, D, 77, Activation::Relu);
+    sae.input_norm = InputNorm::ConstantNormRescale;
+    check_against_reference("attribution-relu", &sae, 5);
+}
+
+fn check_against_reference(name: &str, sae: &SaeParams, cap: usize) {
     let Some(gpu) = gpu() else { return };
-    let dir = temp_dir("attribution-reference");
+    let dir = temp_dir(name);
     let cache = random_cache();
     let files = write_cache(&cache, &dir);
-    let sae = random_sae(2801, D, 77, Activation::TopK { k: 7 });
     let mut r = rng(2802);
     let mut tc = random_sae(2803, D, 19, Activation::TopK { k: 5 }).into_transcoder(
         D,
@@ -125,9 +138,9 @@ fn attribution_matches_the_f64_reference() {
     if let Some(t) = tc.transcoder.as_mut() {
         t.w_skip = Some(random_vec(&mut r, D * D, 0.2));
     }
-    let want = reference_totals(&sae, &cache, &tc);
+    let want = reference_totals(sae, &cache, &tc, cap);
     let setup = AttributionSetup {
-        sae: &sae,
+        sae,
         cache: Arc::new(ComponentCache::open(&files).unwrap()),
         resid: "blocks.1.hook_resid_post".into(),
         components: component_names(),
@@ -147,11 +160,15 @@ fn attribution_matches_the_f64_reference() {
             params: tc.clone(),
         }],
         batch_rows: 64,
-        cap: 256,
+        cap,
     };
     let got = attribute(gpu, &setup, |_| {}).unwrap();
     assert_eq!(got.rows, ROWS as u64);
     assert_eq!(got.fire_count, want.fire_count, "the same latents fire");
+    assert_eq!(
+        got.dropped, want.dropped,
+        "the same activations beyond the cap"
+    );
     let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
     assert_close("sum_pre", &f32s(&got.sum_pre), &want.sum_pre, 1e-5);
     assert_close(

@@ -231,6 +231,12 @@ fn print_report(report: &AttributeReport, out: &std::path::Path) {
         "{} rows, {} (row, latent) pairs in {:.1} s; parts sum to h within {:.1e} (max relative)",
         c.rows, c.pairs, report.seconds, c.max_rel_error
     );
+    if report.totals.dropped > 0 {
+        println!(
+            "warning: {} activations beyond --cap were left out of every sum (raise --cap)",
+            report.totals.dropped
+        );
+    }
     for g in &report.groups {
         print_group(g);
     }

@@ -173,9 +173,9 @@ impl ComponentCache {
         self.files[0].floats.get(name).map(|p| p.inner.as_slice())
     }
 
-    /// Bytes per element of a float tensor.
-    pub fn dtype_bytes(&self, name: &str) -> Option<usize> {
-        self.files[0].floats.get(name).map(|p| p.dtype.bytes())
+    /// The element type of a float tensor.
+    pub fn dtype(&self, name: &str) -> Option<ActDtype> {
+        self.files[0].floats.get(name).map(|p| p.dtype)
     }
 
     /// A file of the cache, for error messages.

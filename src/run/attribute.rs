@@ -21,6 +21,7 @@ use crate::run::outputs::attribution_parts::{read_part, write_part, PART_JSON};
 use crate::run::outputs::attribution_report::{write_report, ReportContext};
 use crate::run::outputs::top_examples::load_tokenizer;
 use crate::sae::formats::{load_sae_at, LoadedSae};
+use crate::sae::params::{Activation, InputNorm};
 
 /// Where groups come from.
 #[derive(Clone, Debug, Default)]
@@ -146,13 +147,33 @@ fn components(cache: &ComponentCache, layers: usize, d: usize) -> anyhow::Result
 }
 
 /// The SAE's hook, where it names one, must be the cache's residual.
+/// The SAE must read the cache's residual: where it names its hook (SAELens `hook_name`, a
+/// sparsify hookpoint `layers.N`, the output of block N), that hook; and it must be an SAE of
+/// that residual, not a transcoder reading another activation. An SAE that names no hook
+/// (a bare sparsify directory) is checked by width alone.
 fn check_hook(loaded: &LoadedSae, resid: &str) -> anyhow::Result<()> {
-    let hook = loaded.provenance.hook_name.as_deref().unwrap_or("");
-    if hook.starts_with("blocks.") && hook.ends_with(".hook_resid_post") && hook != resid {
+    let p = &loaded.provenance;
+    let named = match (p.hook_name.as_deref(), p.hookpoint.as_deref()) {
+        (Some(h), _) if h.starts_with("blocks.") && h.ends_with(".hook_resid_post") => {
+            Some(h.to_string())
+        }
+        (_, Some(h)) => h
+            .strip_prefix("layers.")
+            .and_then(|n| n.parse::<usize>().ok())
+            .map(|n| format!("blocks.{n}.hook_resid_post")),
+        _ => None,
+    };
+    if let Some(hook) = named.filter(|h| h != resid) {
         bail!(
             "{}: the SAE reads '{hook}' but the cache's residual is '{resid}'",
             loaded.dir.display()
         );
+    }
+    if loaded.params.is_transcoder() {
+        bail!("{}: a transcoder reads another activation than the residual it writes; attribute an SAE of '{resid}' (transcoders go in --transcoder)", loaded.dir.display());
+    }
+    if matches!(loaded.params.activation, Activation::Gated { .. }) {
+        bail!("{}: a gated SAE fires on h + b_gate, not on the pre-activation attributed here; not supported", loaded.dir.display());
     }
     Ok(())
 }
@@ -217,7 +238,25 @@ fn transcoder(
     let block = hook.trim_end_matches(".hook_mlp_out");
     let input = format!("{block}.ln2.hook_normalized");
     let loaded = load_sae_at(dir, None)?;
+    if let Some(out) = loaded.provenance.hook_name_out.as_deref() {
+        if out.starts_with("blocks.") && out != hook {
+            bail!(
+                "--transcoder {hook}={}: the transcoder writes '{out}'",
+                dir.display()
+            );
+        }
+    }
     let params = loaded.params;
+    if !params.is_transcoder() {
+        bail!(
+            "--transcoder {hook}={}: an SAE, not a transcoder (its decoder rebuilds its own input)",
+            dir.display()
+        );
+    }
+    if params.input_norm != InputNorm::None || matches!(params.activation, Activation::Gated { .. })
+    {
+        bail!("--transcoder {hook}={}: per-row input normalisation and gated transcoders are not split into parts", dir.display());
+    }
     if params.d_out() != d {
         bail!(
             "{}: writes {} values but '{hook}' has width {d}",
@@ -261,6 +300,18 @@ fn requested_groups(sources: &GroupSources, d_sae: usize) -> anyhow::Result<Vec<
         bail!("--feature needs --categories DIR (the category of a feature comes from there)");
     }
     for g in &groups {
+        if let Some((n, &twice)) = g
+            .members
+            .iter()
+            .enumerate()
+            .find(|(n, m)| g.members[..*n].contains(m))
+        {
+            bail!(
+                "group {}: latent {twice} appears twice (at positions {} and {n})",
+                g.id,
+                g.members.iter().position(|m| *m == twice).unwrap_or(0)
+            );
+        }
         if let Some(&bad) = g.members.iter().find(|&&m| m >= d_sae) {
             bail!(
                 "group {}: latent {bad} is out of range (the SAE has {d_sae})",
@@ -429,6 +480,7 @@ pub fn run_attribute(request: &AttributeRequest) -> anyhow::Result<AttributeRepo
             "residual": loaded.resid,
             "d_sae": totals.d_sae,
             "rows": totals.rows,
+            "dropped_beyond_cap": totals.dropped,
             "components": totals.components,
             "heads": totals.heads,
             "hooks": hooks,

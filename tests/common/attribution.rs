@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use sae_wgpu::sae::params::SaeParams;
+use sae_wgpu::sae::params::{InputNorm, SaeParams};
 
 /// The rows of a random cache, as the test wrote them.
 pub struct RefCache {
@@ -32,6 +32,8 @@ pub struct RefTotals {
     /// [d_sae, 4]: features, skip, bias, error.
     pub parts: Vec<f64>,
     pub upstream: Vec<HashMap<u32, f64>>,
+    /// Positive pre-activations beyond the cap of a thresholded SAE.
+    pub dropped: u64,
 }
 
 fn dot(a: &[f32], w: &[f32], n: usize, col: usize) -> f64 {
@@ -80,10 +82,27 @@ fn transcode(tc: &SaeParams, x: &[f32]) -> (Vec<(usize, f64)>, Vec<f64>, Vec<f64
     (codes, skip, recon)
 }
 
-/// The reference totals of `sae` over `cache`, with heads and one transcoder.
-pub fn reference_totals(sae: &SaeParams, cache: &RefCache, tc: &SaeParams) -> RefTotals {
+/// The factor a constant-norm-rescaling SAE applies to a row (1 otherwise).
+fn row_scale(sae: &SaeParams, x: &[f32]) -> f64 {
+    match sae.input_norm {
+        InputNorm::ConstantNormRescale => {
+            let norm = x.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+            (x.len() as f64).sqrt() / norm
+        }
+        _ => 1.0,
+    }
+}
+
+/// The reference totals of `sae` (TopK, or ReLU keeping its `cap` largest positive
+/// pre-activations) over `cache`, with heads and one transcoder.
+pub fn reference_totals(
+    sae: &SaeParams,
+    cache: &RefCache,
+    tc: &SaeParams,
+    cap: usize,
+) -> RefTotals {
     let (n, d) = (sae.d_sae, cache.d);
-    let k = sae.k().expect("a TopK SAE");
+    let k = sae.k().unwrap_or(cap);
     let cols = cache.components.len() + 1;
     let head_cols = cache.heads.len() * cache.n_heads;
     let mut t = RefTotals {
@@ -93,6 +112,7 @@ pub fn reference_totals(sae: &SaeParams, cache: &RefCache, tc: &SaeParams) -> Re
         heads: vec![0.0; n * head_cols],
         parts: vec![0.0; n * 4],
         upstream: vec![HashMap::new(); n],
+        dropped: 0,
     };
     let bias: Vec<f64> = (0..n)
         .map(|i| f64::from(sae.b_enc[i]) - dot(&sae.b_dec, &sae.w_enc, n, i))
@@ -100,19 +120,24 @@ pub fn reference_totals(sae: &SaeParams, cache: &RefCache, tc: &SaeParams) -> Re
     for r in 0..cache.rows {
         let row = |v: &[f32]| v[r * d..(r + 1) * d].to_vec();
         let x = row(&cache.resid);
+        let f = row_scale(sae, &x);
         let pre: Vec<f64> = (0..n)
-            .map(|i| dot(&x, &sae.w_enc, n, i) + bias[i])
+            .map(|i| f * dot(&x, &sae.w_enc, n, i) + bias[i])
             .collect();
+        if sae.k().is_none() {
+            let positive = pre.iter().filter(|&&v| v > 0.0).count();
+            t.dropped += positive.saturating_sub(k) as u64;
+        }
         let (codes, skip, recon) = transcode(tc, &row(&cache.tc_input));
         let target = row(&cache.components[cache.tc_component]);
         for (i, h) in topk(&pre, k) {
             t.fire_count[i] += 1;
             t.sum_pre[i] += h;
             for (c, comp) in cache.components.iter().enumerate() {
-                t.contribution[i * cols + c] += dot(&row(comp), &sae.w_enc, n, i);
+                t.contribution[i * cols + c] += f * dot(&row(comp), &sae.w_enc, n, i);
             }
             t.contribution[i * cols + cols - 1] += bias[i];
-            add_heads(&mut t, cache, sae, r, i, head_cols);
+            add_heads(&mut t, cache, sae, (r, i, f), head_cols);
             let w_col = |v: &[f64]| -> f64 {
                 v.iter()
                     .enumerate()
@@ -120,7 +145,8 @@ pub fn reference_totals(sae: &SaeParams, cache: &RefCache, tc: &SaeParams) -> Re
                     .sum()
             };
             for &(j, g) in &codes {
-                let term: f64 = g
+                let term: f64 = f
+                    * g
                     * (0..d)
                         .map(|c| f64::from(tc.w_dec[j * d + c]) * f64::from(sae.w_enc[c * n + i]))
                         .sum::<f64>();
@@ -129,9 +155,9 @@ pub fn reference_totals(sae: &SaeParams, cache: &RefCache, tc: &SaeParams) -> Re
             }
             let b_dec: Vec<f64> = tc.b_dec.iter().map(|&v| f64::from(v)).collect();
             let error: Vec<f64> = (0..d).map(|c| f64::from(target[c]) - recon[c]).collect();
-            t.parts[i * 4 + 1] += w_col(&skip);
-            t.parts[i * 4 + 2] += w_col(&b_dec);
-            t.parts[i * 4 + 3] += w_col(&error);
+            t.parts[i * 4 + 1] += f * w_col(&skip);
+            t.parts[i * 4 + 2] += f * w_col(&b_dec);
+            t.parts[i * 4 + 3] += f * w_col(&error);
         }
     }
     t
@@ -141,8 +167,7 @@ fn add_heads(
     t: &mut RefTotals,
     cache: &RefCache,
     sae: &SaeParams,
-    r: usize,
-    i: usize,
+    (r, i, f): (usize, usize, f64),
     cols: usize,
 ) {
     let (n, d, nh) = (sae.d_sae, cache.d, cache.n_heads);
@@ -160,7 +185,7 @@ fn add_heads(
                     .sum();
                 term += zv * col;
             }
-            t.heads[i * cols + b * nh + h] += term;
+            t.heads[i * cols + b * nh + h] += f * term;
         }
     }
 }

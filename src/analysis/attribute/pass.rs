@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 
 use super::totals::Totals;
 use crate::analysis::scan::{Consumer, Scales, Scan, Scanned};
-use crate::data::{Batch, ComponentCache, ComponentStream};
+use crate::data::{ActDtype, Batch, ComponentCache, ComponentStream};
 use crate::gpu::kernels::pair_dot::{launch_pair_dot, PairDotShape, NONE};
 use crate::gpu::{Gpu, GpuBuffer, Recorder};
 use crate::sae::params::{InputNorm, SaeParams};
@@ -50,13 +50,13 @@ pub struct AttributionSetup<'a> {
     pub cap: usize,
 }
 
-/// The largest relative gap between the components' sum and the residual a cache of this
-/// element type may show: f32 rounding, or each component's 16-bit storage rounding.
-fn sum_tolerance(cache_is_16bit: bool) -> f64 {
-    if cache_is_16bit {
-        5e-3
-    } else {
-        1e-4
+/// The largest relative gap between the components' sum and the residual a cache may show:
+/// f32 rounding, or each component's 16-bit storage rounding (bf16 keeps 3 fewer bits).
+fn sum_tolerance(coarsest: ActDtype) -> f64 {
+    match coarsest {
+        ActDtype::F32 => 1e-4,
+        ActDtype::F16 => 5e-3,
+        ActDtype::Bf16 => 3e-2,
     }
 }
 
@@ -320,6 +320,13 @@ impl Consumer for Attribution<'_, '_> {
             );
         }
         let (idx, val) = pass.codes(rows)?;
+        if let Some(counts) = pass.active_counts(rows)? {
+            let k = idx.len() / rows.max(1);
+            self.totals.dropped += counts
+                .iter()
+                .map(|&a| u64::from(a).saturating_sub(k as u64))
+                .sum::<u64>();
+        }
         let tc_rows = setup
             .transcoders
             .iter()
@@ -363,9 +370,11 @@ pub fn attribute(
         .collect::<Result<Vec<_>, _>>()?;
     let tc_ks: Vec<usize> = tc_gpu.iter().map(|g| g.k).collect();
     let names = stream_names(setup);
-    let sixteen = names
-        .iter()
-        .any(|n| setup.cache.dtype_bytes(n).is_some_and(|b| b == 2));
+    let dtypes: Vec<ActDtype> = names.iter().filter_map(|n| setup.cache.dtype(n)).collect();
+    let coarsest = [ActDtype::Bf16, ActDtype::F16]
+        .into_iter()
+        .find(|d| dtypes.contains(d))
+        .unwrap_or(ActDtype::F32);
     let mut consumer = Attribution {
         setup,
         launches: Launches::new(gpu, setup, gpu_sae.k, &tc_ks)?,
@@ -374,7 +383,7 @@ pub fn attribute(
             .map(|g| ForwardPass::new(gpu, g, setup.batch_rows, PassDepth::Reconstruct))
             .collect::<Result<Vec<_>, _>>()?,
         totals: Totals::new(setup, channel_names(setup).len(), &tc_ks),
-        tolerance: sum_tolerance(sixteen),
+        tolerance: sum_tolerance(coarsest),
     };
     let scan = Scan::new(gpu, &gpu_sae, setup.batch_rows, false)?;
     let stream = ComponentStream::start(setup.cache.clone(), names, setup.batch_rows);

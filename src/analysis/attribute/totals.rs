@@ -87,6 +87,8 @@ pub struct Totals {
     /// `L{l}H{h}`, block by block.
     pub heads: Vec<String>,
     pub rows: u64,
+    /// Thresholded SAEs: latents that fired beyond the cap of a row, left out of every sum.
+    pub dropped: u64,
     pub fire_count: Vec<u64>,
     pub sum_pre: Vec<f64>,
     /// [d_sae, components].
@@ -163,6 +165,7 @@ impl Totals {
             components,
             heads,
             rows: 0,
+            dropped: 0,
             fire_count: vec![0; d_sae],
             sum_pre: vec![0.0; d_sae],
             hooks,
@@ -353,6 +356,7 @@ impl Totals {
             n_heads: 0,
             heads,
             rows: 0,
+            dropped: 0,
             fire_count: vec![0; d_sae],
             sum_pre: vec![0.0; d_sae],
             hooks: hooks
@@ -392,6 +396,7 @@ impl Totals {
     pub fn absorb(&mut self, other: &Totals) {
         let add = |a: &mut [f64], b: &[f64]| a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
         self.rows += other.rows;
+        self.dropped += other.dropped;
         self.fire_count
             .iter_mut()
             .zip(&other.fire_count)

@@ -17,6 +17,8 @@ use crate::sae::formats::read_tensor_f64;
 
 pub const PART_TENSORS: &str = "attribution-part.safetensors";
 pub const PART_JSON: &str = "attribution-part.json";
+/// Upstream feature ids a part may hold (a dense scratch of this many f64 is made per hook).
+const MAX_UPSTREAM: u32 = 1 << 24;
 
 fn gaps_row(g: &Gaps) -> Vec<f64> {
     vec![g.pairs as f64, g.max_abs, g.sum_sq, g.sum_h_sq]
@@ -219,7 +221,14 @@ pub fn read_part(dir: &Path) -> anyhow::Result<(Value, Totals)> {
     let d = meta["d_sae"]
         .as_u64()
         .ok_or_else(|| anyhow!("{}: no d_sae", json_path.display()))? as usize;
-    let mut totals = Totals::empty(d, strings("components"), strings("heads"), &hooks);
+    let components = strings("components");
+    if components.last().map(String::as_str) != Some(crate::analysis::attribute::BIAS) {
+        anyhow::bail!(
+            "{}: 'components' must list the cache's components with 'bias' last",
+            json_path.display()
+        );
+    }
+    let mut totals = Totals::empty(d, components, strings("heads"), &hooks);
     let path = dir.join(PART_TENSORS);
     let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
     let st = SafeTensors::deserialize(&bytes)
@@ -228,6 +237,7 @@ pub fn read_part(dir: &Path) -> anyhow::Result<(Value, Totals)> {
     let counts = read_tensor_f64(&st, "fire_count", &[d], &path)?;
     totals.fire_count = counts.iter().map(|&c| c as u64).collect();
     totals.rows = meta["rows"].as_u64().unwrap_or(0);
+    totals.dropped = meta["dropped_beyond_cap"].as_u64().unwrap_or(0);
     totals.sum_pre = read_tensor_f64(&st, "sum_pre", &[d], &path)?;
     totals.contribution = read_tensor_f64(&st, "contribution", &[d, nc], &path)?;
     totals.head_contribution = read_tensor_f64(&st, "head_contribution", &[d, nh], &path)?;
@@ -276,6 +286,12 @@ pub fn read_part(dir: &Path) -> anyhow::Result<(Value, Totals)> {
         )?;
         let n = latent.len();
         let value = read_tensor_f64(&st, &format!("{p}upstream_value"), &[n], &path)?;
+        if let Some(&j) = feature.iter().find(|&&j| j >= MAX_UPSTREAM) {
+            anyhow::bail!(
+                "{}: upstream feature {j} is beyond any transcoder this reads",
+                path.display()
+            );
+        }
         for ((i, j), v) in latent.into_iter().zip(feature).zip(value) {
             let sums = hook
                 .upstream

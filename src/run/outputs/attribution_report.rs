@@ -157,6 +157,7 @@ fn attribution_json(
         "caches": c.cache_files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "residual": c.resid,
         "rows": totals.rows,
+        "dropped_beyond_cap": totals.dropped,
         "components": totals.components,
         "heads": totals.heads,
         "completeness": totals.completeness(),
