@@ -188,7 +188,8 @@ fn request(
     })
 }
 
-fn print_group(g: &GroupReport) {
+/// Each significant writer of a group, as printed (upstream features at most 5, then a count).
+fn significant_writers(g: &GroupReport) -> Vec<String> {
     let mut found: Vec<String> = g
         .components
         .iter()
@@ -203,12 +204,22 @@ fn print_group(g: &GroupReport) {
             )
         })
         .collect();
-    found.extend(
-        g.upstream
-            .iter()
-            .filter(|u| u.significant)
-            .map(|u| format!("{}#{} {:.3}", u.hook, u.feature, u.share)),
-    );
+    let upstream: Vec<String> = g
+        .upstream
+        .iter()
+        .filter(|u| u.significant)
+        .map(|u| format!("{}#{} {:.3}", u.hook, u.feature, u.share))
+        .collect();
+    let more = upstream.len().saturating_sub(5);
+    found.extend(upstream.into_iter().take(5));
+    if more > 0 {
+        found.push(format!("{more} more upstream features"));
+    }
+    found
+}
+
+fn print_group(g: &GroupReport) {
+    let found = significant_writers(g);
     let s = &g.mechanism_similarity;
     let similarity = match s.significant {
         true => format!("; one mechanism (similarity {:.2}, p {:.3})", s.value, s.p),
@@ -237,8 +248,27 @@ fn print_report(report: &AttributeReport, out: &std::path::Path) {
             report.totals.dropped
         );
     }
-    for g in &report.groups {
-        print_group(g);
+    // The calibration groups in one line: only those flagged are named.
+    let (random, asked): (Vec<&GroupReport>, Vec<&GroupReport>) = report
+        .groups
+        .iter()
+        .partition(|g| g.id.starts_with("random-"));
+    asked.iter().for_each(|g| print_group(g));
+    if !random.is_empty() {
+        let flagged: Vec<&str> = random
+            .iter()
+            .filter(|g| !significant_writers(g).is_empty() || g.mechanism_similarity.significant)
+            .map(|g| g.id.as_str())
+            .collect();
+        println!(
+            "random groups: {} of {} with a significant writer or similarity{}",
+            flagged.len(),
+            random.len(),
+            match flagged.is_empty() {
+                true => String::new(),
+                false => format!(" ({})", flagged.join(", ")),
+            }
+        );
     }
     match &report.part {
         Some(p) => println!(
