@@ -491,17 +491,7 @@ def run(argv):
 
 
 def main(argv=None):
-    try:
-        result = run(argv)
-    except Refusal as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - the promise is one line, never a traceback
-        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"{PROG}: error: {type(e).__name__}: {message}", file=sys.stderr)
-        return 1
-    print(json.dumps(result))
-    return 0
+    return dl.run_main(run, PROG, argv)
 
 
 if __name__ == "__main__":

@@ -755,18 +755,24 @@ def run(argv):
     }
 
 
-def main(argv=None):
+def run_main(run_fn, prog, argv=None):
+    """Runs a script's `run_fn(argv)` and prints its result as one JSON line; a failure is one
+    line on stderr (exit 2 for a refusal of the input, 1 for anything else), never a traceback."""
     try:
-        result = run(argv)
+        result = run_fn(argv)
     except Refusal as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - the promise is one line, never a traceback
         message = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"{PROG}: error: {type(e).__name__}: {message}", file=sys.stderr)
+        print(f"{prog}: error: {type(e).__name__}: {message}", file=sys.stderr)
         return 1
     print(json.dumps(result))
     return 0
+
+
+def main(argv=None):
+    return run_main(run, PROG, argv)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,24 @@ fn first(writers: &Value) -> String {
         .to_string()
 }
 
+/// `sae synth --components` into `out`: (d_in, latents, rows), 3 latents firing per row.
+fn synth_components(out: &Path, (d, latents, rows): (usize, usize, usize), extra: &[&str]) {
+    let mut args: Vec<String> = ["synth", "--components", "--mean-active", "3", "--out"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(out.display().to_string());
+    for (flag, v) in [
+        ("--d-in", d),
+        ("--n-features", latents),
+        ("--rows-per-shard", rows),
+    ] {
+        args.extend([flag.to_string(), v.to_string()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    sae_ok(&args);
+}
+
 fn anything_significant(g: &Value) -> bool {
     !significant(&g["components"]).is_empty()
         || !significant(&g["heads"]).is_empty()
@@ -73,24 +91,11 @@ fn planted_mechanism_is_found_and_random_groups_are_not() {
     }
     let dir = temp_dir("attribute-planted");
     let synth = dir.join("synth");
-    sae_ok(&[
-        "synth",
-        "--components",
-        "--out",
-        synth.to_str().unwrap(),
-        "--d-in",
-        "64",
-        "--n-features",
-        "384",
-        "--rows-per-shard",
-        "8000",
-        "--mean-active",
-        "3",
-        "--noise-std",
-        "0.02",
-        "--seed",
-        "3",
-    ]);
+    synth_components(
+        &synth,
+        (64, 384, 8000),
+        &["--noise-std", "0.02", "--seed", "3"],
+    );
     // A control group and 100 calibration groups, none of the planted latents.
     let mut pool: Vec<usize> = (10..384).collect();
     let mut r = rng(2810);
@@ -440,41 +445,12 @@ fn parts_merge_into_one_pass() {
     }
     let dir = temp_dir("attribute-parts");
     let synth = dir.join("synth");
-    sae_ok(&[
-        "synth",
-        "--components",
-        "--out",
-        synth.to_str().unwrap(),
-        "--d-in",
-        "32",
-        "--n-features",
-        "64",
-        "--rows-per-shard",
-        "900",
-        "--mean-active",
-        "3",
-        "--seed",
-        "5",
-    ]);
+    synth_components(&synth, (32, 64, 900), &["--seed", "5"]);
     let cache = synth.join("cache");
-    // A second file of other rows: the same toy model, another seed's rows.
+    // A second file: the same toy model (the seed makes it), 700 rows, which repeat the first
+    // 700 of the 900: a cache of two files all the same.
     let other = dir.join("other");
-    sae_ok(&[
-        "synth",
-        "--components",
-        "--out",
-        other.to_str().unwrap(),
-        "--d-in",
-        "32",
-        "--n-features",
-        "64",
-        "--rows-per-shard",
-        "700",
-        "--mean-active",
-        "3",
-        "--seed",
-        "5",
-    ]);
+    synth_components(&other, (32, 64, 700), &["--seed", "5"]);
     std::fs::copy(
         other.join("cache/components_0000.safetensors"),
         cache.join("components_0001.safetensors"),

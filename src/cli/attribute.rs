@@ -191,10 +191,7 @@ fn request(
 /// Each significant writer of a group, as printed (upstream features at most 5, then a count).
 fn significant_writers(g: &GroupReport) -> Vec<String> {
     let mut found: Vec<String> = g
-        .components
-        .iter()
-        .chain(&g.heads)
-        .filter(|w| w.significant)
+        .significant_writers()
         .map(|w| {
             format!(
                 "{} {:.3} (z {})",
@@ -205,9 +202,7 @@ fn significant_writers(g: &GroupReport) -> Vec<String> {
         })
         .collect();
     let upstream: Vec<String> = g
-        .upstream
-        .iter()
-        .filter(|u| u.significant)
+        .significant_upstream()
         .map(|u| format!("{}#{} {:.3}", u.hook, u.feature, u.share))
         .collect();
     let more = upstream.len().saturating_sub(5);

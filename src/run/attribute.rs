@@ -20,7 +20,7 @@ use crate::gpu::{AdapterRequest, Gpu};
 use crate::run::outputs::attribution_parts::{read_part, write_part, PART_JSON};
 use crate::run::outputs::attribution_report::{write_report, ReportContext};
 use crate::run::outputs::top_examples::load_tokenizer;
-use crate::sae::formats::{load_sae_at, LoadedSae};
+use crate::sae::formats::{load_sae_at, read_json, LoadedSae};
 use crate::sae::params::{Activation, InputNorm};
 
 /// Where groups come from.
@@ -333,14 +333,7 @@ fn category_groups(
     top: Option<usize>,
 ) -> anyhow::Result<Vec<GroupRequest>> {
     let path = dir.join("categories.json");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "{}: cannot read (a `sae categories` output)",
-            path.display()
-        )
-    })?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not valid JSON", path.display()))?;
+    let json = read_json(&path).context("not a `sae categories` output")?;
     let list = json["categories"]
         .as_array()
         .ok_or_else(|| anyhow!("{}: no 'categories' list", path.display()))?;

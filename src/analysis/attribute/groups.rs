@@ -96,6 +96,21 @@ pub struct GroupReport {
     pub member_profiles: Vec<(usize, Vec<f64>)>,
 }
 
+impl GroupReport {
+    /// Its significant components and heads.
+    pub fn significant_writers(&self) -> impl Iterator<Item = &Writer> {
+        self.components
+            .iter()
+            .chain(&self.heads)
+            .filter(|w| w.significant)
+    }
+
+    /// Its significant upstream features.
+    pub fn significant_upstream(&self) -> impl Iterator<Item = &UpstreamWriter> {
+        self.upstream.iter().filter(|u| u.significant)
+    }
+}
+
 /// The latents a null draw may take, and per-latent data shared by every group.
 pub struct Universe<'a> {
     totals: &'a Totals,
@@ -104,8 +119,6 @@ pub struct Universe<'a> {
     by_decile: Vec<Vec<usize>>,
     /// The mean over live latents of their component profiles (bias left out).
     mean_profile: Vec<f64>,
-    /// Per hook, per latent: its upstream terms sorted by feature.
-    upstream: Vec<Vec<Vec<(u32, f64)>>>,
     upstream_width: Vec<usize>,
 }
 
@@ -140,27 +153,13 @@ impl<'a> Universe<'a> {
                 *m += v / live.len() as f64;
             }
         }
-        let upstream: Vec<Vec<Vec<(u32, f64)>>> = totals
+        // The dense scratch of a hook's upstream shares: one slot per feature id seen.
+        let upstream_width = totals
             .hooks
             .iter()
             .map(|h| {
-                h.upstream
-                    .iter()
-                    .map(|m| {
-                        let mut v: Vec<(u32, f64)> = m.iter().map(|(&j, &t)| (j, t)).collect();
-                        v.sort_unstable_by_key(|e| e.0);
-                        v
-                    })
-                    .collect()
-            })
-            .collect();
-        let upstream_width = upstream
-            .iter()
-            .map(|per| {
-                per.iter()
-                    .flat_map(|v| v.last().map(|e| e.0 as usize + 1))
-                    .max()
-                    .unwrap_or(0)
+                let ids = h.upstream.iter().flat_map(|m| m.keys());
+                ids.map(|&j| j as usize + 1).max().unwrap_or(0)
             })
             .collect();
         Universe {
@@ -168,7 +167,6 @@ impl<'a> Universe<'a> {
             decile,
             by_decile,
             mean_profile,
-            upstream,
             upstream_width,
         }
     }
@@ -265,7 +263,7 @@ impl Universe<'_> {
     fn upstream_into(&self, h: usize, set: &[usize], den: f64, dense: &mut [f64]) -> Vec<u32> {
         let mut touched = Vec::new();
         for &i in set {
-            for &(j, t) in &self.upstream[h][i] {
+            for (&j, &t) in &self.totals.hooks[h].upstream[i] {
                 if dense[j as usize] == 0.0 {
                     touched.push(j);
                 }
@@ -431,9 +429,6 @@ pub fn attribute_group(
         .flat_map(|h| upstream_family(universe, h, &live, &draws, alpha))
         .collect();
     let sims: Vec<f64> = null_stats.iter().map(|s| s.similarity).collect();
-    let (mean, sd) = moments(&sims.iter().map(|&v| vec![v]).collect::<Vec<_>>(), 1);
-    let p = max_stat_p(observed.similarity, &sims);
-    let z = standardise(observed.similarity, mean[0], sd[0]);
     GroupReport {
         id: group.id.clone(),
         members: group.members.clone(),
@@ -444,14 +439,23 @@ pub fn attribute_group(
         heads,
         upstream,
         hook_parts,
-        mechanism_similarity: Similarity {
-            value: observed.similarity,
-            null_mean: mean[0],
-            z: z.is_finite().then_some(z),
-            p,
-            significant: live.len() >= 2 && p < alpha,
-        },
+        mechanism_similarity: similarity_test(observed.similarity, &sims, alpha, live.len()),
         member_profiles: live.iter().map(|&i| (i, profile(t, i))).collect(),
+    }
+}
+
+/// The mechanism similarity against its null (meaningful from 2 live members).
+fn similarity_test(value: f64, null: &[f64], alpha: f64, members: usize) -> Similarity {
+    let column: Vec<Vec<f64>> = null.iter().map(|&v| vec![v]).collect();
+    let (mean, sd) = moments(&column, 1);
+    let p = max_stat_p(value, null);
+    let z = standardise(value, mean[0], sd[0]);
+    Similarity {
+        value,
+        null_mean: mean[0],
+        z: z.is_finite().then_some(z),
+        p,
+        significant: members >= 2 && p < alpha,
     }
 }
 
@@ -475,7 +479,7 @@ fn upstream_family(
     let den = universe.pre_sum(live);
     let touched = universe.upstream_into(h, live, den, &mut dense);
     let mut top: Vec<(u32, f64)> = touched.iter().map(|&j| (j, dense[j as usize])).collect();
-    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     top.truncate(TOP_UPSTREAM);
     touched.iter().for_each(|&j| dense[j as usize] = 0.0);
     let mut maxima = Vec::with_capacity(draws.len());

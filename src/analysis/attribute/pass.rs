@@ -433,7 +433,22 @@ pub(super) struct Terms {
     pub upstream: Vec<Vec<f32>>,
 }
 
+/// `sources`, each [rows, width], interleaved row by row into [rows, sources, width]: the
+/// layout whose row r, source c is pair_dot's x row r·sources + c.
+fn interleave(sources: &[&[f32]], rows: usize, width: usize) -> Vec<f32> {
+    let n = sources.len();
+    let mut out = vec![0.0f32; rows * n * width];
+    for r in 0..rows {
+        for (c, src) in sources.iter().enumerate() {
+            out[(r * n + c) * width..(r * n + c + 1) * width]
+                .copy_from_slice(&src[r * width..(r + 1) * width]);
+        }
+    }
+    out
+}
+
 impl Launches<'_> {
+    /// Uploads a batch's rows and codes, records every launch, and reads the terms back.
     fn run(
         &self,
         setup: &AttributionSetup<'_>,
@@ -442,9 +457,23 @@ impl Launches<'_> {
         val: &[f32],
         tc_rows: &[TranscoderRows],
     ) -> anyhow::Result<Terms> {
-        let (rows, d, ch) = (batch.rows, self.d, self.channels);
-        let mut x = vec![0.0f32; rows * ch * d];
-        let sources: Vec<&[f32]> = (0..=setup.components.len())
+        self.upload(setup, batch, idx, val, tc_rows)?;
+        let mut rec = Recorder::new(self.gpu, "attribution");
+        self.record(&mut rec, setup, batch.rows)?;
+        rec.submit()?;
+        self.read_terms(batch.rows)
+    }
+
+    fn upload(
+        &self,
+        setup: &AttributionSetup<'_>,
+        batch: &Batch,
+        idx: &[u32],
+        val: &[f32],
+        tc_rows: &[TranscoderRows],
+    ) -> anyhow::Result<()> {
+        let (rows, gpu) = (batch.rows, self.gpu);
+        let channels: Vec<&[f32]> = (0..=setup.components.len())
             .map(|n| slot(batch, n))
             .chain(
                 tc_rows
@@ -452,15 +481,27 @@ impl Launches<'_> {
                     .flat_map(|t| t.extra.iter().map(Vec::as_slice)),
             )
             .collect();
-        for r in 0..rows {
-            for (c, src) in sources.iter().enumerate() {
-                x[(r * ch + c) * d..(r * ch + c + 1) * d].copy_from_slice(&src[r * d..(r + 1) * d]);
-            }
-        }
-        let gpu = self.gpu;
-        gpu.write(&self.x, &x)?;
+        gpu.write(&self.x, &interleave(&channels, rows, self.d))?;
         gpu.write(&self.ib, &selected(idx, val))?;
-        let mut rec = Recorder::new(gpu, "attribution");
+        if let Some(h) = &self.heads {
+            let z_from = 1 + setup.components.len();
+            let z: Vec<&[f32]> = (0..h.tables.len())
+                .map(|b| slot(batch, z_from + b))
+                .collect();
+            gpu.write(&h.z, &interleave(&z, rows, h.n_heads * h.d_head))?;
+        }
+        for (up, tc) in self.upstream.iter().zip(tc_rows) {
+            gpu.write(&up.ia, &selected(&tc.idx, &tc.val))?;
+        }
+        Ok(())
+    }
+
+    fn record(
+        &self,
+        rec: &mut Recorder<'_>,
+        setup: &AttributionSetup<'_>,
+        rows: usize,
+    ) -> anyhow::Result<()> {
         let shape = |ka, dim, y_step| PairDotShape {
             rows,
             ka,
@@ -468,74 +509,57 @@ impl Launches<'_> {
             dim,
             y_step,
         };
+        let (enc, ib) = (&self.enc_rows, &self.ib);
         launch_pair_dot(
-            &mut rec,
+            rec,
             &self.x,
-            &self.enc_rows,
+            enc,
             &self.ia,
-            &self.ib,
+            ib,
             &self.out,
-            shape(ch, d, 0),
+            shape(self.channels, self.d, 0),
         )?;
         if let Some(h) = &self.heads {
-            let z_from = 1 + setup.components.len();
-            let blocks = h.tables.len();
-            let width = h.n_heads * h.d_head;
-            let mut z = vec![0.0f32; rows * blocks * width];
-            for b in 0..blocks {
-                let src = slot(batch, z_from + b);
-                for r in 0..rows {
-                    z[(r * blocks + b) * width..(r * blocks + b + 1) * width]
-                        .copy_from_slice(&src[r * width..(r + 1) * width]);
-                }
-            }
-            gpu.write(&h.z, &z)?;
-            for b in 0..blocks {
-                let s = shape(h.n_heads, h.d_head, setup.sae.d_sae);
-                launch_pair_dot(
-                    &mut rec,
-                    &h.z,
-                    &h.tables[b],
-                    &h.ia[b],
-                    &self.ib,
-                    &h.out[b],
-                    s,
-                )?;
+            let s = shape(h.n_heads, h.d_head, setup.sae.d_sae);
+            for ((table, ia), out) in h.tables.iter().zip(&h.ia).zip(&h.out) {
+                launch_pair_dot(rec, &h.z, table, ia, ib, out, s)?;
             }
         }
-        for (up, tc) in self.upstream.iter().zip(tc_rows) {
-            gpu.write(&up.ia, &selected(&tc.idx, &tc.val))?;
-            let s = shape(up.k, d, 0);
+        for up in &self.upstream {
             launch_pair_dot(
-                &mut rec,
+                rec,
                 &up.w_dec,
-                &self.enc_rows,
+                enc,
                 &up.ia,
-                &self.ib,
+                ib,
                 &up.out,
-                s,
+                shape(up.k, self.d, 0),
             )?;
         }
-        rec.submit()?;
-        let read = |b: &GpuBuffer, n: usize| -> anyhow::Result<Vec<f32>> {
-            let mut v: Vec<f32> = gpu.read(b).context("reading attribution terms")?;
-            v.truncate(n);
+        Ok(())
+    }
+
+    fn read_terms(&self, rows: usize) -> anyhow::Result<Terms> {
+        let read = |b: &GpuBuffer, per_pair: usize| -> anyhow::Result<Vec<f32>> {
+            let mut v: Vec<f32> = self.gpu.read(b).context("reading attribution terms")?;
+            v.truncate(rows * self.k * per_pair);
             Ok(v)
         };
+        let heads = match &self.heads {
+            None => Vec::new(),
+            Some(h) => h
+                .out
+                .iter()
+                .map(|o| read(o, h.n_heads))
+                .collect::<anyhow::Result<_>>()?,
+        };
         Ok(Terms {
-            channels: read(&self.out, rows * self.k * ch)?,
-            heads: match &self.heads {
-                None => Vec::new(),
-                Some(h) => h
-                    .out
-                    .iter()
-                    .map(|o| read(o, rows * self.k * h.n_heads))
-                    .collect::<anyhow::Result<_>>()?,
-            },
+            channels: read(&self.out, self.channels)?,
+            heads,
             upstream: self
                 .upstream
                 .iter()
-                .map(|u| read(&u.out, rows * self.k * u.k))
+                .map(|u| read(&u.out, u.k))
                 .collect::<anyhow::Result<_>>()?,
         })
     }

@@ -1,24 +1,25 @@
 //! One part of a split `sae attribute --part I/N`: every sum of the pass (attribution-part.
-//! safetensors, f64; the sparse ones as coordinate lists) and what it covered
+//! safetensors, f64; each sparse table as three lists: owner, key, value) and what it covered
 //! (attribution-part.json), so that `sae attribute merge` adds the parts into exactly the
 //! totals of one pass.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
+use bytemuck::Pod;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
 use crate::analysis::attribute::totals::Gaps;
-use crate::analysis::attribute::{Totals, HOOK_PARTS};
+use crate::analysis::attribute::{Totals, BIAS, HOOK_PARTS};
 use crate::io::{write_json_atomic, write_safetensors, TensorOut};
-use crate::sae::formats::read_tensor_f64;
+use crate::sae::formats::{parse, read_json, read_safetensors, read_tensor_f64};
 
 pub const PART_TENSORS: &str = "attribution-part.safetensors";
 pub const PART_JSON: &str = "attribution-part.json";
 /// Upstream feature ids a part may hold (a dense scratch of this many f64 is made per hook).
-const MAX_UPSTREAM: u32 = 1 << 24;
+const MAX_UPSTREAM: i64 = 1 << 24;
 
 fn gaps_row(g: &Gaps) -> Vec<f64> {
     vec![g.pairs as f64, g.max_abs, g.sum_sq, g.sum_h_sq]
@@ -33,25 +34,97 @@ fn gaps_of(v: &[f64]) -> Gaps {
     }
 }
 
-/// Token counts as (owner, token, count) lists.
-fn count_lists<'a>(
-    prefix: &str,
-    maps: impl Iterator<Item = (u32, &'a HashMap<i32, u32>)>,
-) -> Vec<TensorOut> {
-    let (mut owner, mut token, mut count) = (Vec::new(), Vec::new(), Vec::new());
-    for (k, m) in maps {
-        for (&t, &n) in m {
-            owner.push(k);
-            token.push(t);
-            count.push(n);
+/// A sparse table (per owner: key → value) as three parallel lists. Keys are token ids or
+/// feature ids, values sums or counts; i64 and f64 hold every one of them exactly.
+#[derive(Default)]
+struct Triples {
+    owner: Vec<u32>,
+    key: Vec<i64>,
+    value: Vec<f64>,
+}
+
+impl Triples {
+    fn of<'a, K, V>(maps: impl Iterator<Item = (u32, &'a HashMap<K, V>)>) -> Triples
+    where
+        K: Copy + Into<i64> + 'a,
+        V: Copy + Into<f64> + 'a,
+    {
+        let mut t = Triples::default();
+        for (owner, map) in maps {
+            for (&k, &v) in map {
+                t.owner.push(owner);
+                t.key.push(k.into());
+                t.value.push(v.into());
+            }
         }
+        t
     }
-    let n = owner.len();
-    vec![
-        TensorOut::u32(&format!("{prefix}token_owner"), &[n], &owner),
-        TensorOut::i32(&format!("{prefix}token_id"), &[n], &token),
-        TensorOut::u32(&format!("{prefix}token_count"), &[n], &count),
-    ]
+
+    fn tensors(&self, name: &str) -> [TensorOut; 3] {
+        let n = self.owner.len();
+        [
+            TensorOut::u32(&format!("{name}.owner"), &[n], &self.owner),
+            TensorOut::i64(&format!("{name}.key"), &[n], &self.key),
+            TensorOut::f64(&format!("{name}.value"), &[n], &self.value),
+        ]
+    }
+
+    fn read(st: &SafeTensors<'_>, name: &str, path: &Path) -> anyhow::Result<Triples> {
+        let t = Triples {
+            owner: typed(st, &format!("{name}.owner"), Dtype::U32, path)?,
+            key: typed(st, &format!("{name}.key"), Dtype::I64, path)?,
+            value: typed(st, &format!("{name}.value"), Dtype::F64, path)?,
+        };
+        if t.key.len() != t.owner.len() || t.value.len() != t.owner.len() {
+            bail!("{}: the lists of '{name}' differ in length", path.display());
+        }
+        Ok(t)
+    }
+
+    /// (owner, key, value) with the owner checked below `owners` and the key by `key`.
+    fn entries<K>(
+        &self,
+        owners: usize,
+        key: impl Fn(i64) -> Option<K>,
+        path: &Path,
+    ) -> anyhow::Result<Vec<(usize, K, f64)>> {
+        let bad = |what: &str, v: i64| anyhow!("{}: {what} {v} is out of range", path.display());
+        (0..self.owner.len())
+            .map(|e| {
+                let o = self.owner[e] as usize;
+                if o >= owners {
+                    return Err(bad("owner", o as i64));
+                }
+                let k = key(self.key[e]).ok_or_else(|| bad("key", self.key[e]))?;
+                Ok((o, k, self.value[e]))
+            })
+            .collect()
+    }
+}
+
+/// A tensor's elements as stored, its dtype checked.
+fn typed<T: Pod>(
+    st: &SafeTensors<'_>,
+    name: &str,
+    dtype: Dtype,
+    path: &Path,
+) -> anyhow::Result<Vec<T>> {
+    let view = st
+        .tensor(name)
+        .map_err(|_| anyhow!("{}: missing tensor '{name}'", path.display()))?;
+    if view.dtype() != dtype {
+        bail!(
+            "{}: tensor '{name}' is {:?}, expected {dtype:?}",
+            path.display(),
+            view.dtype()
+        );
+    }
+    Ok(bytemuck::pod_collect_to_vec(view.data()))
+}
+
+/// Each map with its index as its owner.
+fn numbered<T>(maps: &[T]) -> impl Iterator<Item = (u32, &T)> {
+    (0u32..).zip(maps)
 }
 
 /// Writes the part's sums and `meta` (its PartInfo and settings) into `out`.
@@ -69,244 +142,116 @@ pub fn write_part(out: &Path, totals: &Totals, meta: &Value) -> anyhow::Result<(
         TensorOut::f64("gaps", &[4], &gaps_row(&totals.gaps)),
         TensorOut::f64("head_gaps", &[4], &gaps_row(&totals.head_gaps)),
     ];
-    let (mut owner, mut token, mut sum) = (Vec::new(), Vec::new(), Vec::new());
-    for (hh, m) in totals.head_tokens.iter().enumerate() {
-        for (&t, &v) in m {
-            owner.push(hh as u32);
-            token.push(t);
-            sum.push(v);
-        }
-    }
-    let n = owner.len();
-    t.push(TensorOut::u32("head_token_owner", &[n], &owner));
-    t.push(TensorOut::i32("head_token_id", &[n], &token));
-    t.push(TensorOut::f64("head_token_sum", &[n], &sum));
-    let latents = totals
-        .latent_tokens
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (i as u32, m));
-    t.extend(count_lists("", latents));
+    t.extend(Triples::of(numbered(&totals.latent_tokens)).tensors("latent_tokens"));
+    t.extend(Triples::of(numbered(&totals.head_tokens)).tensors("head_tokens"));
     for (h, hook) in totals.hooks.iter().enumerate() {
-        let p = format!("hook{h}.");
+        let p = format!("hook{h}");
         t.push(TensorOut::f64(
-            &format!("{p}parts"),
+            &format!("{p}.parts"),
             &[d, HOOK_PARTS.len()],
             &hook.parts,
         ));
         t.push(TensorOut::f64(
-            &format!("{p}gaps"),
+            &format!("{p}.gaps"),
             &[4],
             &gaps_row(&hook.gaps),
         ));
-        let (mut latent, mut feature, mut value) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, m) in hook.upstream.iter().enumerate() {
-            for (&j, &v) in m {
-                latent.push(i as u32);
-                feature.push(j);
-                value.push(v);
-            }
-        }
-        let n = latent.len();
-        t.push(TensorOut::u32(
-            &format!("{p}upstream_latent"),
-            &[n],
-            &latent,
-        ));
-        t.push(TensorOut::u32(
-            &format!("{p}upstream_feature"),
-            &[n],
-            &feature,
-        ));
-        t.push(TensorOut::f64(&format!("{p}upstream_value"), &[n], &value));
-        t.extend(count_lists(
-            &p,
-            hook.feature_tokens.iter().map(|(&j, m)| (j, m)),
-        ));
+        t.extend(Triples::of(numbered(&hook.upstream)).tensors(&format!("{p}.upstream")));
+        let tokens = hook.feature_tokens.iter().map(|(&j, m)| (j, m));
+        t.extend(Triples::of(tokens).tensors(&format!("{p}.feature_tokens")));
     }
     write_safetensors(&out.join(PART_TENSORS), &t, None)?;
     write_json_atomic(&out.join(PART_JSON), meta)
 }
 
-fn ints<T: Copy>(
-    st: &SafeTensors<'_>,
-    name: &str,
-    dtype: Dtype,
-    path: &Path,
-    from: fn([u8; 4]) -> T,
-) -> anyhow::Result<Vec<T>> {
-    let view = st
-        .tensor(name)
-        .map_err(|_| anyhow!("{}: missing tensor '{name}'", path.display()))?;
-    if view.dtype() != dtype {
-        anyhow::bail!(
-            "{}: tensor '{name}' is {:?}, expected {dtype:?}",
-            path.display(),
-            view.dtype()
+/// A part's metadata and empty totals over the columns it names.
+fn read_meta(dir: &Path) -> anyhow::Result<(Value, Totals)> {
+    let path = dir.join(PART_JSON);
+    let meta = read_json(&path).context("not a `sae attribute --part I/N` output")?;
+    let strings = |list: &Value, key: Option<&str>| -> Vec<String> {
+        let items = list.as_array().into_iter().flatten();
+        items
+            .filter_map(|v| key.map_or(v, |k| &v[k]).as_str().map(String::from))
+            .collect()
+    };
+    let d = meta["d_sae"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("{}: no d_sae", path.display()))? as usize;
+    let components = strings(&meta["components"], None);
+    if components.last().map(String::as_str) != Some(BIAS) {
+        bail!(
+            "{}: 'components' must list the cache's components with 'bias' last",
+            path.display()
         );
     }
-    Ok(view
-        .data()
-        .chunks_exact(4)
-        .map(|b| from([b[0], b[1], b[2], b[3]]))
-        .collect())
-}
-
-fn counts_into(
-    st: &SafeTensors<'_>,
-    prefix: &str,
-    path: &Path,
-) -> anyhow::Result<Vec<(u32, i32, u32)>> {
-    let owner = ints(
-        st,
-        &format!("{prefix}token_owner"),
-        Dtype::U32,
-        path,
-        u32::from_le_bytes,
-    )?;
-    let token = ints(
-        st,
-        &format!("{prefix}token_id"),
-        Dtype::I32,
-        path,
-        i32::from_le_bytes,
-    )?;
-    let count = ints(
-        st,
-        &format!("{prefix}token_count"),
-        Dtype::U32,
-        path,
-        u32::from_le_bytes,
-    )?;
-    Ok(owner
-        .into_iter()
-        .zip(token)
-        .zip(count)
-        .map(|((o, t), c)| (o, t, c))
-        .collect())
-}
-
-fn out_of_range(path: &Path, latent: u32) -> anyhow::Error {
-    anyhow!(
-        "{}: latent {latent} is beyond the part's d_sae",
-        path.display()
-    )
+    let hooks = strings(&meta["hooks"], Some("hook"));
+    let mut totals = Totals::empty(d, components, strings(&meta["heads"], None), &hooks);
+    totals.rows = meta["rows"].as_u64().unwrap_or(0);
+    totals.dropped = meta["dropped_beyond_cap"].as_u64().unwrap_or(0);
+    Ok((meta, totals))
 }
 
 /// Reads a part written by [`write_part`]: its metadata and its sums (columns as `meta` says).
 pub fn read_part(dir: &Path) -> anyhow::Result<(Value, Totals)> {
-    let json_path = dir.join(PART_JSON);
-    let text = std::fs::read_to_string(&json_path).with_context(|| {
-        format!(
-            "{}: cannot read (a `sae attribute --part I/N` output?)",
-            json_path.display()
-        )
-    })?;
-    let meta: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not valid JSON", json_path.display()))?;
-    let strings = |key: &str| -> Vec<String> {
-        meta[key]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect()
-    };
-    let hooks: Vec<String> = meta["hooks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|h| h["hook"].as_str().map(String::from))
-        .collect();
-    let d = meta["d_sae"]
-        .as_u64()
-        .ok_or_else(|| anyhow!("{}: no d_sae", json_path.display()))? as usize;
-    let components = strings("components");
-    if components.last().map(String::as_str) != Some(crate::analysis::attribute::BIAS) {
-        anyhow::bail!(
-            "{}: 'components' must list the cache's components with 'bias' last",
-            json_path.display()
-        );
-    }
-    let mut totals = Totals::empty(d, components, strings("heads"), &hooks);
+    let (meta, mut totals) = read_meta(dir)?;
     let path = dir.join(PART_TENSORS);
-    let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
-    let (nc, nh) = (totals.components.len(), totals.heads.len());
-    let counts = read_tensor_f64(&st, "fire_count", &[d], &path)?;
-    totals.fire_count = counts.iter().map(|&c| c as u64).collect();
-    totals.rows = meta["rows"].as_u64().unwrap_or(0);
-    totals.dropped = meta["dropped_beyond_cap"].as_u64().unwrap_or(0);
-    totals.sum_pre = read_tensor_f64(&st, "sum_pre", &[d], &path)?;
-    totals.contribution = read_tensor_f64(&st, "contribution", &[d, nc], &path)?;
-    totals.head_contribution = read_tensor_f64(&st, "head_contribution", &[d, nh], &path)?;
-    totals.gaps = gaps_of(&read_tensor_f64(&st, "gaps", &[4], &path)?);
-    totals.head_gaps = gaps_of(&read_tensor_f64(&st, "head_gaps", &[4], &path)?);
-    for (o, t, c) in counts_into(&st, "", &path)? {
-        let counts = totals
-            .latent_tokens
-            .get_mut(o as usize)
-            .ok_or_else(|| out_of_range(&path, o))?;
-        *counts.entry(t).or_insert(0) += c;
-    }
-    let owner = ints(
-        &st,
-        "head_token_owner",
-        Dtype::U32,
-        &path,
-        u32::from_le_bytes,
-    )?;
-    let token = ints(&st, "head_token_id", Dtype::I32, &path, i32::from_le_bytes)?;
-    let sums = read_tensor_f64(&st, "head_token_sum", &[owner.len()], &path)?;
-    for ((o, t), v) in owner.into_iter().zip(token).zip(sums) {
-        let head = totals
-            .head_tokens
-            .get_mut(o as usize)
-            .ok_or_else(|| out_of_range(&path, o))?;
-        *head.entry(t).or_insert(0.0) += v;
-    }
-    for (h, hook) in totals.hooks.iter_mut().enumerate() {
-        let p = format!("hook{h}.");
-        hook.parts = read_tensor_f64(&st, &format!("{p}parts"), &[d, HOOK_PARTS.len()], &path)?;
-        hook.gaps = gaps_of(&read_tensor_f64(&st, &format!("{p}gaps"), &[4], &path)?);
-        let latent = ints(
-            &st,
-            &format!("{p}upstream_latent"),
-            Dtype::U32,
-            &path,
-            u32::from_le_bytes,
-        )?;
-        let feature = ints(
-            &st,
-            &format!("{p}upstream_feature"),
-            Dtype::U32,
-            &path,
-            u32::from_le_bytes,
-        )?;
-        let n = latent.len();
-        let value = read_tensor_f64(&st, &format!("{p}upstream_value"), &[n], &path)?;
-        if let Some(&j) = feature.iter().find(|&&j| j >= MAX_UPSTREAM) {
-            anyhow::bail!(
-                "{}: upstream feature {j} is beyond any transcoder this reads",
-                path.display()
-            );
-        }
-        for ((i, j), v) in latent.into_iter().zip(feature).zip(value) {
-            let sums = hook
-                .upstream
-                .get_mut(i as usize)
-                .ok_or_else(|| out_of_range(&path, i))?;
-            *sums.entry(j).or_insert(0.0) += v;
-        }
-        for (j, t, c) in counts_into(&st, &p, &path)? {
-            *hook
-                .feature_tokens
-                .entry(j)
-                .or_default()
-                .entry(t)
-                .or_insert(0) += c;
-        }
+    let bytes = read_safetensors(&path)?;
+    let st = parse(&bytes, &path)?;
+    read_dense(&st, &path, &mut totals)?;
+    read_tokens(&st, &path, &mut totals)?;
+    for h in 0..totals.hooks.len() {
+        read_hook(&st, &path, &mut totals, h)?;
     }
     Ok((meta, totals))
+}
+
+fn read_dense(st: &SafeTensors<'_>, path: &Path, totals: &mut Totals) -> anyhow::Result<()> {
+    let (d, nc, nh) = (totals.d_sae, totals.components.len(), totals.heads.len());
+    let counts = read_tensor_f64(st, "fire_count", &[d], path)?;
+    totals.fire_count = counts.iter().map(|&c| c as u64).collect();
+    totals.sum_pre = read_tensor_f64(st, "sum_pre", &[d], path)?;
+    totals.contribution = read_tensor_f64(st, "contribution", &[d, nc], path)?;
+    totals.head_contribution = read_tensor_f64(st, "head_contribution", &[d, nh], path)?;
+    totals.gaps = gaps_of(&read_tensor_f64(st, "gaps", &[4], path)?);
+    totals.head_gaps = gaps_of(&read_tensor_f64(st, "head_gaps", &[4], path)?);
+    Ok(())
+}
+
+fn token(key: i64) -> Option<i32> {
+    i32::try_from(key).ok()
+}
+
+fn read_tokens(st: &SafeTensors<'_>, path: &Path, totals: &mut Totals) -> anyhow::Result<()> {
+    let latents = Triples::read(st, "latent_tokens", path)?;
+    for (o, t, c) in latents.entries(totals.d_sae, token, path)? {
+        *totals.latent_tokens[o].entry(t).or_insert(0) += c as u32;
+    }
+    let heads = Triples::read(st, "head_tokens", path)?;
+    for (o, t, v) in heads.entries(totals.heads.len(), token, path)? {
+        *totals.head_tokens[o].entry(t).or_insert(0.0) += v;
+    }
+    Ok(())
+}
+
+fn read_hook(
+    st: &SafeTensors<'_>,
+    path: &Path,
+    totals: &mut Totals,
+    h: usize,
+) -> anyhow::Result<()> {
+    let (d, p) = (totals.d_sae, format!("hook{h}"));
+    let hook = &mut totals.hooks[h];
+    hook.parts = read_tensor_f64(st, &format!("{p}.parts"), &[d, HOOK_PARTS.len()], path)?;
+    hook.gaps = gaps_of(&read_tensor_f64(st, &format!("{p}.gaps"), &[4], path)?);
+    let feature = |key: i64| (0..MAX_UPSTREAM).contains(&key).then_some(key as u32);
+    let upstream = Triples::read(st, &format!("{p}.upstream"), path)?;
+    for (i, j, v) in upstream.entries(d, feature, path)? {
+        *hook.upstream[i].entry(j).or_insert(0.0) += v;
+    }
+    let tokens = Triples::read(st, &format!("{p}.feature_tokens"), path)?;
+    for (j, t, c) in tokens.entries(MAX_UPSTREAM as usize, token, path)? {
+        let counts = hook.feature_tokens.entry(j as u32).or_default();
+        *counts.entry(t).or_insert(0) += c as u32;
+    }
+    Ok(())
 }

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use serde_json::json;
 use tokenizers::Tokenizer;
 
@@ -52,35 +51,15 @@ impl ReportContext<'_> {
     }
 }
 
-fn prepare(out: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
-    let mut stale: Vec<PathBuf> = FINAL_OUTPUTS.iter().map(|n| out.join(n)).collect();
-    if let Ok(entries) = std::fs::read_dir(out) {
-        stale.extend(
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("group-") && n.ends_with(".html"))
-                }),
-        );
-    }
-    for path in stale.into_iter().filter(|p| p.exists()) {
-        std::fs::remove_file(&path)
-            .with_context(|| format!("{}: cannot replace", path.display()))?;
-    }
-    Ok(())
-}
-
 pub fn write_report(
     out: &Path,
     totals: &Totals,
     groups: &[GroupReport],
     context: &ReportContext<'_>,
 ) -> anyhow::Result<()> {
-    prepare(out)?;
+    super::prepare_output_dir(out, &FINAL_OUTPUTS, |n| {
+        n.starts_with("group-") && n.ends_with(".html")
+    })?;
     write_tensors(&out.join("attribution.safetensors"), totals)?;
     for g in groups {
         write_atomic(
@@ -195,20 +174,11 @@ fn attribution_json(
 }
 
 fn significant_names(g: &GroupReport) -> Vec<String> {
-    let mut names: Vec<String> = g
-        .components
-        .iter()
-        .chain(&g.heads)
-        .filter(|w| w.significant)
-        .map(|w| w.name.clone())
-        .collect();
-    names.extend(
-        g.upstream
-            .iter()
-            .filter(|u| u.significant)
-            .map(|u| format!("{}#{}", u.hook, u.feature)),
-    );
-    names
+    let writers = g.significant_writers().map(|w| w.name.clone());
+    let upstream = g
+        .significant_upstream()
+        .map(|u| format!("{}#{}", u.hook, u.feature));
+    writers.chain(upstream).collect()
 }
 
 fn index_page(groups: &[GroupReport], totals: &Totals, c: &ReportContext<'_>) -> String {
@@ -267,14 +237,27 @@ fn shade(v: f64) -> String {
     )
 }
 
-fn writers_table(title: &str, writers: &[Writer], top: usize) -> String {
-    let mut sorted: Vec<_> = writers.iter().collect();
-    sorted.sort_by(|a, b| b.share.total_cmp(&a.share));
-    let mut s = format!("<h2>{title}</h2><table><tr><th>writer</th><th>share</th><th>null mean</th><th>z</th><th>p</th></tr>");
-    for w in sorted.iter().take(top) {
+/// A column beside the writers: its heading, and its cell for the writer at an index.
+type ExtraColumn<'a> = (&'a str, &'a dyn Fn(usize) -> String);
+
+/// The `top` writers by share, with `extra`'s column if given.
+fn writers_table(
+    title: &str,
+    writers: &[Writer],
+    top: usize,
+    extra: Option<ExtraColumn<'_>>,
+) -> String {
+    let mut sorted: Vec<(usize, &Writer)> = writers.iter().enumerate().collect();
+    sorted.sort_by(|a, b| b.1.share.total_cmp(&a.1.share));
+    let mut s = format!("<h2>{title}</h2><table><tr><th>writer</th><th>share</th><th>null mean</th><th>z</th><th>p</th>");
+    if let Some((heading, _)) = extra {
+        let _ = write!(s, "<th>{heading}</th>");
+    }
+    s.push_str("</tr>");
+    for (at, w) in sorted.into_iter().take(top) {
         let _ = write!(
             s,
-            "<tr><td class=l>{}{}</td><td>{:.4}</td><td>{:.4}</td><td>{}</td><td>{:.4}</td></tr>",
+            "<tr><td class=l>{}{}</td><td>{:.4}</td><td>{:.4}</td><td>{}</td><td>{:.4}</td>",
             escape(&w.name),
             if w.significant { " ✱" } else { "" },
             w.share,
@@ -282,6 +265,10 @@ fn writers_table(title: &str, writers: &[Writer], top: usize) -> String {
             fmt_z(w.z),
             w.p
         );
+        if let Some((_, cell)) = extra {
+            let _ = write!(s, "<td class=l>{}</td>", cell(at));
+        }
+        s.push_str("</tr>");
     }
     s.push_str("</table>");
     s
@@ -310,34 +297,21 @@ fn member_map(g: &GroupReport, totals: &Totals) -> String {
 /// The heads by share, each with the tokens where it writes the most (into every selected
 /// latent, not only this group's).
 fn heads_table(g: &GroupReport, totals: &Totals, c: &ReportContext<'_>) -> String {
-    let mut sorted: Vec<(usize, &Writer)> = g.heads.iter().enumerate().collect();
-    sorted.sort_by(|a, b| b.1.share.total_cmp(&a.1.share));
-    let mut s = String::from("<h2>Top heads</h2><table><tr><th>head</th><th>share</th><th>null mean</th><th>z</th><th>p</th><th>tokens where it writes most (all latents)</th></tr>");
-    for (at, w) in sorted.into_iter().take(12) {
-        let tokens = top_token_sums(totals.head_tokens.get(at), 5)
+    let tokens = |at: usize| {
+        top_token_sums(totals.head_tokens.get(at), 5)
             .iter()
             .map(|(t, _)| escape(&format!("{:?}", c.token(*t))))
             .collect::<Vec<_>>()
-            .join(", ");
-        let _ = write!(
-            s,
-            "<tr><td class=l>{}{}</td><td>{:.4}</td><td>{:.4}</td><td>{}</td><td>{:.4}</td><td class=l>{tokens}</td></tr>",
-            escape(&w.name),
-            if w.significant { " ✱" } else { "" },
-            w.share,
-            w.null_mean,
-            fmt_z(w.z),
-            w.p
-        );
-    }
-    s.push_str("</table>");
-    s
+            .join(", ")
+    };
+    let column: ExtraColumn<'_> = ("tokens where it writes most (all latents)", &tokens);
+    writers_table("Top heads", &g.heads, 12, Some(column))
 }
 
 fn group_page(g: &GroupReport, totals: &Totals, c: &ReportContext<'_>) -> String {
     let s = &g.mechanism_similarity;
     let mut body = format!(
-        "<h1>{}</h1><p>{} members ({} fire), {} (row, member) pairs. Significant (✱) means p &lt; {:.4} (0.01 over the group's families). Mechanism similarity {:.3} (null {:.3}, {}, p {:.4}).</p>",
+        "<h1>{}</h1><p>{} members ({} fire), {} (row, member) pairs. Significant (✱) means p &lt; {:.4} (--alpha over the group's families). Mechanism similarity {:.3} (null {:.3}, {}, p {:.4}).</p>",
         escape(&g.id), g.members.len(), g.live_members, g.rows, g.alpha, s.value, s.null_mean, fmt_z(s.z), s.p
     );
     body.insert_str(0, MAP_STYLE);
@@ -345,6 +319,7 @@ fn group_page(g: &GroupReport, totals: &Totals, c: &ReportContext<'_>) -> String
         "Components",
         &g.components,
         g.components.len(),
+        None,
     ));
     body.push_str(&member_map(g, totals));
     body.push_str("<h2>Members' tokens</h2><table><tr><th>member</th><th>most frequent tokens where it fires</th></tr>");
@@ -382,6 +357,7 @@ fn group_page(g: &GroupReport, totals: &Totals, c: &ReportContext<'_>) -> String
             &format!("Parts of {}", escape(&hook.hook)),
             &parts,
             parts.len(),
+            None,
         ));
     }
     body.push_str("<p><a href=\"index.html\">all groups</a></p>");

@@ -36,28 +36,7 @@ fn is_feature_page(name: &str) -> bool {
 
 /// Creates `out` and removes an earlier run's final outputs from it.
 pub fn prepare_output_dir(out: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
-    let mut stale: Vec<std::path::PathBuf> =
-        FINAL_OUTPUTS.iter().map(|name| out.join(name)).collect();
-    if let Ok(entries) = std::fs::read_dir(out) {
-        stale.extend(
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(is_feature_page)
-                }),
-        );
-    }
-    for path in stale {
-        if path.exists() {
-            std::fs::remove_file(&path)
-                .with_context(|| format!("{}: cannot replace", path.display()))?;
-        }
-    }
-    Ok(())
+    super::prepare_output_dir(out, &FINAL_OUTPUTS, is_feature_page)
 }
 
 /// What the written files say about where the categories came from.

@@ -22,4 +22,4 @@ pub use saelens::{
     KNOWN_NORMALIZATIONS,
 };
 pub use sparsify::{save_sparsify, SparsifyConfig};
-pub use tensors::{read_tensor_f32, read_tensor_f64};
+pub use tensors::{parse, read_json, read_safetensors, read_tensor_f32, read_tensor_f64};
