@@ -438,6 +438,14 @@ fn numbers(v: &Value, out: &mut Vec<f64>) {
     }
 }
 
+/// The "Top heads" table of a group page.
+fn heads_table(page: &Path) -> String {
+    let html = std::fs::read_to_string(page).unwrap();
+    let start = html.find("Top heads").expect("a heads table");
+    let end = start + html[start..].find("</table>").unwrap();
+    html[start..end].to_string()
+}
+
 #[test]
 fn parts_merge_into_one_pass() {
     if common::gpu().is_none() {
@@ -491,9 +499,12 @@ fn parts_merge_into_one_pass() {
     let mut args = common_args(&whole);
     args.extend(groups.iter().map(|s| s.to_string()));
     sae_ok(&args);
+    // The parts know the requested groups (not the random ones): their pages get each
+    // head's tokens into their members.
     for i in 0..2 {
         let mut args = common_args(&dir.join(format!("part{i}")));
         args.extend(["--part".to_string(), format!("{i}/2")]);
+        args.extend(groups[..4].iter().map(|s| s.to_string()));
         sae_ok(&args);
     }
     let merged = dir.join("merged");
@@ -528,6 +539,31 @@ fn parts_merge_into_one_pass() {
     let flags = |v: &Value| v.to_string().matches("\"significant\":true").count();
     assert_eq!(flags(&a["groups"]), flags(&b["groups"]));
     assert!(flags(&a["groups"]) >= 2, "the planted groups are found");
+    for page in ["group-members-1.html", "group-members-2.html"] {
+        let (x, y) = (
+            heads_table(&whole.join(page)),
+            heads_table(&merged.join(page)),
+        );
+        assert!(x.contains("into these members"), "{page}: {x}");
+        assert_eq!(x, y, "{page}: the merged heads table is one pass's");
+    }
+    // Merged for a group the parts did not know: each head's tokens over every latent, said.
+    let other = dir.join("other-group");
+    let p0s = p0.to_str().unwrap().to_string();
+    let p1s = p1.to_str().unwrap().to_string();
+    sae_ok(&[
+        "attribute",
+        "merge",
+        &p0s,
+        &p1s,
+        "--quiet",
+        "--out",
+        other.to_str().unwrap(),
+        "--members",
+        "0,1,2",
+    ]);
+    let table = heads_table(&other.join("group-members-1.html"));
+    assert!(table.contains("into every latent"), "{table}");
     // A part missing is one line naming it.
     let alone = dir.join("alone");
     sae_fails(

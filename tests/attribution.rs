@@ -1,15 +1,18 @@
 //! `sae attribute`'s pass against the f64 reference (tests/common/attribution.rs) on a random
 //! cache at shapes that are not multiples of anything (d 33, 77 latents, 301 rows over two
 //! files, batches of 64, three heads of 11, a skip-transcoder of 19 features): firing counts
-//! exactly, every summed term to 1e-5, and the parts summing to each pre-activation (the
-//! completeness figures) to 1e-5.
+//! exactly, every summed term to 1e-5, the parts summing to each pre-activation (the
+//! completeness figures) to 1e-5, and the token tables of the pages (latents' and transcoder
+//! features' tokens exactly, heads' terms per token, over every latent and per group, to 1e-5).
 
 mod common;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use common::attribution::{reference_totals, RefCache};
+use common::attribution::{reference_totals, RefCache, RefTotals};
 use common::{assert_close, gpu, random_sae, random_vec, rng, temp_dir};
+use rand::Rng;
 use sae_wgpu::analysis::attribute::{attribute, AttributionSetup, HeadWeights, TranscoderSpec};
 use sae_wgpu::data::ComponentCache;
 use sae_wgpu::io::{write_safetensors, TensorOut};
@@ -20,6 +23,8 @@ const ROWS: usize = 301;
 const HEADS: usize = 3;
 const D_HEAD: usize = 11;
 const BLOCKS: usize = 2;
+/// Token ids of the random cache: few, so every head sums over many rows per token.
+const VOCAB: i32 = 13;
 
 fn component_names() -> Vec<String> {
     let mut names = vec!["hook_embed".to_string()];
@@ -66,6 +71,7 @@ fn random_cache() -> RefCache {
         n_heads: HEADS,
         tc_input: random_vec(&mut r, ROWS * D, 1.0),
         tc_component: 4,
+        tokens: (0..ROWS).map(|_| r.random_range(0..VOCAB)).collect(),
     }
 }
 
@@ -96,6 +102,7 @@ fn write_cache(cache: &RefCache, dir: &std::path::Path) -> Vec<std::path::PathBu
                 &[n, D],
                 &rows(&cache.tc_input, D),
             ));
+            t.push(TensorOut::i32("tokens", &[n], &cache.tokens[a..b]));
             t.push(TensorOut::f32(
                 "blocks.1.hook_resid_post",
                 &[n, D],
@@ -138,7 +145,12 @@ fn check_against_reference(name: &str, sae: &SaeParams, cap: usize) {
     if let Some(t) = tc.transcoder.as_mut() {
         t.w_skip = Some(random_vec(&mut r, D * D, 0.2));
     }
-    let want = reference_totals(sae, &cache, &tc, cap);
+    // Two overlapping groups (latent 40 is in both).
+    let groups = vec![
+        (0..77).step_by(5).collect::<Vec<usize>>(),
+        vec![76, 3, 40, 8, 41],
+    ];
+    let want = reference_totals(sae, &cache, &tc, cap, &groups);
     let setup = AttributionSetup {
         sae,
         cache: Arc::new(ComponentCache::open(&files).unwrap()),
@@ -161,6 +173,7 @@ fn check_against_reference(name: &str, sae: &SaeParams, cap: usize) {
         }],
         batch_rows: 64,
         cap,
+        token_groups: groups.clone(),
     };
     let got = attribute(gpu, &setup, |_| {}).unwrap();
     assert_eq!(got.rows, ROWS as u64);
@@ -195,6 +208,7 @@ fn check_against_reference(name: &str, sae: &SaeParams, cap: usize) {
     };
     let up = dense(&got.hooks[0].upstream);
     assert_close("upstream", &f32s(&up), &dense(&want.upstream), 1e-5);
+    check_token_tables(&got, &want);
     let c = got.completeness();
     assert_eq!(c.pairs, got.fire_count.iter().sum::<u64>());
     assert!(
@@ -212,4 +226,59 @@ fn check_against_reference(name: &str, sae: &SaeParams, cap: usize) {
         tc_gap <= 1e-5,
         "the transcoder's parts miss mlp_out by {tc_gap}"
     );
+}
+
+/// [owners, VOCAB] of per-owner token tables, as f64.
+fn per_token<V: Copy + Into<f64>>(maps: &[&HashMap<i32, V>]) -> Vec<f64> {
+    let mut out = vec![0.0; maps.len() * VOCAB as usize];
+    for (o, m) in maps.iter().enumerate() {
+        for (&t, &v) in m.iter() {
+            out[o * VOCAB as usize + t as usize] = v.into();
+        }
+    }
+    out
+}
+
+fn check_token_tables(got: &sae_wgpu::analysis::attribute::Totals, want: &RefTotals) {
+    let refs = |maps: &[HashMap<i32, u32>]| per_token(&maps.iter().collect::<Vec<_>>());
+    assert_eq!(
+        refs(&got.latent_tokens),
+        refs(&want.latent_tokens),
+        "latents' tokens"
+    );
+    let none = HashMap::new();
+    let features = |m: &HashMap<u32, HashMap<i32, u32>>| {
+        per_token(
+            &(0..19)
+                .map(|j| m.get(&j).unwrap_or(&none))
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(
+        features(&got.hooks[0].feature_tokens),
+        features(&want.feature_tokens),
+        "transcoder features' tokens"
+    );
+    let sums = |maps: &[HashMap<i32, f64>]| per_token(&maps.iter().collect::<Vec<_>>());
+    let f32s = |v: Vec<f64>| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    assert_close(
+        "heads per token",
+        &f32s(sums(&got.head_tokens)),
+        &sums(&want.head_tokens),
+        1e-5,
+    );
+    assert_eq!(got.group_heads.len(), want.group_head_tokens.len());
+    for (g, (mine, theirs)) in got
+        .group_heads
+        .iter()
+        .zip(&want.group_head_tokens)
+        .enumerate()
+    {
+        assert_close(
+            &format!("group {g}'s heads per token"),
+            &f32s(sums(&mine.heads)),
+            &sums(theirs),
+            1e-5,
+        );
+    }
 }

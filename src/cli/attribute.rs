@@ -36,7 +36,8 @@ pub struct AttributeArgs {
     #[arg(long, value_name = "HOOK=DIR")]
     transcoder: Vec<String>,
     /// Only part I of N of the cache files (sorted by path, balanced by rows): writes the
-    /// part's sums into --out for `sae attribute merge`.
+    /// part's sums into --out for `sae attribute merge`. Groups given here also get their
+    /// heads' tokens summed (for their pages); the merge tests the groups it is given.
     #[arg(long, value_name = "I/N")]
     part: Option<Part>,
     /// Rows per GPU batch.
@@ -126,7 +127,7 @@ fn parse_transcoder(text: &str) -> anyhow::Result<(String, PathBuf)> {
     }
 }
 
-/// The request of a pass (`part_of_job`: groups are left to the merge) or of a merge.
+/// The request of a pass (`part_of_job`: groups may be left to the merge) or of a merge.
 fn request(
     args: &AttributeArgs,
     g: &GroupArgs,

@@ -459,6 +459,7 @@ pub fn run_attribute(request: &AttributeRequest) -> anyhow::Result<AttributeRepo
         transcoders: loaded.transcoders,
         batch_rows: request.batch_rows,
         cap: request.cap,
+        token_groups: loaded.groups.iter().map(|g| g.members.clone()).collect(),
     };
     let bar = crate::run::progress::rows(loaded.cache.rows(), request.quiet);
     let totals = attribute(&gpu, &setup, |n| bar.inc(n))?;
@@ -477,6 +478,7 @@ pub fn run_attribute(request: &AttributeRequest) -> anyhow::Result<AttributeRepo
             "components": totals.components,
             "heads": totals.heads,
             "hooks": hooks,
+            "token_groups": totals.token_groups(),
         });
         write_part(&request.out, &totals, &meta)?;
         return Ok(AttributeReport {

@@ -19,6 +19,8 @@ pub struct RefCache {
     /// The transcoder's input [rows, d] and the index of the component it splits.
     pub tc_input: Vec<f32>,
     pub tc_component: usize,
+    /// Each row's token id.
+    pub tokens: Vec<i32>,
 }
 
 #[derive(Debug, Default)]
@@ -34,6 +36,14 @@ pub struct RefTotals {
     pub upstream: Vec<HashMap<u32, f64>>,
     /// Positive pre-activations beyond the cap of a thresholded SAE.
     pub dropped: u64,
+    /// Per latent: how often it fires on each token.
+    pub latent_tokens: Vec<HashMap<i32, u32>>,
+    /// Per head: its terms into every selected latent, per token.
+    pub head_tokens: Vec<HashMap<i32, f64>>,
+    /// Per group, per head: its terms into the group's members, per token.
+    pub group_head_tokens: Vec<Vec<HashMap<i32, f64>>>,
+    /// Per transcoder feature: how often it fires on each token.
+    pub feature_tokens: HashMap<u32, HashMap<i32, u32>>,
 }
 
 fn dot(a: &[f32], w: &[f32], n: usize, col: usize) -> f64 {
@@ -94,12 +104,14 @@ fn row_scale(sae: &SaeParams, x: &[f32]) -> f64 {
 }
 
 /// The reference totals of `sae` (TopK, or ReLU keeping its `cap` largest positive
-/// pre-activations) over `cache`, with heads and one transcoder.
+/// pre-activations) over `cache`, with heads (also per token, and per token for each of
+/// `groups`) and one transcoder.
 pub fn reference_totals(
     sae: &SaeParams,
     cache: &RefCache,
     tc: &SaeParams,
     cap: usize,
+    groups: &[Vec<usize>],
 ) -> RefTotals {
     let (n, d) = (sae.d_sae, cache.d);
     let k = sae.k().unwrap_or(cap);
@@ -113,6 +125,10 @@ pub fn reference_totals(
         parts: vec![0.0; n * 4],
         upstream: vec![HashMap::new(); n],
         dropped: 0,
+        latent_tokens: vec![HashMap::new(); n],
+        head_tokens: vec![HashMap::new(); head_cols],
+        group_head_tokens: vec![vec![HashMap::new(); head_cols]; groups.len()],
+        feature_tokens: HashMap::new(),
     };
     let bias: Vec<f64> = (0..n)
         .map(|i| f64::from(sae.b_enc[i]) - dot(&sae.b_dec, &sae.w_enc, n, i))
@@ -130,14 +146,30 @@ pub fn reference_totals(
         }
         let (codes, skip, recon) = transcode(tc, &row(&cache.tc_input));
         let target = row(&cache.components[cache.tc_component]);
+        let token = cache.tokens[r];
+        for &(j, _) in &codes {
+            let counts = t.feature_tokens.entry(j as u32).or_default();
+            *counts.entry(token).or_insert(0) += 1;
+        }
         for (i, h) in topk(&pre, k) {
             t.fire_count[i] += 1;
+            *t.latent_tokens[i].entry(token).or_insert(0) += 1;
             t.sum_pre[i] += h;
             for (c, comp) in cache.components.iter().enumerate() {
                 t.contribution[i * cols + c] += f * dot(&row(comp), &sae.w_enc, n, i);
             }
             t.contribution[i * cols + cols - 1] += bias[i];
-            add_heads(&mut t, cache, sae, (r, i, f), head_cols);
+            let heads = head_terms(cache, sae, (r, i, f));
+            let in_groups: Vec<usize> = (0..groups.len())
+                .filter(|&g| groups[g].contains(&i))
+                .collect();
+            for (hh, &term) in heads.iter().enumerate() {
+                t.heads[i * head_cols + hh] += term;
+                *t.head_tokens[hh].entry(token).or_insert(0.0) += term;
+                for &g in &in_groups {
+                    *t.group_head_tokens[g][hh].entry(token).or_insert(0.0) += term;
+                }
+            }
             let w_col = |v: &[f64]| -> f64 {
                 v.iter()
                     .enumerate()
@@ -163,15 +195,11 @@ pub fn reference_totals(
     t
 }
 
-fn add_heads(
-    t: &mut RefTotals,
-    cache: &RefCache,
-    sae: &SaeParams,
-    (r, i, f): (usize, usize, f64),
-    cols: usize,
-) {
+/// Each head's term (block by block) in latent i's pre-activation on row r.
+fn head_terms(cache: &RefCache, sae: &SaeParams, (r, i, f): (usize, usize, f64)) -> Vec<f64> {
     let (n, d, nh) = (sae.d_sae, cache.d, cache.n_heads);
-    for (b, (z, o_proj)) in cache.heads.iter().enumerate() {
+    let mut out = Vec::new();
+    for (z, o_proj) in &cache.heads {
         let width = z.len() / cache.rows;
         let dh = width / nh;
         for h in 0..nh {
@@ -185,7 +213,8 @@ fn add_heads(
                     .sum();
                 term += zv * col;
             }
-            t.heads[i * cols + b * nh + h] += f * term;
+            out.push(f * term);
         }
     }
+    out
 }

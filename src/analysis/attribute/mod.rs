@@ -13,4 +13,7 @@ pub use groups::{
     NullConfig, Universe,
 };
 pub use pass::{attribute, AttributionSetup, HeadWeights, TranscoderSpec};
-pub use totals::{top_token_sums, top_tokens, Completeness, Totals, BIAS, HOOK_PARTS};
+pub use totals::{
+    top_token_sums, top_tokens, Completeness, GroupHeadTokens, Totals, BIAS, HOOK_PARTS,
+    MAX_TOKEN_GROUPS,
+};

@@ -48,6 +48,9 @@ pub struct AttributionSetup<'a> {
     pub batch_rows: usize,
     /// Latents kept per row by thresholded SAEs.
     pub cap: usize,
+    /// Groups (member lists) whose heads are also summed token by token, for their pages: the
+    /// groups asked for, known before the pass (the first [`super::totals::MAX_TOKEN_GROUPS`]).
+    pub token_groups: Vec<Vec<usize>>,
 }
 
 /// The largest relative gap between the components' sum and the residual a cache may show:

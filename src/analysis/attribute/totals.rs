@@ -79,6 +79,49 @@ pub struct HookTotals {
     k: usize,
 }
 
+/// Groups whose heads are also summed token by token (each a map per head per group, so
+/// `--categories DIR` with hundreds of categories keeps these for the first ones only).
+pub const MAX_TOKEN_GROUPS: usize = 16;
+
+/// One group's heads token by token: each head's terms into the group's members on the rows
+/// where they fire, summed per token (the tokens where the head writes this group).
+#[derive(Clone, Debug, Default)]
+pub struct GroupHeadTokens {
+    /// The group's latents, sorted.
+    pub members: Vec<u32>,
+    /// Per head: token → summed term.
+    pub heads: Vec<HashMap<i32, f64>>,
+    /// One row's sums per head (scratch), and whether the row touched them.
+    row: Vec<f64>,
+    touched: bool,
+}
+
+impl GroupHeadTokens {
+    pub fn new(members: &[usize], heads_len: usize) -> Self {
+        let mut members: Vec<u32> = members.iter().map(|&m| m as u32).collect();
+        members.sort_unstable();
+        members.dedup();
+        GroupHeadTokens {
+            members,
+            heads: vec![HashMap::new(); heads_len],
+            row: vec![0.0; heads_len],
+            touched: false,
+        }
+    }
+
+    fn flush_row(&mut self, token: Option<i32>) {
+        if !std::mem::take(&mut self.touched) {
+            return;
+        }
+        for (hh, v) in self.row.iter_mut().enumerate() {
+            if let (Some(t), true) = (token, *v != 0.0) {
+                *self.heads[hh].entry(t).or_insert(0.0) += *v;
+            }
+            *v = 0.0;
+        }
+    }
+}
+
 /// Sums per latent over every row where it fires.
 pub struct Totals {
     pub d_sae: usize,
@@ -105,6 +148,10 @@ pub struct Totals {
     /// Per head: its terms summed over each row's selected latents, summed per token (the
     /// tokens where it writes the most into what the SAE selects).
     pub head_tokens: Vec<HashMap<i32, f64>>,
+    /// The same per group, for the groups known before the pass (at most [`MAX_TOKEN_GROUPS`]).
+    pub group_heads: Vec<GroupHeadTokens>,
+    /// Per latent: its entries in `group_heads`.
+    member_of: Vec<Vec<usize>>,
     /// One row's sums per head (scratch of [`Totals::add_batch`]).
     row_heads: Vec<f64>,
     /// b_enc − b_dec·W_enc per latent (b_enc alone for a transcoder, which reads x uncentred).
@@ -144,6 +191,16 @@ impl Totals {
             ),
         };
         let heads_len = heads.len();
+        let group_heads = match heads_len {
+            0 => Vec::new(),
+            _ => setup
+                .token_groups
+                .iter()
+                .take(MAX_TOKEN_GROUPS)
+                .map(|g| GroupHeadTokens::new(g, heads_len))
+                .collect(),
+        };
+        let member_of = members_of(&group_heads, d_sae);
         let hooks = setup
             .transcoders
             .iter()
@@ -173,6 +230,8 @@ impl Totals {
             head_gaps: Gaps::default(),
             latent_tokens: vec![HashMap::new(); d_sae],
             head_tokens: vec![HashMap::new(); heads_len],
+            group_heads,
+            member_of,
             row_heads: vec![0.0; heads_len],
             bias: latent_bias(setup),
             channels,
@@ -223,6 +282,7 @@ impl Totals {
             }
             *v = 0.0;
         }
+        self.group_heads.iter_mut().for_each(|g| g.flush_row(token));
     }
 
     /// Each upstream feature's tokens, over the rows where it fires.
@@ -273,6 +333,9 @@ impl Totals {
     ) {
         let Some(hw) = &setup.heads else { return };
         let (nh, total) = (self.n_heads, self.heads.len());
+        for &g in &self.member_of[i] {
+            self.group_heads[g].touched = true;
+        }
         for (b, (l, _)) in hw.blocks.iter().enumerate() {
             let out = &terms.heads[b][e * nh..(e + 1) * nh];
             let mut sum = 0.0;
@@ -280,6 +343,9 @@ impl Totals {
                 let part = f * f64::from(v);
                 self.head_contribution[i * total + b * nh + hh] += part;
                 self.row_heads[b * nh + hh] += part;
+                for &g in &self.member_of[i] {
+                    self.group_heads[g].row[b * nh + hh] += part;
+                }
                 sum += part;
             }
             let attn = format!("blocks.{l}.hook_attn_out");
@@ -346,8 +412,17 @@ impl Totals {
         components: Vec<String>,
         heads: Vec<String>,
         hooks: &[String],
+        token_groups: &[Vec<usize>],
     ) -> Totals {
         let heads_len = heads.len();
+        let group_heads: Vec<GroupHeadTokens> = match heads_len {
+            0 => Vec::new(),
+            _ => token_groups
+                .iter()
+                .take(MAX_TOKEN_GROUPS)
+                .map(|g| GroupHeadTokens::new(g, heads_len))
+                .collect(),
+        };
         Totals {
             d_sae,
             contribution: vec![0.0; d_sae * components.len()],
@@ -375,6 +450,8 @@ impl Totals {
             head_gaps: Gaps::default(),
             latent_tokens: vec![HashMap::new(); d_sae],
             head_tokens: vec![HashMap::new(); heads_len],
+            member_of: members_of(&group_heads, d_sae),
+            group_heads,
             row_heads: vec![0.0; heads_len],
             bias: Vec::new(),
             channels: 0,
@@ -389,6 +466,7 @@ impl Totals {
             self.components.clone(),
             self.heads.clone(),
             &hooks,
+            &self.token_groups(),
         )
     }
 
@@ -411,6 +489,7 @@ impl Totals {
             t.iter()
                 .for_each(|(&token, &v)| *m.entry(token).or_insert(0.0) += v);
         }
+        self.absorb_group_heads(other);
         for (mine, theirs) in self.hooks.iter_mut().zip(&other.hooks) {
             add(&mut mine.parts, &theirs.parts);
             mine.gaps.merge(&theirs.gaps);
@@ -423,6 +502,40 @@ impl Totals {
                 counts
                     .iter()
                     .for_each(|(&t, &c)| *entry.entry(t).or_insert(0) += c);
+            }
+        }
+    }
+
+    /// The groups whose heads are summed token by token, as member lists.
+    pub fn token_groups(&self) -> Vec<Vec<usize>> {
+        let members = |g: &GroupHeadTokens| g.members.iter().map(|&m| m as usize).collect();
+        self.group_heads.iter().map(members).collect()
+    }
+
+    /// A group's heads token by token, when they were summed for exactly these members.
+    pub fn group_head_tokens(&self, members: &[usize]) -> Option<&GroupHeadTokens> {
+        let wanted = GroupHeadTokens::new(members, 0).members;
+        self.group_heads.iter().find(|g| g.members == wanted)
+    }
+
+    /// Parts summed for other groups cannot be added: the merged pages fall back to the heads'
+    /// tokens over every latent.
+    fn absorb_group_heads(&mut self, other: &Totals) {
+        let same = self.group_heads.len() == other.group_heads.len()
+            && self
+                .group_heads
+                .iter()
+                .zip(&other.group_heads)
+                .all(|(a, b)| a.members == b.members);
+        if !same {
+            self.group_heads.clear();
+            self.member_of.iter_mut().for_each(Vec::clear);
+            return;
+        }
+        for (mine, theirs) in self.group_heads.iter_mut().zip(&other.group_heads) {
+            for (m, t) in mine.heads.iter_mut().zip(&theirs.heads) {
+                t.iter()
+                    .for_each(|(&token, &v)| *m.entry(token).or_insert(0.0) += v);
             }
         }
     }
@@ -450,6 +563,19 @@ impl Totals {
             })
             .collect()
     }
+}
+
+/// Per latent: the indices of the groups it belongs to.
+fn members_of(groups: &[GroupHeadTokens], d_sae: usize) -> Vec<Vec<usize>> {
+    let mut of = vec![Vec::new(); d_sae];
+    for (g, group) in groups.iter().enumerate() {
+        for &m in &group.members {
+            if let Some(list) = of.get_mut(m as usize) {
+                list.push(g);
+            }
+        }
+    }
+    of
 }
 
 fn merge_counts(mine: &mut [HashMap<i32, u32>], theirs: &[HashMap<i32, u32>]) {

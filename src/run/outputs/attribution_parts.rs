@@ -144,6 +144,8 @@ pub fn write_part(out: &Path, totals: &Totals, meta: &Value) -> anyhow::Result<(
     ];
     t.extend(Triples::of(numbered(&totals.latent_tokens)).tensors("latent_tokens"));
     t.extend(Triples::of(numbered(&totals.head_tokens)).tensors("head_tokens"));
+    let group_heads = totals.group_heads.iter().flat_map(|g| &g.heads);
+    t.extend(Triples::of((0u32..).zip(group_heads)).tensors("group_head_tokens"));
     for (h, hook) in totals.hooks.iter().enumerate() {
         let p = format!("hook{h}");
         t.push(TensorOut::f64(
@@ -185,10 +187,32 @@ fn read_meta(dir: &Path) -> anyhow::Result<(Value, Totals)> {
         );
     }
     let hooks = strings(&meta["hooks"], Some("hook"));
-    let mut totals = Totals::empty(d, components, strings(&meta["heads"], None), &hooks);
+    let groups = token_groups(&meta, d, &path)?;
+    let heads = strings(&meta["heads"], None);
+    let mut totals = Totals::empty(d, components, heads, &hooks, &groups);
     totals.rows = meta["rows"].as_u64().unwrap_or(0);
     totals.dropped = meta["dropped_beyond_cap"].as_u64().unwrap_or(0);
     Ok((meta, totals))
+}
+
+/// The groups whose heads the part summed token by token (none in parts of older versions).
+fn token_groups(meta: &Value, d_sae: usize, path: &Path) -> anyhow::Result<Vec<Vec<usize>>> {
+    let Some(list) = meta.get("token_groups") else {
+        return Ok(Vec::new());
+    };
+    let groups: Vec<Vec<usize>> = serde_json::from_value(list.clone()).map_err(|e| {
+        anyhow!(
+            "{}: 'token_groups' is not a list of member lists: {e}",
+            path.display()
+        )
+    })?;
+    if let Some(&m) = groups.iter().flatten().find(|&&m| m >= d_sae) {
+        bail!(
+            "{}: 'token_groups' names latent {m} of {d_sae}",
+            path.display()
+        );
+    }
+    Ok(groups)
 }
 
 /// Reads a part written by [`write_part`]: its metadata and its sums (columns as `meta` says).
@@ -229,6 +253,16 @@ fn read_tokens(st: &SafeTensors<'_>, path: &Path, totals: &mut Totals) -> anyhow
     let heads = Triples::read(st, "head_tokens", path)?;
     for (o, t, v) in heads.entries(totals.heads.len(), token, path)? {
         *totals.head_tokens[o].entry(t).or_insert(0.0) += v;
+    }
+    let nh = totals.heads.len();
+    if totals.group_heads.is_empty() {
+        return Ok(());
+    }
+    let groups = Triples::read(st, "group_head_tokens", path)?;
+    for (o, t, v) in groups.entries(totals.group_heads.len() * nh, token, path)? {
+        *totals.group_heads[o / nh].heads[o % nh]
+            .entry(t)
+            .or_insert(0.0) += v;
     }
     Ok(())
 }

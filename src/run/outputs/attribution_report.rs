@@ -294,18 +294,26 @@ fn member_map(g: &GroupReport, totals: &Totals) -> String {
     s
 }
 
-/// The heads by share, each with the tokens where it writes the most (into every selected
-/// latent, not only this group's).
+/// The heads by share, each with the tokens where it writes the most into this group's
+/// members (into every selected latent when the group was not known before the pass).
 fn heads_table(g: &GroupReport, totals: &Totals, c: &ReportContext<'_>) -> String {
+    let mine = totals.group_head_tokens(&g.members);
     let tokens = |at: usize| {
-        top_token_sums(totals.head_tokens.get(at), 5)
+        let sums = match mine {
+            Some(group) => group.heads.get(at),
+            None => totals.head_tokens.get(at),
+        };
+        top_token_sums(sums, 5)
             .iter()
             .map(|(t, _)| escape(&format!("{:?}", c.token(*t))))
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let column: ExtraColumn<'_> = ("tokens where it writes most (all latents)", &tokens);
-    writers_table("Top heads", &g.heads, 12, Some(column))
+    let title = match mine {
+        Some(_) => "tokens where it writes most into these members",
+        None => "tokens where it writes most (into every latent)",
+    };
+    writers_table("Top heads", &g.heads, 12, Some((title, &tokens)))
 }
 
 fn group_page(g: &GroupReport, totals: &Totals, c: &ReportContext<'_>) -> String {
