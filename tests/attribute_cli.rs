@@ -564,6 +564,32 @@ fn parts_merge_into_one_pass() {
     ]);
     let table = heads_table(&other.join("group-members-1.html"));
     assert!(table.contains("into every latent"), "{table}");
+    // A part that summed no group (as one run without the group flags): the merge keeps the
+    // groups every part summed, here none.
+    let bare = dir.join("part1-bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    for name in ["attribution-part.json", "attribution-part.safetensors"] {
+        std::fs::copy(p1.join(name), bare.join(name)).unwrap();
+    }
+    let meta_path = bare.join("attribution-part.json");
+    let mut meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
+    meta["token_groups"] = serde_json::json!([]);
+    std::fs::write(&meta_path, meta.to_string()).unwrap();
+    let mixed = dir.join("mixed");
+    let mut args = vec![
+        "attribute",
+        "merge",
+        p0.to_str().unwrap(),
+        bare.to_str().unwrap(),
+        "--quiet",
+        "--out",
+        mixed.to_str().unwrap(),
+    ];
+    args.extend(groups);
+    sae_ok(&args);
+    let table = heads_table(&mixed.join("group-members-1.html"));
+    assert!(table.contains("into every latent"), "{table}");
     // A part missing is one line naming it.
     let alone = dir.join("alone");
     sae_fails(

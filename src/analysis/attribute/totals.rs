@@ -518,26 +518,20 @@ impl Totals {
         self.group_heads.iter().find(|g| g.members == wanted)
     }
 
-    /// Parts summed for other groups cannot be added: the merged pages fall back to the heads'
-    /// tokens over every latent.
+    /// Adds the groups both sides summed (matched by members); a group one part did not sum
+    /// is dropped, and its merged page falls back to the heads' tokens over every latent.
     fn absorb_group_heads(&mut self, other: &Totals) {
-        let same = self.group_heads.len() == other.group_heads.len()
-            && self
-                .group_heads
-                .iter()
-                .zip(&other.group_heads)
-                .all(|(a, b)| a.members == b.members);
-        if !same {
-            self.group_heads.clear();
-            self.member_of.iter_mut().for_each(Vec::clear);
-            return;
-        }
-        for (mine, theirs) in self.group_heads.iter_mut().zip(&other.group_heads) {
+        self.group_heads.retain_mut(|mine| {
+            let Some(theirs) = other.group_heads.iter().find(|g| g.members == mine.members) else {
+                return false;
+            };
             for (m, t) in mine.heads.iter_mut().zip(&theirs.heads) {
                 t.iter()
                     .for_each(|(&token, &v)| *m.entry(token).or_insert(0.0) += v);
             }
-        }
+            true
+        });
+        self.member_of = members_of(&self.group_heads, self.d_sae);
     }
 
     /// The completeness figures of attribution.json.
