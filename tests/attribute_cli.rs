@@ -438,6 +438,19 @@ fn numbers(v: &Value, out: &mut Vec<f64>) {
     }
 }
 
+/// `sae attribute merge PARTS… --quiet --out OUT` and the group flags.
+fn merge_args(parts: &[&Path], out: &Path, group_flags: &[&str]) -> Vec<String> {
+    let mut args = vec!["attribute".to_string(), "merge".to_string()];
+    args.extend(parts.iter().map(|p| p.display().to_string()));
+    args.extend([
+        "--quiet".to_string(),
+        "--out".to_string(),
+        out.display().to_string(),
+    ]);
+    args.extend(group_flags.iter().map(|s| s.to_string()));
+    args
+}
+
 /// The "Top heads" table of a group page.
 fn heads_table(page: &Path) -> String {
     let html = std::fs::read_to_string(page).unwrap();
@@ -509,17 +522,7 @@ fn parts_merge_into_one_pass() {
     }
     let merged = dir.join("merged");
     let (p0, p1) = (dir.join("part0"), dir.join("part1"));
-    let mut args = vec![
-        "attribute",
-        "merge",
-        p0.to_str().unwrap(),
-        p1.to_str().unwrap(),
-        "--quiet",
-        "--out",
-        merged.to_str().unwrap(),
-    ];
-    args.extend(groups);
-    sae_ok(&args);
+    sae_ok(&merge_args(&[&p0, &p1], &merged, &groups));
     let read = |d: &Path| -> Value {
         serde_json::from_str(&std::fs::read_to_string(d.join("attribution.json")).unwrap()).unwrap()
     };
@@ -549,19 +552,7 @@ fn parts_merge_into_one_pass() {
     }
     // Merged for a group the parts did not know: each head's tokens over every latent, said.
     let other = dir.join("other-group");
-    let p0s = p0.to_str().unwrap().to_string();
-    let p1s = p1.to_str().unwrap().to_string();
-    sae_ok(&[
-        "attribute",
-        "merge",
-        &p0s,
-        &p1s,
-        "--quiet",
-        "--out",
-        other.to_str().unwrap(),
-        "--members",
-        "0,1,2",
-    ]);
+    sae_ok(&merge_args(&[&p0, &p1], &other, &["--members", "0,1,2"]));
     let table = heads_table(&other.join("group-members-1.html"));
     assert!(table.contains("into every latent"), "{table}");
     // A part that summed no group (as one run without the group flags): the merge keeps the
@@ -577,17 +568,7 @@ fn parts_merge_into_one_pass() {
     meta["token_groups"] = serde_json::json!([]);
     std::fs::write(&meta_path, meta.to_string()).unwrap();
     let mixed = dir.join("mixed");
-    let mut args = vec![
-        "attribute",
-        "merge",
-        p0.to_str().unwrap(),
-        bare.to_str().unwrap(),
-        "--quiet",
-        "--out",
-        mixed.to_str().unwrap(),
-    ];
-    args.extend(groups);
-    sae_ok(&args);
+    sae_ok(&merge_args(&[&p0, &bare], &mixed, &groups));
     let table = heads_table(&mixed.join("group-members-1.html"));
     assert!(table.contains("into every latent"), "{table}");
     // A part missing is one line naming it.

@@ -263,7 +263,7 @@ fn check_token_tables(got: &sae_wgpu::analysis::attribute::Totals, want: &RefTot
     let f32s = |v: Vec<f64>| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
     assert_close(
         "heads per token",
-        &f32s(sums(&got.head_tokens)),
+        &f32s(sums(&got.head_tokens.heads)),
         &sums(&want.head_tokens),
         1e-5,
     );
@@ -276,7 +276,7 @@ fn check_token_tables(got: &sae_wgpu::analysis::attribute::Totals, want: &RefTot
     {
         assert_close(
             &format!("group {g}'s heads per token"),
-            &f32s(sums(&mine.heads)),
+            &f32s(sums(&mine.tokens.heads)),
             &sums(theirs),
             1e-5,
         );

@@ -14,6 +14,6 @@ pub use groups::{
 };
 pub use pass::{attribute, AttributionSetup, HeadWeights, TranscoderSpec};
 pub use totals::{
-    top_token_sums, top_tokens, Completeness, GroupHeadTokens, Totals, BIAS, HOOK_PARTS,
-    MAX_TOKEN_GROUPS,
+    top_token_sums, top_tokens, Completeness, GroupHeadTokens, HeadTokens, Totals, BIAS,
+    HOOK_PARTS, MAX_TOKEN_GROUPS,
 };

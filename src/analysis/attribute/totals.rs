@@ -3,6 +3,8 @@
 //! gaps that show the parts are complete.
 
 use std::collections::HashMap;
+use std::hash::Hash;
+use std::ops::AddAssign;
 
 use serde::Serialize;
 
@@ -83,32 +85,31 @@ pub struct HookTotals {
 /// `--categories DIR` with hundreds of categories keeps these for the first ones only).
 pub const MAX_TOKEN_GROUPS: usize = 16;
 
-/// One group's heads token by token: each head's terms into the group's members on the rows
-/// where they fire, summed per token (the tokens where the head writes this group).
+/// Each head's terms summed per token. A row's terms wait in a scratch until the row ends, so
+/// its token is looked up once per row, not once per (latent, head).
 #[derive(Clone, Debug, Default)]
-pub struct GroupHeadTokens {
-    /// The group's latents, sorted.
-    pub members: Vec<u32>,
+pub struct HeadTokens {
     /// Per head: token → summed term.
     pub heads: Vec<HashMap<i32, f64>>,
-    /// One row's sums per head (scratch), and whether the row touched them.
     row: Vec<f64>,
     touched: bool,
 }
 
-impl GroupHeadTokens {
-    pub fn new(members: &[usize], heads_len: usize) -> Self {
-        let mut members: Vec<u32> = members.iter().map(|&m| m as u32).collect();
-        members.sort_unstable();
-        members.dedup();
-        GroupHeadTokens {
-            members,
+impl HeadTokens {
+    fn new(heads_len: usize) -> Self {
+        HeadTokens {
             heads: vec![HashMap::new(); heads_len],
             row: vec![0.0; heads_len],
             touched: false,
         }
     }
 
+    fn add(&mut self, head: usize, term: f64) {
+        self.row[head] += term;
+        self.touched = true;
+    }
+
+    /// Adds the row's sums to its token's, and clears them.
     fn flush_row(&mut self, token: Option<i32>) {
         if !std::mem::take(&mut self.touched) {
             return;
@@ -118,6 +119,27 @@ impl GroupHeadTokens {
                 *self.heads[hh].entry(t).or_insert(0.0) += *v;
             }
             *v = 0.0;
+        }
+    }
+}
+
+/// One group's heads token by token: each head's terms into the group's members on the rows
+/// where they fire (the tokens where the head writes this group).
+#[derive(Clone, Debug, Default)]
+pub struct GroupHeadTokens {
+    /// The group's latents, sorted.
+    pub members: Vec<u32>,
+    pub tokens: HeadTokens,
+}
+
+impl GroupHeadTokens {
+    pub fn new(members: &[usize], heads_len: usize) -> Self {
+        let mut members: Vec<u32> = members.iter().map(|&m| m as u32).collect();
+        members.sort_unstable();
+        members.dedup();
+        GroupHeadTokens {
+            members,
+            tokens: HeadTokens::new(heads_len),
         }
     }
 }
@@ -145,15 +167,13 @@ pub struct Totals {
     pub head_gaps: Gaps,
     /// Per latent: the tokens of the rows where it fires, counted.
     pub latent_tokens: Vec<HashMap<i32, u32>>,
-    /// Per head: its terms summed over each row's selected latents, summed per token (the
-    /// tokens where it writes the most into what the SAE selects).
-    pub head_tokens: Vec<HashMap<i32, f64>>,
+    /// Per head: its terms into each row's selected latents, summed per token (the tokens
+    /// where it writes the most into what the SAE selects).
+    pub head_tokens: HeadTokens,
     /// The same per group, for the groups known before the pass (at most [`MAX_TOKEN_GROUPS`]).
     pub group_heads: Vec<GroupHeadTokens>,
     /// Per latent: its entries in `group_heads`.
     member_of: Vec<Vec<usize>>,
-    /// One row's sums per head (scratch of [`Totals::add_batch`]).
-    row_heads: Vec<f64>,
     /// b_enc − b_dec·W_enc per latent (b_enc alone for a transcoder, which reads x uncentred).
     bias: Vec<f64>,
     channels: usize,
@@ -190,53 +210,19 @@ impl Totals {
                 h.n_heads,
             ),
         };
-        let heads_len = heads.len();
-        let group_heads = match heads_len {
-            0 => Vec::new(),
-            _ => setup
-                .token_groups
-                .iter()
-                .take(MAX_TOKEN_GROUPS)
-                .map(|g| GroupHeadTokens::new(g, heads_len))
-                .collect(),
-        };
-        let member_of = members_of(&group_heads, d_sae);
-        let hooks = setup
-            .transcoders
-            .iter()
-            .zip(tc_ks)
-            .map(|(tc, &k)| HookTotals {
-                hook: tc.hook.clone(),
-                parts: vec![0.0; d_sae * HOOK_PARTS.len()],
-                upstream: vec![HashMap::new(); d_sae],
-                gaps: Gaps::default(),
-                feature_tokens: HashMap::new(),
-                has_skip: tc.params.w_skip().is_some(),
-                k,
-            })
-            .collect();
-        Totals {
-            d_sae,
-            contribution: vec![0.0; d_sae * components.len()],
-            head_contribution: vec![0.0; d_sae * heads.len()],
-            components,
-            heads,
-            rows: 0,
-            dropped: 0,
-            fire_count: vec![0; d_sae],
-            sum_pre: vec![0.0; d_sae],
-            hooks,
-            gaps: Gaps::default(),
-            head_gaps: Gaps::default(),
-            latent_tokens: vec![HashMap::new(); d_sae],
-            head_tokens: vec![HashMap::new(); heads_len],
-            group_heads,
-            member_of,
-            row_heads: vec![0.0; heads_len],
+        let hooks: Vec<String> = setup.transcoders.iter().map(|t| t.hook.clone()).collect();
+        let empty = Totals::empty(d_sae, components, heads, &hooks, &setup.token_groups);
+        let mut totals = Totals {
             bias: latent_bias(setup),
             channels,
             n_heads,
+            ..empty
+        };
+        for ((hook, tc), &k) in totals.hooks.iter_mut().zip(&setup.transcoders).zip(tc_ks) {
+            hook.has_skip = tc.params.w_skip().is_some();
+            hook.k = k;
         }
+        totals
     }
 
     /// Adds one batch: every (row, selected latent) pair.
@@ -276,13 +262,10 @@ impl Totals {
 
     /// Adds one row's head sums to its token's, and clears them.
     fn flush_row_heads(&mut self, token: Option<i32>) {
-        for (hh, v) in self.row_heads.iter_mut().enumerate() {
-            if let (Some(t), true) = (token, *v != 0.0) {
-                *self.head_tokens[hh].entry(t).or_insert(0.0) += *v;
-            }
-            *v = 0.0;
-        }
-        self.group_heads.iter_mut().for_each(|g| g.flush_row(token));
+        self.head_tokens.flush_row(token);
+        self.group_heads
+            .iter_mut()
+            .for_each(|g| g.tokens.flush_row(token));
     }
 
     /// Each upstream feature's tokens, over the rows where it fires.
@@ -333,18 +316,15 @@ impl Totals {
     ) {
         let Some(hw) = &setup.heads else { return };
         let (nh, total) = (self.n_heads, self.heads.len());
-        for &g in &self.member_of[i] {
-            self.group_heads[g].touched = true;
-        }
         for (b, (l, _)) in hw.blocks.iter().enumerate() {
             let out = &terms.heads[b][e * nh..(e + 1) * nh];
             let mut sum = 0.0;
             for (hh, &v) in out.iter().enumerate() {
                 let part = f * f64::from(v);
                 self.head_contribution[i * total + b * nh + hh] += part;
-                self.row_heads[b * nh + hh] += part;
+                self.head_tokens.add(b * nh + hh, part);
                 for &g in &self.member_of[i] {
-                    self.group_heads[g].row[b * nh + hh] += part;
+                    self.group_heads[g].tokens.add(b * nh + hh, part);
                 }
                 sum += part;
             }
@@ -415,6 +395,7 @@ impl Totals {
         token_groups: &[Vec<usize>],
     ) -> Totals {
         let heads_len = heads.len();
+        // Without heads there is nothing to sum per group.
         let group_heads: Vec<GroupHeadTokens> = match heads_len {
             0 => Vec::new(),
             _ => token_groups
@@ -449,10 +430,9 @@ impl Totals {
             gaps: Gaps::default(),
             head_gaps: Gaps::default(),
             latent_tokens: vec![HashMap::new(); d_sae],
-            head_tokens: vec![HashMap::new(); heads_len],
+            head_tokens: HeadTokens::new(heads_len),
             member_of: members_of(&group_heads, d_sae),
             group_heads,
-            row_heads: vec![0.0; heads_len],
             bias: Vec::new(),
             channels: 0,
         }
@@ -484,24 +464,15 @@ impl Totals {
         add(&mut self.head_contribution, &other.head_contribution);
         self.gaps.merge(&other.gaps);
         self.head_gaps.merge(&other.head_gaps);
-        merge_counts(&mut self.latent_tokens, &other.latent_tokens);
-        for (m, t) in self.head_tokens.iter_mut().zip(&other.head_tokens) {
-            t.iter()
-                .for_each(|(&token, &v)| *m.entry(token).or_insert(0.0) += v);
-        }
+        merge_maps(&mut self.latent_tokens, &other.latent_tokens);
+        merge_maps(&mut self.head_tokens.heads, &other.head_tokens.heads);
         self.absorb_group_heads(other);
         for (mine, theirs) in self.hooks.iter_mut().zip(&other.hooks) {
             add(&mut mine.parts, &theirs.parts);
             mine.gaps.merge(&theirs.gaps);
-            for (m, t) in mine.upstream.iter_mut().zip(&theirs.upstream) {
-                t.iter()
-                    .for_each(|(&j, &v)| *m.entry(j).or_insert(0.0) += v);
-            }
+            merge_maps(&mut mine.upstream, &theirs.upstream);
             for (&j, counts) in &theirs.feature_tokens {
-                let entry = mine.feature_tokens.entry(j).or_default();
-                counts
-                    .iter()
-                    .for_each(|(&t, &c)| *entry.entry(t).or_insert(0) += c);
+                add_map(mine.feature_tokens.entry(j).or_default(), counts);
             }
         }
     }
@@ -525,10 +496,7 @@ impl Totals {
             let Some(theirs) = other.group_heads.iter().find(|g| g.members == mine.members) else {
                 return false;
             };
-            for (m, t) in mine.heads.iter_mut().zip(&theirs.heads) {
-                t.iter()
-                    .for_each(|(&token, &v)| *m.entry(token).or_insert(0.0) += v);
-            }
+            merge_maps(&mut mine.tokens.heads, &theirs.tokens.heads);
             true
         });
         self.member_of = members_of(&self.group_heads, self.d_sae);
@@ -572,11 +540,22 @@ fn members_of(groups: &[GroupHeadTokens], d_sae: usize) -> Vec<Vec<usize>> {
     of
 }
 
-fn merge_counts(mine: &mut [HashMap<i32, u32>], theirs: &[HashMap<i32, u32>]) {
-    for (m, t) in mine.iter_mut().zip(theirs) {
-        t.iter()
-            .for_each(|(&token, &c)| *m.entry(token).or_insert(0) += c);
-    }
+/// Adds `theirs` into `mine`, key by key.
+fn add_map<K: Copy + Eq + Hash, V: Copy + Default + AddAssign>(
+    mine: &mut HashMap<K, V>,
+    theirs: &HashMap<K, V>,
+) {
+    theirs
+        .iter()
+        .for_each(|(&k, &v)| *mine.entry(k).or_default() += v);
+}
+
+/// Adds each of `theirs` into the `mine` of the same place.
+fn merge_maps<K: Copy + Eq + Hash, V: Copy + Default + AddAssign>(
+    mine: &mut [HashMap<K, V>],
+    theirs: &[HashMap<K, V>],
+) {
+    mine.iter_mut().zip(theirs).for_each(|(m, t)| add_map(m, t));
 }
 
 /// The `n` tokens with the largest sums, largest first.

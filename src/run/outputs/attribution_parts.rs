@@ -143,8 +143,8 @@ pub fn write_part(out: &Path, totals: &Totals, meta: &Value) -> anyhow::Result<(
         TensorOut::f64("head_gaps", &[4], &gaps_row(&totals.head_gaps)),
     ];
     t.extend(Triples::of(numbered(&totals.latent_tokens)).tensors("latent_tokens"));
-    t.extend(Triples::of(numbered(&totals.head_tokens)).tensors("head_tokens"));
-    let group_heads = totals.group_heads.iter().flat_map(|g| &g.heads);
+    t.extend(Triples::of(numbered(&totals.head_tokens.heads)).tensors("head_tokens"));
+    let group_heads = totals.group_heads.iter().flat_map(|g| &g.tokens.heads);
     t.extend(Triples::of((0u32..).zip(group_heads)).tensors("group_head_tokens"));
     for (h, hook) in totals.hooks.iter().enumerate() {
         let p = format!("hook{h}");
@@ -252,7 +252,7 @@ fn read_tokens(st: &SafeTensors<'_>, path: &Path, totals: &mut Totals) -> anyhow
     }
     let heads = Triples::read(st, "head_tokens", path)?;
     for (o, t, v) in heads.entries(totals.heads.len(), token, path)? {
-        *totals.head_tokens[o].entry(t).or_insert(0.0) += v;
+        *totals.head_tokens.heads[o].entry(t).or_insert(0.0) += v;
     }
     let nh = totals.heads.len();
     if totals.group_heads.is_empty() {
@@ -260,7 +260,7 @@ fn read_tokens(st: &SafeTensors<'_>, path: &Path, totals: &mut Totals) -> anyhow
     }
     let groups = Triples::read(st, "group_head_tokens", path)?;
     for (o, t, v) in groups.entries(totals.group_heads.len() * nh, token, path)? {
-        *totals.group_heads[o / nh].heads[o % nh]
+        *totals.group_heads[o / nh].tokens.heads[o % nh]
             .entry(t)
             .or_insert(0.0) += v;
     }

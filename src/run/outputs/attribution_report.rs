@@ -300,8 +300,8 @@ fn heads_table(g: &GroupReport, totals: &Totals, c: &ReportContext<'_>) -> Strin
     let mine = totals.group_head_tokens(&g.members);
     let tokens = |at: usize| {
         let sums = match mine {
-            Some(group) => group.heads.get(at),
-            None => totals.head_tokens.get(at),
+            Some(group) => group.tokens.heads.get(at),
+            None => totals.head_tokens.heads.get(at),
         };
         top_token_sums(sums, 5)
             .iter()
