@@ -73,12 +73,7 @@ def parse_blocks(text, layer):
 
 def parse_args(argv):
     parser = dl.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="hub name, model directory or GGUF file")
-    parser.add_argument("--layer", type=int, required=True,
-                        help="the residual stream after block L (HF hidden_states[L])")
-    parser.add_argument("--texts", required=True, help="one JSON string per line")
-    parser.add_argument("--context", type=int, required=True,
-                        help="tokens per window, the first being <|endoftext|>")
+    dl.add_window_args(parser, "the residual stream after block L (HF hidden_states[L])")
     parser.add_argument("--out", required=True, help="directory for the shards")
     parser.add_argument("--heads", action="store_true", help="also cache attn.hook_z of every block")
     parser.add_argument("--mlp-in", help="comma list of blocks whose ln2.hook_normalized to cache")
@@ -86,20 +81,12 @@ def parse_args(argv):
                         help="keep <|endoftext|> rows and rows of massive norm")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float16")
     parser.add_argument("--rows-per-shard", type=int, default=65536)
-    parser.add_argument("--max-windows", type=int, help="use at most this many windows")
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args(argv)
-    if args.context < 2:
-        raise Refusal(f"--context {args.context}: need at least 2 tokens per window")
+    dl.check_window_args(args)
     if args.layer < 1:
         raise Refusal(f"--layer {args.layer}: must be at least 1 (the output of block 1)")
-    for flag in ("batch_size", "rows_per_shard", "max_windows"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise Refusal(f"--{flag.replace('_', '-')} {value}: must be positive")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise Refusal("--device cuda: no CUDA device is available")
+    if args.rows_per_shard < 1:
+        raise Refusal(f"--rows-per-shard {args.rows_per_shard}: must be positive")
     args.mlp_in = parse_blocks(args.mlp_in, args.layer) if args.mlp_in is not None else []
     return args
 

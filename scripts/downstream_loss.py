@@ -681,28 +681,40 @@ class Parser(argparse.ArgumentParser):
         raise Refusal(f"{message} (see --help)")
 
 
-def parse_args(argv):
-    parser = Parser(prog="downstream_loss.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("sae", help="SAE directory (sparsify, SAELens, or a `sae train` run)")
+def add_window_args(parser, layer_help):
+    """The model, the text windows it reads and how: the flags this script and
+    cache_components.py share."""
     parser.add_argument("--model", required=True, help="hub name, model directory or GGUF file")
-    parser.add_argument("--layer", type=int, required=True,
-                        help="splice the output of block L (HF hidden_states[L])")
+    parser.add_argument("--layer", type=int, required=True, help=layer_help)
     parser.add_argument("--texts", required=True, help="one JSON string per line")
     parser.add_argument("--context", type=int, required=True,
                         help="tokens per window, the first being <|endoftext|>")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
     parser.add_argument("--max-windows", type=int, help="use at most this many windows")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+
+
+def check_window_args(args):
+    """Refuses shared flags' values that cannot work, one line each."""
+    if args.context < 2:
+        raise Refusal(f"--context {args.context}: need at least 2 tokens per window")
+    for flag in ("batch_size", "max_windows"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise Refusal(f"--{flag.replace('_', '-')} {value}: must be positive")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise Refusal("--device cuda: no CUDA device is available")
+
+
+def parse_args(argv):
+    parser = Parser(prog="downstream_loss.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sae", help="SAE directory (sparsify, SAELens, or a `sae train` run)")
+    add_window_args(parser, "splice the output of block L (HF hidden_states[L])")
     parser.add_argument("--keep-bos-recon", action="store_true",
                         help="splice at every position, position 0 and special tokens included "
                              "(SAEBench's default)")
     args = parser.parse_args(argv)
-    if args.context < 2:
-        raise Refusal(f"--context {args.context}: need at least 2 tokens per window")
-    if args.batch_size < 1 or (args.max_windows is not None and args.max_windows < 1):
-        raise Refusal("--batch-size and --max-windows must be positive")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise Refusal("--device cuda: no CUDA device is available")
+    check_window_args(args)
     return args
 
 

@@ -80,15 +80,15 @@ fn run_script(python: &Path, script: &str) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {script}: {e}"))
 }
 
-#[test]
-fn downstream_loss_script() {
-    let Some(python) = python_or_skip("downstream_loss_script") else {
+/// Runs a script's own test and passes along its output; a failure shows its last lines.
+fn script_passes(test: &str, script: &str) {
+    let Some(python) = python_or_skip(test) else {
         return;
     };
-    let output = run_script(&python, "scripts/test_downstream_loss.py");
+    let output = run_script(&python, script);
     assert!(
         output.status.success(),
-        "scripts/test_downstream_loss.py failed ({}):\n{}\n{}",
+        "{script} failed ({}):\n{}\n{}",
         output.status,
         tail(&output.stdout, 40),
         tail(&output.stderr, 40)
@@ -97,17 +97,14 @@ fn downstream_loss_script() {
 }
 
 #[test]
+fn downstream_loss_script() {
+    script_passes("downstream_loss_script", "scripts/test_downstream_loss.py");
+}
+
+#[test]
 fn cache_components_script() {
-    let Some(python) = python_or_skip("cache_components_script") else {
-        return;
-    };
-    let output = run_script(&python, "scripts/test_cache_components.py");
-    assert!(
-        output.status.success(),
-        "scripts/test_cache_components.py failed ({}):\n{}\n{}",
-        output.status,
-        tail(&output.stdout, 40),
-        tail(&output.stderr, 40)
+    script_passes(
+        "cache_components_script",
+        "scripts/test_cache_components.py",
     );
-    println!("{}", tail(&output.stdout, 40));
 }
